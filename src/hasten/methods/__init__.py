@@ -1,0 +1,1 @@
+"""Speed-up methods, one folder each with a method card (README.md)."""

@@ -1,0 +1,56 @@
+"""Build the optimizer for a model from OptimConfig.
+
+Param groups carry `param_names`, `block` and `lr_ratio` so the LR schedule, growth operators
+and Adam-mini can address parameters by name. The plain AdamW baseline and blockwise LR share
+one grouping function; blockwise only changes the ratios.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from hasten.config import OptimConfig
+from hasten.errors import ConfigError
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    from hasten.optim.blockwise import DEFAULT_RATIOS, blockwise_param_groups
+
+    ratios = None
+    if cfg.blockwise:
+        ratios = {**DEFAULT_RATIOS, **(cfg.lr_ratios or {})}
+    elif cfg.lr_ratios:
+        raise ConfigError("optim.lr_ratios is set but optim.blockwise is false; set optim.blockwise=true to use them")
+    return blockwise_param_groups(model, cfg.weight_decay, ratios, overrides=cfg.block_overrides, decay_policy=cfg.decay_policy)
+
+
+def _implementation_kwargs(cfg: OptimConfig, device: torch.device) -> dict:
+    impl = cfg.implementation
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" else "foreach"
+    return {"fused": impl == "fused", "foreach": impl == "foreach"} if impl != "for" else {"foreach": False}
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
+    groups = param_groups(model, cfg)
+    device = next(model.parameters()).device
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **_implementation_kwargs(cfg, device))
+    if cfg.name == "adam_mini":
+        from hasten.optim.adam_mini import AdamMini
+
+        mcfg = getattr(model, "config", None)
+        if mcfg is None:
+            raise ConfigError("optim.name=adam_mini needs a hasten GPT model (it reads n_heads / n_kv_heads from model.config)")
+        return AdamMini(
+            groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            n_heads=mcfg.n_heads, n_kv_heads=mcfg.n_kv_heads, block_overrides=cfg.block_overrides,
+        )
+    if cfg.name == "muon":
+        from hasten.optim.muon import build_muon
+
+        return build_muon(model, groups, cfg)
+    raise ConfigError(f"optim.name={cfg.name!r} is unknown; use adamw, adam_mini or muon")

@@ -1,0 +1,110 @@
+"""LR schedules: linear warmup in steps, then cosine / WSD / linear decay in steps or tokens.
+
+Every param group decays from its own peak (base LR x the group's `lr_ratio`) to one shared floor
+(base LR x min_lr_ratio): with blockwise ratios this is the Sharpness Disparity paper's behaviour,
+where effective ratios fade to 1 as the LR decays. A schedule can be restarted mid-run (growth):
+G_stack restarts from step 0 with a fresh warmup; staged training jumps to the large model's step R
+and re-warms up over w steps to the base schedule's value at R + w.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from torch.optim import Optimizer
+
+from hasten.config import ScheduleConfig
+
+
+@dataclass
+class ScheduleState:
+    origin_step: int = 0  # global step at which this schedule (re)started
+    origin_tokens: int = 0
+    start_step: int = 0  # schedule step at the origin (staged training: the large model's step R)
+    rewarmup_steps: int = 0  # staged training's short re-warmup after a jump
+    total_steps: int = 1  # schedule length in schedule steps
+    total_tokens: int = 0  # decay length in tokens, counted from the origin (decay_unit=tokens)
+    warmup_end_tokens: int | None = None  # tokens seen when warmup ended (token decay starts there)
+
+
+class LRSchedule:
+    def __init__(self, cfg: ScheduleConfig, base_lr: float, min_lr_ratio: float, total_steps: int, total_tokens: int = 0):
+        self.cfg = cfg
+        self.base_lr = base_lr
+        self.min_lr = base_lr * min_lr_ratio
+        self.state = ScheduleState(total_steps=max(1, total_steps), total_tokens=total_tokens)
+
+    def restart(self, at_step: int, at_tokens: int, total_steps: int, total_tokens: int = 0, start_step: int = 0, rewarmup_steps: int = 0) -> None:
+        """Begin a new schedule at global step `at_step` (after growth)."""
+        self.state = ScheduleState(
+            origin_step=at_step,
+            origin_tokens=at_tokens,
+            start_step=start_step,
+            rewarmup_steps=rewarmup_steps,
+            total_steps=max(1, total_steps),
+            total_tokens=total_tokens,
+        )
+
+    def _decay_fraction(self, step: int, tokens: int) -> float:
+        """Progress through the decay phase in [0, 1]."""
+        s, W = step, self.cfg.warmup_steps
+        if self.cfg.decay_unit == "tokens" and self.state.total_tokens > 0:
+            start = self.state.warmup_end_tokens if self.state.warmup_end_tokens is not None else tokens
+            span = self.state.origin_tokens + self.state.total_tokens - start
+            return min(1.0, max(0.0, (tokens - start) / span)) if span > 0 else 1.0
+        span = self.state.total_steps - W
+        return min(1.0, max(0.0, (s - W) / span)) if span > 0 else 1.0
+
+    def _shape(self, s: int, tokens: int) -> float:
+        """Fraction c in [0, 1] of the way from the floor to the peak at schedule step s."""
+        W = self.cfg.warmup_steps
+        if s < W:
+            return -1.0  # warmup is handled by the caller (it scales the peak, not the gap to the floor)
+        name = self.cfg.name
+        if name == "constant":
+            return 1.0
+        p = self._decay_fraction(s, tokens)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * p))
+        if name == "linear":
+            return 1.0 - p
+        # wsd: stable, then linear decay over the last wsd_decay_fraction of training
+        stable = 1.0 - self.cfg.wsd_decay_fraction
+        return 1.0 if p <= stable else max(0.0, 1.0 - (p - stable) / self.cfg.wsd_decay_fraction)
+
+    def _base(self, s: int, tokens: int, ratio: float) -> float:
+        W = self.cfg.warmup_steps
+        peak = self.base_lr * ratio
+        if s < W:
+            return peak * s / W
+        c = self._shape(s, tokens)
+        return self.min_lr + c * (peak - self.min_lr)
+
+    def lr(self, step: int, tokens: int, ratio: float = 1.0) -> float:
+        """LR of a group with `ratio` for the optimizer step taken after `step` completed steps."""
+        st = self.state
+        s = step - st.origin_step + st.start_step
+        if st.rewarmup_steps and s < st.start_step + st.rewarmup_steps:
+            target = self._base(st.start_step + st.rewarmup_steps, tokens, ratio)
+            return target * (s - st.start_step) / st.rewarmup_steps
+        return self._base(s, tokens, ratio)
+
+    def note_progress(self, step: int, tokens: int) -> None:
+        """Record when warmup ended, the anchor of token-based decay (kept in the state for exact resume)."""
+        s = step - self.state.origin_step + self.state.start_step
+        if self.state.warmup_end_tokens is None and s >= self.cfg.warmup_steps:
+            self.state.warmup_end_tokens = tokens
+
+    def apply(self, optimizer: Optimizer, step: int, tokens: int) -> float:
+        """Set every group's lr for the next step; returns the LR of ratio-1 groups."""
+        self.note_progress(step, tokens)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr(step, tokens, group.get("lr_ratio", 1.0))
+        return self.lr(step, tokens, 1.0)
+
+    def state_dict(self) -> dict:
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = ScheduleState(**state)

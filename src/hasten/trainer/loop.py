@@ -1,0 +1,228 @@
+"""The training loop: reads like nanoGPT's, built from the components in TrainState.
+
+Methods hook in through Callbacks (hasten.trainer.callbacks); the state can be swapped mid-run
+(growth) with `replace_state`, and the per-step batch shape (sequence length warmup) is pushed into
+the data stream through `batch_shape`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hasten.checkpoint import save_checkpoint
+from hasten.config import RunConfig
+from hasten.data.sampler import eval_windows
+from hasten.data.tokens import TokenData
+from hasten.errors import CheckpointError
+from hasten.data.shaping import BatchShape
+from hasten.model import flops_per_token
+from hasten.trainer.callbacks import Callback
+from hasten.trainer.logger import MetricsLogger, ProgressBar
+from hasten.trainer.state import TrainState
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        state: TrainState,
+        data: TokenData,
+        callbacks: list[Callback],
+        run_dir: Path,
+        device: torch.device,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        peak_flops: float | None = None,
+        wrap_model=None,
+    ):
+        self.cfg, self.state, self.data, self.callbacks = cfg, state, data, callbacks
+        self.run_dir, self.device = run_dir, device
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.peak_flops = peak_flops
+        self.wrap_model = wrap_model or (lambda model: model)
+        self.seq_len = cfg.seq_len  # full training context; eval always runs at this length
+        self.batch_shape = BatchShape(cfg.train.batch_size, self.seq_len, "truncate")
+        self.micro_rows = cfg.train.micro_batch_size or cfg.train.batch_size // world_size
+        self.autocast_dtype = torch.bfloat16 if cfg.train.dtype == "bfloat16" else None
+        self.val_rows = eval_windows(data.val, self.seq_len, cfg.train.eval_sequences)
+        self.logger = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard)
+        self.last_metrics: dict[str, float] = {}
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ pieces
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @staticmethod
+    def planned_steps(cfg: RunConfig) -> int:
+        """Planned optimizer steps at full length (the schedule's length when decay is step-based)."""
+        t = cfg.train
+        tokens_per_step = t.batch_size * cfg.seq_len
+        candidates = [t.max_steps] if t.max_steps else []
+        if t.max_tokens:
+            candidates.append(math.ceil(t.max_tokens / tokens_per_step))
+        return min(candidates)
+
+    def done(self) -> bool:
+        t, p = self.cfg.train, self.state.progress
+        return self.stop_requested or (t.max_steps is not None and p.step >= t.max_steps) or (t.max_tokens is not None and p.tokens >= t.max_tokens)
+
+    def replace_state(self, model: nn.Module, optimizer, reason: str) -> None:
+        """Swap in a new model and optimizer (growth); callbacks are told so they can follow."""
+        self.state.model = model
+        self.state.optimizer = optimizer
+        self.state.forward_model = self.wrap_model(model)
+        self.state.progress.stage += 1
+        self.logger.log("event", self.state.progress.step, event="state_replaced", reason=reason, tokens=self.state.progress.tokens)
+        for cb in self.callbacks:
+            cb.on_state_replaced(self, reason)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None) -> float:
+        """Mean val loss over the fixed full-context windows."""
+        model = model if model is not None else self.state.model
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(self.val_rows), self.micro_rows):
+            rows = self.val_rows[start : start + self.micro_rows].to(self.device)
+            with self.autocast():
+                loss = model(rows[:, :-1], rows[:, 1:])
+            total += loss.item() * len(rows)
+            count += len(rows)
+        model.train(was_training)
+        return total / count
+
+    def next_batch(self) -> torch.Tensor:
+        shape = self.batch_shape
+        return self.state.sampler.next_batch(shape, rank=self.rank, world_size=self.world_size)
+
+    def train_step(self, rows: torch.Tensor) -> dict[str, float]:
+        """One optimizer step over a (possibly shortened) batch, in micro-batches of equal token count."""
+        st, p = self.state, self.state.progress
+        lr = st.schedule.apply(st.optimizer, p.step, p.tokens)
+        seq_len = rows.shape[1] - 1
+        micro = max(1, self.micro_rows * self.seq_len // seq_len)
+        n_targets = rows.shape[0] * seq_len
+        loss_sum = torch.zeros((), device=self.device)
+        chunks = rows.split(micro)
+        for i, chunk in enumerate(chunks):
+            chunk = chunk.to(self.device, non_blocking=True)
+            sync = contextlib.nullcontext()
+            if i < len(chunks) - 1 and hasattr(st.forward_model, "no_sync"):
+                sync = st.forward_model.no_sync()  # DDP: all-reduce only on the last micro-batch
+            with sync:
+                with self.autocast():
+                    loss = st.forward_model(chunk[:, :-1], chunk[:, 1:])
+                weight = chunk.shape[0] * seq_len / n_targets
+                (loss * weight).backward()
+            loss_sum += loss.detach() * weight
+        params = [q for q in st.model.parameters() if q.grad is not None]
+        clip = self.cfg.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        st.optimizer.step()
+        st.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_sum.item(), "grad_norm": grad_norm.item(), "lr": lr, "seq_len": seq_len, "rows": rows.shape[0]}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict:
+        from hasten.trainer.setup import rng_state
+
+        st = self.state
+        return {
+            "format": "hasten-train-state",
+            "config": self.cfg.to_dict(),
+            "model_config": st.model.config.to_dict(),
+            "model": st.model.state_dict(),
+            "optimizer": st.optimizer.state_dict(),
+            "schedule": st.schedule.state_dict(),
+            "sampler": st.sampler.state_dict(),
+            "progress": st.progress.to_dict(),
+            "rng": rng_state(),
+            "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
+        }
+
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        step = self.state.progress.step
+        try:
+            path = save_checkpoint(self.run_dir / "checkpoints", step, self.checkpoint_state(), keep=self.cfg.train.keep_checkpoints)
+        except OSError as err:
+            raise CheckpointError(f"saving checkpoint at step {step} failed ({err.strerror or err}); the previous checkpoint is intact") from None
+        self.logger.log("event", step, event="checkpoint", path=str(path))
+        return path
+
+    # ------------------------------------------------------------------ the loop
+
+    def _eval_and_log(self) -> dict[str, float]:
+        p = self.state.progress
+        metrics = {"val_loss": self.evaluate()}
+        for cb in self.callbacks:
+            metrics.update(cb.on_eval(self, self.evaluate))
+        self.logger.log("eval", p.step, tokens=p.tokens, flops=p.flops, train_time=p.train_time, **metrics)
+        self.last_metrics.update(metrics)
+        return metrics
+
+    def fit(self) -> dict[str, float]:
+        t = self.cfg.train
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        bar = ProgressBar(self.planned_steps(self.cfg), self.state.progress.step, enabled=t.progress_bar and self.is_main)
+        p = self.state.progress
+        if p.step == 0:
+            self._eval_and_log()
+        try:
+            while not self.done():
+                for cb in self.callbacks:
+                    cb.before_step(self)
+                rows = self.next_batch()
+                start = time.perf_counter()
+                out = self.train_step(rows)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - start
+                tokens = out["rows"] * out["seq_len"] * self.world_size
+                step_flops = flops_per_token(self.state.model.config, out["seq_len"]) * tokens
+                p.step += 1
+                p.tokens += tokens
+                p.flops += step_flops
+                p.train_time += elapsed
+                self.last_metrics.update(out)
+                for cb in self.callbacks:
+                    cb.after_step(self)
+                tok_s = tokens / elapsed if elapsed > 0 else 0.0
+                mfu = step_flops / elapsed / self.peak_flops if self.peak_flops and elapsed > 0 else None
+                if p.step % t.log_every == 0 or p.step == 1:
+                    extra = {k: v for k, v in self.last_metrics.items() if k not in out and k != "val_loss"}
+                    self.logger.log("train", p.step, tokens=p.tokens, flops=p.flops, train_time=p.train_time, tok_per_s=tok_s, mfu=mfu, **out, **extra)
+                bar.update(1, loss=f"{out['loss']:.3f}", val=_fmt(self.last_metrics.get("val_loss")), tok_s=f"{tok_s:,.0f}",
+                           mfu=f"{mfu:.1%}" if mfu is not None else None, L=out["seq_len"])
+                if p.step % t.eval_every == 0 and not self.done():
+                    self._eval_and_log()
+                if t.checkpoint_every and p.step % t.checkpoint_every == 0 and not self.done():
+                    self.save()
+            final = self._eval_and_log()
+            self.save()
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        finally:
+            bar.close()
+            self.logger.close()
+        return final
+
+
+def _fmt(value) -> str | None:
+    return None if value is None else f"{value:.3f}"

@@ -1,0 +1,215 @@
+"""Assemble a Trainer from a RunConfig: device, data, model, optimizer, schedule, sampler, methods,
+run dir, and (with resume) every state restored from the newest good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from hasten.checkpoint import latest_good_checkpoint, load_checkpoint
+from hasten.config import RunConfig, config_from_dict
+from hasten.data.sampler import WindowSampler
+from hasten.data.tokens import check_fits, prepare_from_config
+from hasten.errors import CheckpointError, ConfigError
+from hasten.methods.registry import build_callbacks
+from hasten.model import GPT, ModelConfig
+from hasten.optim.builder import build_optimizer
+from hasten.optim.schedules import LRSchedule
+from hasten.trainer.loop import Trainer
+from hasten.trainer.state import Progress, TrainState
+
+# config keys that may differ between a run and its resume: they do not change the computation
+RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.log_every", "train.device", "train.peak_flops", "name"}
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={spec!r} but CUDA is not available; use train.device=cpu or auto")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: str | None = None) -> float:
+    """Best observed dense-matmul FLOP/s on this device and dtype (cached), the MFU denominator."""
+    key = f"{device.type}-{torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()}-{torch.get_num_threads()}-{dtype}"
+    cache = Path(os.environ.get("HASTEN_CACHE", cache_dir or "~/.cache/hasten")).expanduser() / "peak_flops.json"
+    table = json.loads(cache.read_text()) if cache.exists() else {}
+    if key in table:
+        return float(table[key])
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / 4)
+    peak = 2 * n**3 / best
+    table[key] = peak
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(table, indent=2))
+    return peak
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path | None:
+    """Create or check the run dir; returns the checkpoint to resume from (or None for a fresh run)."""
+    config_path = run_dir / "config.yaml"
+    if resume:
+        if not config_path.exists():
+            raise ConfigError(f"--resume: {run_dir} holds no run (no config.yaml); start it without --resume")
+        saved = yaml.safe_load(config_path.read_text())
+        diffs = config_differences(saved, cfg.to_dict())
+        if diffs:
+            raise ConfigError(
+                f"--resume: the config differs from the run's in {', '.join(diffs[:4])}; resume with the run's own config "
+                "(omit the recipe) or start a new run dir"
+            )
+        ckpt = latest_good_checkpoint(run_dir / "checkpoints")
+        if ckpt is None:
+            raise CheckpointError(f"--resume: {run_dir} has no usable checkpoint; start it again without --resume")
+        return ckpt
+    if config_path.exists():
+        raise ConfigError(f"run dir {run_dir} already holds a run; use --resume to continue it or pick another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = config_path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(config_path)
+    return None
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def build_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False, dist: Distributed | None = None, progress: bool = True) -> Trainer:
+    dist = dist or Distributed()
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and dist.world_size > 1:
+        device = torch.device("cuda", dist.local_rank)
+    ckpt_path = prepare_run_dir(cfg, run_dir, resume) if dist.rank == 0 else None
+    if resume and dist.rank != 0:
+        ckpt_path = latest_good_checkpoint(run_dir / "checkpoints")
+
+    data = prepare_from_config(cfg.data, progress=progress and dist.rank == 0)
+    model_cfg: ModelConfig = cfg.model_config()
+    if data.vocab_size > model_cfg.vocab_size:
+        raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but model vocab_size is {model_cfg.vocab_size}; raise model.vocab_size")
+    check_fits(data, cfg.seq_len, cfg.train.batch_size, cfg.train.eval_sequences)
+    if cfg.train.batch_size % dist.world_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split over {dist.world_size} ranks; use a multiple")
+
+    seed_everything(cfg.train.seed)
+    checkpoint = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if checkpoint is not None:
+        model_cfg = ModelConfig(**checkpoint["model_config"])  # the current stage's model (growth changes it)
+    model = GPT(model_cfg).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    trainer_total = Trainer.planned_steps(cfg)
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.optim.min_lr_ratio, trainer_total, cfg.train.max_tokens or trainer_total * cfg.train.batch_size * cfg.seq_len)
+    sampler = WindowSampler(data.train, cfg.seq_len, seed=cfg.train.seed)
+    state = TrainState(model=model, optimizer=optimizer, schedule=schedule, sampler=sampler, progress=Progress())
+
+    callbacks = build_callbacks(cfg)
+    peak = cfg.train.peak_flops or measure_peak_flops(device, torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32, cfg.data.cache_dir)
+    wrap = _model_wrapper(cfg, dist, device)
+    trainer = Trainer(cfg, state, data, callbacks, run_dir, device, rank=dist.rank, world_size=dist.world_size, peak_flops=peak, wrap_model=wrap)
+    if checkpoint is not None:
+        restore(trainer, checkpoint)
+    state.forward_model = wrap(state.model)
+    return trainer
+
+
+def _model_wrapper(cfg: RunConfig, dist: Distributed, device: torch.device):
+    def wrap(model):
+        wrapped = model
+        if cfg.train.compile:
+            wrapped = torch.compile(wrapped, dynamic=None)
+        if dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+        return wrapped
+
+    return wrap
+
+
+def restore(trainer: Trainer, checkpoint: dict) -> None:
+    """Load every state from a checkpoint into a freshly built trainer (model already of the right shape)."""
+    st = trainer.state
+    try:
+        st.model.load_state_dict(checkpoint["model"])
+        st.optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {checkpoint.get('_path')} does not fit this model/optimizer ({str(err).splitlines()[0][:160]})") from None
+    st.schedule.load_state_dict(checkpoint["schedule"])
+    st.sampler.load_state_dict(checkpoint["sampler"])
+    st.progress = Progress(**checkpoint["progress"])
+    saved_callbacks = checkpoint.get("callbacks", {})
+    for cb in trainer.callbacks:
+        if cb.name in saved_callbacks:
+            cb.load_state_dict(saved_callbacks[cb.name])
+    set_rng_state(checkpoint["rng"])
+    trainer.logger.truncate_after(st.progress.step)
+    trainer.logger.log("event", st.progress.step, event="resumed", path=checkpoint.get("_path"))
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a run dir (no config.yaml)")
+    return config_from_dict(yaml.safe_load(path.read_text()))

@@ -1,0 +1,37 @@
+"""The replaceable training state: model, optimizer, schedule, sampler and progress counters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+from torch.optim import Optimizer
+
+from hasten.data.sampler import WindowSampler
+from hasten.optim.schedules import LRSchedule
+
+
+@dataclass
+class Progress:
+    step: int = 0  # completed optimizer steps
+    tokens: int = 0  # training tokens consumed (targets), charged at the length actually trained
+    flops: float = 0.0  # training FLOPs charged at each step's model size and sequence length
+    train_time: float = 0.0  # seconds spent in training steps (evaluation and saving excluded)
+    stage: int = 0  # model stage (incremented by growth)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # the raw model (state dicts, growth, averaging read this one)
+    optimizer: Optimizer
+    schedule: LRSchedule
+    sampler: WindowSampler
+    progress: Progress
+    forward_model: nn.Module | None = None  # what the step calls: compiled and/or DDP-wrapped model
+
+    def __post_init__(self) -> None:
+        if self.forward_model is None:
+            self.forward_model = self.model
