@@ -93,6 +93,27 @@ class ScheduleConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Loss-spike / non-finite guard (hasten.trainer.guard): skip poisoned steps, roll back on repeated spikes."""
+
+    skip_nonfinite: bool = True  # a NaN/Inf loss or gradient norm skips the update (step and schedule do not advance)
+    max_consecutive_skips: int = 10  # this many non-finite steps in a row stop the run with one line
+    spike_ratio: float | None = None  # loss / lowest loss so far above this counts as a spike; None disables
+    spike_patience: int = 3  # consecutive spike steps that trigger a rollback to the last good checkpoint
+    rollback_lr_factor: float = 1.0  # LR multiplier applied at each rollback (e.g. 0.5); 1 keeps the LR
+    rollback_skip_data: bool = True  # after a rollback, continue with fresh batches instead of replaying the spiky ones
+    max_rollbacks: int = 3  # more rollbacks than this stop the run with one line
+
+    def validate(self) -> None:
+        if self.max_consecutive_skips < 1 or self.spike_patience < 1 or self.max_rollbacks < 0:
+            raise ConfigError("train.guard: max_consecutive_skips and spike_patience must be >= 1 and max_rollbacks >= 0")
+        if self.spike_ratio is not None and not self.spike_ratio > 1.0:
+            raise ConfigError(f"train.guard.spike_ratio={self.spike_ratio} must be > 1 (or null to disable)")
+        if not 0.0 < self.rollback_lr_factor <= 1.0:
+            raise ConfigError(f"train.guard.rollback_lr_factor={self.rollback_lr_factor} must be in (0, 1]")
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 16  # sequences per optimizer step, over all ranks and micro-batches
     micro_batch_size: int | None = None  # sequences per forward on one rank; None = batch_size / world size
@@ -111,8 +132,16 @@ class TrainConfig:
     peak_flops: float | None = None  # for MFU; None = measured once with a matmul on this device
     progress_bar: bool = True
     tensorboard: bool = True
+    parallelism: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when launched on several ranks (torchrun / --nproc)
+    checkpoint_format: str = "consolidated"  # consolidated (one file, any rank count) | sharded (DCP, one shard per rank)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> None:
+        self.guard.validate()
+        if self.parallelism not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.parallelism={self.parallelism!r} is unknown; use ddp or fsdp")
+        if self.checkpoint_format not in ("consolidated", "sharded"):
+            raise ConfigError(f"train.checkpoint_format={self.checkpoint_format!r} is unknown; use consolidated or sharded")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
         if self.micro_batch_size is not None and (self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size):
@@ -146,7 +175,7 @@ class RunConfig:
 
     def model_config(self) -> ModelConfig:
         try:
-            return model_config(self.model)
+            return model_config(_checked_model_fields(self.model) if isinstance(self.model, dict) else self.model)
         except TypeError as err:
             raise ConfigError(f"model: {err}; valid fields are {', '.join(f.name for f in dataclasses.fields(ModelConfig))}") from None
 
@@ -233,6 +262,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _checked_model_fields(values: dict) -> dict:
+    """Unknown keys and types of a `model:` mapping get the same one-line errors as other sections.
+
+    (ModelConfig lives in model.py and takes raw values, so without this `model.n_layers=abc` or
+    `model.norm_eps=1e-6`, which YAML reads as a string, failed deep inside the model.)
+    """
+    hints = typing.get_type_hints(ModelConfig)
+    out = {}
+    for key, value in values.items():
+        if key == "preset":
+            out[key] = _coerce(value, str, "model.preset")
+        elif key not in hints:
+            raise ConfigError(f"unknown key model.{key}: {_suggest(key, ['preset', *hints])}")
+        else:
+            out[key] = _coerce(value, hints[key], f"model.{key}")
+    return out
+
+
 def _suggest(key: str, options: list[str]) -> str:
     close = difflib.get_close_matches(key, options, n=1)
     return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(options)}"
@@ -266,6 +313,17 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _merge_layer(values: dict, extra: dict) -> dict:
+    """Deep-merge one config layer; a model mapping laid over a preset name refines that preset.
+
+    Without this, `--set model=tiny --set model.n_layers=3` (or a recipe's `model: tiny` plus
+    `--set model.n_layers=3`) would silently drop the preset and build the ModelConfig defaults.
+    """
+    if isinstance(extra.get("model"), dict) and isinstance(values.get("model"), str) and "preset" not in extra["model"]:
+        values = {**values, "model": {"preset": values["model"]}}
+    return _deep_merge(values, extra)
+
+
 def parse_override(text: str) -> dict:
     """`train.max_steps=100` -> {"train": {"max_steps": 100}} (the value is parsed as YAML)."""
     if "=" not in text:
@@ -286,10 +344,13 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def recipe_dict(path: str | Path) -> dict:
+def recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe's values; `base: other.yaml` (relative to the recipe) is loaded first and overridden."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist; give a YAML file (see recipes/)")
+    if path.resolve() in _seen:
+        raise ConfigError(f"recipe {path} includes itself through `base:`; remove the cycle")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -297,6 +358,9 @@ def recipe_dict(path: str | Path) -> dict:
         raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a YAML mapping of sections (model, data, optim, schedule, train, methods)")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _merge_layer(recipe_dict(path.parent / base, _seen + (path.resolve(),)), data)
     return data
 
 
@@ -304,13 +368,17 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
     """Recipe YAML (optional) + `key=value` overrides -> a validated RunConfig."""
     values: dict = dict(base or {})
     if recipe is not None:
-        values = _deep_merge(values, recipe_dict(recipe))
+        values = _merge_layer(values, recipe_dict(recipe))
     for text in overrides:
-        values = _deep_merge(values, parse_override(text))
-    if isinstance(values.get("model"), dict):
-        # a model mapping replaces a preset string rather than merging into it
-        pass
+        values = _merge_layer(values, parse_override(text))
+    train = values.get("train")
+    if isinstance(train, dict) and "max_steps" not in train and "max_tokens" not in train:
+        # a `train:` section builds TrainConfig from its field defaults (max_steps=None); keep RunConfig's
+        # default length so `--set train.batch_size=8` alone does not make the run length-less
+        values = {**values, "train": {**train, "max_steps": RunConfig().train.max_steps}}
     cfg = build_dataclass(RunConfig, values, "")
+    if not isinstance(cfg.model, (str, dict)):
+        raise ConfigError(f"model={cfg.model!r} must be a preset name or a mapping like {{preset: tiny, n_layers: 4}}")
     if isinstance(cfg.model, str) and cfg.model not in PRESETS:
         raise ConfigError(f"model={cfg.model!r} is unknown; {_suggest(cfg.model, list(PRESETS))}")
     cfg.validate()

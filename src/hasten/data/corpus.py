@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,11 +49,14 @@ def stdlib_root() -> Path:
 
 
 def _stdlib_files() -> list[Path]:
+    # os.walk with pruning: rglob would descend into site-packages (torch alone is thousands of files)
+    # only to filter it out, which cost seconds on every run even with warm token caches
     root = stdlib_root()
-    return sorted(
-        (p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages")]
+        files.extend(Path(folder) / name for name in names if name.endswith(".py"))
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 def _read_text(path: Path, skipped: dict[str, int]) -> str | None:

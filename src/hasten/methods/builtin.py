@@ -1,1 +1,13 @@
-"""Imports every built-in method so each registers itself with hasten.methods.registry."""
+"""Registers every built-in method with hasten.methods.registry (imported lazily by the registry)."""
+
+from hasten.methods.averaging import callback as averaging
+from hasten.methods.averaging.ema import EMAConfig, SWAConfig
+from hasten.methods.averaging.lawa import LAWAConfig
+from hasten.methods.registry import MethodSpec, register
+from hasten.methods.seqlen_warmup import callback as seqlen_warmup
+from hasten.methods.seqlen_warmup.schedule import SeqLenWarmupConfig
+
+register(MethodSpec("seqlen_warmup", SeqLenWarmupConfig, seqlen_warmup.build, "sequence length warmup (arXiv 2108.06084)"))
+register(MethodSpec("lawa", LAWAConfig, averaging.build_lawa, "latest weight averaging of k checkpoints (arXiv 2306.03241)"))
+register(MethodSpec("ema", EMAConfig, averaging.build_ema, "exponential moving average of weights (baseline for LAWA)"))
+register(MethodSpec("swa", SWAConfig, averaging.build_swa, "stochastic weight averaging (baseline for LAWA)"))

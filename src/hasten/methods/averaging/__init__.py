@@ -1,0 +1,70 @@
+"""Early weight averaging (LAWA) and its EMA / SWA baselines: evaluation-only copies of the weights.
+
+    averager = LAWA(k=5, interval=50)                 # or EMA(decay=0.99), SWA(start_step=750, every=10)
+    for step in range(1, total_steps + 1):
+        train_one_step(model, optimizer)
+        averager.maybe_update(step, model)            # never writes the live weights
+        if step % eval_every == 0 and averager.ready:
+            val_loss = evaluate(averager.averaged_model(model))
+
+See README.md in this folder for the method card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from hasten.errors import ConfigError
+from hasten.methods.averaging.base import (
+    WeightAverager,
+    build_averaged_model,
+    clean_state_dict,
+    strip_wrapper_prefixes,
+    swapped_in,
+    unwrap_model,
+    weight_distance,
+)
+from hasten.methods.averaging.ema import EMA, SWA, EMAConfig, SWAConfig, ema_decay_from_half_life, swa_start_step
+from hasten.methods.averaging.lawa import LAWA, LAWAConfig, interval_steps
+
+CONFIGS: dict[str, type] = {"lawa": LAWAConfig, "ema": EMAConfig, "swa": SWAConfig}
+
+
+def build_averager(name: str, options: Mapping[str, Any] | None = None, *, total_steps: int | None = None) -> WeightAverager:
+    """An averager from a recipe section, e.g. `build_averager("lawa", {"k": 5, "interval": 50})`.
+
+    `total_steps` is only needed for `swa` with `start_fraction`.
+    """
+    if name not in CONFIGS:
+        raise ConfigError(f"unknown weight averager {name!r}; use one of {', '.join(CONFIGS)}")
+    config_cls = CONFIGS[name]
+    allowed = [f.name for f in fields(config_cls)]
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise ConfigError(f"methods.{name}: unknown option(s) {', '.join(unknown)}; use {', '.join(allowed)}")
+    config = config_cls(**dict(options or {}))
+    config.validate()
+    return config.build(total_steps=total_steps) if name == "swa" else config.build()
+
+
+__all__ = [
+    "EMA",
+    "LAWA",
+    "SWA",
+    "EMAConfig",
+    "LAWAConfig",
+    "SWAConfig",
+    "WeightAverager",
+    "build_averaged_model",
+    "build_averager",
+    "clean_state_dict",
+    "ema_decay_from_half_life",
+    "interval_steps",
+    "strip_wrapper_prefixes",
+    "swa_start_step",
+    "swapped_in",
+    "unwrap_model",
+    "weight_distance",
+]

@@ -1,0 +1,1 @@
+"""Training diagnostics shared by methods and the trainer."""
