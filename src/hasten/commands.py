@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["hasten.interop.cli"]
 
 
 def register_commands(subparsers) -> None:

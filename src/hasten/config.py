@@ -132,6 +132,7 @@ class TrainConfig:
     peak_flops: float | None = None  # for MFU; None = measured once with a matmul on this device
     progress_bar: bool = True
     tensorboard: bool = True
+    init_from: str | None = None  # start from these weights: a hasten run/checkpoint dir or hf:DIR (transformers)
     parallelism: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when launched on several ranks (torchrun / --nproc)
     checkpoint_format: str = "consolidated"  # consolidated (one file, any rank count) | sharded (DCP, one shard per rank)
     guard: GuardConfig = field(default_factory=GuardConfig)

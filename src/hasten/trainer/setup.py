@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +18,19 @@ from hasten.checkpoint import latest_good_checkpoint, load_checkpoint
 from hasten.config import RunConfig, config_from_dict
 from hasten.data.sampler import WindowSampler
 from hasten.data.tokens import check_fits, prepare_from_config
+from hasten.distributed import Distributed, load_full_state, load_sharded, run_on_main, wrap_model
 from hasten.errors import CheckpointError, ConfigError
-from hasten.methods.registry import build_callbacks
+from hasten.methods.registry import build_callbacks, enabled_methods
 from hasten.model import GPT, ModelConfig
 from hasten.optim.builder import build_optimizer
 from hasten.optim.schedules import LRSchedule
 from hasten.trainer.loop import Trainer
+from hasten.trainer.monitor import StabilityMonitor
 from hasten.trainer.state import Progress, TrainState
 
 # config keys that may differ between a run and its resume: they do not change the computation
-RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.log_every", "train.device", "train.peak_flops", "name"}
+RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.log_every", "train.device", "train.peak_flops", "name",
+                    "train.parallelism", "train.checkpoint_format"}  # either checkpoint format resumes under ddp or fsdp
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -128,24 +131,23 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-
 def build_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False, dist: Distributed | None = None, progress: bool = True) -> Trainer:
     dist = dist or Distributed()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and dist.world_size > 1:
         device = torch.device("cuda", dist.local_rank)
-    ckpt_path = prepare_run_dir(cfg, run_dir, resume) if dist.rank == 0 else None
-    if resume and dist.rank != 0:
-        ckpt_path = latest_good_checkpoint(run_dir / "checkpoints")
+    # rank 0 checks the run dir and fills the data cache first; its checkpoint choice (or error) is shared
+    main_data: dict = {}
 
-    data = prepare_from_config(cfg.data, progress=progress and dist.rank == 0)
+    def on_main():
+        path = prepare_run_dir(cfg, run_dir, resume)
+        main_data["data"] = prepare_from_config(cfg.data, progress=progress)
+        shutil.copyfile(main_data["data"].tokenizer_path, run_dir / "tokenizer.json")  # the run dir is self-contained for export
+        return path
+
+    ckpt_path = run_on_main(on_main)
+    data = main_data.get("data") or prepare_from_config(cfg.data, progress=False)
     model_cfg: ModelConfig = cfg.model_config()
     if data.vocab_size > model_cfg.vocab_size:
         raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but model vocab_size is {model_cfg.vocab_size}; raise model.vocab_size")
@@ -158,54 +160,72 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False, dis
     if checkpoint is not None:
         model_cfg = ModelConfig(**checkpoint["model_config"])  # the current stage's model (growth changes it)
     model = GPT(model_cfg).to(device)
+    if checkpoint is None and cfg.train.init_from:
+        init_weights(model, cfg.train.init_from)
+    wrap = _model_wrapper(cfg, dist, device)
+    sharded = dist.world_size > 1 and cfg.train.parallelism == "fsdp"
+    forward_model = wrap(model) if sharded else None  # FSDP2 shards in place: the optimizer must be built on the shards
     optimizer = build_optimizer(model, cfg.optim)
     trainer_total = Trainer.planned_steps(cfg)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.optim.min_lr_ratio, trainer_total, cfg.train.max_tokens or trainer_total * cfg.train.batch_size * cfg.seq_len)
     sampler = WindowSampler(data.train, cfg.seq_len, seed=cfg.train.seed)
     state = TrainState(model=model, optimizer=optimizer, schedule=schedule, sampler=sampler, progress=Progress())
 
-    callbacks = build_callbacks(cfg)
+    callbacks = [StabilityMonitor(), *build_callbacks(cfg)]
     peak = cfg.train.peak_flops or measure_peak_flops(device, torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32, cfg.data.cache_dir)
-    wrap = _model_wrapper(cfg, dist, device)
     trainer = Trainer(cfg, state, data, callbacks, run_dir, device, rank=dist.rank, world_size=dist.world_size, peak_flops=peak, wrap_model=wrap)
     if checkpoint is not None:
         restore(trainer, checkpoint)
-    state.forward_model = wrap(state.model)
+    state.forward_model = forward_model if forward_model is not None else wrap(state.model)  # DDP: after restore
     return trainer
+
+
+def init_weights(model: GPT, spec: str) -> None:
+    """Load starting weights (train.init_from); the run's model config must describe the same model."""
+    from hasten.interop.cli import load_model_from
+
+    source = load_model_from(spec)
+    if source.config != model.config:
+        mismatch = [k for k, v in source.config.to_dict().items() if model.config.to_dict()[k] != v]
+        raise ConfigError(
+            f"train.init_from={spec} holds a model that differs in {', '.join(mismatch)}; set model to "
+            f"{{{', '.join(f'{k}: {source.config.to_dict()[k]}' for k in mismatch)}}} (or a matching preset)"
+        )
+    model.load_state_dict(source.state_dict())
 
 
 def _model_wrapper(cfg: RunConfig, dist: Distributed, device: torch.device):
     def wrap(model):
-        wrapped = model
-        if cfg.train.compile:
-            wrapped = torch.compile(wrapped, dynamic=None)
-        if dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
-        return wrapped
+        return wrap_model(model, cfg, dist, device)
 
     return wrap
 
 
-def restore(trainer: Trainer, checkpoint: dict) -> None:
-    """Load every state from a checkpoint into a freshly built trainer (model already of the right shape)."""
+def restore(trainer: Trainer, checkpoint: dict, rollback: bool = False) -> None:
+    """Load every state from a checkpoint into a trainer (model already of the right shape).
+
+    rollback=True (the spike guard, mid-run) keeps the metrics written since the checkpoint: they are the record.
+    """
     st = trainer.state
     try:
-        st.model.load_state_dict(checkpoint["model"])
-        st.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("sharded"):  # DCP shards beside state.pt, resharded to this run's ranks
+            load_sharded(st.model, st.optimizer, Path(checkpoint["_path"]) / checkpoint["sharded"])
+        else:  # consolidated: full tensors, loaded into a plain, DDP or FSDP-sharded model alike
+            load_full_state(st.model, st.optimizer, checkpoint["model"], checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"checkpoint {checkpoint.get('_path')} does not fit this model/optimizer ({str(err).splitlines()[0][:160]})") from None
     st.schedule.load_state_dict(checkpoint["schedule"])
     st.sampler.load_state_dict(checkpoint["sampler"])
-    st.progress = Progress(**checkpoint["progress"])
+    vars(st.progress).update(vars(Progress(**checkpoint["progress"])))  # in place: fit() holds a reference to it
+    trainer.guard.load_state_dict(checkpoint.get("guard", {}))
     saved_callbacks = checkpoint.get("callbacks", {})
     for cb in trainer.callbacks:
         if cb.name in saved_callbacks:
             cb.load_state_dict(saved_callbacks[cb.name])
     set_rng_state(checkpoint["rng"])
-    trainer.logger.truncate_after(st.progress.step)
-    trainer.logger.log("event", st.progress.step, event="resumed", path=checkpoint.get("_path"))
+    if not rollback:
+        trainer.logger.truncate_after(st.progress.step)
+        trainer.logger.log("event", st.progress.step, event="resumed", path=checkpoint.get("_path"))
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

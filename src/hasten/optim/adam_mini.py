@@ -1,0 +1,266 @@
+"""Adam-mini (Zhang et al., ICLR 2025, arXiv 2406.16793): AdamW with one second moment per block.
+
+Every parameter keeps AdamW's full first moment m, but the second moment v is a single scalar per
+*block* of coordinates, so optimizer state shrinks to about half of AdamW's:
+
+    m   <- b1 * m + (1 - b1) * g                      (elementwise)
+    v_b <- b2 * v_b + (1 - b2) * mean_{i in b}(g_i^2)  (one scalar per block b)
+    p   <- p * (1 - lr * wd)                          (decoupled decay, first, as torch AdamW)
+    p   <- p - lr / (1 - b1^t) * m / (sqrt(v_b) / sqrt(1 - b2^t) + eps)
+
+The bias corrections and the eps placement are torch AdamW's, so a partition of one coordinate per
+block reproduces torch.optim.AdamW.
+
+Partition (the same as the adam-mini 1.1.1 package for LLaMA-style names; see spec §2.2), decided
+from hasten's block classification (hasten.optim.blocks) plus the tensor's shape, never from
+substring guesses, so an unknown parameter is a ConfigError instead of a silent one-scalar fallback:
+
+    bias (any block)          full Adam: one v per coordinate
+    qk weight                 one v per attention head: Q has n_heads, K has n_kv_heads (GQA)
+    emb / head / vo / ffn     one v per output row (token for embeddings/head, neuron otherwise)
+    norm, pos_emb             one v for the whole tensor
+
+State per parameter: `step` (int), `exp_avg` (the parameter's shape) and `exp_avg_sq` (1-D, one entry
+per block, so its length is the number of blocks). The state is ordinary tensors, so torch's
+state_dict/load_state_dict round-trips it.
+
+After model growth: the partition is computed per parameter when a param group is added (at
+construction or by `add_param_group`) from its name and shape. New parameter tensors (a grown model
+and its new optimizer, or a new param group) start from fresh state (step 0, zero moments). If a
+parameter is resized *in place*, `step` raises until `rebuild_partition()` is called; that method
+recomputes every partition from the current shapes (optionally with new head counts) and drops the
+state of any parameter whose state no longer fits, so that parameter restarts fresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from hasten.errors import CheckpointError, ConfigError
+from hasten.optim.blocks import classify_param
+
+PARTITION_KINDS = ("adam", "head", "row", "tensor")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """How one parameter's coordinates are grouped: `n_blocks` equal, contiguous blocks of a `shape` tensor."""
+
+    kind: str
+    n_blocks: int
+    shape: tuple[int, ...]
+
+
+def partition_for(name: str, block: str, shape: tuple[int, ...], n_heads: int, n_kv_heads: int) -> Partition:
+    """The Adam-mini partition of one parameter from its block type, name and shape."""
+    shape = tuple(shape)
+    numel = 1
+    for size in shape:
+        numel *= size
+    if name.split(".")[-1] == "bias":
+        return Partition("adam", numel, shape)
+    if block in ("norm", "pos_emb"):
+        return Partition("tensor", 1, shape)
+    if len(shape) != 2:
+        raise ConfigError(f"Adam-mini: {name!r} (block {block}) has shape {list(shape)}; a {block} weight must be a 2-D matrix")
+    if block == "qk":
+        rows, in_features = shape
+        if in_features % n_heads:
+            raise ConfigError(
+                f"Adam-mini: {name!r} has {in_features} input features, not a multiple of n_heads={n_heads}; pass the model's n_heads"
+            )
+        head_dim = in_features // n_heads
+        heads = rows // head_dim if rows % head_dim == 0 else -1
+        if heads not in (n_heads, n_kv_heads):
+            raise ConfigError(
+                f"Adam-mini: {name!r} with shape {list(shape)} does not split into n_heads={n_heads} or n_kv_heads={n_kv_heads} "
+                f"heads of dim {head_dim}; pass the model's n_heads and n_kv_heads"
+            )
+        return Partition("head", heads, shape)
+    if block in ("emb", "head", "vo", "ffn"):
+        return Partition("row", shape[0], shape)
+    raise ConfigError(f"Adam-mini: no partition rule for block {block!r} of {name!r}")
+
+
+class AdamMini(torch.optim.Optimizer):
+    """Adam-mini over param groups that carry `param_names` (parallel to `params`).
+
+    Groups may carry extra keys (block, lr_ratio, ...) that pass through untouched, so the output of
+    `hasten.optim.blockwise.blockwise_param_groups` plugs in directly (Adam-mini + Blockwise LR).
+    `block_overrides` are the same fnmatch overrides given to the block classifier.
+    """
+
+    def __init__(
+        self,
+        param_groups: list[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        block_overrides: dict[str, str] | None = None,
+    ):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ConfigError(f"Adam-mini: invalid hyperparameters lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ConfigError(f"Adam-mini: n_heads={n_heads} must be a positive multiple of n_kv_heads={n_kv_heads}")
+        # set before super().__init__, which calls add_param_group for every group
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.block_overrides = dict(block_overrides or {})
+        self._partitions: dict[torch.Tensor, Partition] = {}
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(param_groups, defaults)
+
+    # -- partition -----------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)  # also turns (name, tensor) pairs into param_names
+        try:
+            self._partition_group(self.param_groups[-1])
+        except ConfigError:
+            self.param_groups.pop()  # leave the optimizer as it was
+            raise
+
+    def _partition_group(self, group: dict) -> None:
+        names = group.get("param_names")
+        if names is None or len(names) != len(group["params"]):
+            raise ConfigError(
+                "Adam-mini: every param group needs `param_names` parallel to `params` (use blockwise_param_groups)"
+            )
+        for name, param in zip(names, group["params"]):
+            block = classify_param(name, self.block_overrides)
+            if group.get("block", block) != block:
+                raise ConfigError(
+                    f"Adam-mini: {name!r} is in a group for block {group['block']!r} but classifies as {block!r}; "
+                    "pass the same block_overrides to the optimizer as to blockwise_param_groups"
+                )
+            self._partitions[param] = partition_for(name, block, tuple(param.shape), self.n_heads, self.n_kv_heads)
+
+    def partition(self, param: torch.Tensor) -> Partition:
+        part = self._partitions[param]
+        if tuple(param.shape) != part.shape:
+            raise ConfigError(
+                f"Adam-mini: a parameter changed shape from {list(part.shape)} to {list(param.shape)}; call optimizer.rebuild_partition()"
+            )
+        return part
+
+    def partition_summary(self) -> dict[str, int]:
+        """Tensors per partition kind and the total number of second-moment entries, for the run log."""
+        summary = dict.fromkeys(PARTITION_KINDS, 0)
+        summary["v_entries"] = 0
+        for part in self._partitions.values():
+            summary[part.kind] += 1
+            summary["v_entries"] += part.n_blocks
+        return summary
+
+    def rebuild_partition(self, n_heads: int | None = None, n_kv_heads: int | None = None) -> list[str]:
+        """Recompute every partition from current names and shapes; returns the names whose state was reset."""
+        if n_heads is not None:
+            self.n_heads = n_heads
+            self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        elif n_kv_heads is not None:
+            self.n_kv_heads = n_kv_heads
+        self._partitions = {}
+        reset = []
+        for group in self.param_groups:
+            self._partition_group(group)
+            for name, param in zip(group["param_names"], group["params"]):
+                if param in self.state and not self._state_fits(param):
+                    del self.state[param]
+                    reset.append(name)
+        return reset
+
+    def _state_fits(self, param: torch.Tensor) -> bool:
+        state = self.state[param]
+        part = self._partitions[param]
+        return state["exp_avg"].shape == param.shape and state["exp_avg_sq"].shape == (part.n_blocks,)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # saved param_names replace the current ones, so re-derive the partition and check the state fits it
+        self._partitions = {}
+        for group in self.param_groups:
+            self._partition_group(group)
+            for name, param in zip(group["param_names"], group["params"]):
+                if param in self.state and not self._state_fits(param):
+                    raise CheckpointError(
+                        f"Adam-mini checkpoint state for {name!r} does not fit the model's parameter; load a matching checkpoint"
+                    )
+
+    # -- update --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:  # check every partition first, so a stale one cannot leave a half-applied step
+            for param in group["params"]:
+                if param.grad is not None:
+                    self.partition(param)
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        params, grads, exp_avgs, exp_avg_sqs, parts, states = [], [], [], [], [], []
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("Adam-mini does not support sparse gradients")
+            part = self.partition(param)
+            state = self.state[param]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = param.new_zeros(part.n_blocks)
+            params.append(param)
+            grads.append(param.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            parts.append(part)
+            states.append(state)
+        if not params:
+            return
+
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        for param, grad, exp_avg, exp_avg_sq, part, state in zip(params, grads, exp_avgs, exp_avg_sqs, parts, states):
+            state["step"] += 1
+            grad_flat = grad.reshape(-1)
+            if part.kind == "adam":  # per coordinate: exactly torch AdamW's update of v
+                exp_avg_sq.mul_(beta2).addcmul_(grad_flat, grad_flat, value=1 - beta2)
+            else:
+                blocks = grad_flat.view(part.n_blocks, -1)
+                if blocks.dtype in (torch.float16, torch.bfloat16):
+                    blocks = blocks.float()  # a low-precision mean of squares loses the small entries
+                exp_avg_sq.mul_(beta2).add_(blocks.square().mean(dim=1), alpha=1 - beta2)
+            step = state["step"]
+            bias_correction1 = 1 - beta1**step
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps).unsqueeze(1)
+            param.view(part.n_blocks, -1).addcdiv_(exp_avg.view(part.n_blocks, -1), denom, value=-lr / bias_correction1)
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in optimizer state tensors (moments and tensor step counters); works for any torch optimizer.
+
+    State is created lazily, so call it after the first step.
+    """
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+    return total
