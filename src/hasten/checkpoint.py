@@ -14,17 +14,25 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
 from hasten.errors import CheckpointError
+from hasten.faults import fault_point
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
+TMP_PREFIX = ".tmp-"  # a save in progress (a leftover one is a crash mid-save; removed by the next save)
+OLD_PREFIX = ".old-"  # the previous copy of a step being re-saved; stands in for it if a crash hits the swap
+
+
+def _warn(message: str) -> None:
+    """Report a skipped checkpoint on one stderr line (warnings.warn would add a second, source line)."""
+    print(f"hasten: warning: {message}", file=sys.stderr)
 
 
 def _sha256(path: Path) -> str:
@@ -53,31 +61,45 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _put_file(target: Path, data: bytes | Path) -> dict:
+    """Write bytes, or move a file (e.g. a DCP shard), into the checkpoint; returns its manifest entry."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, (bytes, bytearray)):
+        _write_file(target, bytes(data))
+        return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    shutil.move(data, target)
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
+    return {"sha256": _sha256(target), "bytes": target.stat().st_size}
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def save_checkpoint(directory: str | Path, step: int, state: dict, keep: int = 2, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Atomically write `state` as checkpoint `step` under `directory`; keep the newest `keep` good ones."""
+def save_checkpoint(directory: str | Path, step: int, state: dict, keep: int = 2, extra_files: dict[str, bytes | Path] | None = None) -> Path:
+    """Atomically write `state` as checkpoint `step` under `directory`; keep the newest `keep` good ones.
+
+    `extra_files` values are bytes, or paths of files already on disk (sharded DCP shards) that are
+    moved in, so they never pass through memory; names may contain `/` (sub-directories).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{final.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f"{TMP_PREFIX}{final.name}-"))
+    trash = directory / f"{OLD_PREFIX}{final.name}"
     try:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         files = {STATE_FILE: buffer.getvalue(), **(extra_files or {})}
+        entries = {}
         for name, data in files.items():
-            _write_file(tmp / name, data)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()},
-        }
+            entries[name] = _put_file(tmp / name, data)
+        fault_point("save", step)  # test hook: a crash with the data written but no manifest yet
+        manifest = {"format_version": FORMAT_VERSION, "step": step, "files": entries}
         _write_file(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
         _fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. after a rollback): replace it atomically
-            trash = directory / f".old-{final.name}"
             shutil.rmtree(trash, ignore_errors=True)
             os.replace(final, trash)
             os.replace(tmp, final)
@@ -87,7 +109,10 @@ def save_checkpoint(directory: str | Path, step: int, state: dict, keep: int = 2
         _fsync_dir(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if trash.exists() and not final.exists():  # failed between the two renames: put the old copy back
+            os.replace(trash, final)
         raise
+    fault_point("saved", step)  # test hook: a crash after the rename, before retention
     _apply_retention(directory, keep)
     return final
 
@@ -95,17 +120,26 @@ def save_checkpoint(directory: str | Path, step: int, state: dict, keep: int = 2
 def verify_checkpoint(path: str | Path) -> str | None:
     """None if the checkpoint is complete and its checksums match, else the reason it is not."""
     path = Path(path)
+    if not path.is_dir():
+        return "it does not exist"
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         return "no manifest.json (incomplete save)"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "manifest.json is unreadable"
+    if not isinstance(manifest, dict):
+        return "manifest.json is malformed"
     if manifest.get("format_version") != FORMAT_VERSION:
         return f"format version {manifest.get('format_version')} is not {FORMAT_VERSION}"
-    for name, info in manifest.get("files", {}).items():
+    files = manifest.get("files")
+    if not isinstance(files, dict) or STATE_FILE not in files:
+        return f"manifest.json does not list {STATE_FILE}"
+    for name, info in files.items():
         file = path / name
+        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or not isinstance(info.get("sha256"), str):
+            return f"manifest.json entry for {name} is malformed"
         if not file.is_file():
             return f"{name} is missing"
         if file.stat().st_size != info["bytes"]:
@@ -115,15 +149,30 @@ def verify_checkpoint(path: str | Path) -> str | None:
     return None
 
 
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Checkpoint dirs under `directory`, oldest first (by step)."""
+    """Checkpoint dirs under `directory`, oldest first (by step).
+
+    A `.old-step_N` left by a crash in the middle of re-saving step N stands in for the missing `step_N`.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted((p for p in directory.iterdir() if p.is_dir() and p.name.startswith("step_")), key=lambda p: p.name)
+    found = {p.name: p for p in directory.iterdir() if p.is_dir() and p.name.startswith("step_") and _step_of(p) >= 0}
+    for old in directory.glob(f"{OLD_PREFIX}step_*"):
+        name = old.name[len(OLD_PREFIX):]
+        if old.is_dir() and name not in found and _step_of(old) >= 0:
+            found[name] = old
+    return sorted(found.values(), key=_step_of)
 
 
-def latest_good_checkpoint(directory: str | Path, report=warnings.warn) -> Path | None:
+def latest_good_checkpoint(directory: str | Path, report=_warn) -> Path | None:
     """The newest verified checkpoint; each newer broken one is reported (never skipped silently)."""
     for path in reversed(list_checkpoints(directory)):
         problem = verify_checkpoint(path)
@@ -134,11 +183,18 @@ def latest_good_checkpoint(directory: str | Path, report=warnings.warn) -> Path 
 
 
 def _apply_retention(directory: Path, keep: int) -> None:
+    """Delete all but the newest `keep` verified checkpoints (so never the last good one) and stale temp dirs.
+
+    Broken checkpoints are left alone: they are evidence, and each one is reported when skipped on load.
+    """
     good = [p for p in list_checkpoints(directory) if verify_checkpoint(p) is None]
     for path in good[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in directory.glob(".tmp-step_*"):
+    for stale in directory.glob(f"{TMP_PREFIX}step_*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for old in directory.glob(f"{OLD_PREFIX}step_*"):
+        if (directory / old.name[len(OLD_PREFIX):]).exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -152,6 +208,11 @@ def load_checkpoint(path: str | Path) -> dict:
     problem = verify_checkpoint(path)
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} is unusable: {problem}")
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as err:  # verified bytes that still do not unpickle: written by an incompatible version
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict")
     state["_path"] = str(path)
     return state

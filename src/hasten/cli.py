@@ -33,7 +33,14 @@ def cmd_train(args) -> int:
     else:
         cfg = load_config(args.recipe, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    dist = _distributed()
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from hasten.distributed import launch
+
+        return launch(args.nproc, _relaunch_argv(args.argv, run_dir))
+    dist = _distributed(cfg.train.device)
+    from hasten.distributed import broadcast_object
+
+    run_dir = broadcast_object(run_dir)  # a timestamped default could differ by a second between ranks
     trainer = build_trainer(cfg, run_dir, resume=args.resume, dist=dist)
     if trainer.is_main:
         n = sum(p.numel() for p in trainer.state.model.parameters())
@@ -48,7 +55,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _distributed():
+def _distributed(device: str = "auto"):
     from hasten.trainer.setup import Distributed
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -56,7 +63,22 @@ def _distributed():
         return Distributed()
     from hasten.distributed import init_distributed
 
-    return init_distributed()
+    return init_distributed(device)
+
+
+def _relaunch_argv(argv: list[str], run_dir: Path) -> list[str]:
+    """The command line minus --nproc, with the run dir pinned so every rank uses the same one."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in out):
+        out += ["--run-dir", str(run_dir)]
+    return out
 
 
 def cmd_eval(args) -> int:
@@ -121,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_config_args(p)
     p.add_argument("--run-dir", help="where the run lives (default runs/NAME-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest good checkpoint")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel over N local processes (re-launches via torch.distributed.run; train.parallelism picks ddp or fsdp)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="val loss of a checkpoint or run dir")
@@ -146,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` re-launches this command line
     try:
         return args.func(args)
     except HastenError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -248,14 +249,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"{key}={value!r} must be an integer")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
+                number = float(value)
+            except (ValueError, OverflowError):
                 pass
-        raise ConfigError(f"{key}={value!r} must be a number")
+        if number is not None and math.isfinite(number):  # nan/inf would slip past every range check below
+            return number
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     if tp is str:
         if isinstance(value, str):
             return value

@@ -72,6 +72,9 @@ class ModelConfig:
             bad(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; use a divisor of n_heads")
         if self.family == "llama" and self.head_dim % 2:
             bad(f"head_dim={self.head_dim} must be even for RoPE; change d_model or n_heads")
+        for key in ("norm_eps", "rope_theta", "init_std"):
+            if not float(getattr(self, key)) > 0:
+                bad(f"{key}={getattr(self, key)} must be a positive number")
 
     def to_dict(self) -> dict:
         return asdict(self)

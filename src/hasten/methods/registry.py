@@ -53,6 +53,8 @@ def method_config(run_cfg, name: str):
     cfg = build_dataclass(specs[name].config_cls, section, f"methods.{name}.")
     if hasattr(cfg, "validate"):
         cfg.validate()
+    if hasattr(cfg, "validate_run"):  # checks against the rest of the recipe (e.g. sharpness auto_ratios needs optim.blockwise)
+        cfg.validate_run(run_cfg)
     return cfg
 
 

@@ -54,7 +54,9 @@ def optimizer_moment_stats(optimizer: torch.optim.Optimizer, include_weights: bo
 def _norms(tensors: list[torch.Tensor], order: float) -> torch.Tensor:
     """Per-tensor vector norms in float64, stacked on the first tensor's device (no host sync)."""
     device = tensors[0].device
-    return torch.stack([torch.linalg.vector_norm(t.detach(), ord=order, dtype=torch.float64).to(device) for t in tensors])
+    norms = [torch.linalg.vector_norm(t.detach(), ord=order, dtype=torch.float64) for t in tensors]
+    # FSDP2 state is a DTensor shard: its norm is a DTensor over all shards, read as a plain tensor
+    return torch.stack([(n.full_tensor() if hasattr(n, "full_tensor") else n).to(device) for n in norms])
 
 
 class LossSpikeTracker:

@@ -26,6 +26,7 @@ class ScheduleState:
     total_steps: int = 1  # schedule length in schedule steps
     total_tokens: int = 0  # decay length in tokens, counted from the origin (decay_unit=tokens)
     warmup_end_tokens: int | None = None  # tokens seen when warmup ended (token decay starts there)
+    warmup_steps: int | None = None  # warmup length of this (re)started schedule; None = cfg.warmup_steps (G_stack's new warmup)
 
 
 class LRSchedule:
@@ -35,8 +36,9 @@ class LRSchedule:
         self.min_lr = base_lr * min_lr_ratio
         self.state = ScheduleState(total_steps=max(1, total_steps), total_tokens=total_tokens)
 
-    def restart(self, at_step: int, at_tokens: int, total_steps: int, total_tokens: int = 0, start_step: int = 0, rewarmup_steps: int = 0) -> None:
-        """Begin a new schedule at global step `at_step` (after growth)."""
+    def restart(self, at_step: int, at_tokens: int, total_steps: int, total_tokens: int = 0, start_step: int = 0, rewarmup_steps: int = 0,
+                warmup_steps: int | None = None) -> None:
+        """Begin a new schedule at global step `at_step` (after growth); warmup_steps=None keeps cfg.warmup_steps."""
         self.state = ScheduleState(
             origin_step=at_step,
             origin_tokens=at_tokens,
@@ -44,11 +46,21 @@ class LRSchedule:
             rewarmup_steps=rewarmup_steps,
             total_steps=max(1, total_steps),
             total_tokens=total_tokens,
+            warmup_steps=warmup_steps,
         )
+
+    def set_peak(self, base_lr: float, min_lr_ratio: float) -> None:
+        """A new peak LR (G_stack's grown model trains at a lower one); saved in state_dict for exact resume."""
+        self.base_lr = base_lr
+        self.min_lr = base_lr * min_lr_ratio
+
+    @property
+    def warmup(self) -> int:
+        return self.cfg.warmup_steps if self.state.warmup_steps is None else self.state.warmup_steps
 
     def _decay_fraction(self, step: int, tokens: int) -> float:
         """Progress through the decay phase in [0, 1]."""
-        s, W = step, self.cfg.warmup_steps
+        s, W = step, self.warmup
         if self.cfg.decay_unit == "tokens" and self.state.total_tokens > 0:
             start = self.state.warmup_end_tokens if self.state.warmup_end_tokens is not None else tokens
             span = self.state.origin_tokens + self.state.total_tokens - start
@@ -58,7 +70,7 @@ class LRSchedule:
 
     def _shape(self, s: int, tokens: int) -> float:
         """Fraction c in [0, 1] of the way from the floor to the peak at schedule step s."""
-        W = self.cfg.warmup_steps
+        W = self.warmup
         if s < W:
             return -1.0  # warmup is handled by the caller (it scales the peak, not the gap to the floor)
         name = self.cfg.name
@@ -74,7 +86,7 @@ class LRSchedule:
         return 1.0 if p <= stable else max(0.0, 1.0 - (p - stable) / self.cfg.wsd_decay_fraction)
 
     def _base(self, s: int, tokens: int, ratio: float) -> float:
-        W = self.cfg.warmup_steps
+        W = self.warmup
         peak = self.base_lr * ratio
         if s < W:
             return peak * s / W
@@ -93,7 +105,7 @@ class LRSchedule:
     def note_progress(self, step: int, tokens: int) -> None:
         """Record when warmup ended, the anchor of token-based decay (kept in the state for exact resume)."""
         s = step - self.state.origin_step + self.state.start_step
-        if self.state.warmup_end_tokens is None and s >= self.cfg.warmup_steps:
+        if self.state.warmup_end_tokens is None and s >= self.warmup:
             self.state.warmup_end_tokens = tokens
 
     def apply(self, optimizer: Optimizer, step: int, tokens: int) -> float:
@@ -104,7 +116,10 @@ class LRSchedule:
         return self.lr(step, tokens, 1.0)
 
     def state_dict(self) -> dict:
-        return asdict(self.state)
+        return {**asdict(self.state), "base_lr": self.base_lr, "min_lr": self.min_lr}
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.base_lr = state.pop("base_lr", self.base_lr)  # older checkpoints: the recipe's peak
+        self.min_lr = state.pop("min_lr", self.min_lr)
         self.state = ScheduleState(**state)

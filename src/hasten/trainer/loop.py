@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -18,11 +19,25 @@ from torch import nn
 from hasten.checkpoint import save_checkpoint
 from hasten.config import RunConfig
 from hasten.data.sampler import eval_windows
-from hasten.data.tokens import TokenData
-from hasten.errors import CheckpointError
 from hasten.data.shaping import BatchShape
+from hasten.data.tokens import TokenData
+from hasten.distributed import (
+    DCP_DIR,
+    all_reduce_mean_,
+    all_reduce_sum,
+    barrier,
+    full_model_state,
+    full_optimizer_state,
+    is_fsdp,
+    no_grad_sync,
+    rebind_optimizer,
+    save_sharded,
+)
+from hasten.errors import CheckpointError
+from hasten.faults import fault_point
 from hasten.model import flops_per_token
 from hasten.trainer.callbacks import Callback
+from hasten.trainer.guard import Guard
 from hasten.trainer.logger import MetricsLogger, ProgressBar
 from hasten.trainer.state import TrainState
 
@@ -56,6 +71,7 @@ class Trainer:
         self.logger = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard)
         self.last_metrics: dict[str, float] = {}
         self.stop_requested = False
+        self.guard = Guard(cfg.train.guard)  # non-finite skip and spike rollback (hasten.trainer.guard)
 
     # ------------------------------------------------------------------ pieces
 
@@ -83,6 +99,7 @@ class Trainer:
         self.state.model = model
         self.state.optimizer = optimizer
         self.state.forward_model = self.wrap_model(model)
+        self.state.optimizer = rebind_optimizer(model, optimizer)  # FSDP2 replaced the parameters with shards
         self.state.progress.stage += 1
         self.logger.log("event", self.state.progress.step, event="state_replaced", reason=reason, tokens=self.state.progress.tokens)
         for cb in self.callbacks:
@@ -90,18 +107,31 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> float:
-        """Mean val loss over the fixed full-context windows."""
+        """Mean val loss over the fixed full-context windows.
+
+        With several ranks, each takes every world_size-th micro-batch and the sums are all-reduced,
+        so all ranks return the same value; every rank must call this. Under FSDP a rank with no
+        micro-batch left runs a weight-0 one so the ranks' all-gathers stay in step.
+        """
         model = model if model is not None else self.state.model
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
-        for start in range(0, len(self.val_rows), self.micro_rows):
-            rows = self.val_rows[start : start + self.micro_rows].to(self.device)
+        chunks = self.val_rows.split(self.micro_rows)
+        sharded = is_fsdp(model)
+        for first in range(0, len(chunks), self.world_size):
+            index = first + self.rank
+            if index >= len(chunks) and not sharded:
+                continue
+            rows = chunks[index if index < len(chunks) else 0].to(self.device)
             with self.autocast():
                 loss = model(rows[:, :-1], rows[:, 1:])
-            total += loss.item() * len(rows)
-            count += len(rows)
+            if index < len(chunks):
+                total += loss.item() * len(rows)
+                count += len(rows)
         model.train(was_training)
+        if self.world_size > 1:
+            total, count = all_reduce_sum([total, count], self.device)
         return total / count
 
     def next_batch(self) -> torch.Tensor:
@@ -111,7 +141,7 @@ class Trainer:
     def train_step(self, rows: torch.Tensor) -> dict[str, float]:
         """One optimizer step over a (possibly shortened) batch, in micro-batches of equal token count."""
         st, p = self.state, self.state.progress
-        lr = st.schedule.apply(st.optimizer, p.step, p.tokens)
+        lr = self.guard.scale_lr(st.optimizer, st.schedule.apply(st.optimizer, p.step, p.tokens))
         seq_len = rows.shape[1] - 1
         micro = max(1, self.micro_rows * self.seq_len // seq_len)
         n_targets = rows.shape[0] * seq_len
@@ -119,10 +149,7 @@ class Trainer:
         chunks = rows.split(micro)
         for i, chunk in enumerate(chunks):
             chunk = chunk.to(self.device, non_blocking=True)
-            sync = contextlib.nullcontext()
-            if i < len(chunks) - 1 and hasattr(st.forward_model, "no_sync"):
-                sync = st.forward_model.no_sync()  # DDP: all-reduce only on the last micro-batch
-            with sync:
+            with no_grad_sync(st.forward_model, skip=i < len(chunks) - 1):  # DDP/FSDP: reduce grads on the last micro-batch only
                 with self.autocast():
                     loss = st.forward_model(chunk[:, :-1], chunk[:, 1:])
                 weight = chunk.shape[0] * seq_len / n_targets
@@ -131,13 +158,24 @@ class Trainer:
         params = [q for q in st.model.parameters() if q.grad is not None]
         clip = self.cfg.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor; the norm is over all shards
+            grad_norm = grad_norm.full_tensor()
+        fault_point("step", p.step + 1)  # test hook (hasten.faults): a crash mid-step; a no-op in normal use
+        if not self.guard.allow_step(self, loss_sum, grad_norm):  # non-finite: discard the update, advance nothing
+            st.optimizer.zero_grad(set_to_none=True)
+            return {"loss": loss_sum.item(), "grad_norm": grad_norm.item(), "lr": lr, "seq_len": seq_len, "rows": rows.shape[0], "skipped": 1}
         st.optimizer.step()
         st.optimizer.zero_grad(set_to_none=True)
+        all_reduce_mean_(loss_sum)  # log the global batch's loss, not this rank's share
         return {"loss": loss_sum.item(), "grad_norm": grad_norm.item(), "lr": lr, "seq_len": seq_len, "rows": rows.shape[0]}
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint_state(self) -> dict:
+    def checkpoint_state(self, weights: bool = True) -> dict:
+        """Everything a resume needs, in single-process form; a collective under FSDP (all ranks call it).
+
+        weights=False leaves model and optimizer out (a sharded checkpoint writes them with DCP).
+        """
         from hasten.trainer.setup import rng_state
 
         st = self.state
@@ -145,24 +183,39 @@ class Trainer:
             "format": "hasten-train-state",
             "config": self.cfg.to_dict(),
             "model_config": st.model.config.to_dict(),
-            "model": st.model.state_dict(),
-            "optimizer": st.optimizer.state_dict(),
+            **({"model": full_model_state(st.model), "optimizer": full_optimizer_state(st.model, st.optimizer)} if weights else {}),
             "schedule": st.schedule.state_dict(),
             "sampler": st.sampler.state_dict(),
             "progress": st.progress.to_dict(),
             "rng": rng_state(),
             "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
+            "guard": self.guard.state_dict(),
         }
 
     def save(self) -> Path | None:
-        if not self.is_main:
-            return None
+        """Checkpoint on every rank's call (the state gather is collective); only rank 0 writes."""
         step = self.state.progress.step
-        try:
-            path = save_checkpoint(self.run_dir / "checkpoints", step, self.checkpoint_state(), keep=self.cfg.train.keep_checkpoints)
-        except OSError as err:
-            raise CheckpointError(f"saving checkpoint at step {step} failed ({err.strerror or err}); the previous checkpoint is intact") from None
-        self.logger.log("event", step, event="checkpoint", path=str(path))
+        directory = self.run_dir / "checkpoints"
+        sharded = self.cfg.train.checkpoint_format == "sharded"
+        extra: dict = {}
+        if sharded:  # each rank writes its shards to a hidden dir; rank 0 moves them into the atomic checkpoint
+            shard_dir = directory / f".dcp-{step:08d}"
+            save_sharded(self.state.model, self.state.optimizer, shard_dir)
+            extra = {f"{DCP_DIR}/{f.name}": f for f in sorted(shard_dir.iterdir())} if self.is_main else {}
+        state = self.checkpoint_state(weights=not sharded)
+        if sharded:
+            state["sharded"] = DCP_DIR
+        path = None
+        if self.is_main:
+            try:
+                path = save_checkpoint(directory, step, state, keep=self.cfg.train.keep_checkpoints, extra_files=extra)
+            except OSError as err:
+                raise CheckpointError(f"saving checkpoint at step {step} failed ({err.strerror or err}); the previous checkpoint is intact") from None
+            finally:
+                if sharded:
+                    shutil.rmtree(shard_dir, ignore_errors=True)
+            self.logger.log("event", step, event="checkpoint", path=str(path))
+        barrier()  # no rank runs ahead (or exits) before the checkpoint is in place
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -196,20 +249,25 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 tokens = out["rows"] * out["seq_len"] * self.world_size
                 step_flops = flops_per_token(self.state.model.config, out["seq_len"]) * tokens
-                p.step += 1
-                p.tokens += tokens
                 p.flops += step_flops
                 p.train_time += elapsed
+                if out.get("skipped"):  # the guard discarded a non-finite step: step, tokens and schedule stay put
+                    bar.update(0, **self.guard.postfix())
+                    continue
+                p.step += 1
+                p.tokens += tokens
                 self.last_metrics.update(out)
                 for cb in self.callbacks:
                     cb.after_step(self)
+                if self.guard.after_step(self):  # rolled back to an earlier checkpoint: continue from there
+                    continue
                 tok_s = tokens / elapsed if elapsed > 0 else 0.0
-                mfu = step_flops / elapsed / self.peak_flops if self.peak_flops and elapsed > 0 else None
+                mfu = step_flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops and elapsed > 0 else None
                 if p.step % t.log_every == 0 or p.step == 1:
                     extra = {k: v for k, v in self.last_metrics.items() if k not in out and k != "val_loss"}
                     self.logger.log("train", p.step, tokens=p.tokens, flops=p.flops, train_time=p.train_time, tok_per_s=tok_s, mfu=mfu, **out, **extra)
                 bar.update(1, loss=f"{out['loss']:.3f}", val=_fmt(self.last_metrics.get("val_loss")), tok_s=f"{tok_s:,.0f}",
-                           mfu=f"{mfu:.1%}" if mfu is not None else None, L=out["seq_len"])
+                           mfu=f"{mfu:.1%}" if mfu is not None else None, L=out["seq_len"], **self.guard.postfix())
                 if p.step % t.eval_every == 0 and not self.done():
                     self._eval_and_log()
                 if t.checkpoint_every and p.step % t.checkpoint_every == 0 and not self.done():

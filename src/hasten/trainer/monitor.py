@@ -13,13 +13,29 @@ class StabilityMonitor(Callback):
 
     def __init__(self, spike_threshold: float = 1.5):
         self.spikes = LossSpikeTracker(threshold=spike_threshold)
+        self._state_bytes_logged = False  # per process: logged after the first step of a fit and after growth
 
     def after_step(self, trainer) -> None:
+        if not self._state_bytes_logged:
+            self._log_state_bytes(trainer)
         self.spikes.update(trainer.last_metrics["loss"])
         trainer.last_metrics.update(self.spikes.metrics())
         step = trainer.state.progress.step
         if step % trainer.cfg.train.log_every == 0 or step == 1:
             trainer.last_metrics.update({f"adam/{k}": v for k, v in optimizer_moment_stats(trainer.state.optimizer, include_weights=False).items()})
+
+    def _log_state_bytes(self, trainer) -> None:
+        # optimizer memory is half of Adam-mini's claim; state is created lazily, so only after a step
+        from hasten.optim.adam_mini import state_bytes
+
+        optimizer = trainer.state.optimizer
+        extra = {"partition": optimizer.partition_summary()} if hasattr(optimizer, "partition_summary") else {}
+        trainer.logger.log("event", trainer.state.progress.step, event="optimizer_state_bytes",
+                           optimizer_state_bytes=state_bytes(optimizer), optimizer=type(optimizer).__name__, **extra)
+        self._state_bytes_logged = True
+
+    def on_state_replaced(self, trainer, reason: str) -> None:
+        self._state_bytes_logged = False  # a grown model has a new optimizer
 
     def state_dict(self) -> dict:
         return self.spikes.state_dict()

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -14,13 +15,13 @@ import numpy as np
 import torch
 import yaml
 
-from hasten.checkpoint import latest_good_checkpoint, load_checkpoint
+from hasten.checkpoint import latest_good_checkpoint, list_checkpoints, load_checkpoint
 from hasten.config import RunConfig, config_from_dict
 from hasten.data.sampler import WindowSampler
 from hasten.data.tokens import check_fits, prepare_from_config
 from hasten.distributed import Distributed, load_full_state, load_sharded, run_on_main, wrap_model
 from hasten.errors import CheckpointError, ConfigError
-from hasten.methods.registry import build_callbacks, enabled_methods
+from hasten.methods.registry import build_callbacks
 from hasten.model import GPT, ModelConfig
 from hasten.optim.builder import build_optimizer
 from hasten.optim.schedules import LRSchedule
@@ -111,19 +112,27 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path | None:
     if resume:
         if not config_path.exists():
             raise ConfigError(f"--resume: {run_dir} holds no run (no config.yaml); start it without --resume")
-        saved = yaml.safe_load(config_path.read_text())
+        saved = _read_run_config(config_path)
         diffs = config_differences(saved, cfg.to_dict())
         if diffs:
             raise ConfigError(
                 f"--resume: the config differs from the run's in {', '.join(diffs[:4])}; resume with the run's own config "
                 "(omit the recipe) or start a new run dir"
             )
+        if not list_checkpoints(run_dir / "checkpoints"):  # stopped before its first checkpoint: nothing to lose, start over
+            print(f"hasten: {run_dir} has no checkpoint yet; resuming from step 0", file=sys.stderr)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            return None
         ckpt = latest_good_checkpoint(run_dir / "checkpoints")
         if ckpt is None:
-            raise CheckpointError(f"--resume: {run_dir} has no usable checkpoint; start it again without --resume")
+            raise CheckpointError(f"--resume: every checkpoint under {run_dir / 'checkpoints'} is broken; start a new run dir")
         return ckpt
     if config_path.exists():
         raise ConfigError(f"run dir {run_dir} already holds a run; use --resume to continue it or pick another --run-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run dir {run_dir} is a file; pick another --run-dir")
+    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"run dir {run_dir} holds another run's files but no config.yaml; pick another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = config_path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -228,8 +237,19 @@ def restore(trainer: Trainer, checkpoint: dict, rollback: bool = False) -> None:
         trainer.logger.log("event", st.progress.step, event="resumed", path=checkpoint.get("_path"))
 
 
+def _read_run_config(path: Path) -> dict:
+    """A run dir's saved config.yaml as a mapping, or one line saying why it cannot be used."""
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        values = None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} is unreadable or not a mapping; this run dir cannot be resumed")
+    return values
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a run dir (no config.yaml)")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return config_from_dict(_read_run_config(path))

@@ -60,7 +60,7 @@ def _probe(
             flat = logits.reshape(-1, logits.shape[-1])
             if sample_labels:
                 with torch.no_grad():
-                    probs = torch.softmax(flat.detach().double(), dim=-1)
+                    probs = torch.softmax(flat.detach(), dim=-1)  # the logits' precision (>= fp32): a float64 copy of B*T*V is GBs on GPU
                     labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             else:
                 labels = targets.reshape(-1)

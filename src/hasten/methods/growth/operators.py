@@ -167,6 +167,8 @@ class TensorRecipe:
         if self.rule == "fresh":
             return _require_fresh(fresh, self).to(device=source.device, dtype=source.dtype).clone()
         out = self._gather(source)
+        if out is source:  # nothing gathered: copy, or depth copies of one layer would share storage (and every update)
+            out = source.clone()
         if is_param:
             if self.divide_dim is not None:
                 axis = self.axes[self.divide_dim]

@@ -1,0 +1,83 @@
+"""Comparison plots: val loss against tokens, FLOPs and wall-clock, one line per row (seed mean) with a min-max band.
+
+Stage changes are marked on each row's line in its colour: growth with a dashed vertical line, the
+end of sequence-length warmup (first step at full length) with a dotted one. The baseline's target
+loss is a horizontal grey line, so where each curve crosses it is the cost the report tabulates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hasten.compare.report import AXIS_LABEL  # noqa: E402
+
+FILES = {"tokens": "loss_vs_tokens.png", "flops": "loss_vs_flops.png", "train_time": "loss_vs_time.png"}
+XLABEL = {"tokens": "training tokens", "flops": "training FLOPs", "train_time": "training wall-clock (s)"}
+
+
+def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
+    """Write the three plots into report_dir; returns {axis: path}."""
+    paths = {}
+    curves = results["curves"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, filename in FILES.items():
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for i, (name, data) in enumerate(curves.items()):
+            if not data["mean"] or not data["mean"]["step"]:
+                continue
+            color = colors[i % len(colors)]
+            averaged = "[" in name
+            mean = data["mean"]
+            label = f"{name} (n={len(data['runs'])})"
+            ax.plot(mean[axis], mean["loss"], color=color, lw=1.6, ls="-." if averaged else "-", marker="o", ms=2.5, label=label)
+            if len(data["runs"]) > 1:
+                lo, hi = _band(data["runs"], mean["step"])
+                ax.fill_between(mean[axis], lo, hi, color=color, alpha=0.15, lw=0)
+            if averaged:
+                continue  # the raw row of the same runs already carries the markers
+            for marker in data.get("markers", []):
+                x = marker.get(axis)
+                if x is None:
+                    continue
+                ax.axvline(x, color=color, lw=1, alpha=0.7, ls="--" if marker["kind"] == "growth" else ":")
+        target = results.get("target_loss")
+        if target is not None:
+            ax.axhline(target, color="grey", lw=1, alpha=0.8, label=f"target {target:.3f} ({results['baseline']} final)")
+        _zoom(ax, curves, target)
+        ax.set_xlabel(XLABEL[axis])
+        ax.set_ylabel("val loss (nats/token)")
+        title = f"val loss vs {AXIS_LABEL[axis]}" + (f" ({results['tier']} tier)" if results.get("tier") else "")
+        ax.set_title(title + "  [-- growth, : seq-len warmup end]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = report_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths[axis] = path
+    return paths
+
+
+def _band(runs: list[dict], steps: list[int]) -> tuple[list[float], list[float]]:
+    """Min and max over seeds at each common eval step."""
+    lo, hi = [], []
+    for step in steps:
+        values = [r["loss"][r["step"].index(step)] for r in runs if step in r["step"]]
+        lo.append(min(values))
+        hi.append(max(values))
+    return lo, hi
+
+
+def _zoom(ax, curves: dict, target: float | None) -> None:
+    """Skip the first evaluation (the untrained model's ~log(vocab) loss) when choosing the y range."""
+    later = [x for d in curves.values() for run in d["runs"] for x in run["loss"][1:] if x == x and abs(x) != float("inf")]
+    if not later:
+        return
+    top, bottom = max(later), min(later + ([target] if target is not None else []))
+    pad = 0.05 * max(1e-3, top - bottom)
+    ax.set_ylim(bottom - pad, top + pad)

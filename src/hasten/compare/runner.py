@@ -1,0 +1,283 @@
+"""Run every recipe for every seed (reusing finished runs, resuming unfinished ones) and collect curves.
+
+Layout of a report dir:
+
+    REPORT_DIR/runs/<recipe>-seed<k>/          one ordinary run dir per (recipe, seed)
+    REPORT_DIR/runs/<baseline>-lr<LR>-seed<k>/  the baseline when --tune-baseline sweeps its LR
+    REPORT_DIR/report.md, results.json, loss_vs_{tokens,flops,time}.png
+
+Runs go seed-major (seed 0 of every recipe, then seed 1, ...), so slow drift of a shared machine
+hits every recipe alike instead of penalizing whichever recipe ran last.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hasten.errors import ConfigError, HastenError
+
+DEFAULT_TUNE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the recipe's LR: 5 log-spaced values (factor 2 apart)
+
+
+@dataclass
+class Recipe:
+    name: str  # row name: the recipe file's stem
+    path: Path
+    overrides: list[str] = field(default_factory=list)  # --set-for NAME:KEY=VALUE
+
+
+@dataclass
+class RunSpec:
+    name: str  # run dir name
+    recipe: str
+    seed: int
+    recipe_path: Path
+    overrides: list[str]
+    run_dir: Path
+    threads: int | None = None
+    lr: float | None = None  # set for baseline LR-sweep runs
+    keep_checkpoints: bool = False  # finished runs are marked by summary.json; their checkpoints are deleted unless kept
+
+
+@dataclass
+class CompareOptions:
+    recipes: list[Path]
+    report_dir: Path
+    seeds: int = 1
+    budget: int | None = None  # training tokens per run; None = each recipe's own train.max_steps / max_tokens
+    baseline: str | None = None  # recipe name; None = the first recipe
+    tune_baseline: bool = False
+    tune_lrs: list[float] | None = None  # None = the baseline recipe's LR x DEFAULT_TUNE_FACTORS
+    tune_seeds: int = 1
+    jobs: int = 1
+    overrides: list[str] = field(default_factory=list)  # --set, applied to every recipe
+    recipe_overrides: dict[str, list[str]] = field(default_factory=dict)  # --set-for NAME:KEY=VALUE
+    command: str = ""  # recorded in the report
+    tier: str | None = None  # benchmark tier label, recorded in the report
+    keep_checkpoints: bool = False
+    quiet: bool = False
+
+
+def recipes_from_paths(paths: list[Path], recipe_overrides: dict[str, list[str]]) -> list[Recipe]:
+    recipes, seen = [], set()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist; give YAML files, e.g. benchmarks/recipes/baseline.yaml")
+        name = path.stem
+        if name in seen:
+            raise ConfigError(f"two recipes are named {name!r}; rows are named by file stem, so rename one")
+        seen.add(name)
+        recipes.append(Recipe(name, path, list(recipe_overrides.get(name, []))))
+    unknown = sorted(set(recipe_overrides) - seen)
+    if unknown:
+        raise ConfigError(f"--set-for names recipe(s) {', '.join(unknown)} that are not compared; use one of {', '.join(sorted(seen))}")
+    return recipes
+
+
+def base_overrides(opts: CompareOptions) -> list[str]:
+    out = ["train.progress_bar=false"]
+    if opts.budget is not None:
+        if opts.budget < 1:
+            raise ConfigError(f"--budget={opts.budget} must be a positive number of training tokens")
+        out += [f"train.max_tokens={int(opts.budget)}", "train.max_steps=null"]
+    return out + list(opts.overrides)
+
+
+def run_spec(opts: CompareOptions, recipe: Recipe, seed: int, lr: float | None = None, lr_tag: bool = False) -> RunSpec:
+    name = f"{recipe.name}-lr{lr:.3g}-seed{seed}" if lr_tag else f"{recipe.name}-seed{seed}"
+    overrides = base_overrides(opts) + recipe.overrides + [f"train.seed={seed}", f"name={name}"]
+    if lr is not None:
+        overrides.append(f"optim.lr={lr!r}")
+    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
+    return RunSpec(name, recipe.name, seed, recipe.path, overrides, opts.report_dir / "runs" / name, threads, lr, opts.keep_checkpoints)
+
+
+def load_spec_config(spec: RunSpec):
+    from hasten.config import load_config
+
+    try:
+        return load_config(spec.recipe_path, spec.overrides)
+    except ConfigError as err:
+        raise ConfigError(f"recipe {spec.recipe} ({spec.recipe_path}): {err}") from None
+
+
+def _stale_keys(run_dir: Path, cfg) -> list[str]:
+    from hasten.trainer.setup import config_differences
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return config_differences(saved, cfg.to_dict())
+
+
+def execute(spec: RunSpec) -> dict:
+    """Train one run to completion: reuse it if finished, resume it if a checkpoint exists, else start it.
+
+    Returns {"name", "status": reused | resumed | trained | failed, "val_loss", "seconds", "error"?}.
+    Runs in a worker process with --jobs > 1, so it takes and returns plain data.
+    """
+    from hasten.checkpoint import latest_good_checkpoint
+
+    if spec.threads is not None:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+    cfg = load_spec_config(spec)
+    run_dir = spec.run_dir
+    summary_path = run_dir / "summary.json"
+    if (run_dir / "config.yaml").exists():
+        stale = _stale_keys(run_dir, cfg)
+        if stale:
+            raise ConfigError(
+                f"{run_dir} was run with a different config ({', '.join(stale[:4])}); delete it or use another report dir"
+            )
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        return {"name": spec.name, "status": "reused", "val_loss": summary.get("val_loss"), "seconds": 0.0}
+    resume = False
+    if (run_dir / "config.yaml").exists():
+        if latest_good_checkpoint(run_dir / "checkpoints") is None:
+            shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
+        else:
+            resume = True
+    from hasten.trainer.setup import build_trainer
+
+    start = time.perf_counter()
+    try:
+        trainer = build_trainer(cfg, run_dir, resume=resume, progress=False)
+        final = trainer.fit()
+    except HastenError:
+        raise
+    except Exception as err:  # a diverged or crashed run is reported, the comparison goes on
+        return {"name": spec.name, "status": "failed", "val_loss": None, "seconds": time.perf_counter() - start,
+                "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+    summary = {"run_dir": str(run_dir), **trainer.state.progress.to_dict(), **final}
+    tmp = summary_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(summary_path)
+    if not spec.keep_checkpoints:  # a finished run is reused from metrics.jsonl + summary.json; checkpoints only cost disk
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return {"name": spec.name, "status": "resumed" if resume else "trained", "val_loss": final.get("val_loss"),
+            "seconds": time.perf_counter() - start}
+
+
+def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[dict]:
+    """Execute the specs in order (sequentially, or `jobs` worker processes), printing one line per run."""
+    if not specs:
+        return []
+    for spec in specs:  # fail fast on a bad recipe before hours of training
+        load_spec_config(spec)
+    outcomes: list[dict] = []
+
+    def note(i: int, out: dict) -> None:
+        outcomes.append(out)
+        if quiet:
+            return
+        loss = f"val {out['val_loss']:.4f}" if isinstance(out.get("val_loss"), float) else "no val loss"
+        extra = f" ({out['error']})" if out.get("error") else ""
+        print(f"[{i + 1}/{len(specs)}] {out['name']}: {out['status']}, {loss}, {out['seconds']:.0f}s{extra}", file=sys.stderr, flush=True)
+
+    if jobs <= 1:
+        for i, spec in enumerate(specs):
+            note(i, execute(spec))
+        return outcomes
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(execute, spec) for spec in specs]
+        for i, future in enumerate(futures):
+            note(i, future.result())
+    return outcomes
+
+
+def seed_major(recipes: list[Recipe], seeds: range, make) -> list[RunSpec]:
+    """Interleave recipes: seed 0 of every recipe, then seed 1, ..."""
+    return [make(recipe, seed) for seed in seeds for recipe in recipes]
+
+
+def tune_grid(opts: CompareOptions, baseline: Recipe) -> list[float]:
+    if opts.tune_lrs:
+        grid = sorted(set(float(x) for x in opts.tune_lrs))
+        if len(grid) < 3 or any(x <= 0 for x in grid):
+            raise ConfigError(f"--tune-lrs {opts.tune_lrs} must hold at least 3 distinct positive learning rates")
+        return grid
+    from hasten.config import load_config
+
+    base_lr = load_config(baseline.path, base_overrides(opts) + baseline.overrides).optim.lr
+    return [float(f"{base_lr * f:.4g}") for f in DEFAULT_TUNE_FACTORS]
+
+
+def pick_baseline(recipes: list[Recipe], name: str | None) -> Recipe:
+    if name is None:
+        return recipes[0]
+    for recipe in recipes:
+        if recipe.name == name:
+            return recipe
+    raise ConfigError(f"--baseline {name!r} is not one of the compared recipes ({', '.join(r.name for r in recipes)})")
+
+
+def run_compare(opts: CompareOptions) -> dict:
+    """The whole `hasten compare`: (tune the baseline LR,) run everything, write report.md, results.json and plots."""
+    from hasten.compare.plots import plot_comparison
+    from hasten.compare.report import build_results, write_report
+
+    if opts.seeds < 1 or opts.jobs < 1 or opts.tune_seeds < 1:
+        raise ConfigError("--seeds, --jobs and --tune-seeds must be >= 1")
+    recipes = recipes_from_paths(opts.recipes, opts.recipe_overrides)
+    baseline = pick_baseline(recipes, opts.baseline)
+    opts.report_dir.mkdir(parents=True, exist_ok=True)
+    seeds = range(opts.seeds)
+    tuning = None
+    baseline_lr = None
+    if opts.tune_baseline:
+        grid = tune_grid(opts, baseline)
+        tune_seeds = range(min(opts.tune_seeds, opts.seeds))
+        sweep = [run_spec(opts, baseline, seed, lr, lr_tag=True) for seed in tune_seeds for lr in grid]
+        if not opts.quiet:
+            print(f"tuning {baseline.name}: optim.lr in {', '.join(f'{x:g}' for x in grid)} ({len(sweep)} runs)", file=sys.stderr)
+        outcomes = run_all(sweep, opts.jobs, opts.quiet)
+        tuning = _tuning_summary(baseline.name, grid, sweep, outcomes)
+        baseline_lr = tuning["best_lr"]
+        if baseline_lr is None:
+            raise HastenError(f"every run of the {baseline.name} LR sweep failed; see {opts.report_dir / 'runs'}")
+
+    def make(recipe: Recipe, seed: int) -> RunSpec:
+        if recipe is baseline and baseline_lr is not None:
+            return run_spec(opts, recipe, seed, baseline_lr, lr_tag=True)
+        return run_spec(opts, recipe, seed)
+
+    specs = seed_major(recipes, seeds, make)
+    outcomes = run_all(specs, opts.jobs, opts.quiet)
+    runs = {r.name: [(s, s.run_dir) for s in specs if s.recipe == r.name] for r in recipes}
+    failed = {o["name"]: o.get("error", "") for o in outcomes if o["status"] == "failed"}
+    results = build_results(opts, [r.name for r in recipes], baseline.name, runs, failed, tuning)
+    plots = plot_comparison(results, opts.report_dir)
+    results["plots"] = {k: p.name for k, p in plots.items()}
+    write_report(results, opts.report_dir)
+    return results
+
+
+def _tuning_summary(name: str, grid: list[float], sweep: list[RunSpec], outcomes: list[dict]) -> dict:
+    by_name = {o["name"]: o for o in outcomes}
+    finals: dict[float, list[float]] = {}
+    for spec in sweep:
+        loss = by_name.get(spec.name, {}).get("val_loss")
+        if isinstance(loss, float) and loss == loss:  # not NaN
+            finals.setdefault(spec.lr, []).append(loss)
+    means = {lr: sum(v) / len(v) for lr, v in finals.items()}
+    best_lr = min(means, key=means.get) if means else None
+    return {
+        "recipe": name,
+        "grid": grid,
+        "final_val_loss": {f"{lr:g}": means.get(lr) for lr in grid},
+        "best_lr": best_lr,
+        "at_edge": best_lr is not None and best_lr in (min(grid), max(grid)),
+        "seeds": sorted({s.seed for s in sweep}),
+    }

@@ -1,0 +1,354 @@
+"""Data-parallel training over torchrun ranks: DDP or FSDP2, chosen by `train.parallelism`.
+
+The trainer stays single-process code; this module supplies the few places where ranks meet:
+process-group setup, wrapping the model, scalar all-reduce / broadcast, and checkpoint state.
+
+Why the checkpoint helpers exist: under FSDP2 (`fully_shard`) every parameter and optimizer state
+is a DTensor shard, so `model.state_dict()` is not something a single process can load. A
+consolidated checkpoint gathers full tensors to CPU on every rank (rank 0 writes them) in exactly
+the format of a single-process run, so any number of ranks (one included) can resume it. A sharded
+checkpoint (`train.checkpoint_format: sharded`) writes each rank's shards with
+torch.distributed.checkpoint (DCP) instead, which also reshards on load to a different rank count.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.optim import Optimizer
+
+from hasten.errors import ConfigError, HastenError
+
+if TYPE_CHECKING:
+    from hasten.config import RunConfig
+
+T = TypeVar("T")
+DCP_DIR = "dcp"  # sub-directory of a sharded checkpoint holding the DCP files
+
+
+@dataclass
+class Distributed:
+    """This process's place among the ranks (the defaults describe a plain single-process run)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1 and torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def init_distributed(device: str = "auto") -> Distributed:
+    """Join the process group torchrun described in RANK / WORLD_SIZE / LOCAL_RANK (a no-op without it).
+
+    NCCL carries the CUDA collectives and gloo the CPU ones (a CPU-only run uses gloo alone); on
+    CUDA the process is pinned to the GPU of its local rank before anything touches the device.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible; lower --nproc-per-node")
+        torch.cuda.set_device(local_rank)
+    backend = "cuda:nccl,cpu:gloo" if use_cuda else "gloo"
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        atexit.register(shutdown)
+    return Distributed(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
+
+
+def shutdown() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single-process run): the only rank that writes files and logs."""
+    return not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_rank() == 0
+
+
+def _active() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if _active():
+        torch_dist.barrier()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum float scalars over ranks (float64, so counts and loss sums stay exact)."""
+    if not _active():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place mean over ranks (the logged train loss is the global mean, not rank 0's share)."""
+    if _active():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        tensor /= torch_dist.get_world_size()
+    return tensor
+
+
+def broadcast_object(value: T, src: int = 0) -> T:
+    """Rank `src`'s value on every rank (any picklable object)."""
+    if not _active():
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only and share its result; a user error there is raised on every rank.
+
+    Without this, rank 0 failing a check (bad run dir, corrupt checkpoint) would leave the other
+    ranks waiting forever at their next collective.
+    """
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except HastenError as err:
+            error = err
+    shared = broadcast_object((result, None if error is None else (type(error), str(error))))
+    if error is not None:
+        raise error
+    if shared[1] is not None:
+        cls, message = shared[1]
+        raise cls(message)
+    return shared[0]
+
+
+@contextlib.contextmanager
+def no_grad_sync(model: nn.Module, skip: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce / reduce-scatter for a non-final micro-batch (DDP or FSDP2)."""
+    if not skip:
+        yield
+        return
+    if hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+# --------------------------------------------------------------------------- wrapping
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def wrap_model(model: nn.Module, cfg: RunConfig, dist: Distributed, device: torch.device) -> nn.Module:
+    """The module the training step calls: compiled and/or DDP- or FSDP2-wrapped.
+
+    DDP returns a wrapper and leaves `model` (what state dicts and methods read) untouched. FSDP2
+    shards `model` in place, each Block as its own unit and then the root (embeddings, final norm,
+    head), so the optimizer must be built, or re-pointed with `rebind_optimizer`, after this call.
+    """
+    wrapped = model
+    if dist.world_size > 1 and cfg.train.parallelism == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        if not is_fsdp(model):
+            for block in getattr(model, "blocks", []):
+                fully_shard(block)
+            fully_shard(model)
+    if cfg.train.compile:
+        from hasten.methods.registry import enabled_methods
+
+        # sequence length warmup changes the length every few steps: one dynamic graph, not a recompile per length
+        dynamic = True if "seqlen_warmup" in enabled_methods(cfg) else None
+        wrapped = torch.compile(wrapped, dynamic=dynamic)
+    if dist.world_size > 1 and cfg.train.parallelism == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    return wrapped
+
+
+def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
+    """Point an optimizer built on a model's full parameters at the FSDP2 shards that replaced them.
+
+    Growth builds the new optimizer (with its mapped state) on the unsharded grown model, then the
+    trainer wraps it; `fully_shard` swaps every parameter for a DTensor, so the optimizer's params
+    and state are re-keyed by the names in its groups (`param_names`) and the state is sharded the
+    same way as each parameter. A no-op when the optimizer already holds the model's parameters.
+    """
+    live = dict(model.named_parameters())
+    live_ids = {id(p) for p in live.values()}
+    if all(id(p) in live_ids for group in optimizer.param_groups for p in group["params"]):
+        return optimizer
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    new_state: dict = {}
+    for group in optimizer.param_groups:
+        names = group.get("param_names")
+        if names is None or len(names) != len(group["params"]):
+            raise ConfigError("FSDP needs optimizer param groups with param_names to follow the model; build it with hasten.optim.build_optimizer")
+        new_params = []
+        for name, old in zip(names, group["params"]):
+            new = live[name]
+            state = optimizer.state.get(old, {})
+            if isinstance(new, DTensor):
+                state = {
+                    key: distribute_tensor(value.detach().to(new.device), new.device_mesh, new.placements)
+                    if torch.is_tensor(value) and not isinstance(value, DTensor) and value.shape == old.shape and value.dim() > 0
+                    else value
+                    for key, value in state.items()
+                }
+            if state:
+                new_state[new] = state
+            new_params.append(new)
+        group["params"] = new_params
+    optimizer.state.clear()
+    optimizer.state.update(new_state)
+    return optimizer
+
+
+# --------------------------------------------------------------------------- checkpoint state
+
+
+def _options(full: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=full, cpu_offload=full)
+
+
+def _flat_names(optimizer: Optimizer) -> list[str] | None:
+    names: list[str] = []
+    for group in optimizer.param_groups:
+        if group.get("param_names") is None:
+            return None
+        names.extend(group["param_names"])
+    return names
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full model state dict on CPU; a collective under FSDP (every rank calls it, rank 0 gets it, the others {})."""
+    if not is_fsdp(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: Optimizer) -> dict:
+    """The full optimizer state in torch's ordinary id-keyed form, so a single process can load it.
+
+    DCP returns it keyed by parameter name; ids are re-assigned in the optimizer's own group order
+    (the order `Optimizer.state_dict` numbers them), so the result equals a single-process save.
+    """
+    if not is_fsdp(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    named = get_optimizer_state_dict(model, optimizer, options=_options(True))
+    if not named:  # with cpu_offload only rank 0 receives the gathered state
+        return {}
+    order = _flat_names(optimizer) or [name for group in named["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(order)}
+    groups = []
+    for live_group, saved in zip(optimizer.param_groups, named["param_groups"]):
+        group = {k: v for k, v in saved.items() if k != "params"}
+        names = live_group.get("param_names", saved["params"])
+        group["params"] = [index[n] for n in names]
+        groups.append(group)
+    return {"state": {index[name]: value for name, value in named["state"].items()}, "param_groups": groups}
+
+
+def load_full_state(model: nn.Module, optimizer: Optimizer, model_state: dict, optimizer_state: dict) -> None:
+    """Load a consolidated (single-process format) model + optimizer state into a possibly sharded pair."""
+    if not is_fsdp(model):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    set_model_state_dict(model, model_state, options=_options(True))
+    order = _flat_names(optimizer)
+    if order is None:
+        raise ConfigError("FSDP resume needs optimizer param groups with param_names; build it with hasten.optim.build_optimizer")
+    n_saved = sum(len(g["params"]) for g in optimizer_state["param_groups"])
+    if n_saved != len(order):
+        raise ValueError(f"checkpoint optimizer has {n_saved} parameters, this one {len(order)}")
+    groups = []
+    for live_group, saved in zip(optimizer.param_groups, optimizer_state["param_groups"]):
+        groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": list(live_group["param_names"])})
+    state = {order[int(i)]: value for i, value in optimizer_state["state"].items()}
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_options(True))
+
+
+def save_sharded(model: nn.Module, optimizer: Optimizer, directory: Path) -> None:
+    """Every rank writes its own shards of model + optimizer into `directory` (DCP format); a collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    if is_main():
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+    barrier()
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options(False))
+    with warnings.catch_warnings():  # one process: DCP warns that it assumes a single process, which is the intent
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(directory), no_dist=not _active())
+    barrier()
+
+
+def load_sharded(model: nn.Module, optimizer: Optimizer, directory: Path) -> None:
+    """Read a DCP checkpoint into model + optimizer, resharding to this run's ranks (one rank included)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options(False))
+    state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(directory), no_dist=not _active())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_options(False))
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`hasten train --nproc N ...`: re-run the same command under torch.distributed.run on this host."""
+    import subprocess
+    import sys
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc={nproc} must be >= 1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "hasten", *argv]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130

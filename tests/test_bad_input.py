@@ -1,0 +1,289 @@
+"""Bad input gets one clear line on stderr and exit code 2: no traceback, and nothing already on disk
+is overwritten. The CLI runs in process (`hasten.cli.main`) so every case costs milliseconds, except
+the few that need a real run dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hasten.checkpoint as ck
+from hasten.cli import main
+from hasten.config import DataConfig, GuardConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig, load_config
+from hasten.errors import ConfigError
+from hasten.model import GPT, ModelConfig
+from hasten.optim.builder import build_optimizer
+
+
+def _run_cli(capsys, argv: list[str]) -> tuple[int, list[str]]:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    # progress bars, the run banner of a run that started, and one-line warnings are not errors; everything else counts
+    lines = [line for line in err.splitlines()
+             if line.strip() and not line.startswith(("hasten: warning", "run dir ")) and "%|" not in line]
+    return code, lines
+
+
+def _assert_one_line_error(capsys, argv, *fragments) -> str:
+    code, lines = _run_cli(capsys, argv)
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("hasten: error:") and "Traceback" not in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _train(run_dir, overrides, *extra):
+    argv = ["train", "--run-dir", str(run_dir)]
+    for item in overrides:
+        argv += ["--set", item]
+    return argv + list(extra)
+
+
+def _corpus(tmp_path, files: dict[str, bytes]) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _small_data(cache_dir, folder) -> list[str]:
+    return ["model=tiny", f"data.source={folder}", "data.vocab_size=300", f"data.cache_dir={cache_dir}", "train.max_steps=2",
+            "train.progress_bar=false", "train.tensorboard=false", "train.peak_flops=1e10"]
+
+
+# ---------------------------------------------------------------------------------------------- corpus
+
+
+def test_empty_corpus(tmp_path, capsys, cache_dir):
+    folder = _corpus(tmp_path, {"a.txt": b"", "b.txt": b"   \n\n"})
+    _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "no usable text", "empty: 2")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_only_binary_or_non_utf8_files_is_refused(tmp_path, capsys, cache_dir):
+    folder = _corpus(tmp_path, {"a.bin": b"\x00\x01\x02" * 100, "b.txt": "caf\u00e9".encode("latin-1") * 50})
+    _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "binary: 1", "not_utf8: 1")
+
+
+def test_binary_and_non_utf8_files_are_skipped_with_a_count(tmp_path, capsys, cache_dir):
+    text = "def f(x):\n    return x + 1\n" * 30
+    folder = _corpus(tmp_path, {"a.bin": b"\x00\xff" * 50, "b.txt": b"\xff\xfe bad", **{f"t{i}.txt": text.encode() for i in range(4)}})
+    code = main(["prepare-data", "--set", "model=tiny", "--set", f"data.source={folder}", "--set", "data.vocab_size=300",
+                 "--set", f"data.cache_dir={cache_dir}", "--set", "data.val_fraction=0.3", "--set", "train.max_steps=1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "'binary': 1" in out and "'not_utf8': 1" in out
+
+
+def test_corpus_shorter_than_one_batch(tmp_path, capsys, cache_dir):
+    folder = _corpus(tmp_path, {f"t{i}.txt": b"short text number %d\n" % i for i in range(4)})
+    _assert_one_line_error(capsys, _train(tmp_path / "run", [*_small_data(cache_dir, folder), "data.val_fraction=0.3"]),
+                           "fewer than one batch")
+
+
+def test_missing_corpus(tmp_path, capsys, cache_dir):
+    _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, tmp_path / "nope")), "matches no files")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.n_heads=3", "does not divide"),
+        ("train.seq_len=9999", "exceeds model max_seq_len"),
+        ("train.max_stepz=5", "did you mean 'max_steps'"),
+        ("optim.betta1=0.9", "did you mean 'beta1'"),
+        ("model.n_layer=2", "did you mean 'n_layers'"),
+        ("train.guard.spike_ration=2", "did you mean 'spike_ratio'"),
+        ("optim.lr=nan", "finite number"),
+        ("optim.lr=.inf", "finite number"),
+        ("optim.lr=-1", "must be positive"),
+        ("train.batch_size=abc", "must be an integer"),
+        ("train.micro_batch_size=3", "must divide"),
+        ("model=tinny", "did you mean 'tiny'"),
+        ("methods.lawaa.k=2", "did you mean 'lawa'"),
+        ("train.dtype=float8", "unknown"),
+        ("train.max_steps", "must look like key.path=value"),
+    ],
+)
+def test_invalid_config_values(tmp_path, capsys, override, fragment):
+    run = tmp_path / "run"
+    _assert_one_line_error(capsys, ["train", "--run-dir", str(run), "--set", "model=tiny", "--set", "data.vocab_size=512",
+                                    "--set", "train.max_steps=2", "--set", override], fragment)
+    assert not run.exists()
+
+
+def test_bad_recipe_files(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    _assert_one_line_error(capsys, ["train", str(broken)], "not valid YAML")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    _assert_one_line_error(capsys, ["train", str(listed)], "must be a YAML mapping")
+    _assert_one_line_error(capsys, ["train", str(tmp_path / "missing.yaml")], "does not exist")
+
+
+# ---------------------------------------------------------------------------------------------- run dirs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_overrides):
+    """A real (2-step) run dir with its config, metrics and checkpoint."""
+    run = tmp_path_factory.mktemp("runs") / "done"
+    assert main(_train(run, [*tiny_overrides, "train.max_steps=2"])) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(tmp_path, finished_run):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+def test_run_dir_that_holds_another_run(capsys, tiny_overrides, run_copy):
+    before = _tree_digest(run_copy)
+    _assert_one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2"]), "already holds a run")
+    assert _tree_digest(run_copy) == before
+
+
+def test_resume_with_a_different_config(capsys, tiny_overrides, run_copy):
+    before = _tree_digest(run_copy)
+    _assert_one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2", "model.n_layers=3"], "--resume"),
+                           "config differs", "model")
+    _assert_one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2", "optim.lr=1e-2"], "--resume"), "optim.lr")
+    assert _tree_digest(run_copy) == before
+
+
+def test_resume_of_a_dir_without_a_run(tmp_path, capsys):
+    _assert_one_line_error(capsys, ["train", "--resume", "--run-dir", str(tmp_path / "none")], "not a run dir")
+    _assert_one_line_error(capsys, ["train", "--resume"], "needs --run-dir")
+
+
+def test_resume_with_an_unreadable_config_yaml(capsys, run_copy):
+    (run_copy / "config.yaml").write_bytes(b"\xff\xfe\x00garbage: [")
+    before = _tree_digest(run_copy)
+    _assert_one_line_error(capsys, ["train", "--resume", "--run-dir", str(run_copy)], "config.yaml")
+    assert _tree_digest(run_copy) == before
+
+
+def test_resume_when_every_checkpoint_is_broken(capsys, tiny_overrides, run_copy):
+    for state in (run_copy / "checkpoints").glob("step_*/state.pt"):
+        state.write_bytes(state.read_bytes()[:100])
+    before = _tree_digest(run_copy)
+    code, lines = _run_cli(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2"], "--resume"))
+    assert code == 2 and lines == [lines[0]] and "every checkpoint" in lines[0] and "broken" in lines[0]
+    assert _tree_digest(run_copy) == before
+
+
+def test_eval_of_a_broken_or_missing_checkpoint(tmp_path, capsys, run_copy):
+    _assert_one_line_error(capsys, ["eval", str(tmp_path / "missing")], "does not exist")
+    (ckpt,) = (run_copy / "checkpoints").glob("step_*")
+    (ckpt / "manifest.json").unlink()
+    _assert_one_line_error(capsys, ["eval", str(ckpt)], "no manifest.json")
+
+
+def test_disk_full_while_saving(tmp_path, capsys, monkeypatch, tiny_overrides):
+    real_write = ck._write_file
+    calls = {"n": 0}
+
+    def fills_up(path, data):  # the first checkpoint (step 1) fits, then the disk is full
+        if Path(path).name == "state.pt":
+            calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(path, data)
+
+    monkeypatch.setattr(ck, "_write_file", fills_up)
+    run = tmp_path / "run"
+    line = _assert_one_line_error(capsys, _train(run, [*tiny_overrides, "train.max_steps=2", "train.checkpoint_every=1"]),
+                                  "saving checkpoint at step 2 failed", "No space left on device", "previous checkpoint is intact")
+    assert "Traceback" not in line
+    ckpts = run / "checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == ["step_00000001"]  # no half checkpoint, no temp dir
+    assert ck.verify_checkpoint(ckpts / "step_00000001") is None
+
+
+# ---------------------------------------------------------------------------------------------- fuzzing
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+                             "train.guard": GuardConfig, "model": ModelConfig}
+KEYS = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "guard"]
+KEYS += ["name", "model", "methods", "train.nonsense", "methods.lawa.k", "methods.ema.decay", "methods.seqlen_warmup.min_len"]
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["tiny", "adamw", "cosine", "bfloat16", "cpu", "1e3", "-0", "nan", "stdlib", "[1, 2]", "{a: 1}"]),
+    st.lists(st.integers(-5, 5), max_size=3),
+    st.dictionaries(st.sampled_from(["a", "k", "preset"]), st.integers(-3, 3), max_size=2),
+)
+
+
+def _nest(key: str, value) -> dict:
+    out: dict = {}
+    cursor = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=4))
+def test_config_fuzz_is_valid_or_config_error(pairs):
+    """Random values of random types for random keys: a valid RunConfig or a one-line ConfigError, nothing else."""
+    from hasten.config import _merge_layer
+
+    values: dict = {"model": "tiny", "data": {"vocab_size": 512}, "train": {"max_steps": 2}}
+    for key, value in pairs:
+        values = _merge_layer(values, _nest(key, value))
+    try:
+        cfg = load_config(None, base=values)
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err)
+        return
+    assert isinstance(cfg, RunConfig)
+    mcfg = cfg.model_config()  # a config that validates also builds ...
+    if mcfg.n_layers * mcfg.d_model <= 10**5:  # ... its model and optimizer (on the meta device: no memory)
+        with torch.device("meta"):
+            model = GPT(mcfg)
+        build_optimizer(model, cfg.optim)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(KEYS), st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=16))
+def test_set_override_fuzz_is_valid_or_config_error(key, raw):
+    """`--set key=<any text>` goes through the YAML parser first; it must still end in a RunConfig or a ConfigError."""
+    try:
+        load_config(None, ["model=tiny", "data.vocab_size=512", "train.max_steps=2", f"{key}={raw}"])
+    except ConfigError as err:
+        assert "\n" not in str(err)
+
+
+def test_fuzz_keys_cover_every_section():
+    assert {k.split(".")[0] for k in KEYS} >= {"data", "optim", "schedule", "train", "model"}
+    assert typing.get_type_hints(TrainConfig)["guard"] is GuardConfig

@@ -1,0 +1,79 @@
+"""The `hasten` command line: info, prepare-data, train, eval, and exit code 2 on user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from hasten.cli import main
+from hasten.model import GPT, count_params, flops_per_token, model_config
+
+
+def test_info_cpu_small_through_the_entry_point():
+    result = subprocess.run([sys.executable, "-m", "hasten", "info", "cpu-small"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    cfg = model_config("cpu-small")
+    with torch.device("meta"):
+        counts = count_params(GPT(cfg))
+    assert result.stdout.startswith("model cpu-small")
+    assert f"params total        {counts['total']:,}" in result.stdout
+    assert f"params non-embedding {counts['non_embedding']:,}" in result.stdout
+    assert f"{flops_per_token(cfg, cfg.max_seq_len):,.0f}" in result.stdout
+    assert "gpt2, 4 layers, d_model 128" in result.stdout
+
+
+def test_prepare_data(capsys, tiny_overrides):
+    assert main(["prepare-data", *[a for o in tiny_overrides for a in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    assert "train /" in out and "val documents" in out and "vocab 512" in out
+    token_dir = Path(out.split("token files:")[1].split("\n")[0].strip())
+    tokenizer = Path(out.split("tokenizer:")[1].split("\n")[0].strip())
+    assert (token_dir / "train.npy").is_file() and (token_dir / "manifest.json").is_file()
+    assert tokenizer.is_file()
+    manifest = json.loads((token_dir / "manifest.json").read_text())
+    assert f"{manifest['documents']['train']} train / {manifest['documents']['val']} val documents" in out
+
+
+def test_train_then_eval(tmp_path, capsys, tiny_overrides):
+    run_dir = tmp_path / "run"
+    overrides = [*tiny_overrides, "train.max_steps=8", "train.checkpoint_every=4", "train.eval_every=4"]
+    assert main(["train", "--run-dir", str(run_dir), *[a for o in overrides for a in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    assert "done: val loss" in out
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    eval_rows = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in train_rows] == [1, 4, 8]  # log_every=4, plus the first step
+    assert [r["step"] for r in eval_rows] == [0, 4, 8]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train_rows)
+    assert (run_dir / "config.yaml").is_file()
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert checkpoints == ["step_00000004", "step_00000008"]
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == 8 and summary["tokens"] == 8 * 8 * 64
+    assert summary["val_loss"] == eval_rows[-1]["val_loss"]
+
+    assert main(["eval", str(run_dir)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["step"] == 8 and result["sequences"] == 8
+    assert result["checkpoint"].endswith("step_00000008")
+    # the same fixed windows and weights as the trainer's final evaluation
+    assert abs(result["val_loss"] - summary["val_loss"]) < 1e-5
+
+
+def test_bad_key_exits_2_with_one_line(capsys, tiny_overrides, tmp_path):
+    code = main(["train", "--run-dir", str(tmp_path / "never"), "--set", "model=tiny", "--set", "train.max_step=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "hasten: error: unknown key train.max_step: did you mean 'max_steps'?"
+    assert not (tmp_path / "never").exists()
+    assert main(["prepare-data", "--set", "data.vocab=512"]) == 2
+    assert "did you mean 'vocab_size'?" in capsys.readouterr().err
+    assert main(["info", "tiny-gtp"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

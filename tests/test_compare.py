@@ -1,0 +1,187 @@
+"""`hasten compare`: the cost-to-target / speedup / Welch numbers on synthetic curves, and the pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hasten.compare.metrics import Curve, betainc, cost_to_target, curve_from_rows, mean_curve, speedup, t_two_sided_p, welch_t_test
+from hasten.compare.report import BEGIN, END, build_results, render_report, update_readme
+from hasten.compare.runner import CompareOptions, RunSpec
+from hasten.errors import ConfigError
+
+
+def _curve(losses, tokens_per_eval=100.0, seconds_per_eval=2.0):
+    n = len(losses)
+    return Curve(step=[10 * i for i in range(n)], loss=list(losses), tokens=[tokens_per_eval * i for i in range(n)],
+                 flops=[3.0 * tokens_per_eval * i for i in range(n)], train_time=[seconds_per_eval * i for i in range(n)])
+
+
+# --------------------------------------------------------------------------- metrics on synthetic curves
+
+
+def test_cost_to_target_interpolates_between_evals():
+    c = _curve([6.0, 5.0, 4.0, 3.0])  # tokens 0, 100, 200, 300
+    assert cost_to_target(c, 4.5) == pytest.approx(150.0)
+    assert cost_to_target(c, 3.25, "tokens") == pytest.approx(275.0)
+    assert cost_to_target(c, 3.25, "train_time") == pytest.approx(5.5)
+    assert cost_to_target(c, 4.0) == pytest.approx(200.0)  # exactly at an eval
+    assert cost_to_target(c, 7.0) == 0.0  # already below at the first eval
+    assert cost_to_target(c, 2.9) is None  # never reached
+
+
+def test_cost_to_target_takes_the_first_crossing():
+    c = _curve([6.0, 4.0, 5.0, 3.0])  # dips below 4.5 at eval 1, then a spike
+    assert cost_to_target(c, 4.5) == pytest.approx(75.0)
+
+
+def test_speedup_and_mean_curve():
+    assert speedup(300.0, 150.0) == pytest.approx(2.0)
+    assert speedup(300.0, None) is None
+    a, b = _curve([6.0, 5.0, 4.0]), _curve([6.0, 4.0, 3.0, 2.0])
+    m = mean_curve([a, b])
+    assert m.step == [0, 10, 20] and m.loss == pytest.approx([6.0, 4.5, 3.5])
+
+
+def test_curve_from_rows_skips_missing_keys_and_dedups_resumed_steps():
+    rows = [{"kind": "eval", "step": 0, "tokens": 0, "val_loss": 6.0},
+            {"kind": "train", "step": 1, "tokens": 10, "loss": 5.9},
+            {"kind": "eval", "step": 5, "tokens": 50, "val_loss": 5.0, "lawa/val_loss": 4.9},
+            {"kind": "eval", "step": 5, "tokens": 50, "val_loss": 5.0, "lawa/val_loss": 4.9}]
+    assert curve_from_rows(rows).step == [0, 5]
+    lawa = curve_from_rows(rows, "lawa/val_loss")
+    assert lawa.step == [5] and lawa.loss == [4.9]
+
+
+def test_t_distribution_closed_forms():
+    for t in (0.3, 1.0, 2.5, 7.0):
+        assert t_two_sided_p(t, 1.0) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-10)  # Cauchy
+        assert t_two_sided_p(t, 2.0) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+    assert t_two_sided_p(0.0, 5.0) == pytest.approx(1.0)
+    assert t_two_sided_p(1.959964, 1e7) == pytest.approx(0.05, rel=1e-4)  # normal limit
+    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-4)  # I_0.4(2,3) = 1 - 0.6^4 - 4*0.4*0.6^3
+
+
+def test_welch_builtin_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(0)
+    for _ in range(50):
+        a = [rng.gauss(0.0, rng.uniform(0.1, 2.0)) for _ in range(rng.randint(2, 6))]
+        b = [rng.gauss(rng.uniform(-2, 2), rng.uniform(0.1, 2.0)) for _ in range(rng.randint(2, 6))]
+        ours = welch_t_test(a, b, use_scipy=False)
+        ref = stats.ttest_ind(a, b, equal_var=False)
+        assert ours.method == "builtin"
+        assert ours.t == pytest.approx(float(ref.statistic), rel=1e-9)
+        assert ours.p == pytest.approx(float(ref.pvalue), rel=1e-8, abs=1e-14)
+
+
+def test_welch_edge_cases():
+    assert welch_t_test([1.0], [1.0, 2.0]).p is None  # one seed: no test
+    assert welch_t_test([1.0, 1.0], [2.0, 2.0]).p == 0.0  # no variance, different means
+    assert welch_t_test([1.0, 1.0], [1.0, 1.0]).p == 1.0
+
+
+# --------------------------------------------------------------------------- report from synthetic run dirs
+
+
+def _write_run(run_dir: Path, losses, extra=None, tokens_per_eval=100, events=()):
+    run_dir.mkdir(parents=True)
+    rows = []
+    for i, loss in enumerate(losses):
+        row = {"kind": "eval", "step": 10 * i, "tokens": tokens_per_eval * i, "flops": 3.0 * tokens_per_eval * i,
+               "train_time": 2.0 * i, "val_loss": loss}
+        if extra is not None and i > 0:
+            row["lawa/val_loss"] = extra[i]
+        rows.append(row)
+        rows.append({"kind": "train", "step": 10 * i + 1, "tokens": tokens_per_eval * i + 10, "flops": 3.0 * (tokens_per_eval * i + 10),
+                     "train_time": 2.0 * i + 0.2, "seq_len": 64 if i > 1 else 16, "loss": loss})
+    rows += [{"kind": "event", "step": 1, "event": "state_replaced", "tokens": tok} for tok in events]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy notes the identical seeds of the `avg` rows
+def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
+    runs = {}
+    curves = {"base": ([6.0, 5.0, 4.0, 3.0], [6.0, 5.0, 4.2, 3.2], None),  # target = 3.1
+              "fast": ([6.0, 4.0, 3.0, 2.9], [6.0, 4.0, 3.1, 3.0], None),  # mean 6, 4, 3.05, 2.95 -> crosses 3.1 at 197.5 tokens
+              "slow": ([6.0, 5.5, 5.0, 4.0], [6.0, 5.5, 5.0, 4.2], None),  # never: gap 4.1 - 3.1 = 1.0
+              "avg": ([6.0, 5.0, 4.0, 3.3], [6.0, 5.0, 4.0, 3.3], [0, 4.5, 3.5, 3.0])}
+    for name, (s0, s1, extra) in curves.items():
+        runs[name] = []
+        for seed, losses in enumerate((s0, s1)):
+            d = tmp_path / "runs" / f"{name}-seed{seed}"
+            _write_run(d, losses, extra, events=(150,) if name == "slow" else ())
+            runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
+    opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=300)
+    res = build_results(opts, list(curves), "base", runs, {}, None)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert res["target_loss"] == pytest.approx(3.1)
+    assert rows["base"]["speedup"]["tokens"] == 1.0 and rows["base"]["cost"]["tokens"] == pytest.approx(300)
+    assert rows["fast"]["cost"]["tokens"] == pytest.approx(100 + 100 * (4.0 - 3.1) / (4.0 - 3.05))
+    assert rows["fast"]["speedup"]["tokens"] == pytest.approx(300 / rows["fast"]["cost"]["tokens"])
+    assert rows["fast"]["speedup"]["train_time"] == pytest.approx(6.0 / rows["fast"]["cost"]["train_time"])
+    assert rows["fast"]["welch"]["p"] is not None and rows["fast"]["welch"]["p"] < 1
+    assert rows["slow"]["cost"]["tokens"] is None and rows["slow"]["speedup"]["tokens"] is None
+    assert rows["slow"]["gap"] == pytest.approx(1.0)
+    assert rows["avg [lawa]"]["metric"] == "lawa/val_loss"
+    assert rows["avg [lawa]"]["vs_raw"] == pytest.approx(3.0 - 3.3)
+    assert rows["avg [lawa]"]["cost"]["tokens"] == pytest.approx(280.0)  # 3.5 at 200 -> 3.0 at 300 crosses 3.1 at 80%
+    markers = res["curves"]["slow"]["markers"]
+    assert {m["kind"] for m in markers} == {"growth", "seq_len_full"}
+    assert next(m for m in markers if m["kind"] == "growth")["flops"] == pytest.approx(450.0)
+    text = render_report(res)
+    assert "not reached (+1.000)" in text and "avg [lawa]" in text and "3.1000" in text
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{BEGIN}\nold\n{END}\ntail\n")
+    update_readme(readme, res, "benchmarks/results/quick/report.md")
+    new = readme.read_text()
+    assert "old" not in new and "| fast |" in new and new.endswith(f"{END}\ntail\n")
+    readme.write_text("no markers\n")
+    with pytest.raises(ConfigError, match="results:begin"):
+        update_readme(readme, res, "r.md")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_compare_cli_end_to_end_reuses_and_resumes(tmp_path, cache_dir, capsys):
+    from hasten.cli import main
+
+    common = (f"model: tiny\ndata: {{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}}}\nschedule: {{warmup_steps: 2}}\n"
+              "train: {batch_size: 4, max_steps: 6, eval_every: 3, eval_sequences: 4, checkpoint_every: 3, log_every: 1,"
+              " tensorboard: false, peak_flops: 1.0e10}\n")
+    (tmp_path / "_base.yaml").write_text(common)
+    (tmp_path / "slow.yaml").write_text("base: _base.yaml\noptim: {lr: 1.0e-3}\n")
+    (tmp_path / "fast.yaml").write_text("base: _base.yaml\noptim: {lr: 1.0e-2}\n")
+    out = tmp_path / "report"
+    argv = ["compare", str(tmp_path / "slow.yaml"), str(tmp_path / "fast.yaml"), "--seeds", "2", "--out", str(out), "--keep-checkpoints"]
+    assert main(argv) == 0
+    for name in ("report.md", "results.json", "loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_time.png"):
+        assert (out / name).stat().st_size > 0, name
+    res = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in res["rows"]] == ["slow", "fast"] and res["baseline"] == "slow"
+    assert all(len(r["final_losses"]) == 2 for r in res["rows"])
+    assert res["rows"][1]["welch"]["p"] is not None
+    first = {r["name"]: r["final_losses"] for r in res["rows"]}
+    capsys.readouterr()
+
+    # a killed run: no summary and its newest checkpoint gone -> resumed from step 3, bit-exactly
+    run = out / "runs" / "fast-seed1"
+    (run / "summary.json").unlink()
+    shutil.rmtree(sorted((run / "checkpoints").glob("step_*"))[-1])
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("reused") == 3 and "fast-seed1: resumed" in err
+    res = json.loads((out / "results.json").read_text())
+    assert {r["name"]: r["final_losses"] for r in res["rows"]} == first
+
+    # a changed recipe does not silently reuse stale runs
+    (tmp_path / "fast.yaml").write_text("base: _base.yaml\noptim: {lr: 2.0e-2}\n")
+    assert main(argv) == 2
+    assert "different config" in capsys.readouterr().err
