@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from hasten.compare.metrics import Curve, betainc, cost_to_target, curve_from_rows, mean_curve, speedup, t_two_sided_p, welch_t_test
+from hasten.compare.metrics import (
+    Curve,
+    betainc,
+    cost_to_target,
+    curve_from_rows,
+    mean_curve,
+    speedup,
+    t_two_sided_p,
+    welch_t_test,
+)
 from hasten.compare.report import BEGIN, END, build_results, render_report, update_readme
 from hasten.compare.runner import CompareOptions, RunSpec
 from hasten.errors import ConfigError
@@ -135,7 +144,7 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
     assert {m["kind"] for m in markers} == {"growth", "seq_len_full"}
     assert next(m for m in markers if m["kind"] == "growth")["flops"] == pytest.approx(450.0)
     text = render_report(res)
-    assert "not reached (+1.000)" in text and "avg [lawa]" in text and "3.1000" in text
+    assert "not reached (+1.000)" in text and "| slow | 2, 0 reached |" in text and "avg [lawa]" in text and "3.1000" in text
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{BEGIN}\nold\n{END}\ntail\n")
@@ -185,3 +194,25 @@ def test_compare_cli_end_to_end_reuses_and_resumes(tmp_path, cache_dir, capsys):
     (tmp_path / "fast.yaml").write_text("base: _base.yaml\noptim: {lr: 2.0e-2}\n")
     assert main(argv) == 2
     assert "different config" in capsys.readouterr().err
+
+
+def test_tune_grid_and_pick(tmp_path):
+    from hasten.compare.runner import Recipe, _tuning_summary, run_spec, tune_grid
+
+    recipe_path = tmp_path / "base.yaml"
+    recipe_path.write_text("model: tiny\ndata: {vocab_size: 512}\noptim: {lr: 2.0e-3}\ntrain: {max_steps: 10}\n")
+    opts = CompareOptions(recipes=[recipe_path], report_dir=tmp_path, budget=1000)
+    recipe = Recipe("base", recipe_path)
+    grid = tune_grid(opts, recipe)
+    assert len(grid) >= 5 and grid[len(grid) // 2] == pytest.approx(2e-3)
+    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    assert all(r == pytest.approx(ratios[0], rel=1e-3) and r > 1 for r in ratios)  # log-spaced
+    sweep = [run_spec(opts, recipe, 0, lr, lr_tag=True) for lr in grid]
+    assert "train.max_tokens=1000" in sweep[0].overrides and f"optim.lr={grid[0]!r}" in sweep[0].overrides
+    losses = [5.0, 4.0, 3.5, 3.7, float("nan")]  # the largest LR diverged
+    summary = _tuning_summary("base", grid, sweep, [{"name": s.name, "val_loss": x} for s, x in zip(sweep, losses)])
+    assert summary["best_lr"] == grid[2] and not summary["at_edge"]
+    assert summary["final_val_loss"][f"{grid[4]:g}"] is None
+    opts.tune_lrs = [1e-3, 2e-3]
+    with pytest.raises(ConfigError, match="at least 3"):
+        tune_grid(opts, recipe)

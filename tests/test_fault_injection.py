@@ -34,7 +34,10 @@ RECIPES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "baseline_later": ([], ("saved:8", "step:14")),  # right after a save, then mid-step with checkpoints behind it
     "adam_mini": (["optim.name=adam_mini"], DEFAULT_CHAIN),
     "blockwise": (["optim.blockwise=true"], DEFAULT_CHAIN),
-    "guard_skip": (["train.guard.spike_ratio=1.05", "train.guard.spike_patience=2", "train.guard.rollback_lr_factor=0.5"], DEFAULT_CHAIN),
+    # a hair-trigger spike guard: the loss at step 16 rolls the run back to step 12 with half the LR; the second
+    # process is killed when it reaches step 14 the second time, i.e. after the in-process rollback
+    "guard_rollback": (["train.guard.spike_ratio=1.001", "train.guard.spike_patience=1", "train.guard.rollback_lr_factor=0.5"],
+                       ("save:12", "step:14@2")),
 }
 # rows for methods registered in hasten.methods.registry (run only when the method is registered)
 METHOD_RECIPES: dict[str, tuple[list[str], tuple[str, ...]]] = {
@@ -43,6 +46,12 @@ METHOD_RECIPES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "lawa": (["methods.lawa.k=2", "methods.lawa.interval=2"], ("step:5", "save:12")),
     "ema": (["methods.ema.decay=0.9"], DEFAULT_CHAIN),
     "swa": (["methods.swa.start_step=4", "methods.swa.every=2"], DEFAULT_CHAIN),
+    # G_stack at step 6 (fresh optimizer, schedule restart): killed mid-step right after the growth, then mid-save
+    "growth": (["methods.growth.stages=[{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart}]"],
+               ("step:7", "save:8")),
+    # staged-training width growth with mapped Adam moments and a schedule jump, same kill points
+    "growth_width": (["methods.growth.stages=[{dim: width, op: staged, factor: 2, at_steps: 6, moments: map, schedule: jump}]"],
+                     ("step:7", "save:8")),
     # probes at step 4 and sets the blockwise ratios from it: killed right after the optimizer groups change
     "sharpness": (["optim.blockwise=true", "methods.sharpness.at_fraction=0.25", "methods.sharpness.batches=2",
                    "methods.sharpness.auto_ratios=true"], ("step:5", "save:8")),
@@ -56,9 +65,14 @@ def _registered() -> set[str]:
     return set(registered())
 
 
+def _method_of(row: str) -> str:
+    """Row `growth_width` covers method `growth`: the method is the longest registered name the row starts with."""
+    return max((m for m in _registered() if row == m or row.startswith(f"{m}_")), key=len, default=row)
+
+
 def _cases():
     methods = _registered()
-    for name, (overrides, chain) in {**RECIPES, **{k: v for k, v in METHOD_RECIPES.items() if k in methods}}.items():
+    for name, (overrides, chain) in {**RECIPES, **{k: v for k, v in METHOD_RECIPES.items() if _method_of(k) in methods}}.items():
         marks = [] if name in FAST else [pytest.mark.slow]
         yield pytest.param(name, overrides, chain, id=name, marks=marks)
 
@@ -118,13 +132,15 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, tiny_overrides, name, extra, 
             assert proc.returncode == 0, log
             break
         assert proc.returncode == -signal.SIGKILL, log  # the hook fired: the process really died there
-        kind, step = fault.split(":")
+        kind, step = fault.split("@")[0].split(":")
         if kind == "save":  # died with the checkpoint half-written: only a hidden temp dir holds it
             assert not (ckpts / f"step_{int(step):08d}").exists(), log
             assert list(ckpts.glob(f".tmp-step_{int(step):08d}-*")), log
         if kind == "saved":
             assert (ckpts / f"step_{int(step):08d}" / "manifest.json").is_file(), log
 
+    if name == "guard_rollback":  # the scenario really rolled back (else the row tests nothing new)
+        assert _final_state(reference)["guard"]["rollbacks"] == 1
     want, got = _final_state(reference), _final_state(run)
     for key in ("model", "optimizer", "schedule", "sampler", "callbacks", "guard", "rng", "model_config"):
         _assert_identical(want[key], got[key], key)

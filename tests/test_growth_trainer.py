@@ -134,6 +134,17 @@ def test_staged_width_growth_maps_moments_and_jumps_schedule(tmp_path, tiny_over
     assert "optimizer state: map" in growth["notes"]
 
 
+def test_stages_on_one_step_grow_together_with_the_combined_constant(tmp_path, tiny_overrides):
+    stages = ("[{dim: width, op: staged, factor: 2, at_steps: 5, moments: map, schedule: jump},"
+              " {dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump, rewarmup_steps: 1}]")
+    trainer = _run(tmp_path / "run", tiny_overrides + [f"methods.growth={{stages: {stages}}}", "train.max_steps=7"])
+    cfg = trainer.state.model.config
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads) == (4, 64, 4) and trainer.state.progress.stage == 2
+    assert [(e["step"], e["stage"]) for e in _events(tmp_path / "run", "growth")] == [(5, 0), (5, 1)]
+    [sched] = _events(tmp_path / "run", "growth_schedule")
+    assert sched["constant"] == 2.455 and sched["restart_step"] == round(5 / 2.455) and sched["rewarmup_steps"] == 1
+
+
 def test_staged_width_growth_preserves_the_loss(tmp_path, tiny_overrides):
     stage = "{dim: width, op: staged, factor: 2, at_steps: 4, moments: map, schedule: continue}"
     overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=5"]
@@ -190,6 +201,7 @@ def test_grow_cli_guideline_and_errors(tmp_path, capsys):
         ("{dim: depth, op: stack, factor: 2, at_steps: 5, schedule: jump, warmup_steps: 3}", "needs schedule: restart"),
         ("{dim: depth, op: stack, factor: 2, at_steps: 5, moments: keep}", "moments='keep'"),
         ("{dim: depth, op: stack, factor: 2, at_steps: 5, when: 3}", "unknown key"),
+        ("{dim: depth, op: stack, factor: 2, at: previous}", "first stage needs its own trigger"),
     ],
 )
 def test_recipe_errors_are_one_line(tiny_overrides, stage, message):

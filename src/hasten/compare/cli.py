@@ -60,7 +60,7 @@ def _int_tokens(text: str) -> int:
     try:
         return int(float(value[:-1] if scale != 1 else value) * scale)
     except ValueError:
-        raise ConfigError(f"--budget {text!r} must be a number of tokens like 2000000, 2e6 or 2M") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens; use e.g. 2000000, 2e6 or 2M") from None
 
 
 def add_parser(subparsers) -> None:

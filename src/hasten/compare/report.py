@@ -173,9 +173,9 @@ def _machine() -> dict:
 # --------------------------------------------------------------------------- formatting
 
 
-def fmt_cost(axis: str, value: float | None) -> str:
+def fmt_cost(axis: str, value: float | None, gap: float | None = None) -> str:
     if value is None:
-        return "not reached"
+        return f"not reached (+{gap:.3f})" if isinstance(gap, float) else "not reached"
     if axis == "tokens":
         return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,.0f}"
     if axis == "flops":
@@ -183,11 +183,11 @@ def fmt_cost(axis: str, value: float | None) -> str:
     return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
 
 
-def fmt_speedup(row: dict, axis: str) -> str:
+def fmt_speedup(row: dict, axis: str, with_gap: bool = True) -> str:
     x = row.get("speedup", {}).get(axis)
     if x is None:
         gap = row.get("gap")
-        return f"not reached (+{gap:.3f})" if isinstance(gap, float) else "—"
+        return f"not reached (+{gap:.3f})" if with_gap and isinstance(gap, float) else "—"
     return f"{x:.2f}×"
 
 
@@ -223,9 +223,9 @@ def table(results: dict, compact: bool = False) -> str:
         seeds = f"{n}" + (f" ({len(row['failed_seeds'])} failed)" if row["failed_seeds"] else "")
         if row.get("cost") and row["cost"].get("tokens") is None and n > 1:
             seeds += f", {row['reached_seeds']} reached"
-        cells = [row["name"] + (" (baseline)" if row["is_baseline"] else ""), seeds, fmt_loss(row)]
+        cells = [row["name"] + (" (baseline)" if row["is_baseline"] and row["name"] != "baseline" else ""), seeds, fmt_loss(row)]
         for axis in AXES:
-            cells += [fmt_cost(axis, (row.get("cost") or {}).get(axis)), fmt_speedup(row, axis)]
+            cells += [fmt_cost(axis, (row.get("cost") or {}).get(axis), row.get("gap")), fmt_speedup(row, axis, with_gap=False)]
         cells.append(fmt_p(row))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -149,12 +149,15 @@ def execute(spec: RunSpec) -> dict:
             shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
         else:
             resume = True
+    from hasten.trainer.guard import DivergenceError
     from hasten.trainer.setup import build_trainer
 
     start = time.perf_counter()
     try:
         trainer = build_trainer(cfg, run_dir, resume=resume, progress=False)
         final = trainer.fit()
+    except DivergenceError as err:  # the spike/NaN guard stopped a diverged run: a result to report, not a usage error
+        return {"name": spec.name, "status": "failed", "val_loss": None, "seconds": time.perf_counter() - start, "error": str(err)}
     except HastenError:
         raise
     except Exception as err:  # a diverged or crashed run is reported, the comparison goes on

@@ -2,7 +2,8 @@
 
 - `stdlib`: the Python standard library source of the running interpreter (real, human-written
   code and docstrings that every machine has; site-packages excluded). The embedded default.
-- local files, folders and globs of .txt / .jsonl (`text` field) / .parquet (`text` column);
+- local files, folders and globs: .jsonl (`text` field) and .parquet (`text` column) by record, any
+  other file as one plain-text document (binary and non-UTF-8 files are skipped and counted);
 - `hf:NAME[:SPLIT]` or a local `datasets` directory (needs `pip install hasten[hf]`).
 """
 
@@ -18,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hasten.errors import DataError
-
-TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst")
-
 
 @dataclass
 class Corpus:

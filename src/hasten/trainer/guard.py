@@ -146,8 +146,8 @@ class Guard:
         from hasten.trainer.setup import restore
 
         st = trainer.state
-        kept = {"skipped": self.skipped, "min_loss": self.min_loss, "rollbacks": self.rollbacks + 1,
-                "lr_scale": self.lr_scale * self.cfg.rollback_lr_factor}
+        # min_loss comes back with the checkpoint: losses of the discarded steps are not a bar the restored model must meet
+        kept = {"skipped": self.skipped, "rollbacks": self.rollbacks + 1, "lr_scale": self.lr_scale * self.cfg.rollback_lr_factor}
         spent = (st.progress.flops, st.progress.train_time)
         sampler = st.sampler.state_dict()
         if checkpoint["model_config"] != st.model.config.to_dict():  # growth happened since: rebuild the earlier shape

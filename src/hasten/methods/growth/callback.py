@@ -27,8 +27,9 @@ Schedule policies:
             out so that it ends with the run: its length is R + the remaining steps.
   continue  the schedule goes on unchanged (a new `lr` only rescales its peak).
 
-Stages whose triggers fire on the same step grow together (e.g. width then depth); the schedule
-policy of the last one applies once, with the combined depth+width constant for `jump`.
+Stages whose triggers fire on the same step grow together (e.g. width then depth; `at: previous`
+makes a stage fire with the one before it); the schedule policy of the last one applies once, with
+the combined depth+width constant for `jump`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from hasten.model import GPT, ModelConfig, count_params
 from hasten.trainer.callbacks import Callback
 
 COUNTER_TRIGGERS = ("at_steps", "at_tokens", "at_flops")
-AT_KINDS = ("guideline", "slope")
+AT_KINDS = ("guideline", "slope", "previous")
 SCHEDULE_POLICIES = ("restart", "jump", "continue")
 SLOPE_LOSSES = ("train", "eval")
 SLOPE_KEYS = ("slope_threshold", "slope_window", "slope_patience", "slope_loss", "slope_min_steps")
@@ -63,7 +64,7 @@ class GrowthStage:
     at_steps: int | None = None  # trigger: completed optimizer steps ...
     at_tokens: int | None = None  # ... or training tokens ...
     at_flops: float | None = None  # ... or training FLOPs ...
-    at: str | None = None  # ... or guideline (G_stack's d) | slope (staged training's loss-curve flattening)
+    at: str | None = None  # ... or guideline (G_stack's d) | slope (staged training's loss-curve flattening) | previous (with the stage before)
     slope_threshold: float | None = None  # at: slope; None = the cheatsheet value for this dim
     slope_window: int | None = None  # points in the least-squares log-log fit (default 20)
     slope_patience: int | None = None  # consecutive fits above the threshold (default 1)
@@ -94,7 +95,7 @@ class GrowthStage:
             what = "no trigger" if not set_triggers else f"several triggers ({', '.join(set_triggers)})"
             bad(f"{what}; give exactly one of at_steps, at_tokens, at_flops, at: guideline, at: slope")
         if self.at is not None and self.at not in AT_KINDS:
-            bad(f"at={self.at!r} is unknown; use guideline or slope (or at_steps / at_tokens / at_flops)")
+            bad(f"at={self.at!r} is unknown; use guideline, slope or previous (or at_steps / at_tokens / at_flops)")
         for key in COUNTER_TRIGGERS:
             value = getattr(self, key)
             if value is not None and not value > 0:
@@ -165,6 +166,8 @@ class GrowthConfig:
 
     def validate(self) -> None:
         stages = self.stage_configs()
+        if stages[0].at == "previous":
+            raise ConfigError("methods.growth.stages[0]: `at: previous` grows together with the stage before; the first stage needs its own trigger")
         if sum(s.at == "guideline" for s in stages) > 1:
             raise ConfigError("methods.growth: `at: guideline` gives one growth time; use it for one stage only")
         for key in COUNTER_TRIGGERS:  # counter triggers of one kind must come in order
@@ -399,6 +402,8 @@ class Growth(Callback):
             return p.flops >= stage.at_flops
         if stage.at == "guideline":
             return p.tokens >= self.guideline
+        if stage.at == "previous":
+            return not first
         return first and self.trigger is not None and self.trigger.should_grow()  # a later stage's slope needs its own points
 
 
