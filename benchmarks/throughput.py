@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 8, 2
-    from hasten.model import PRESETS
+    from hasten.model import model_config
 
-    preset = PRESETS[args.model]
+    preset = model_config(args.model)
     args.seq_len = args.seq_len or min(256, preset.max_seq_len)
     args.vocab_size = min(4096, preset.vocab_size)
     total = args.warmup + args.steps

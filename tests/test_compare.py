@@ -216,3 +216,84 @@ def test_tune_grid_and_pick(tmp_path):
     opts.tune_lrs = [1e-3, 2e-3]
     with pytest.raises(ConfigError, match="at least 3"):
         tune_grid(opts, recipe)
+
+
+# --------------------------------------------------------------------------- stability section
+
+
+def _write_stability_run(run_dir: Path, ratios, grad_norms, sq_max, events=(), final_loss=3.0, duplicate_step=None):
+    """Train rows with the StabilityMonitor keys (spike counters derived from `ratios` with threshold 1.5), two evals."""
+    run_dir.mkdir(parents=True)
+    rows = [{"kind": "eval", "step": 0, "tokens": 0, "flops": 0.0, "train_time": 0.0, "val_loss": 6.0}]
+    spikes, above = 0, False
+    for i, (ratio, gn) in enumerate(zip(ratios, grad_norms)):
+        step = i + 1
+        if ratio is not None and ratio > 1.5 and not above:
+            spikes += 1
+        above = ratio is not None and ratio > 1.5
+        row = {"kind": "train", "step": step, "tokens": 100 * step, "flops": 300.0 * step, "train_time": 0.1 * step,
+               "loss": 4.0, "grad_norm": gn, "loss_ratio": ratio, "loss_spike_events": float(spikes), "nonfinite_losses": 0.0}
+        if step % 2 == 1:  # Adam moments are logged every log_every (=2) steps and at step 1
+            row["adam/exp_avg_sq/max"] = sq_max[i]
+        rows.append(row)
+        if step == duplicate_step:  # a resumed run logs the step again; the plotted series keeps the last row
+            rows.append({**row, "loss_ratio": 1.0})
+    rows += [{"kind": "event", "step": 2, **e} for e in events]
+    n = len(ratios)
+    rows.append({"kind": "eval", "step": n, "tokens": 100 * n, "flops": 300.0 * n, "train_time": 0.1 * n, "val_loss": final_loss})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_stability_section_numbers_table_and_plot(tmp_path):
+    from hasten.compare.plots import plot_stability
+
+    spec = {  # recipe -> per seed: ratios, grad norms, exp_avg_sq maxima, events, failed?
+        "base": [([1.0, 1.7, 1.2, 1.6, 1.9, 1.1], [1.0, 8.0, 2.0, 3.0, 4.0, 1.0], [1e-3, 0, 5e-3, 0, 2e-2, 0],
+                  [{"event": "skipped_nonfinite", "skipped_total": 1}, {"event": "skipped_nonfinite", "skipped_total": 2},
+                   {"event": "rollback", "rollbacks": 1}], False),
+                 ([1.0, 1.2, 2.5, float("nan")], [1.0, 2.0, 30.0, 6.0], [1e-3, 0, 4e-1, 0], [], True)],  # diverged at step 4
+        "slw": [([1.0, 1.1, 1.05, 1.2, 1.0, 1.0], [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [1e-4, 0, 2e-4, 0, 3e-4, 0], [], False),
+                ([1.0, 1.3, 1.0, 1.4, 1.0, 1.0], [0.5, 1.5, 0.7, 0.8, 0.9, 1.0], [1e-4, 0, 4e-4, 0, 1e-4, 0], [], False)],
+    }
+    runs, failed = {}, {}
+    for name, seeds in spec.items():
+        runs[name] = []
+        for seed, (ratios, gns, sq, events, diverged) in enumerate(seeds):
+            d = tmp_path / "runs" / f"{name}-seed{seed}"
+            _write_stability_run(d, ratios, gns, sq, events, duplicate_step=2 if name == "base" and seed == 0 else None)
+            runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
+            if diverged:
+                failed[d.name] = "DivergenceError: ..."
+    opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=600)
+    res = build_results(opts, list(spec), "base", runs, failed, None)
+    st = res["stability"]
+    base, slw = st["base"], st["slw"]
+    # the diverged seed is in the stability numbers though not in the loss rows
+    assert base["seeds"] == [0, 1] and base["diverged"] == 1 and next(r for r in res["rows"] if r["name"] == "base")["seeds"] == [0]
+    b0, b1 = base["runs"]
+    assert (b0["spike_events"], b1["spike_events"]) == (2, 1)  # 1.7 | 1.6, 1.9 (one event) ; 2.5
+    assert b0["max_loss_ratio"] == pytest.approx(1.9) and b1["max_loss_ratio"] == pytest.approx(2.5)  # nan ignored
+    assert b0["max_grad_norm"] == 8.0 and b1["max_grad_norm"] == 30.0
+    assert b0["max_exp_avg_sq"] == pytest.approx(2e-2) and b1["max_exp_avg_sq"] == pytest.approx(4e-1)
+    assert b0["skipped_steps"] == 2 and b0["rollbacks"] == 1 and b1["skipped_steps"] == 0
+    assert base["mean"]["spike_events"] == pytest.approx(1.5)
+    assert base["mean"]["max_loss_ratio"] == pytest.approx((1.9 + 2.5) / 2)
+    assert base["mean"]["max_grad_norm"] == pytest.approx(19.0)
+    assert base["mean"]["max_exp_avg_sq"] == pytest.approx((2e-2 + 4e-1) / 2)
+    assert base["mean"]["skipped_steps"] == pytest.approx(1.0)
+    assert slw["diverged"] == 0 and slw["mean"]["spike_events"] == 0 and slw["mean"]["max_loss_ratio"] == pytest.approx(1.3)
+    assert slw["mean"]["max_grad_norm"] == pytest.approx((1.0 + 1.5) / 2)
+    # series: last row per step wins (the duplicate step 2 reads 1.0), the max still saw the 1.7
+    assert b0["series"]["step"] == [1, 2, 3, 4, 5, 6] and b0["series"]["loss_ratio"][1] == 1.0
+    assert b1["series"]["loss_ratio"][3] is None
+    assert b0["series"]["exp_avg_sq_max"][1] is None and b0["series"]["exp_avg_sq_max"][2] == pytest.approx(5e-3)
+    assert base["mean_series"]["step"] == [1, 2, 3, 4]  # steps both seeds logged
+    assert slw["mean_series"]["loss_ratio"] == pytest.approx([1.0, 1.2, 1.025, 1.3, 1.0, 1.0])
+    text = render_report(res)
+    assert "## Stability" in text
+    line = next(x for x in text.splitlines() if x.startswith("| base | 2 |"))
+    assert "| 1/2 |" in line and "| 1.5 |" in line and "| 2.200 |" in line
+    json.dumps(res)  # results.json stays serialisable
+    path = plot_stability(st, tmp_path, ["base", "slw"])
+    assert path is not None and path.name == "stability.png" and path.stat().st_size > 0
+    assert plot_stability({"x": {"runs": []}}, tmp_path) is None

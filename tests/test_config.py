@@ -119,7 +119,7 @@ def test_unknown_key_suggests_the_closest(override, suggestion):
         ("train.batch_size=abc", "train.batch_size='abc' must be an integer"),
         ("train.batch_size=2.5", "must be an integer"),
         ("train.compile=1", "must be true or false"),
-        ("optim.lr=fast", "optim.lr='fast' must be a number"),
+        ("optim.lr=fast", "optim.lr='fast' must be a finite number"),
         ("optim.name=7", "must be a string"),
         ("train=5", "must be a mapping"),
         ("optim.lr_ratios=3", "optim.lr_ratios=3 has the wrong type"),

@@ -122,6 +122,14 @@ def broadcast_object(value: T, src: int = 0) -> T:
     return box[0]
 
 
+@torch.no_grad()
+def broadcast_tensors_(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Overwrite each tensor in place with rank `src`'s values (e.g. freshly initialised weights)."""
+    if _active():
+        for tensor in tensors:
+            torch_dist.broadcast(tensor.data, src=src)
+
+
 def run_on_main(fn: Callable[[], T]) -> T:
     """Run `fn` on rank 0 only and share its result; a user error there is raised on every rank.
 
@@ -295,9 +303,25 @@ def load_full_state(model: nn.Module, optimizer: Optimizer, model_state: dict, o
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         return
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     set_model_state_dict(model, model_state, options=_options(True))
+    load_full_optimizer_state(model, optimizer, optimizer_state)
+
+
+# torch optimizer group keys that say how a step runs on this device, not what it computes
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict, keep_implementation: bool = False) -> None:
+    """Load a full (single-process format, id-keyed) optimizer state into an optimizer over FSDP2 shards.
+
+    Every rank passes the same full state; DCP's set_optimizer_state_dict shards each tensor like its
+    parameter. keep_implementation=True keeps the live groups' fused/foreach flags (growth maps a
+    state built on a CPU copy into a GPU optimizer). A collective: every rank calls it.
+    """
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
     order = _flat_names(optimizer)
     if order is None:
         raise ConfigError("FSDP resume needs optimizer param groups with param_names; build it with hasten.optim.build_optimizer")
@@ -306,9 +330,61 @@ def load_full_state(model: nn.Module, optimizer: Optimizer, model_state: dict, o
         raise ValueError(f"checkpoint optimizer has {n_saved} parameters, this one {len(order)}")
     groups = []
     for live_group, saved in zip(optimizer.param_groups, optimizer_state["param_groups"]):
-        groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": list(live_group["param_names"])})
+        group = {k: v for k, v in saved.items() if k != "params"}
+        if keep_implementation:
+            group.update({k: live_group[k] for k in IMPLEMENTATION_KEYS if k in live_group})
+        groups.append({**group, "params": list(live_group["param_names"])})
     state = {order[int(i)]: value for i, value in optimizer_state["state"].items()}
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_options(True))
+
+
+def _full_tensor(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A DTensor shard gathered whole (a collective), or a plain tensor copied, on `device`."""
+    full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    return full.detach().to(device, copy=True)
+
+
+@torch.no_grad()
+def unsharded_copy(model: nn.Module, device: torch.device | str = "cpu", into: nn.Module | None = None) -> nn.Module:
+    """A plain (unsharded) GPT holding `model`'s full weights on `device`, identical on every rank.
+
+    Under FSDP2 each parameter is all-gathered one at a time (every rank must call this, in step), so
+    the accelerator holds at most one full tensor beyond its shards. `into` (a plain model of the
+    same config, e.g. the previous copy) is refilled in place instead of building a new one.
+    Without FSDP the copy is a plain deep copy of the weights.
+    """
+    from hasten.model import GPT
+
+    if into is None or into.config.to_dict() != model.config.to_dict():
+        with torch.device("meta"):
+            into = GPT(model.config)
+        into = into.to_empty(device=device)
+    target = dict(into.named_parameters())
+    for name, param in model.named_parameters():
+        target[name].copy_(_full_tensor(param, target[name].device))
+    target_buffers = dict(into.named_buffers())
+    for name, buffer in model.named_buffers():  # RoPE tables: not sharded, not persistent (to_empty left them garbage)
+        target_buffers[name].copy_(buffer.detach())
+    into.requires_grad_(True)
+    return into.train(model.training)
+
+
+def full_optimizer_state_by_name(optimizer: Optimizer, device: torch.device | str = "cpu") -> dict[str, dict]:
+    """Every parameter's optimizer state with full tensors on `device`, keyed by parameter name, on every rank.
+
+    DTensor shards are all-gathered (a collective under FSDP: every rank calls it, in step);
+    growth maps this state onto the grown model on every rank identically.
+    """
+    out: dict[str, dict] = {}
+    for group in optimizer.param_groups:
+        names = group.get("param_names")
+        if names is None:
+            raise ConfigError("growth under FSDP needs optimizer param groups with param_names; build it with hasten.optim.build_optimizer")
+        for name, param in zip(names, group["params"]):
+            state = optimizer.state.get(param)
+            if state:
+                out[name] = {k: _full_tensor(v, device) if torch.is_tensor(v) else v for k, v in state.items()}
+    return out
 
 
 def save_sharded(model: nn.Module, optimizer: Optimizer, directory: Path) -> None:

@@ -85,16 +85,18 @@ def _swiglu_hidden(d_model: int) -> int:
     return 32 * math.ceil(hidden / 32)
 
 
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(family="gpt2", vocab_size=512, n_layers=2, d_model=32, n_heads=2, max_seq_len=64),
-    "tiny-llama": ModelConfig(family="llama", vocab_size=512, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, max_seq_len=64),
-    "cpu-small": ModelConfig(family="gpt2", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, max_seq_len=256),
-    "cpu-medium": ModelConfig(family="gpt2", vocab_size=4096, n_layers=6, d_model=256, n_heads=8, max_seq_len=256),
-    "cpu-small-llama": ModelConfig(family="llama", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, max_seq_len=256),
-    "gpt2-124m": ModelConfig(family="gpt2", vocab_size=50304, n_layers=12, d_model=768, n_heads=12, max_seq_len=1024),
-    "gpt2-350m": ModelConfig(family="gpt2", vocab_size=50304, n_layers=24, d_model=1024, n_heads=16, max_seq_len=1024),
-    "llama-410m": ModelConfig(family="llama", vocab_size=32000, n_layers=24, d_model=1024, n_heads=16, n_kv_heads=1, d_ff=4096, max_seq_len=2048),
-    "llama-1.1b": ModelConfig(family="llama", vocab_size=32000, n_layers=22, d_model=2048, n_heads=32, n_kv_heads=4, d_ff=5632, max_seq_len=2048),
+# Only the fields each preset sets explicitly: an override such as {preset: cpu-small, d_model: 64}
+# re-derives n_kv_heads and d_ff from the new width instead of keeping the preset's derived values.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(family="gpt2", vocab_size=512, n_layers=2, d_model=32, n_heads=2, max_seq_len=64),
+    "tiny-llama": dict(family="llama", vocab_size=512, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, max_seq_len=64),
+    "cpu-small": dict(family="gpt2", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, max_seq_len=256),
+    "cpu-medium": dict(family="gpt2", vocab_size=4096, n_layers=6, d_model=256, n_heads=8, max_seq_len=256),
+    "cpu-small-llama": dict(family="llama", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, max_seq_len=256),
+    "gpt2-124m": dict(family="gpt2", vocab_size=50304, n_layers=12, d_model=768, n_heads=12, max_seq_len=1024),
+    "gpt2-350m": dict(family="gpt2", vocab_size=50304, n_layers=24, d_model=1024, n_heads=16, max_seq_len=1024),
+    "llama-410m": dict(family="llama", vocab_size=32000, n_layers=24, d_model=1024, n_heads=16, n_kv_heads=1, d_ff=4096, max_seq_len=2048),
+    "llama-1.1b": dict(family="llama", vocab_size=32000, n_layers=22, d_model=2048, n_heads=32, n_kv_heads=4, d_ff=5632, max_seq_len=2048),
 }
 
 
@@ -105,7 +107,7 @@ def model_config(name_or_config: str | ModelConfig | dict, **overrides) -> Model
     elif isinstance(name_or_config, str):
         if name_or_config not in PRESETS:
             raise ConfigError(f"model preset {name_or_config!r} is unknown; use one of {', '.join(PRESETS)}")
-        cfg = replace(PRESETS[name_or_config], **overrides)
+        cfg = ModelConfig(**{**PRESETS[name_or_config], **overrides})
     else:
         fields = dict(name_or_config)
         preset = fields.pop("preset", None)

@@ -18,7 +18,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run_dir / "loss.png"
     train = [r for r in rows if r["kind"] == "train" and isinstance(r.get("loss"), (int, float))]
     evals = [r for r in rows if r["kind"] == "eval"]
-    events = [r for r in rows if r["kind"] == "event" and r.get("event") == "state_replaced"]
+    events = [r for r in rows if r["kind"] == "event" and r.get("event") == "state_replaced" and r.get("reason") != "rollback"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if train:
         ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.6, label="train loss")

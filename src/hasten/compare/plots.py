@@ -21,7 +21,7 @@ XLABEL = {"tokens": "training tokens", "flops": "training FLOPs", "train_time": 
 
 
 def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
-    """Write the three plots into report_dir; returns {axis: path}."""
+    """Write the three plots (and stability.png when runs logged stability rows) into report_dir; returns {axis | "stability": path}."""
     paths = {}
     curves = results["curves"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -60,7 +60,59 @@ def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths[axis] = path
+    stability = plot_stability(results.get("stability") or {}, report_dir, list(curves), results.get("tier"))
+    if stability is not None:
+        paths["stability"] = stability
     return paths
+
+
+def plot_stability(stability: dict, report_dir: Path, order: list[str] | None = None, tier: str | None = None) -> Path | None:
+    """stability.png: loss ratio (top) and Adam's max exp_avg_sq (bottom, log scale) vs training tokens.
+
+    One bold line per recipe (the seed mean at common logged steps), each seed faintly behind it
+    when there are several; an x marks where a diverged run stopped. Colours follow `order` (the
+    loss plots' row order) so a recipe has the same colour in every plot.
+    """
+    if not any(s.get("runs") for s in stability.values()):
+        return None
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    order = order or list(stability)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for name, s in stability.items():
+        color = colors[(order.index(name) if name in order else len(order)) % len(colors)]
+        for ax, key in ((top, "loss_ratio"), (bottom, "exp_avg_sq_max")):
+            runs = s["runs"]
+            if len(runs) > 1:
+                for run in runs:
+                    xs, ys = _points(run["series"], key)
+                    ax.plot(xs, ys, color=color, lw=0.8, alpha=0.3)
+            xs, ys = _points(s["mean_series"] if len(runs) > 1 else runs[0]["series"], key)
+            label = f"{name} (n={len(runs)}" + (f", {s['diverged']} diverged)" if s["diverged"] else ")")
+            ax.plot(xs, ys, color=color, lw=1.6, label=label if ax is top else None)
+            for run in runs:
+                rx, ry = _points(run["series"], key)
+                if run["diverged"] and rx:
+                    ax.plot(rx[-1], ry[-1], "x", color=color, ms=8, mew=2)
+    top.axhline(1.5, color="grey", lw=1, ls="--", alpha=0.8, label="spike threshold 1.5")
+    top.set_ylabel("loss ratio (loss / min so far)")
+    top.set_title("training stability" + (f" ({tier} tier)" if tier else "") + "  [x: diverged run stopped]")
+    top.legend(fontsize=8)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("max |exp_avg_sq| (Adam)")
+    bottom.set_xlabel("training tokens")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = report_dir / "stability.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _points(series: dict, key: str) -> tuple[list[float], list[float]]:
+    """(tokens, value) pairs of a stability series where the value was logged and finite."""
+    pairs = [(x, y) for x, y in zip(series["tokens"], series[key]) if y is not None]
+    return [x for x, _ in pairs], [y for _, y in pairs]
 
 
 def _band(runs: list[dict], steps: list[int]) -> tuple[list[float], list[float]]:

@@ -8,6 +8,8 @@ Definitions (also printed in every report):
 - p: Welch's t-test of the row's final val losses against the baseline's (two-sided).
 - averaged-model rows (`<recipe> [lawa]`): the same numbers for the `lawa/val_loss` curve, i.e. the
   averaged weights, next to the raw model's row of the same runs.
+- stability: per recipe (seed mean) loss-spike events, max loss ratio, max grad norm, max Adam
+  exp_avg_sq, non-finite/skipped steps and diverged runs (hasten.compare.stability).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 from hasten.compare.metrics import AXES, Curve, cost_to_target, curve_from_rows, mean_curve, mean_std, speedup, welch_t_test
+from hasten.compare.stability import render_stability, stability_summary
 from hasten.errors import ConfigError
 from hasten.trainer.logger import read_metrics
 
@@ -31,7 +34,7 @@ def _markers(rows: list[dict]) -> list[dict]:
     """Stage changes of one run: growth (state_replaced events) and the step where seq_len first reaches its final value."""
     train = [r for r in rows if r.get("kind") == "train" and isinstance(r.get("tokens"), (int, float))]
     out = [{"kind": "growth", "tokens": float(r["tokens"])} for r in rows
-           if r.get("kind") == "event" and r.get("event") == "state_replaced" and isinstance(r.get("tokens"), (int, float))]
+           if r.get("kind") == "event" and r.get("event") == "state_replaced" and r.get("reason") != "rollback" and isinstance(r.get("tokens"), (int, float))]
     lens = [(r["tokens"], r["seq_len"]) for r in train if isinstance(r.get("seq_len"), (int, float))]
     if lens and len({length for _, length in lens}) > 1:
         full = lens[-1][1]
@@ -121,6 +124,7 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
         "curves": {name: {"seeds": series[name]["seeds"], "runs": [_curve_dict(c) for c in series[name]["curves"]],
                           "mean": _curve_dict(mean_curve(series[name]["curves"])) if series[name]["curves"] else None,
                           "markers": series[name]["markers"]} for name in order},
+        "stability": stability_summary(names, runs, failed),
     }
 
 
@@ -278,6 +282,7 @@ def render_report(results: dict) -> str:
     for key in ("tokens", "flops", "train_time"):
         if key in plots:
             out.append(f"![val loss vs {AXIS_LABEL[key]}]({plots[key]})")
+    out += ["", *render_stability(results.get("stability") or {}, plots.get("stability"))]
     return "\n".join(out).rstrip() + "\n"
 
 

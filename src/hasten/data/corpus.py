@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hasten.errors import DataError
 
+
 @dataclass
 class Corpus:
     """A list of documents plus bookkeeping of what was skipped and why."""

@@ -33,7 +33,25 @@ def _implementation_kwargs(cfg: OptimConfig, device: torch.device) -> dict:
     return {"fused": impl == "fused", "foreach": impl == "foreach"} if impl != "for" else {"foreach": False}
 
 
+# why each optimizer needs whole matrices, which FSDP2 splits by rows across ranks
+FSDP_UNSUPPORTED = {
+    "adam_mini": "its per-head and per-tensor second moments need whole blocks",
+    "muon": "Newton-Schulz orthogonalises whole matrices",
+}
+
+
+def check_fsdp_optimizer(name: str) -> None:
+    """One-line refusal of optimizers whose update is not elementwise over FSDP2's row shards."""
+    if name in FSDP_UNSUPPORTED:
+        raise ConfigError(
+            f"optim.name={name} does not support train.parallelism=fsdp ({FSDP_UNSUPPORTED[name]}, which FSDP2 shards across ranks); "
+            "use train.parallelism=ddp"
+        )
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        check_fsdp_optimizer(cfg.name)
     groups = param_groups(model, cfg)
     device = next(model.parameters()).device
     betas = (cfg.beta1, cfg.beta2)

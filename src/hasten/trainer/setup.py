@@ -23,7 +23,7 @@ from hasten.distributed import Distributed, load_full_state, load_sharded, run_o
 from hasten.errors import CheckpointError, ConfigError
 from hasten.methods.registry import build_callbacks
 from hasten.model import GPT, ModelConfig
-from hasten.optim.builder import build_optimizer
+from hasten.optim.builder import build_optimizer, check_fsdp_optimizer
 from hasten.optim.schedules import LRSchedule
 from hasten.trainer.loop import Trainer
 from hasten.trainer.monitor import StabilityMonitor
@@ -146,6 +146,8 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False, dis
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and dist.world_size > 1:
         device = torch.device("cuda", dist.local_rank)
+    if dist.world_size > 1 and cfg.train.parallelism == "fsdp":
+        check_fsdp_optimizer(cfg.optim.name)  # before the run dir is made, so the same command with ddp can follow
     # rank 0 checks the run dir and fills the data cache first; its checkpoint choice (or error) is shared
     main_data: dict = {}
 

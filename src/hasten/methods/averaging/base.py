@@ -100,6 +100,10 @@ class WeightAverager(Protocol):
         """True once there is something to evaluate."""
         ...
 
+    def is_due(self, step: int, tokens: int | None = None) -> bool:
+        """Whether `maybe_update` would fold the weights in now (FSDP gathers the weights only then)."""
+        ...
+
     def maybe_update(self, step: int, model: nn.Module, tokens: int | None = None) -> bool:
         """Fold the live weights in if `step` is due; True when it did."""
         ...

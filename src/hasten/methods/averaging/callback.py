@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from safetensors.torch import save_file
 
+from hasten.distributed import is_fsdp, unsharded_copy
 from hasten.methods.averaging.base import WeightAverager
 from hasten.trainer.callbacks import Callback
 
@@ -15,6 +16,7 @@ class WeightAveraging(Callback):
         self._factory = averager_factory
         self.averager: WeightAverager | None = None
         self._pending_state: dict | None = None
+        self._mirror = None  # FSDP2 only: a plain CPU model the gathered live weights are copied into
 
     def on_fit_start(self, trainer) -> None:
         if self.averager is None:
@@ -25,18 +27,39 @@ class WeightAveraging(Callback):
 
     def after_step(self, trainer) -> None:
         p = trainer.state.progress
-        self.averager.maybe_update(p.step, trainer.state.model, tokens=p.tokens)
+        model = trainer.state.model
+        if is_fsdp(model):
+            if not self.averager.is_due(p.step, tokens=p.tokens):  # step and tokens are the same on every rank
+                return
+            model = self._full_copy(model)
+        self.averager.maybe_update(p.step, model, tokens=p.tokens)
+
+    def _full_copy(self, model):
+        """FSDP2: the live weights gathered into a plain CPU model, on every rank (a collective).
+
+        Every rank then keeps the same averager, so the averaged model evaluates over the trainer's
+        rank-split val windows and rank 0 alone writes its state into checkpoints.
+        """
+        self._mirror = unsharded_copy(model, "cpu", into=self._mirror)
+        return self._mirror
 
     def on_eval(self, trainer, evaluate) -> dict[str, float]:
         if self.averager is None or not self.averager.ready:
             return {}
-        metrics = {f"{self.name}/val_loss": evaluate(self.averager.averaged_model(trainer.state.model))}
+        live = trainer.state.model
+        if is_fsdp(live):  # an unsharded averaged copy, moved to the device; evaluate() all-reduces its rank shares
+            template = self._mirror if self._mirror is not None else self._full_copy(live)
+            averaged = self.averager.averaged_model(template).to(trainer.device)
+        else:
+            averaged = self.averager.averaged_model(live)
+        metrics = {f"{self.name}/val_loss": evaluate(averaged)}
         metrics.update({k if k.startswith(f"{self.name}/") else f"{self.name}/{k}": v for k, v in self.averager.stats().items()})
         return metrics
 
     def on_state_replaced(self, trainer, reason: str) -> None:
         # growth changes every tensor's shape; averaging across stages would mix two models
         self.averager.reset(f"model replaced ({reason})")
+        self._mirror = None
         trainer.logger.log("event", trainer.state.progress.step, event=f"{self.name}_reset", reason=reason)
 
     def on_fit_end(self, trainer) -> None:

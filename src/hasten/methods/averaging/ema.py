@@ -87,7 +87,8 @@ class _RunningAverager:
 
     # ---- updates -------------------------------------------------------------------------------
 
-    def is_due(self, step: int) -> bool:
+    def is_due(self, step: int, tokens: int | None = None) -> bool:
+        """Whether `maybe_update` would fold the weights in now (`tokens` is unused; LAWA's signature)."""
         if step <= 0 or step < self.start_step or step % self.every:
             return False
         return self.last_step is None or step > self.last_step

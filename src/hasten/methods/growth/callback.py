@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from hasten.distributed import is_fsdp
 from hasten.errors import CheckpointError, ConfigError
 from hasten.methods.growth.operators import growth_plan
 from hasten.methods.growth.state import MOMENT_MODES, grow_training_state
@@ -261,8 +262,6 @@ class Growth(Callback):
 
     def on_fit_start(self, trainer) -> None:
         self._trainer = trainer
-        if trainer.world_size > 1 and trainer.cfg.train.parallelism == "fsdp":
-            raise ConfigError("methods.growth does not support train.parallelism=fsdp yet (it grows unsharded weights); use ddp")
         expected = self.configs[self.done]
         if trainer.state.model.config.to_dict() != expected.to_dict():
             raise CheckpointError(
@@ -344,9 +343,14 @@ class Growth(Callback):
         model, optimizer = st.model, st.optimizer
         for index in indices:
             stage = self.stages[index]
+            sharded = is_fsdp(model)
+            if sharded:  # grow an unsharded CPU copy, the same on every rank
+                model, optimizer = _unsharded_training_state(model, optimizer, optim_cfg, gather_state=stage.moments == "map")
             grown = grow_training_state(model, optimizer, stage.op, stage.factor, stage.dim,
                                         build_optimizer=lambda m: build_optimizer(m, optim_cfg), moments=stage.moments)
             model, optimizer = grown.model, grown.optimizer
+            if sharded:
+                model, optimizer = _reshard_grown_state(trainer, model, optimizer, fresh=grown.plan.needs_fresh)
             self.done = index + 1
             self.history.append({"stage": index, "step": p.step, "tokens": p.tokens, "flops": p.flops, "summary": grown.plan.summary()})
             trainer.replace_state(model, optimizer, reason=grown.plan.summary())
@@ -405,6 +409,51 @@ class Growth(Callback):
         if stage.at == "previous":
             return not first
         return first and self.trigger is not None and self.trigger.should_grow()  # a later stage's slope needs its own points
+
+
+def _unsharded_training_state(model, optimizer, optim_cfg, gather_state: bool):
+    """FSDP2: the full model on CPU and a plain optimizer over it holding the full state (moments: map), on every rank.
+
+    A collective (all ranks grow on the same step). The copy is what a single process would hold, so
+    the growth operator and the moment mapping run unchanged on it.
+    """
+    from hasten.distributed import full_optimizer_state_by_name, unsharded_copy
+    from hasten.optim.builder import build_optimizer
+
+    full_state = full_optimizer_state_by_name(optimizer) if gather_state else {}
+    copy = unsharded_copy(model, "cpu")
+    plain = build_optimizer(copy, optim_cfg)
+    for group in plain.param_groups:
+        for name, param in zip(group["param_names"], group["params"]):
+            if name in full_state:
+                plain.state[param] = full_state[name]
+    return copy, plain
+
+
+def _reshard_grown_state(trainer, model, optimizer, fresh: bool):
+    """FSDP2: shard the grown model, build its optimizer on the shards, and load the mapped state into it.
+
+    The mapped state goes through DCP's set_optimizer_state_dict (the resume path); parameters with no
+    mapped state (new tensors) are left without state so the optimizer initialises them lazily, as it
+    does in one process. Fresh tensors (random / zero operators) come from rank 0, so every rank shards
+    the same grown weights whatever its RNG state.
+    """
+    from hasten.distributed import broadcast_tensors_, load_full_optimizer_state
+    from hasten.optim.builder import build_optimizer
+
+    if fresh:
+        broadcast_tensors_(list(model.parameters()))
+    mapped = optimizer.state_dict()
+    trainer.wrap_model(model)  # fully_shard in place (replace_state's own wrap then leaves the shards alone)
+    sharded_optimizer = build_optimizer(model, trainer.cfg.optim)
+    if mapped["state"]:
+        load_full_optimizer_state(model, sharded_optimizer, mapped, keep_implementation=True)
+        with_state = {i for i in mapped["state"]}
+        flat = [p for group in sharded_optimizer.param_groups for p in group["params"]]
+        for i, param in enumerate(flat):  # DCP initialised every state with a zero-lr step: drop the unmapped ones
+            if i not in with_state:
+                sharded_optimizer.state.pop(param, None)
+    return model, sharded_optimizer
 
 
 def jump_restart_step(step: int, kind: str) -> int:

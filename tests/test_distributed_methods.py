@@ -1,0 +1,137 @@
+"""Every method under data parallelism (CPU, gloo, 2 ranks) equals the same run in one process.
+
+Growth (G_stack depth stack with reset moments, staged width growth with mapped moments) under DDP
+and FSDP2, LAWA under FSDP2 (averaged from gathered full weights, evaluated over rank-split val
+windows), Adam-mini, sequence length warmup and blockwise LR under DDP; Adam-mini and Muon are
+refused under FSDP2 with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hasten.checkpoint import load_checkpoint
+from hasten.config import load_config
+from hasten.distributed import Distributed
+from hasten.errors import ConfigError
+from hasten.optim.builder import check_fsdp_optimizer
+from hasten.trainer.setup import build_trainer
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+REL = 1e-5  # the same math on 2 ranks; only the gradient summation order differs
+
+SMALL = "model={preset: tiny, n_layers: 1}"
+STACK = "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, warmup_steps: 2}]}"
+STAGED = "methods.growth={stages: [{dim: width, op: staged, factor: 2, at_steps: 6, moments: map, schedule: jump, rewarmup_steps: 2}]}"
+METHODS: dict[str, list[str]] = {
+    "stack": [SMALL, STACK],
+    "staged": [STAGED],
+    "lawa": ["methods.lawa={k: 3, interval: 2}"],
+    "adam_mini": ["optim.name=adam_mini"],
+    "slw": ["methods.seqlen_warmup={min_len: 16, total_steps: 8}"],
+    "blockwise": ["optim.blockwise=true"],
+}
+# (method, parallelism) pairs run on 2 ranks, all in one torchrun launch
+DIST_RUNS = [("stack", "ddp"), ("staged", "ddp"), ("adam_mini", "ddp"), ("slw", "ddp"), ("blockwise", "ddp"),
+             ("stack", "fsdp"), ("staged", "fsdp"), ("lawa", "fsdp")]
+
+
+@pytest.fixture(scope="module")
+def overrides(tiny_overrides) -> list[str]:
+    return tiny_overrides + ["train.max_steps=12", "train.eval_every=4", "train.checkpoint_every=0", "train.log_every=1", "train.device=cpu"]
+
+
+def _rows(run_dir: Path, kind: str, key: str) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r[key]) for r in rows if r["kind"] == kind and key in r]
+
+
+def _assert_close_curve(a: list[tuple[int, float]], b: list[tuple[int, float]], what: str) -> None:
+    assert a and [s for s, _ in a] == [s for s, _ in b], what
+    for (step, x), (_, y) in zip(a, b):
+        assert abs(x - y) <= REL * abs(y), (what, step, x, y)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, overrides) -> dict[str, Path]:
+    """Single-process references for every method, then the 2-rank runs in one torchrun launch."""
+    root = tmp_path_factory.mktemp("methods")
+    out: dict[str, Path] = {}
+    for method, extra in METHODS.items():
+        run_dir = root / f"{method}-single"
+        build_trainer(load_config(None, overrides + extra), run_dir, progress=False).fit()
+        out[f"{method}-single"] = run_dir
+    jobs = []
+    for method, parallelism in DIST_RUNS:
+        run_dir = root / f"{method}-{parallelism}"
+        jobs.append({"run_dir": str(run_dir), "overrides": overrides + METHODS[method] + [f"train.parallelism={parallelism}"]})
+        out[f"{method}-{parallelism}"] = run_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), json.dumps(jobs)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _assert_matches_single(runs: dict[str, Path], method: str, parallelism: str) -> Path:
+    run_dir, single = runs[f"{method}-{parallelism}"], runs[f"{method}-single"]
+    _assert_close_curve(_rows(run_dir, "train", "loss"), _rows(single, "train", "loss"), f"{method}/{parallelism} train loss")
+    _assert_close_curve(_rows(run_dir, "eval", "val_loss"), _rows(single, "eval", "val_loss"), f"{method}/{parallelism} val loss")
+    return run_dir
+
+
+@pytest.mark.slow  # one 2-process launch of 8 tiny runs plus 6 single-process references (~1 min on 2 cores)
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+@pytest.mark.parametrize("method", ["stack", "staged"])
+def test_growth_matches_single_process(runs, method, parallelism):
+    run_dir = _assert_matches_single(runs, method, parallelism)
+    grown = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
+    reference = [r for r in map(json.loads, (runs[f"{method}-single"] / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
+    assert [(g["step"], g["params"], g["model_config"]) for g in grown] == [(g["step"], g["params"], g["model_config"]) for g in reference]
+    assert ("optimizer state: map" in grown[0]["notes"]) == (method == "staged")
+    # the consolidated final checkpoint holds the grown model and its (mapped, then trained) optimizer state
+    ckpt, single = load_checkpoint(run_dir / "checkpoints"), load_checkpoint(runs[f"{method}-single"] / "checkpoints")
+    assert ckpt["model_config"] == single["model_config"]
+    for key, value in single["model"].items():
+        torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-4, atol=1e-6)
+    steps = sorted(float(s["step"]) for s in ckpt["optimizer"]["state"].values())
+    assert steps == sorted(float(s["step"]) for s in single["optimizer"]["state"].values())
+
+
+@pytest.mark.slow
+def test_lawa_under_fsdp_matches_single_process(runs):
+    run_dir = _assert_matches_single(runs, "lawa", "fsdp")
+    lawa, reference = _rows(run_dir, "eval", "lawa/val_loss"), _rows(runs["lawa-single"], "eval", "lawa/val_loss")
+    assert len(lawa) == 3  # steps 4, 8, 12 (nothing averaged at step 0)
+    _assert_close_curve(lawa, reference, "lawa/val_loss")
+    saved = load_checkpoint(run_dir / "checkpoints")["callbacks"]["lawa"]  # the averager state, written by rank 0
+    assert saved["members"] == [8, 10, 12] == load_checkpoint(runs["lawa-single"] / "checkpoints")["callbacks"]["lawa"]["members"]
+    assert (run_dir / "lawa_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["adam_mini", "slw", "blockwise"])
+def test_optimizer_and_data_methods_under_ddp_match_single_process(runs, method):
+    run_dir = _assert_matches_single(runs, method, "ddp")
+    if method == "slw":  # both ranks trained at the warmup's lengths, the same as one process
+        assert _rows(run_dir, "train", "seq_len") == _rows(runs["slw-single"], "train", "seq_len")
+        assert _rows(run_dir, "train", "seq_len")[0][1] == 16
+
+
+@pytest.mark.parametrize("name", ["adam_mini", "muon"])
+def test_whole_matrix_optimizers_are_refused_under_fsdp(tmp_path, overrides, name):
+    with pytest.raises(ConfigError, match=f"optim.name={name} does not support train.parallelism=fsdp") as err:
+        check_fsdp_optimizer(name)
+    assert "\n" not in str(err.value)
+    cfg = load_config(None, overrides + [f"optim.name={name}", "train.parallelism=fsdp"])
+    with pytest.raises(ConfigError, match="use train.parallelism=ddp"):  # refused before anything is written
+        build_trainer(cfg, tmp_path / "run", dist=Distributed(rank=0, world_size=2), progress=False)
+    assert not (tmp_path / "run").exists()
+    check_fsdp_optimizer("adamw")  # elementwise: fine
