@@ -171,12 +171,14 @@ def test_compare_cli_end_to_end_reuses_and_resumes(tmp_path, cache_dir, capsys):
     out = tmp_path / "report"
     argv = ["compare", str(tmp_path / "slow.yaml"), str(tmp_path / "fast.yaml"), "--seeds", "2", "--out", str(out), "--keep-checkpoints"]
     assert main(argv) == 0
-    for name in ("report.md", "results.json", "loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_time.png"):
+    for name in ("report.md", "results.json", "loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_time.png", "stability.png"):
         assert (out / name).stat().st_size > 0, name
     res = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in res["rows"]] == ["slow", "fast"] and res["baseline"] == "slow"
     assert all(len(r["final_losses"]) == 2 for r in res["rows"])
     assert res["rows"][1]["welch"]["p"] is not None
+    for run in res["stability"]["slow"]["runs"]:  # the trainer's own stability rows reach the report
+        assert run["train_rows"] == 6 and run["max_exp_avg_sq"] > 0 and run["max_grad_norm"] > 0 and run["spike_events"] is not None
     first = {r["name"]: r["final_losses"] for r in res["rows"]}
     capsys.readouterr()
 

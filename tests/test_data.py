@@ -225,3 +225,18 @@ def test_tokenizer_json_path_as_data_tokenizer(tmp_path, isolated_cache, monkeyp
     (tmp_path / "broken.json").write_text("{not a tokenizer")
     with pytest.raises(DataError, match="not a valid tokenizer.json"):
         prepare_tokens(str(folder), tokenizer=str(tmp_path / "broken.json"), progress=False)
+
+
+def test_local_hf_datasets_dir_and_hf_prefix(tmp_path):
+    """A `datasets` dir saved with save_to_disk loads as a source (plain path or hf:PATH), offline."""
+    datasets = pytest.importorskip("datasets")
+    texts = [f"document {i}: def f(x):\n    return x * {i}\n" for i in range(12)]
+    ds = datasets.Dataset.from_dict({"text": texts, "id": list(range(12))})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    for source in (str(tmp_path / "ds"), f"hf:{tmp_path / 'ds'}"):
+        corpus = load_corpus(source)
+        assert corpus.documents == texts
+    limited = load_corpus(str(tmp_path / "ds"), max_docs=5)
+    assert limited.documents == texts[:5]
+    with pytest.raises(DataError, match="no column 'body'"):
+        load_corpus(str(tmp_path / "ds"), text_field="body")

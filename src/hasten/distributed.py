@@ -313,14 +313,15 @@ def load_full_state(model: nn.Module, optimizer: Optimizer, model_state: dict, o
 IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
 
 
-def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict, keep_implementation: bool = False) -> None:
+def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict, growth: bool = False) -> None:
     """Load a full (single-process format, id-keyed) optimizer state into an optimizer over FSDP2 shards.
 
     Every rank passes the same full state; DCP's set_optimizer_state_dict shards each tensor like its
-    parameter. keep_implementation=True keeps the live groups' fused/foreach flags (growth maps a
-    state built on a CPU copy into a GPU optimizer). A collective: every rank calls it.
+    parameter. growth=True keeps the live groups' fused/foreach flags (growth maps a state built on a
+    CPU copy into a GPU optimizer) and allows parameters without state (new tensors; DCP then gives
+    them a zero-lr step's state, which the caller drops). A collective: every rank calls it.
     """
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     order = _flat_names(optimizer)
     if order is None:
@@ -331,11 +332,12 @@ def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_
     groups = []
     for live_group, saved in zip(optimizer.param_groups, optimizer_state["param_groups"]):
         group = {k: v for k, v in saved.items() if k != "params"}
-        if keep_implementation:
+        if growth:
             group.update({k: live_group[k] for k in IMPLEMENTATION_KEYS if k in live_group})
         groups.append({**group, "params": list(live_group["param_names"])})
     state = {order[int(i)]: value for i, value in optimizer_state["state"].items()}
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_options(True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, strict=not growth)
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=options)
 
 
 def _full_tensor(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:

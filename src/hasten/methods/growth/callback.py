@@ -447,8 +447,8 @@ def _reshard_grown_state(trainer, model, optimizer, fresh: bool):
     trainer.wrap_model(model)  # fully_shard in place (replace_state's own wrap then leaves the shards alone)
     sharded_optimizer = build_optimizer(model, trainer.cfg.optim)
     if mapped["state"]:
-        load_full_optimizer_state(model, sharded_optimizer, mapped, keep_implementation=True)
-        with_state = {i for i in mapped["state"]}
+        load_full_optimizer_state(model, sharded_optimizer, mapped, growth=True)
+        with_state = set(mapped["state"])
         flat = [p for group in sharded_optimizer.param_groups for p in group["params"]]
         for i, param in enumerate(flat):  # DCP initialised every state with a zero-lr step: drop the unmapped ones
             if i not in with_state:
