@@ -8,16 +8,15 @@ Results go to benchmarks/results/<tier>/ (report.md, results.json, plots; the ru
 are reused or resumed when the command is repeated), and the quick / full tiers rewrite the results
 block of README.md.
 
-Sizing (measured on this project's shared 2-core CPU): cpu-small trains at roughly 1-4k tokens/s
-depending on load (~0.7-0.9k with four other jobs on the cores, seq 128 and 256 alike). The quick
-tier therefore trains cpu-small at seq_len 128 for 327,680 tokens (160 steps of 16 x 128):
-~14 runs (10 recipes + 4 extra LR-sweep runs) x 1.5-2.5 minutes. The full tier uses the model's
-whole 256-token context, 1,638,400 tokens (400 steps of 16 x 256) and 3 seeds, long enough that the
-baseline is past its fast initial drop; ~34 runs x 7-25 minutes.
+Sizing (measured on this project's 2-core CPU): cpu-small at seq_len 128 trains at about 9k tokens/s
+on a quiet machine (0.7-0.9k with four other jobs on the cores). The quick tier trains it for
+1,310,720 tokens (640 steps of 16 x 128): ~15 runs (11 recipes + 4 extra LR-sweep runs) x ~2.5
+minutes. The full tier uses the model's whole 256-token context, 1,638,400 tokens (400 steps of
+16 x 256) and 3 seeds; ~37 runs x 3-4 minutes on a quiet machine.
 
 Budget-dependent method settings are derived from the budget here, so each tier keeps the same
 proportions: growth at 1/6 (G_stack) or 1/3 (staged) of the tokens, sequence-length warmup over 30%
-of the run's full-length steps, and LAWA snapshots every 1/8 of the run (k = 5).
+of the run's full-length steps, and LAWA snapshots every 1/80 of the run (k = 5 spans ~5% of it).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "benchmarks" / "recipes"
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["baseline", "blockwise", "adam_mini", "adam_mini_blockwise", "gstack", "staged", "slw", "lawa", "muon", "combined"]
+ORDER = ["baseline", "blockwise", "blockwise_base1e-3", "adam_mini", "adam_mini_blockwise", "gstack", "staged", "slw", "lawa", "muon", "combined"]
 BENCH_BATCH, BENCH_SEQ = 16, 128  # _bench.yaml
 
 
@@ -52,7 +51,7 @@ TIERS: dict[str, Tier] = {
                    "train.eval_every=4", "train.eval_sequences=8", "train.checkpoint_every=4", "train.log_every=2",
                    "schedule.warmup_steps=2"],
     ),
-    "quick": Tier(recipes=ORDER, seeds=1, budget=327_680),
+    "quick": Tier(recipes=ORDER, seeds=1, budget=1_310_720),
     "full": Tier(
         recipes=ORDER, seeds=3, budget=1_638_400, seq_len=256,
         overrides=["train.seq_len=256", "train.eval_every=50", "train.eval_sequences=64", "train.checkpoint_every=100",
@@ -64,6 +63,7 @@ TIERS: dict[str, Tier] = {
 def budget_overrides(recipe: str, budget: int, seq_len: int) -> list[str]:
     """Per-recipe settings that scale with the budget (see the module docstring)."""
     full_steps = budget // (BENCH_BATCH * seq_len)
+    lawa_interval = max(2, full_steps // 80)  # k=5 snapshots span ~5% of the run (the paper: nu=200 of 70k steps)
     gstack = (f"methods.growth.stages=[{{dim: depth, op: stack, factor: 4, at_tokens: {budget // 6}, moments: reset, "
               "schedule: restart, warmup_steps: 20}]")
     out: dict[str, list[str]] = {
@@ -71,8 +71,8 @@ def budget_overrides(recipe: str, budget: int, seq_len: int) -> list[str]:
         "staged": [f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, at_tokens: {budget // 3}, moments: map, schedule: jump}}, "
                    "{dim: depth, op: zero, factor: 2, at: previous, moments: map, schedule: jump}]"],
         "slw": [f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * budget / (2 * BENCH_BATCH * seq_len)))}"],
-        "lawa": [f"methods.lawa.interval={max(1, full_steps // 8)}"],
-        "combined": [gstack, f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * full_steps))}", f"methods.lawa.interval={max(1, full_steps // 8)}"],
+        "lawa": [f"methods.lawa.interval={lawa_interval}"],
+        "combined": [gstack, f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * full_steps))}", f"methods.lawa.interval={lawa_interval}"],
     }
     return out.get(recipe, [])
 

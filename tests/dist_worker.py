@@ -12,19 +12,8 @@ import torch
 
 from hasten.config import load_config
 from hasten.distributed import init_distributed
-from hasten.trainer.callbacks import Callback
+from hasten.trainer.callbacks import StopAt
 from hasten.trainer.setup import build_trainer
-
-
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, trainer) -> None:
-        if trainer.state.progress.step == self.step:
-            trainer.stop_requested = True
 
 
 def _replace_with_unsharded_copy(trainer) -> None:

@@ -77,3 +77,15 @@ def test_bad_key_exits_2_with_one_line(capsys, tiny_overrides, tmp_path):
     assert "did you mean 'vocab_size'?" in capsys.readouterr().err
     assert main(["info", "tiny-gtp"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_stop_at_step_then_resume_finishes_the_same_run(tmp_path, capsys, tiny_overrides):
+    sets = [arg for o in tiny_overrides + ["train.max_steps=12"] for arg in ("--set", o)]
+    assert main(["train", *sets, "--run-dir", str(tmp_path / "chunked"), "--stop-at-step", "5"]) == 0
+    assert json.loads((tmp_path / "chunked" / "summary.json").read_text())["step"] == 5
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "chunked")]) == 0
+    assert main(["train", *sets, "--run-dir", str(tmp_path / "straight")]) == 0
+    chunked = json.loads((tmp_path / "chunked" / "summary.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert chunked["step"] == straight["step"] == 12
+    assert chunked["val_loss"] == straight["val_loss"]

@@ -15,20 +15,10 @@ from hasten.errors import ConfigError
 from hasten.model import flops_per_token
 from hasten.trainer.callbacks import Callback
 from hasten.trainer.setup import build_trainer
+from tests.helpers import run_training
 
 STACK = "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, lr: 1.0e-3, warmup_steps: 3}]}"
 SMALL = "model={preset: tiny, n_layers: 1}"
-
-
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, trainer) -> None:
-        if trainer.state.progress.step == self.step:
-            trainer.stop_requested = True
 
 
 class EvalProbe(Callback):
@@ -42,14 +32,6 @@ class EvalProbe(Callback):
             self.value = trainer.evaluate()
 
 
-def _run(run_dir, overrides, stop_at=None, resume=False):
-    trainer = build_trainer(load_config(None, overrides), run_dir, resume=resume, progress=False)
-    if stop_at is not None:
-        trainer.callbacks.append(StopAt(stop_at))
-    trainer.fit()
-    return trainer
-
-
 def _rows(run_dir, kind=None):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if kind is None or r["kind"] == kind]
@@ -59,9 +41,9 @@ def _events(run_dir, name):
     return [r for r in _rows(run_dir, "event") if r.get("event") == name]
 
 
-def test_depth_stack_grows_mid_run(tmp_path, tiny_overrides):
+def test_depth_stack_grows_midrun_training(tmp_path, tiny_overrides):
     overrides = tiny_overrides + [SMALL, STACK, "train.max_steps=12", "train.log_every=1"]
-    trainer = _run(tmp_path / "run", overrides)
+    trainer = run_training(tmp_path / "run", overrides)
     model = trainer.state.model
     assert model.config.n_layers == 2 and len(model.blocks) == 2
     assert trainer.state.progress.stage == 1
@@ -105,13 +87,13 @@ def _assert_same(a, b, label):
 
 def test_resume_is_bit_exact_before_at_and_after_growth(tmp_path, tiny_overrides):
     overrides = tiny_overrides + [SMALL, STACK, "train.max_steps=10", "train.checkpoint_every=4", "train.log_every=1"]
-    straight = _state(_run(tmp_path / "straight", overrides))
+    straight = _state(run_training(tmp_path / "straight", overrides))
     losses = [(r["step"], r["loss"], r["lr"]) for r in _rows(tmp_path / "straight", "train")]
     for stop in (5, 6, 7):
         run_dir = tmp_path / f"stop{stop}"
-        first = _run(run_dir, overrides, stop_at=stop)
+        first = run_training(run_dir, overrides, stop_at=stop)
         assert first.state.model.config.n_layers == (2 if stop >= 6 else 1)
-        resumed = _run(run_dir, overrides, resume=True)
+        resumed = run_training(run_dir, overrides, resume=True)
         _assert_same(straight, _state(resumed), f"stopped at {stop}")
         assert [(r["step"], r["loss"], r["lr"]) for r in _rows(run_dir, "train")] == losses
         assert [e["step"] for e in _events(run_dir, "growth")] == [6]
@@ -120,7 +102,7 @@ def test_resume_is_bit_exact_before_at_and_after_growth(tmp_path, tiny_overrides
 def test_staged_width_growth_maps_moments_and_jumps_schedule(tmp_path, tiny_overrides):
     stage = "{dim: width, op: staged, factor: 2, at_steps: 8, moments: map, schedule: jump, rewarmup_steps: 2}"
     overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=16", "train.log_every=1", "optim.eps=1e-12"]
-    trainer = _run(tmp_path / "run", overrides)
+    trainer = run_training(tmp_path / "run", overrides)
     cfg = trainer.state.model.config
     assert (cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.n_layers) == (64, 4, 256, 2)
     [sched] = _events(tmp_path / "run", "growth_schedule")
@@ -137,7 +119,7 @@ def test_staged_width_growth_maps_moments_and_jumps_schedule(tmp_path, tiny_over
 def test_stages_on_one_step_grow_together_with_the_combined_constant(tmp_path, tiny_overrides):
     stages = ("[{dim: width, op: staged, factor: 2, at_steps: 5, moments: map, schedule: jump},"
               " {dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump, rewarmup_steps: 1}]")
-    trainer = _run(tmp_path / "run", tiny_overrides + [f"methods.growth={{stages: {stages}}}", "train.max_steps=7"])
+    trainer = run_training(tmp_path / "run", tiny_overrides + [f"methods.growth={{stages: {stages}}}", "train.max_steps=7"])
     cfg = trainer.state.model.config
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads) == (4, 64, 4) and trainer.state.progress.stage == 2
     assert [(e["step"], e["stage"]) for e in _events(tmp_path / "run", "growth")] == [(5, 0), (5, 1)]
@@ -159,14 +141,14 @@ def test_staged_width_growth_preserves_the_loss(tmp_path, tiny_overrides):
 
 def test_grow_cli_then_resume_matches_growth_in_the_trainer(tmp_path, tiny_overrides, capsys):
     base = tiny_overrides + [SMALL, "train.max_steps=12", "train.log_every=1"]
-    _run(tmp_path / "small", base, stop_at=6)  # checkpoint at step 6
+    run_training(tmp_path / "small", base, stop_at=6)  # checkpoint at step 6
     assert main(["grow", str(tmp_path / "small"), "--op", "stack", "--factor", "2", "--lr", "1e-3", "--warmup-steps", "3",
                  "--out", str(tmp_path / "grown")]) == 0
     assert "hasten train --resume --run-dir" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "grown" / "config.yaml").read_text())
     assert saved["model"]["n_layers"] == 2 and "growth" not in saved["methods"]
     assert main(["train", "--resume", "--run-dir", str(tmp_path / "grown")]) == 0
-    inline = _run(tmp_path / "inline", base + [STACK])  # the same growth by the growth method at step 6
+    inline = run_training(tmp_path / "inline", base + [STACK])  # the same growth by the growth method at step 6
     offline = json.loads((tmp_path / "grown" / "summary.json").read_text())
     assert offline["step"] == 12 and offline["tokens"] == inline.state.progress.tokens and offline["stage"] == 1
     a = [(r["step"], r["loss"], r["lr"]) for r in _rows(tmp_path / "inline", "train")]

@@ -7,29 +7,8 @@ import json
 import pytest
 import torch
 
-from hasten.config import load_config
-from hasten.trainer.callbacks import Callback
-from hasten.trainer.setup import build_trainer
+from tests.helpers import run_training
 from tests.method_grid import METHOD_OVERRIDES
-
-
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, trainer) -> None:
-        if trainer.state.progress.step == self.step:
-            trainer.stop_requested = True
-
-
-def _run(run_dir, overrides, stop_at=None, resume=False):
-    trainer = build_trainer(load_config(None, overrides), run_dir, resume=resume, progress=False)
-    if stop_at is not None:
-        trainer.callbacks.append(StopAt(stop_at))
-    trainer.fit()
-    return trainer
 
 
 def _train_rows(run_dir):
@@ -40,9 +19,9 @@ def _train_rows(run_dir):
 @pytest.mark.parametrize("method", sorted(METHOD_OVERRIDES))
 def test_method_trains_and_resumes_bit_exactly(tmp_path, tiny_overrides, method):
     overrides = tiny_overrides + ["train.max_steps=16"] + METHOD_OVERRIDES[method]
-    straight = _run(tmp_path / "straight", overrides)
-    _run(tmp_path / "resumed", overrides, stop_at=7)
-    resumed = _run(tmp_path / "resumed", overrides, resume=True)
+    straight = run_training(tmp_path / "straight", overrides)
+    run_training(tmp_path / "resumed", overrides, stop_at=7)
+    resumed = run_training(tmp_path / "resumed", overrides, resume=True)
     a, b = straight.state.model.state_dict(), resumed.state.model.state_dict()
     assert a.keys() == b.keys()
     for key in a:

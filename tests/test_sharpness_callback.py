@@ -12,28 +12,13 @@ from hasten.config import load_config
 from hasten.errors import ConfigError
 from hasten.methods.blockwise_lr.sharpness import ratios_from_sharpness
 from hasten.optim.blocks import classify_model
-from hasten.trainer.callbacks import Callback
-from hasten.trainer.setup import build_trainer
+from tests.helpers import run_training
 
 STEPS = ["train.max_steps=8", "train.eval_every=4", "train.checkpoint_every=4"]
 
 
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, trainer) -> None:
-        if trainer.state.progress.step == self.step:
-            trainer.stop_requested = True
-
-
 def _run(run_dir, overrides, stop_at=None, resume=False):
-    trainer = build_trainer(load_config(None, overrides), run_dir, resume=resume, progress=False)
-    if stop_at is not None:
-        trainer.callbacks.append(StopAt(stop_at))
-    trainer.fit()
+    trainer = run_training(run_dir, overrides, stop_at=stop_at, resume=resume)
     trainer.rng_after_fit = torch.get_rng_state()  # build_trainer seeds it, so any extra draw shows up here
     return trainer
 

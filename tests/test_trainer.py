@@ -6,29 +6,11 @@ import json
 
 import torch
 
-from hasten.config import load_config
-from hasten.trainer.callbacks import Callback
-from hasten.trainer.setup import build_trainer
-
-
-class StopAt(Callback):
-    name = "stop_at"
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, trainer) -> None:
-        if trainer.state.progress.step == self.step:
-            trainer.stop_requested = True
+from tests.helpers import run_training
 
 
 def _run(tmp_path, name, overrides, stop_at=None, resume=False):
-    cfg = load_config(None, overrides)
-    trainer = build_trainer(cfg, tmp_path / name, resume=resume, progress=False)
-    if stop_at is not None:
-        trainer.callbacks.append(StopAt(stop_at))
-    trainer.fit()
-    return trainer
+    return run_training(tmp_path / name, overrides, stop_at=stop_at, resume=resume)
 
 
 def test_tiny_training_loss_falls(tmp_path, tiny_overrides):

@@ -46,6 +46,10 @@ def cmd_train(args) -> int:
         n = sum(p.numel() for p in trainer.state.model.parameters())
         print(f"run dir {run_dir}  model {cfg.model if isinstance(cfg.model, str) else 'custom'} ({n / 1e6:.2f}M params)  "
               f"corpus {trainer.data.manifest['corpus']} ({trainer.data.manifest['tokens']['train']:,} train tokens)", file=sys.stderr)
+    if args.stop_at_step is not None:
+        from hasten.trainer.callbacks import StopAt
+
+        trainer.callbacks.append(StopAt(args.stop_at_step))
     final = trainer.fit()
     if trainer.is_main:
         plot = plot_run(run_dir)
@@ -143,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_config_args(p)
     p.add_argument("--run-dir", help="where the run lives (default runs/NAME-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest good checkpoint")
+    p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
+                   help="stop (with a checkpoint) after N completed steps without changing the schedule; --resume continues")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel over N local processes (re-launches via torch.distributed.run; train.parallelism picks ddp or fsdp)")
     p.set_defaults(func=cmd_train)

@@ -43,3 +43,17 @@ class Callback:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class StopAt(Callback):
+    """Ends the run after `step` completed steps, with the usual final eval and checkpoint, without
+    changing the schedule: `hasten train --stop-at-step N` splits a long run into resumable chunks."""
+
+    name = "stop_at"
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.state.progress.step == self.step:
+            trainer.stop_requested = True
