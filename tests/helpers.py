@@ -14,3 +14,47 @@ def run_training(run_dir, overrides: list[str], stop_at: int | None = None, resu
         trainer.callbacks.append(StopAt(stop_at))
     trainer.fit()
     return trainer
+
+
+def make_model(preset: str = "tiny", seed: int = 0):
+    import torch
+
+    from hasten.model import GPT, model_config
+
+    torch.manual_seed(seed)
+    return GPT(model_config(preset))
+
+
+def perturb(model, scale: float = 0.1) -> None:
+    """A stand-in for an optimizer step: every parameter moves by fresh noise."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+def float64_state(model) -> dict:
+    return {k: v.detach().double().clone() for k, v in model.state_dict().items()}
+
+
+def train_with_averager(steps: int, averager=None, preset: str = "tiny", evaluate_every: int = 3, vocab: int = 512):
+    """A seeded AdamW loop; data comes from the global RNG so any RNG side effect of the averager would show."""
+    import torch
+
+    model = make_model(preset)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    losses = []
+    for step in range(1, steps + 1):
+        x = torch.randint(0, vocab, (2, 17))
+        loss = model(x[:, :-1], x[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().clone())
+        if averager is not None:
+            averager.maybe_update(step, model)
+            if step % evaluate_every == 0 and averager.ready:
+                with torch.no_grad():
+                    averager.averaged_model(model)(x[:, :-1], x[:, 1:])  # the eval path must not feed back either
+    return model, optimizer, losses

@@ -19,47 +19,14 @@ from hasten.methods.averaging import (
     swapped_in,
 )
 from hasten.model import GPT, model_config
+from tests.helpers import float64_state, make_model, perturb, train_with_averager
 
 VOCAB = 512
-
-
-def make_model(preset: str = "tiny", seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(model_config(preset))
-
-
-def perturb(model: GPT, scale: float = 0.1) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-
-
-def float64_params(model: GPT) -> dict[str, torch.Tensor]:
-    return {k: v.detach().double().clone() for k, v in model.state_dict().items()}
 
 
 def max_diff(averaged: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> float:
     assert averaged.keys() == expected.keys()
     return max(float((averaged[k].double() - expected[k]).abs().max()) for k in expected)
-
-
-def train(steps: int, averager=None):
-    model = make_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    losses = []
-    for step in range(1, steps + 1):
-        x = torch.randint(0, VOCAB, (2, 17))
-        loss = model(x[:, :-1], x[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach().clone())
-        if averager is not None:
-            averager.maybe_update(step, model)
-            if step % 4 == 0:
-                with torch.no_grad():
-                    averager.averaged_model(model)(x[:, :-1], x[:, 1:])
-    return model, optimizer, losses
 
 
 def test_ema_matches_the_manual_recurrence_first_update_is_a_copy():
@@ -69,7 +36,7 @@ def test_ema_matches_the_manual_recurrence_first_update_is_a_copy():
     for step in range(1, 11):
         perturb(model)
         assert ema.maybe_update(step, model)
-        current = float64_params(model)
+        current = float64_state(model)
         if step == 1:
             manual = current
             assert all(torch.equal(v, model.state_dict()[k]) for k, v in ema.averaged_state_dict().items())
@@ -77,7 +44,7 @@ def test_ema_matches_the_manual_recurrence_first_update_is_a_copy():
             manual = {k: decay * manual[k] + (1 - decay) * current[k] for k in current}
     assert ema.n_averaged == 10
     assert max_diff(ema.averaged_state_dict(), manual) < 1e-6
-    assert max_diff(ema.averaged_state_dict(), float64_params(model)) > 1e-3  # it is not just the latest weights
+    assert max_diff(ema.averaged_state_dict(), float64_state(model)) > 1e-3  # it is not just the latest weights
 
 
 def test_ema_every_and_start_step_choose_the_update_steps():
@@ -93,7 +60,7 @@ def test_swa_equals_the_plain_mean_of_the_updated_steps():
     for step in range(1, 13):
         perturb(model)
         if swa.maybe_update(step, model):
-            seen.append(float64_params(model))
+            seen.append(float64_state(model))
     assert swa.n_averaged == len(seen) == 5  # steps 4, 6, 8, 10, 12
     plain_mean = {k: torch.stack([s[k] for s in seen]).mean(0) for k in seen[0]}
     assert max_diff(swa.averaged_state_dict(), plain_mean) < 1e-6
@@ -124,10 +91,10 @@ def test_state_dict_round_trip_restores_n_averaged_and_subsequent_averages(make)
 @pytest.mark.parametrize("make", [lambda: EMA(decay=0.9), lambda: SWA(start_step=3, every=2)])
 def test_training_is_bitwise_identical_with_the_average_on_and_off(make):
     torch.manual_seed(7)
-    model_off, opt_off, losses_off = train(10)
+    model_off, opt_off, losses_off = train_with_averager(10, evaluate_every=4)
     rng_off = torch.get_rng_state()
     torch.manual_seed(7)
-    model_on, opt_on, losses_on = train(10, averager=make())
+    model_on, opt_on, losses_on = train_with_averager(10, averager=make(), evaluate_every=4)
     assert all(torch.equal(a, b) for a, b in zip(losses_off, losses_on))
     assert torch.equal(rng_off, torch.get_rng_state())
     for p_off, p_on in zip(model_off.parameters(), model_on.parameters()):
@@ -144,7 +111,7 @@ def test_ema_of_a_bf16_model_is_kept_in_fp32():
     for step in range(1, 6):
         perturb(model)
         ema.maybe_update(step, model)
-        current = float64_params(model)
+        current = float64_state(model)
         manual = current if step == 1 else {k: decay * manual[k] + (1 - decay) * current[k] for k in current}
     averaged = ema.averaged_state_dict()
     assert all(v.dtype == torch.float32 for v in averaged.values())
@@ -154,7 +121,7 @@ def test_ema_of_a_bf16_model_is_kept_in_fp32():
 
 def test_evaluation_parity_for_ema():
     ema = EMA(decay=0.5)
-    model, _, _ = train(6, averager=ema)
+    model, _, _ = train_with_averager(6, averager=ema, evaluate_every=4)
     x = torch.randint(0, VOCAB, (2, 17))
     with torch.no_grad():
         fresh = GPT(model_config("tiny"))

@@ -22,48 +22,13 @@ from hasten.methods.averaging import (
     unwrap_model,
 )
 from hasten.model import GPT, model_config
+from tests.helpers import float64_state, make_model, perturb, train_with_averager
 
 VOCAB = 512
 
 
-def make_model(preset: str = "tiny", seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(model_config(preset))
-
-
 def batch(seq_len: int = 17) -> torch.Tensor:
     return torch.randint(0, VOCAB, (2, seq_len))
-
-
-def perturb(model: GPT, scale: float = 0.1) -> None:
-    """A stand-in for an optimizer step: every float tensor moves by fresh noise."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-
-
-def train(steps: int, averager=None, preset: str = "tiny", evaluate_every: int = 3):
-    """A seeded 10-step AdamW loop; data comes from the global RNG so RNG side effects would show."""
-    model = make_model(preset)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    losses = []
-    for step in range(1, steps + 1):
-        x = batch()
-        loss = model(x[:, :-1], x[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach().clone())
-        if averager is not None:
-            averager.maybe_update(step, model)
-            if step % evaluate_every == 0 and averager.ready:
-                with torch.no_grad():
-                    averager.averaged_model(model)(x[:, :-1], x[:, 1:])  # the eval path must not feed back either
-    return model, optimizer, losses
-
-
-def float64_state(model: GPT) -> dict[str, torch.Tensor]:
-    return {k: v.detach().double().clone() for k, v in model.state_dict().items()}
 
 
 def test_average_is_exact_elementwise_mean_of_the_stored_snapshots():
@@ -114,11 +79,11 @@ def test_queue_members_are_the_last_k_multiples_of_nu_fifo(k, nu):
 
 def test_training_is_bitwise_identical_with_lawa_on_and_off():
     torch.manual_seed(123)
-    model_off, opt_off, losses_off = train(10)
+    model_off, opt_off, losses_off = train_with_averager(10)
     rng_off = torch.get_rng_state()
     torch.manual_seed(123)
     lawa = LAWA(k=3, interval=2)
-    model_on, opt_on, losses_on = train(10, averager=lawa)
+    model_on, opt_on, losses_on = train_with_averager(10, averager=lawa)
     rng_on = torch.get_rng_state()
 
     assert lawa.members == [6, 8, 10]
@@ -202,7 +167,7 @@ def test_ddp_prefix_is_stripped():
 @pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
 def test_evaluation_parity_copy_fresh_model_and_swap(preset):
     lawa = LAWA(k=3, interval=2)
-    model, _, _ = train(8, averager=lawa, preset=preset)
+    model, _, _ = train_with_averager(8, averager=lawa, preset=preset)
     live_before = {k: v.clone() for k, v in model.state_dict().items()}
     x = batch()
     with torch.no_grad():
