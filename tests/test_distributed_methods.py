@@ -31,10 +31,12 @@ SMALL = "model={preset: tiny, n_layers: 1}"
 STACK = "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, warmup_steps: 2}]}"
 RANDOM = "methods.growth={stages: [{dim: depth, op: random, factor: 2, at_steps: 6, moments: map, schedule: continue}]}"
 STAGED = "methods.growth={stages: [{dim: width, op: staged, factor: 2, at_steps: 6, moments: map, schedule: jump, rewarmup_steps: 2}]}"
+MSG = "methods.growth={stages: [{dim: width, op: random, factor: 2, at_steps: 6, mask_ramp_steps: 2, moments: map, schedule: continue}]}"
 METHODS: dict[str, list[str]] = {
     "stack": [SMALL, STACK],
     "staged": [STAGED],
     "random": [SMALL, RANDOM],  # fresh layers (drawn on rank 0) with no optimizer state beside mapped ones
+    "msg": [MSG, "methods.lawa={k: 2, interval: 2}"],  # MSG masks on the shards and on LAWA's unsharded mirror
     "lawa": ["methods.lawa={k: 3, interval: 2}"],
     "adam_mini": ["optim.name=adam_mini"],
     "slw": ["methods.seqlen_warmup={min_len: 16, total_steps: 8}"],
@@ -42,7 +44,7 @@ METHODS: dict[str, list[str]] = {
 }
 # (method, parallelism) pairs run on 2 ranks, all in one torchrun launch
 DIST_RUNS = [("stack", "ddp"), ("staged", "ddp"), ("adam_mini", "ddp"), ("slw", "ddp"), ("blockwise", "ddp"),
-             ("stack", "fsdp"), ("staged", "fsdp"), ("random", "fsdp"),
+             ("stack", "fsdp"), ("staged", "fsdp"), ("random", "fsdp"), ("msg", "fsdp"),
              ("lawa", "fsdp")]
 
 
@@ -92,13 +94,15 @@ def _assert_matches_single(runs: dict[str, Path], method: str, parallelism: str)
 
 @pytest.mark.slow  # one 2-process launch of 9 tiny runs plus 7 single-process references (~1 min on 2 cores)
 @pytest.mark.parametrize(("method", "parallelism"), [("stack", "ddp"), ("staged", "ddp"), ("stack", "fsdp"), ("staged", "fsdp"),
-                                                     ("random", "fsdp")])
+                                                     ("random", "fsdp"), ("msg", "fsdp")])
 def test_growth_matches_single_process(runs, method, parallelism):
     run_dir = _assert_matches_single(runs, method, parallelism)
     grown = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
     reference = [r for r in map(json.loads, (runs[f"{method}-single"] / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
     assert [(g["step"], g["params"], g["model_config"]) for g in grown] == [(g["step"], g["params"], g["model_config"]) for g in reference]
     assert ("optimizer state: map" in grown[0]["notes"]) == (method != "stack")
+    if method == "msg":  # evaluated mid-ramp (step 8: FFN 1, hidden 0) with and without averaging
+        _assert_close_curve(_rows(run_dir, "eval", "lawa/val_loss"), _rows(runs["msg-single"], "eval", "lawa/val_loss"), "msg lawa")
     # the consolidated final checkpoint holds the grown model and its (mapped, then trained) optimizer state
     ckpt, single = load_checkpoint(run_dir / "checkpoints"), load_checkpoint(runs[f"{method}-single"] / "checkpoints")
     assert ckpt["model_config"] == single["model_config"]

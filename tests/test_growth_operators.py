@@ -208,7 +208,7 @@ def test_random_width_keeps_the_original_block():
     assert w[sw.shape[0] :].abs().sum() > 0 and w[:, sw.shape[1] :].abs().sum() > 0
     masks = new_unit_masks(width_plan(small.config, "random", 2))
     assert masks["hidden"].tolist() == [1.0] * 32 + [0.0] * 32
-    assert masks["q"].sum().item() == small.config.d_model
+    assert masks["heads"].sum().item() == small.config.n_heads
 
 
 def test_growth_does_not_modify_the_small_model_and_grown_model_trains():

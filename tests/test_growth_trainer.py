@@ -139,6 +139,57 @@ def test_staged_width_growth_preserves_the_loss(tmp_path, tiny_overrides):
     assert after.value == pytest.approx(before.value, abs=1e-5)  # function preserving, through the trainer
 
 
+def test_random_width_growth_ramps_its_msg_masks(tmp_path, tiny_overrides):
+    stage = "{dim: width, op: random, factor: 2, at_steps: 4, mask_ramp_steps: 2, moments: map, schedule: continue}"
+    overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=12", "train.log_every=1"]
+    before, after = EvalProbe("probe_before", 4), EvalProbe("probe_after", 4)
+
+    class MaskTrace(Callback):  # the new units' mask value per axis before each step
+        name, rows = "mask_trace", []
+
+        def before_step(self, trainer) -> None:
+            model = trainer.state.model
+            mlp, attn = model.blocks[0].mlp, model.blocks[0].attn
+            self.rows.append(None if not model.has_unit_masks() else
+                             (mlp.act_mask.min().item(), model.embed_mask.min().item(), attn.head_mask.min().item()))
+
+    trace = MaskTrace()
+    trainer = build_trainer(load_config(None, overrides), tmp_path / "run", progress=False)
+    trainer.callbacks[:0] = [before]
+    trainer.callbacks += [after, trace]
+    trainer.fit()
+    assert trainer.state.model.config.d_model == 64 and not trainer.state.model.has_unit_masks()
+    assert after.value == pytest.approx(before.value, abs=1e-5)  # mask 0: the grown model computes the small one
+    # steps 0-3 small; FFN ramps over steps 4-5, hidden 6-7, heads 8-9; masks removed from step 10 on
+    assert trace.rows == [None] * 4 + [(0, 0, 0), (0.5, 0, 0), (1, 0, 0), (1, 0.5, 0), (1, 1, 0), (1, 1, 0.5), None, None]
+    [start] = _events(tmp_path / "run", "growth_mask_ramp")
+    [end] = _events(tmp_path / "run", "growth_mask_ramp_end")
+    assert (start["step"], start["end"], start["order"], end["step"]) == (4, 10, ["ffn", "hidden", "heads"], 10)
+
+
+def test_averaged_weights_are_evaluated_under_the_live_masks(tmp_path, tiny_overrides):
+    stage = "{dim: width, op: random, factor: 2, at_steps: 4, mask_ramp_steps: 2, moments: map, schedule: continue}"
+    overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "methods.ema={decay: 0.0}", "train.max_steps=7",
+                                  "train.eval_every=7"]
+    run_training(tmp_path / "run", overrides)
+    [row] = [r for r in _rows(tmp_path / "run", "eval") if r["step"] == 7]
+    # an EMA with decay 0 holds the live weights: the losses agree only if the averaged copy is evaluated
+    # under step 7's masks (FFN 1, hidden 0.5), not the plain grown model nor the masks at the growth
+    assert row["ema/val_loss"] == pytest.approx(row["val_loss"], abs=1e-6)
+
+
+def test_random_width_growth_without_ramp_is_live_at_once(tmp_path, tiny_overrides):
+    stage = "{dim: width, op: random, factor: 2, at_steps: 4, mask_ramp_steps: 0}"
+    overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=5"]
+    before, after = EvalProbe("probe_before", 4), EvalProbe("probe_after", 4)
+    trainer = build_trainer(load_config(None, overrides), tmp_path / "run", progress=False)
+    trainer.callbacks[:0] = [before]
+    trainer.callbacks.append(after)
+    trainer.fit()
+    assert not _events(tmp_path / "run", "growth_mask_ramp")
+    assert abs(after.value - before.value) > 1e-3  # fresh units act at once: not function preserving
+
+
 def test_grow_cli_then_resume_matches_growth_in_the_trainer(tmp_path, tiny_overrides, capsys):
     base = tiny_overrides + [SMALL, "train.max_steps=12", "train.log_every=1"]
     run_training(tmp_path / "small", base, stop_at=6)  # checkpoint at step 6
@@ -184,6 +235,8 @@ def test_grow_cli_guideline_and_errors(tmp_path, capsys):
         ("{dim: depth, op: stack, factor: 2, at_steps: 5, moments: keep}", "moments='keep'"),
         ("{dim: depth, op: stack, factor: 2, at_steps: 5, when: 3}", "unknown key"),
         ("{dim: depth, op: stack, factor: 2, at: previous}", "first stage needs its own trigger"),
+        ("{dim: depth, op: stack, factor: 2, at_steps: 5, mask_ramp_steps: 4}", "needs dim: width, op: random"),
+        ("{dim: width, op: random, factor: 2, at_steps: 5, mask_ramp_steps: -1}", "needs dim: width, op: random"),
     ],
 )
 def test_recipe_errors_are_one_line(tiny_overrides, stage, message):

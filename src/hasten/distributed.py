@@ -366,7 +366,10 @@ def unsharded_copy(model: nn.Module, device: torch.device | str = "cpu", into: n
         target[name].copy_(_full_tensor(param, target[name].device))
     target_buffers = dict(into.named_buffers())
     for name, buffer in model.named_buffers():  # RoPE tables: not sharded, not persistent (to_empty left them garbage)
-        target_buffers[name].copy_(buffer.detach())
+        if name in target_buffers:
+            target_buffers[name].copy_(buffer.detach())
+    if hasattr(model, "unit_masks"):  # growth's MSG masks, live during a ramp
+        into.set_unit_masks(**{k: None if v is None else v.detach().to(device) for k, v in model.unit_masks().items()})
     into.requires_grad_(True)
     return into.train(model.training)
 

@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 
 from hasten.distributed import is_fsdp, unsharded_copy
 from hasten.methods.averaging.base import WeightAverager
+from hasten.model import GPT
 from hasten.trainer.callbacks import Callback
 
 
@@ -52,6 +53,7 @@ class WeightAveraging(Callback):
             averaged = self.averager.averaged_model(template).to(trainer.device)
         else:
             averaged = self.averager.averaged_model(live)
+        _copy_unit_masks(live, averaged)
         metrics = {f"{self.name}/val_loss": evaluate(averaged)}
         metrics.update({k if k.startswith(f"{self.name}/") else f"{self.name}/{k}": v for k, v in self.averager.stats().items()})
         return metrics
@@ -89,3 +91,13 @@ def build_ema(cfg, run_cfg) -> WeightAveraging:
 
 def build_swa(cfg, run_cfg) -> WeightAveraging:
     return WeightAveraging("swa", lambda trainer: cfg.build(total_steps=trainer.planned_steps(trainer.cfg)))
+
+
+def _copy_unit_masks(live, averaged) -> None:
+    """Growth's MSG masks change every step; an averaged copy (e.g. FSDP's mirror, built from weights only)
+    must be evaluated under the live ones."""
+    live = getattr(live, "module", live)
+    averaged = getattr(averaged, "module", averaged)
+    if isinstance(live, GPT) and isinstance(averaged, GPT) and (live.has_unit_masks() or averaged.has_unit_masks()):
+        device = next(averaged.parameters()).device
+        averaged.set_unit_masks(**{k: None if v is None else v.to(device) for k, v in live.unit_masks().items()})

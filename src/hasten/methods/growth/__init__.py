@@ -1,5 +1,6 @@
 """Model growth: G_stack and the atomic growth operators, staged training of the whole state, growth timing."""
 
+from hasten.methods.growth.masks import RAMP_ORDER, MaskRamp, mask_ramp, new_unit_masks
 from hasten.methods.growth.operators import (
     DEPTH_OPS,
     WIDTH_OPS,
@@ -10,8 +11,6 @@ from hasten.methods.growth.operators import (
     depth_plan,
     grow,
     growth_plan,
-    mask_ramp,
-    new_unit_masks,
     width_plan,
 )
 from hasten.methods.growth.state import GrownState, grow_training_state, map_optimizer_state, map_param_state
@@ -37,6 +36,8 @@ __all__ = [
     "AxisMap",
     "GrowthPlan",
     "GrownState",
+    "MaskRamp",
+    "RAMP_ORDER",
     "SlopeTrigger",
     "TensorRecipe",
     "apply_plan",

@@ -42,6 +42,7 @@ import torch
 
 from hasten.distributed import is_fsdp
 from hasten.errors import CheckpointError, ConfigError
+from hasten.methods.growth.masks import MaskRamp, new_unit_masks
 from hasten.methods.growth.operators import growth_plan
 from hasten.methods.growth.state import MOMENT_MODES, grow_training_state
 from hasten.methods.growth.timing import OPERATOR_CONSTANTS, SLOPE_THRESHOLDS, SlopeTrigger, gstack_growth_tokens
@@ -77,6 +78,7 @@ class GrowthStage:
     warmup_steps: int | None = None  # restart: the new warmup; None = schedule.warmup_steps
     restart_step: int | None = None  # jump: R; None = round(step / constant_op)
     rewarmup_steps: int | None = None  # jump: re-warmup length w; None = schedule.warmup_steps // 16 (150-200 of 3000 in the paper)
+    mask_ramp_steps: int | None = None  # width random: MSG mask ramp, steps per axis (ffn, hidden, heads); None = schedule.warmup_steps, 0 = off
 
     def validate(self, where: str) -> None:
         def bad(msg: str) -> None:
@@ -128,6 +130,14 @@ class GrowthStage:
             value = getattr(self, key)
             if value is not None and (self.schedule != "jump" or value < 0):
                 bad(f"{key}={value} needs schedule: jump and a value >= 0")
+        if self.mask_ramp_steps is not None and not (self.dim == "width" and self.op == "random" and self.mask_ramp_steps >= 0):
+            bad(f"mask_ramp_steps={self.mask_ramp_steps} needs dim: width, op: random and a value >= 0 (0 = no masks)")
+
+    def ramp_steps(self, warmup_steps: int) -> int:
+        """Steps per axis of this stage's MSG mask ramp (0 = none)."""
+        if self.dim != "width" or self.op != "random":
+            return 0
+        return self.mask_ramp_steps if self.mask_ramp_steps is not None else warmup_steps
 
     def trigger_text(self) -> str:
         if self.at is not None:
@@ -169,6 +179,10 @@ class GrowthConfig:
         stages = self.stage_configs()
         if stages[0].at == "previous":
             raise ConfigError("methods.growth.stages[0]: `at: previous` grows together with the stage before; the first stage needs its own trigger")
+        for i in range(1, len(stages)):
+            if stages[i].at == "previous" and stages[i].dim == "width" and stages[i - 1].ramp_steps(1) > 0:
+                raise ConfigError(f"methods.growth.stages[{i}]: a width stage cannot grow on the same step as the masked width "
+                                  f"growth before it (its MSG masks are per unit); give it its own trigger")
         if sum(s.at == "guideline" for s in stages) > 1:
             raise ConfigError("methods.growth: `at: guideline` gives one growth time; use it for one stage only")
         for key in COUNTER_TRIGGERS:  # counter triggers of one kind must come in order
@@ -256,6 +270,7 @@ class Growth(Callback):
         self.history: list[dict] = []  # one record per growth (step, tokens, flops, plan summary)
         self.trigger: SlopeTrigger | None = self._new_trigger()
         self.pending_eval: list | None = None  # [step, flops] of a scheduled eval whose val loss is not yet read
+        self.ramp: dict | None = None  # active MSG mask ramp: {"stage": index, "start": step, "steps": per axis}
         self._trainer = None
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -280,6 +295,7 @@ class Growth(Callback):
         if self.guideline is not None:
             info["guideline_tokens"] = self.guideline
         trainer.logger.log("event", trainer.state.progress.step, event="growth_plan", **info)
+        self._apply_masks(trainer)  # a resumed run inside a ramp gets the masks of its step back
         if trainer.is_main and trainer.state.progress.step == 0:
             guide = f"; G_stack guideline d = {self.guideline:.4g} tokens" if self.guideline is not None else ""
             print(f"growth: {info['start']} -> target {info['target']} ({info['target_params'] / 1e6:.2f}M params) in "
@@ -297,6 +313,7 @@ class Growth(Callback):
 
     def after_step(self, trainer) -> None:
         trainer.last_metrics.pop("growth/slope", None)  # only on the rows of steps that fitted one (same after a resume)
+        self._apply_masks(trainer)
         if self.done >= len(self.stages):
             return
         self._resolve_pending_eval(trainer)
@@ -321,6 +338,7 @@ class Growth(Callback):
             "history": self.history,
             "trigger": self.trigger.state_dict() if self.trigger is not None else None,
             "pending_eval": self.pending_eval,
+            "ramp": self.ramp,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -331,6 +349,7 @@ class Growth(Callback):
         if self.trigger is not None and state.get("trigger") is not None:
             self.trigger.load_state_dict(state["trigger"])
         self.pending_eval = state.get("pending_eval")
+        self.ramp = state.get("ramp")
 
     # -- growth -----------------------------------------------------------------------------------
 
@@ -341,6 +360,11 @@ class Growth(Callback):
         st, p = trainer.state, trainer.state.progress
         optim_cfg = trainer.cfg.optim
         model, optimizer = st.model, st.optimizer
+        if self.ramp is not None:  # the next growth maps plain weights: the unfinished ramp ends here
+            trainer.logger.log("event", p.step, event="growth_mask_ramp_end", stage=self.ramp["stage"], reason="cut short by the next growth",
+                               values=self._mask_ramp().values(p.step))
+            self.ramp = None
+            model.set_unit_masks()
         for index in indices:
             stage = self.stages[index]
             sharded = is_fsdp(model)
@@ -357,6 +381,14 @@ class Growth(Callback):
             trainer.logger.log("event", p.step, event="growth", stage=index, summary=grown.plan.summary(), notes=grown.notes,
                                tokens=p.tokens, flops=p.flops, model_config=model.config.to_dict(),
                                params=sum(q.numel() for q in model.parameters()))
+        ramped = [i for i in indices if self.stages[i].ramp_steps(trainer.cfg.schedule.warmup_steps) > 0]
+        if ramped:
+            index = ramped[-1]
+            self.ramp = {"stage": index, "start": p.step, "steps": self.stages[index].ramp_steps(trainer.cfg.schedule.warmup_steps)}
+            ramp = self._mask_ramp()
+            trainer.logger.log("event", p.step, event="growth_mask_ramp", stage=index, start=p.step, steps_per_axis=ramp.steps,
+                               order=list(ramp.order), end=ramp.end)
+            self._apply_masks(trainer)
         last = self.stages[indices[-1]]
         dims = {self.stages[i].dim for i in indices}
         schedule_info = self.apply_schedule(trainer, last, "depth+width" if len(dims) > 1 else dims.pop())
@@ -374,6 +406,25 @@ class Growth(Callback):
         steps, tokens = planned_budget(cfg)
         return apply_schedule_policy(trainer.state.schedule, stage, kind, p.step, p.tokens, steps, tokens, cfg.optim.min_lr_ratio,
                                      cfg.schedule.warmup_steps, cfg.schedule.decay_unit)
+
+    # -- MSG masks --------------------------------------------------------------------------------
+
+    def _mask_ramp(self) -> MaskRamp:
+        """The active ramp; its 0/1 masks come from the stage's plan, so only (stage, start, steps) are checkpointed."""
+        index = self.ramp["stage"]
+        stage = self.stages[index]
+        plan = growth_plan(self.configs[index], stage.op, stage.factor, stage.dim)
+        return MaskRamp(new_unit_masks(plan), start=int(self.ramp["start"]), steps=int(self.ramp["steps"]))
+
+    def _apply_masks(self, trainer) -> None:
+        """Set the masks of the next step (completed steps = progress.step) on the model; drop the ramp when it ends."""
+        if self.ramp is None:
+            return
+        step = trainer.state.progress.step
+        ramp = self._mask_ramp()
+        if not ramp.apply(trainer.state.model, step):
+            trainer.logger.log("event", step, event="growth_mask_ramp_end", stage=self.ramp["stage"], reason="ramp complete")
+            self.ramp = None
 
     # -- triggers ---------------------------------------------------------------------------------
 

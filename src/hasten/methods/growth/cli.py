@@ -139,6 +139,9 @@ def grow_checkpoint(args) -> Path:
     for note in grown.notes[1:]:
         print(f"  {note}")
     print(f"  schedule {stage.schedule}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in schedule_info.items())}")
+    if stage.dim == "width" and stage.op == "random":
+        print("  note: offline growth has no MSG mask ramp, so the new units act from the first step; grow inside the trainer "
+              "(methods.growth) to ramp them in", file=sys.stderr)
     if dropped_methods or dropped_states:
         print(f"  note: reset method state {', '.join(dropped_states) or '-'}; removed methods.{', methods.'.join(dropped_methods) or '-'} "
               "from the new run's config", file=sys.stderr)

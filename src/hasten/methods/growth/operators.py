@@ -41,7 +41,8 @@ Width (factor k; every width axis grows by k: d_model, heads, kv heads, d_ff; he
           init value 1 (not 0: a zero gain would block every gradient to the new hidden units forever).
           RMSNorm gains are scaled by sqrt(d_small / d_big) because rms([h, 0]) = rms(h) * sqrt(d_s / d_t):
           FP up to the norm eps (exact with eps = 0). LayerNorm: mean/variance of [h, 0] differ, not FP.
-  random  new rows and columns freshly initialised (MSG without its mask ramp; see README for the mask).
+  random  new rows and columns freshly initialised; function preserving only under MSG's masks (masks.py), which
+          the trainer ramps from 0 to 1 after growth.
 """
 
 from __future__ import annotations
@@ -385,6 +386,9 @@ def apply_plan(plan: GrowthPlan, model: GPT, generator: torch.Generator | None =
     `generator` seeds the fresh tensors of the random/zero operators; without it they draw from the
     global RNG, exactly like GPT.reset_parameters(). Operators that need no fresh tensors use no RNG.
     """
+    if model.has_unit_masks():
+        raise ConfigError("growth: the model still has MSG unit masks from an earlier growth; finish the ramp "
+                          "(model.set_unit_masks()) before growing again")
     if model.config.to_dict() != plan.source_config.to_dict():
         raise ConfigError("growth: the plan was made for a different model config; build it from model.config")
     source = dict(model.named_parameters())
@@ -412,23 +416,3 @@ def grow(model: GPT, op: str, factor: float, dim: str = "depth", generator: torc
     >>> wide = grow(small, "staged", 2, dim="width")  # Shen et al. function-preserving doubling
     """
     return apply_plan(growth_plan(model.config, op, factor, dim), model, generator)
-
-
-def new_unit_masks(plan: GrowthPlan) -> dict[str, torch.Tensor]:
-    """Per width axis, 1.0 for units the small model had and 0.0 for new ones (for an MSG mask ramp).
-
-    Axes: hidden (d_model), q (n_heads * head_dim), kv, ffn (d_ff). Depth plans return {}.
-    """
-    masks: dict[str, torch.Tensor] = {}
-    for recipe in plan.recipes.values():
-        for axis in recipe.axes:
-            if axis is not None:
-                masks[axis.name] = axis.is_original.to(torch.float32)
-    return masks
-
-
-def mask_ramp(step: int, grow_step: int, ramp_steps: int) -> float:
-    """MSG mask value for new units: 0 at the growth step, rising linearly to 1 over ramp_steps."""
-    if ramp_steps <= 0:
-        return 1.0
-    return min(max((step - grow_step) / ramp_steps, 0.0), 1.0)
