@@ -1,15 +1,17 @@
 """Every method under data parallelism (CPU, gloo, 2 ranks) equals the same run in one process.
 
-Growth (G_stack depth stack with reset moments, staged width growth with mapped moments) under DDP
-and FSDP2, LAWA under FSDP2 (averaged from gathered full weights, evaluated over rank-split val
-windows), Adam-mini, sequence length warmup and blockwise LR under DDP; Adam-mini and Muon are
-refused under FSDP2 with one line.
+Growth (G_stack depth stack with reset moments, staged width growth with mapped moments, MSG random
+width) under DDP and FSDP2, LAWA under FSDP2 (averaged from gathered full weights, evaluated over
+rank-split val windows), Adam-mini under DDP and FSDP2 (state per shard, heads straddling shards,
+growth with mapped state, DCP resume on 2 ranks and on 1), sequence length warmup and blockwise LR
+under DDP; Muon is refused under FSDP2 with one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +41,17 @@ METHODS: dict[str, list[str]] = {
     "msg": [MSG, "methods.lawa={k: 2, interval: 2}"],  # MSG masks on the shards and on LAWA's unsharded mirror
     "lawa": ["methods.lawa={k: 3, interval: 2}"],
     "adam_mini": ["optim.name=adam_mini"],
+    # GQA with head_dim 8: k_proj has 24 rows, 12 per rank, so kv head 1 straddles the two shards
+    "adam_mini_heads": ["optim.name=adam_mini", "model={preset: tiny-llama, d_model: 48, n_heads: 6, n_kv_heads: 3}"],
+    "adam_mini_stack": [SMALL, "optim.name=adam_mini", STACK.replace("moments: reset", "moments: map")],
     "slw": ["methods.seqlen_warmup={min_len: 16, total_steps: 8}"],
     "blockwise": ["optim.blockwise=true"],
 }
 # (method, parallelism) pairs run on 2 ranks, all in one torchrun launch
 DIST_RUNS = [("stack", "ddp"), ("staged", "ddp"), ("adam_mini", "ddp"), ("slw", "ddp"), ("blockwise", "ddp"),
              ("stack", "fsdp"), ("staged", "fsdp"), ("random", "fsdp"), ("msg", "fsdp"),
-             ("lawa", "fsdp")]
+             ("lawa", "fsdp"), ("adam_mini", "fsdp"), ("adam_mini_heads", "fsdp"), ("adam_mini_stack", "fsdp")]
+SHARDED = ["train.checkpoint_format=sharded", "train.checkpoint_every=4"]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +84,11 @@ def runs(tmp_path_factory, overrides) -> dict[str, Path]:
         run_dir = root / f"{method}-{parallelism}"
         jobs.append({"run_dir": str(run_dir), "overrides": overrides + METHODS[method] + [f"train.parallelism={parallelism}"]})
         out[f"{method}-{parallelism}"] = run_dir
+    for method in ("adam_mini", "adam_mini_heads"):  # stop at 6, resume from the DCP shards written there
+        run_dir = root / f"{method}-fsdp-resumed"
+        resumed = overrides + METHODS[method] + ["train.parallelism=fsdp", *SHARDED]
+        jobs += [{"run_dir": str(run_dir), "overrides": resumed, "stop_at": 6}, {"run_dir": str(run_dir), "overrides": resumed, "resume": True}]
+        out[f"{method}-fsdp-resumed"] = run_dir
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), json.dumps(jobs)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
@@ -132,7 +143,36 @@ def test_optimizer_and_data_methods_under_ddp_match_single_process(runs, method)
         assert _rows(run_dir, "train", "seq_len")[0][1] == 16
 
 
-@pytest.mark.parametrize("name", ["adam_mini", "muon"])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["adam_mini", "adam_mini_heads"])
+def test_adam_mini_under_fsdp_keeps_state_per_shard_and_resumes(runs, overrides, method):
+    run_dir = _assert_matches_single(runs, method, "fsdp")
+    ckpt, single = load_checkpoint(run_dir / "checkpoints"), load_checkpoint(runs[f"{method}-single"] / "checkpoints")
+    for index, state in single["optimizer"]["state"].items():  # the consolidated per-block v equals one process's
+        torch.testing.assert_close(ckpt["optimizer"]["state"][index]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-4, atol=1e-12)
+        assert ckpt["optimizer"]["state"][index]["exp_avg_sq"].shape == state["exp_avg_sq"].shape
+    # a 2-rank run stopped at 6 and resumed from the DCP shards of step 4 equals the straight run bit for bit
+    resumed = runs[f"{method}-fsdp-resumed"]
+    assert _rows(resumed, "train", "loss") == _rows(run_dir, "train", "loss")
+    # ... and the same shards resume on one rank (resharded to a single process)
+    one = resumed.parent / f"{method}-1rank"
+    shutil.copytree(resumed, one)
+    shutil.rmtree(one / "checkpoints" / "step_00000012")  # resume from the shards of step 8
+    trainer = build_trainer(load_config(None, overrides + METHODS[method] + ["train.parallelism=fsdp", *SHARDED]), one, resume=True,
+                            progress=False)
+    assert trainer.state.progress.step == 8
+    trainer.fit()
+    _assert_close_curve(_rows(one, "train", "loss"), _rows(run_dir, "train", "loss"), f"{method} resumed on 1 rank")
+
+
+@pytest.mark.slow
+def test_adam_mini_growth_under_fsdp_maps_its_state(runs):
+    run_dir = _assert_matches_single(runs, "adam_mini_stack", "fsdp")
+    [growth] = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
+    assert "optimizer state: map" in growth["notes"]
+
+
+@pytest.mark.parametrize("name", ["muon"])
 def test_whole_matrix_optimizers_are_refused_under_fsdp(tmp_path, overrides, name):
     with pytest.raises(ConfigError, match=f"optim.name={name} does not support train.parallelism=fsdp") as err:
         check_fsdp_optimizer(name)

@@ -243,6 +243,8 @@ def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
         group["params"] = new_params
     optimizer.state.clear()
     optimizer.state.update(new_state)
+    if hasattr(optimizer, "adopt_sharded_state"):  # Adam-mini: per-block v in its sharded layout
+        optimizer.adopt_sharded_state()
     return optimizer
 
 

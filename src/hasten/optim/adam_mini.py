@@ -24,6 +24,13 @@ State per parameter: `step` (int), `exp_avg` (the parameter's shape) and `exp_av
 per block, so its length is the number of blocks). The state is ordinary tensors, so torch's
 state_dict/load_state_dict round-trips it.
 
+Under FSDP2 (parameters are DTensors sharded on dim 0 over a 1-D mesh) the state lives per shard:
+m is sharded like its parameter; per-row and per-coordinate v are sharded the same way (whole rows
+are local, so their means need no communication); per-head and per-tensor v are tiny and replicated,
+and their mean squares are summed over the ranks with one all-reduce per param group, so heads may
+straddle shard boundaries. Every v is a DTensor, so DCP saves, reshards and restores it like AdamW's
+state, and the update equals the single-process one up to the summation order.
+
 After model growth: the partition is computed per parameter when a param group is added (at
 construction or by `add_param_group`) from its name and shape. New parameter tensors (a grown model
 and its new optimizer, or a new param group) start from fresh state (step 0, zero moments). If a
@@ -140,7 +147,10 @@ class AdamMini(torch.optim.Optimizer):
                     f"Adam-mini: {name!r} is in a group for block {group['block']!r} but classifies as {block!r}; "
                     "pass the same block_overrides to the optimizer as to blockwise_param_groups"
                 )
-            self._partitions[param] = partition_for(name, block, tuple(param.shape), self.n_heads, self.n_kv_heads)
+            part = partition_for(name, block, tuple(param.shape), self.n_heads, self.n_kv_heads)
+            if _is_dtensor(param):
+                _check_sharding(name, param, part)
+            self._partitions[param] = part
 
     def partition(self, param: torch.Tensor) -> Partition:
         part = self._partitions[param]
@@ -176,6 +186,17 @@ class AdamMini(torch.optim.Optimizer):
                     reset.append(name)
         return reset
 
+    def adopt_sharded_state(self) -> None:
+        """After params were swapped for FSDP2 shards (distributed.rebind_optimizer): re-key the partition and
+        put every full per-block v into its sharded layout."""
+        self._partitions = {}
+        for group in self.param_groups:
+            self._partition_group(group)
+            for param in group["params"]:
+                state = self.state.get(param)
+                if state and _is_dtensor(param) and not _is_dtensor(state["exp_avg_sq"]):
+                    state["exp_avg_sq"] = _sharded_v(param, self._partitions[param], state["exp_avg_sq"].to(param.to_local().device))
+
     def _state_fits(self, param: torch.Tensor) -> bool:
         state = self.state[param]
         part = self._partitions[param]
@@ -210,6 +231,8 @@ class AdamMini(torch.optim.Optimizer):
         return loss
 
     def _step_group(self, group: dict) -> None:
+        if any(_is_dtensor(p) for p in group["params"]):
+            return self._step_group_sharded(group)
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
         params, grads, exp_avgs, exp_avg_sqs, parts, states = [], [], [], [], [], []
@@ -253,8 +276,115 @@ class AdamMini(torch.optim.Optimizer):
             param.view(part.n_blocks, -1).addcdiv_(exp_avg.view(part.n_blocks, -1), denom, value=-lr / bias_correction1)
 
 
+    def _step_group_sharded(self, group: dict) -> None:
+        """The same update on FSDP2 shards: local math, one all-reduce for the per-head/per-tensor blocks."""
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        items = []  # (param, local param, local grad, state, partition)
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            part = self.partition(param)
+            state = self.state[param]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = _sharded_v(param, part, param.to_local().new_zeros(part.n_blocks))
+            items.append((param, param.to_local(), param.grad.to_local(), state, part))
+        if not items:
+            return
+        if weight_decay != 0:
+            torch._foreach_mul_([p for _, p, _, _, _ in items], 1 - lr * weight_decay)
+        torch._foreach_lerp_([s["exp_avg"].to_local() for *_, s, _ in items], [g for _, _, g, _, _ in items], 1 - beta1)
+
+        mean_squares = [_local_mean_squares(param, grad, part) for param, _, grad, _, part in items]
+        replicated = [i for i, (*_, part) in enumerate(items) if part.kind in ("head", "tensor")]
+        if replicated:  # per-rank partial sums of g^2 per block -> one all-reduce -> block means
+            sums = torch.cat([mean_squares[i] for i in replicated])
+            torch.distributed.all_reduce(sums, group=items[0][0].device_mesh.get_group())
+            for i, block_sums in zip(replicated, sums.split([items[i][4].n_blocks for i in replicated])):
+                param, part = items[i][0], items[i][4]
+                mean_squares[i] = block_sums / (param.numel() // part.n_blocks)
+
+        for (param, local, grad, state, part), mean_square in zip(items, mean_squares):
+            state["step"] += 1
+            exp_avg_sq = state["exp_avg_sq"].to_local()
+            exp_avg_sq.mul_(beta2).add_(mean_square.to(exp_avg_sq.dtype), alpha=1 - beta2)
+            if local.numel() == 0:  # an uneven split can leave a rank no rows of this tensor
+                continue
+            step = state["step"]
+            bias_correction1 = 1 - beta1**step
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            denom = (_v_per_local_row(param, part, exp_avg_sq).sqrt() / bias_correction2_sqrt).add_(eps).unsqueeze(1)
+            rows = denom.shape[0]
+            local.view(rows, -1).addcdiv_(state["exp_avg"].to_local().view(rows, -1), denom, value=-lr / bias_correction1)
+
+
+# --------------------------------------------------------------------------- FSDP2 shards
+# Parameters are sharded on dim 0 (fully_shard's default), so a rank holds whole rows [offset, offset + rows).
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    return type(tensor).__name__ == "DTensor"
+
+
+def _check_sharding(name: str, param: torch.Tensor, part: Partition) -> None:
+    from torch.distributed.tensor import Shard
+
+    if param.device_mesh.ndim != 1 or tuple(param.placements) != (Shard(0),):
+        raise ConfigError(
+            f"Adam-mini: {name!r} is sharded as {list(param.placements)} over a {param.device_mesh.ndim}-D mesh; it supports "
+            "FSDP2's default (Shard(0) on a 1-D mesh), so use fully_shard without a shard_placement_fn"
+        )
+    if part.kind == "adam" and param.dim() != 1:
+        raise ConfigError(f"Adam-mini: per-coordinate state of the {param.dim()}-D {name!r} cannot be sharded; only 1-D biases use it")
+
+
+def _row_offset(param: torch.Tensor) -> int:
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return int(offset[0])
+
+
+def _sharded_v(param: torch.Tensor, part: Partition, full: torch.Tensor) -> torch.Tensor:
+    """A full (n_blocks,) second moment in its layout for a sharded param: per-row/per-coordinate
+    entries sharded like the param's rows, per-head/per-tensor entries replicated."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if part.kind in ("adam", "row"):
+        start, rows = _row_offset(param), param.to_local().shape[0]
+        local = full[start:start + rows].clone()
+        return DTensor.from_local(local, param.device_mesh, param.placements, shape=torch.Size([part.n_blocks]), stride=(1,))
+    return DTensor.from_local(full.clone(), param.device_mesh, [Replicate()], shape=torch.Size([part.n_blocks]), stride=(1,))
+
+
+def _local_mean_squares(param: torch.Tensor, grad: torch.Tensor, part: Partition) -> torch.Tensor:
+    """Per-row/per-coordinate blocks: the local means of g^2. Per-head/per-tensor: this rank's partial
+    sums of g^2 per block (all n_blocks entries; all-reduced by the caller)."""
+    rows = grad.shape[0]
+    flat = grad.reshape(rows, -1).float() if grad.numel() else grad.new_zeros(rows, 1, dtype=torch.float32)
+    if part.kind == "adam":
+        return flat.reshape(-1).square()
+    if part.kind == "row":
+        return flat.square().mean(dim=1)
+    rows_per_block = param.shape[0] // part.n_blocks
+    block = (_row_offset(param) + torch.arange(rows, device=grad.device)) // rows_per_block
+    return flat.new_zeros(part.n_blocks).index_add_(0, block, flat.square().sum(dim=1))
+
+
+def _v_per_local_row(param: torch.Tensor, part: Partition, exp_avg_sq: torch.Tensor) -> torch.Tensor:
+    """The second moment that scales each local row of the param (its block's v)."""
+    rows = param.to_local().shape[0]
+    if part.kind in ("adam", "row"):
+        return exp_avg_sq
+    rows_per_block = param.shape[0] // part.n_blocks
+    return exp_avg_sq[(_row_offset(param) + torch.arange(rows, device=exp_avg_sq.device)) // rows_per_block]
+
+
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in optimizer state tensors (moments and tensor step counters); works for any torch optimizer.
+    """Bytes held in optimizer state tensors (moments and tensor step counters) on this rank; works for any
+    torch optimizer (FSDP2 shards count their local part).
 
     State is created lazily, so call it after the first step.
     """
@@ -262,5 +392,6 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     for state in optimizer.state.values():
         for value in state.values():
             if isinstance(value, torch.Tensor):
-                total += value.numel() * value.element_size()
+                local = value.to_local() if _is_dtensor(value) else value
+                total += local.numel() * local.element_size()
     return total

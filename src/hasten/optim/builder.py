@@ -35,7 +35,6 @@ def _implementation_kwargs(cfg: OptimConfig, device: torch.device) -> dict:
 
 # why each optimizer needs whole matrices, which FSDP2 splits by rows across ranks
 FSDP_UNSUPPORTED = {
-    "adam_mini": "its per-head and per-tensor second moments need whole blocks",
     "muon": "Newton-Schulz orthogonalises whole matrices",
 }
 
