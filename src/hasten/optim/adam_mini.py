@@ -306,7 +306,7 @@ class AdamMini(torch.optim.Optimizer):
                 param, part = items[i][0], items[i][4]
                 mean_squares[i] = block_sums / (param.numel() // part.n_blocks)
 
-        for (param, local, grad, state, part), mean_square in zip(items, mean_squares):
+        for (param, local, _grad, state, part), mean_square in zip(items, mean_squares):
             state["step"] += 1
             exp_avg_sq = state["exp_avg_sq"].to_local()
             exp_avg_sq.mul_(beta2).add_(mean_square.to(exp_avg_sq.dtype), alpha=1 - beta2)
