@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "benchmarks" / "recipes"
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["baseline", "blockwise", "blockwise_base1e-3", "adam_mini", "adam_mini_blockwise", "gstack", "staged", "slw", "lawa", "muon", "combined"]
+ORDER = ["baseline", "blockwise", "blockwise_base1e-3", "adam_mini", "adam_mini_blockwise", "gstack", "staged", "msg", "slw", "lawa", "muon", "combined"]
 BENCH_BATCH, BENCH_SEQ = 16, 128  # _bench.yaml
 
 
@@ -70,6 +70,10 @@ def budget_overrides(recipe: str, budget: int, seq_len: int) -> list[str]:
         "gstack": [gstack],
         "staged": [f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, at_tokens: {budget // 3}, moments: map, schedule: jump}}, "
                    "{dim: depth, op: zero, factor: 2, at: previous, moments: map, schedule: jump}]"],
+        "msg": [f"methods.growth.stages=[{{dim: width, op: random, factor: 2, at_tokens: {budget // 3}, mask_ramp_steps: 20, "
+                "moments: map, schedule: continue}]"],
+        "msg_noramp": [f"methods.growth.stages=[{{dim: width, op: random, factor: 2, at_tokens: {budget // 3}, mask_ramp_steps: 0, "
+                       "moments: map, schedule: continue}]"],
         "slw": [f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * budget / (2 * BENCH_BATCH * seq_len)))}"],
         "lawa": [f"methods.lawa.interval={lawa_interval}"],
         "combined": [gstack, f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * full_steps))}", f"methods.lawa.interval={lawa_interval}"],

@@ -178,6 +178,19 @@ def test_averaged_weights_are_evaluated_under_the_live_masks(tmp_path, tiny_over
     assert row["ema/val_loss"] == pytest.approx(row["val_loss"], abs=1e-6)
 
 
+def test_checkpoint_inside_the_ramp_evaluates_with_its_masks_and_refuses_hf_export(tmp_path, tiny_overrides, capsys):
+    stage = "{dim: width, op: random, factor: 2, at_steps: 4, mask_ramp_steps: 2, moments: map, schedule: continue}"
+    overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=12", "train.eval_every=7"]
+    run_training(tmp_path / "run", overrides, stop_at=7)  # checkpoint at step 7: FFN 1, hidden 0.5, heads 0
+    [row] = [r for r in _rows(tmp_path / "run", "eval") if r["step"] == 7]
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["step"] == 7 and evaluated["val_loss"] == pytest.approx(row["val_loss"], abs=1e-5)
+    assert main(["export", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "MSG mask ramp" in err and err.count("\n") == 1 and not (tmp_path / "hf").exists()
+
+
 def test_random_width_growth_without_ramp_is_live_at_once(tmp_path, tiny_overrides):
     stage = "{dim: width, op: random, factor: 2, at_steps: 4, mask_ramp_steps: 0}"
     overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=5"]

@@ -92,13 +92,12 @@ def cmd_eval(args) -> int:
     from hasten.config import config_from_dict
     from hasten.data.sampler import eval_windows
     from hasten.data.tokens import prepare_from_config
-    from hasten.model import GPT, ModelConfig
+    from hasten.interop.cli import model_from_checkpoint
 
     path = Path(args.checkpoint)
     ckpt = load_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
     cfg = config_from_dict(ckpt["config"])
-    model = GPT(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    model = model_from_checkpoint(ckpt)
     data = prepare_from_config(cfg.data)
     rows = eval_windows(data.val, cfg.seq_len, args.sequences or cfg.train.eval_sequences)
     model.eval()

@@ -12,10 +12,10 @@ from hasten.errors import CheckpointError, ConfigError
 def load_model_from(spec: str | Path, weights: str = "raw"):
     """A GPT from a run dir, a checkpoint dir, a model checkpoint written by import-hf, or `hf:DIR`.
 
-    `weights` picks the raw weights or a weight average the run exported (lawa, ema, swa).
+    `weights` picks the raw weights or a weight average the run exported (lawa, ema, swa). A training
+    checkpoint saved inside growth's MSG mask ramp gets the masks of its step (see GPT.set_unit_masks).
     """
     from hasten.checkpoint import load_checkpoint
-    from hasten.model import GPT, ModelConfig
 
     spec = str(spec)
     if spec.startswith("hf:"):
@@ -24,8 +24,7 @@ def load_model_from(spec: str | Path, weights: str = "raw"):
         return import_hf(spec[3:])
     path = Path(spec)
     ckpt = load_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
-    model = GPT(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    model = model_from_checkpoint(ckpt)
     if weights != "raw":
         from safetensors.torch import load_file
 
@@ -34,6 +33,19 @@ def load_model_from(spec: str | Path, weights: str = "raw"):
         if not averaged.exists():
             raise CheckpointError(f"{run_dir} has no {averaged.name}; the run did not use methods.{weights}, so export --weights raw")
         model.load_state_dict(load_file(str(averaged)))
+    return model
+
+
+def model_from_checkpoint(ckpt: dict):
+    """The GPT of a loaded checkpoint; one saved inside growth's MSG mask ramp gets the masks of its step."""
+    from hasten.methods.growth.masks import checkpoint_mask_ramp
+    from hasten.model import GPT, ModelConfig
+
+    model = GPT(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    ramp = checkpoint_mask_ramp(ckpt)
+    if ramp is not None:
+        ramp.apply(model, int(ckpt["progress"]["step"]))
     return model
 
 

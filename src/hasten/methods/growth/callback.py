@@ -270,7 +270,7 @@ class Growth(Callback):
         self.history: list[dict] = []  # one record per growth (step, tokens, flops, plan summary)
         self.trigger: SlopeTrigger | None = self._new_trigger()
         self.pending_eval: list | None = None  # [step, flops] of a scheduled eval whose val loss is not yet read
-        self.ramp: dict | None = None  # active MSG mask ramp: {"stage": index, "start": step, "steps": per axis}
+        self.ramp: dict | None = None  # active MSG mask ramp: {"stage": index, **MaskRamp.state_dict()}
         self._trainer = None
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -384,8 +384,10 @@ class Growth(Callback):
         ramped = [i for i in indices if self.stages[i].ramp_steps(trainer.cfg.schedule.warmup_steps) > 0]
         if ramped:
             index = ramped[-1]
-            self.ramp = {"stage": index, "start": p.step, "steps": self.stages[index].ramp_steps(trainer.cfg.schedule.warmup_steps)}
-            ramp = self._mask_ramp()
+            stage = self.stages[index]
+            plan = growth_plan(self.configs[index], stage.op, stage.factor, stage.dim)
+            ramp = MaskRamp(new_unit_masks(plan), start=p.step, steps=stage.ramp_steps(trainer.cfg.schedule.warmup_steps))
+            self.ramp = {"stage": index, **ramp.state_dict()}  # self-contained: eval/export of a checkpoint rebuild the masks
             trainer.logger.log("event", p.step, event="growth_mask_ramp", stage=index, start=p.step, steps_per_axis=ramp.steps,
                                order=list(ramp.order), end=ramp.end)
             self._apply_masks(trainer)
@@ -410,11 +412,7 @@ class Growth(Callback):
     # -- MSG masks --------------------------------------------------------------------------------
 
     def _mask_ramp(self) -> MaskRamp:
-        """The active ramp; its 0/1 masks come from the stage's plan, so only (stage, start, steps) are checkpointed."""
-        index = self.ramp["stage"]
-        stage = self.stages[index]
-        plan = growth_plan(self.configs[index], stage.op, stage.factor, stage.dim)
-        return MaskRamp(new_unit_masks(plan), start=int(self.ramp["start"]), steps=int(self.ramp["steps"]))
+        return MaskRamp.from_state_dict(self.ramp)
 
     def _apply_masks(self, trainer) -> None:
         """Set the masks of the next step (completed steps = progress.step) on the model; drop the ramp when it ends."""

@@ -73,6 +73,15 @@ class MaskRamp:
         values = self.values(step)
         return {axis: old + (1.0 - old) * values[axis] for axis, old in self.original.items()}
 
+    def state_dict(self) -> dict:
+        return {"start": self.start, "steps": self.steps, "order": list(self.order),
+                "original": {axis: mask.tolist() for axis, mask in self.original.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> MaskRamp:
+        original = {axis: torch.tensor(values, dtype=torch.float32) for axis, values in state["original"].items()}
+        return cls(original, start=int(state["start"]), steps=int(state["steps"]), order=tuple(state["order"]))
+
     def apply(self, model: GPT, step: int) -> bool:
         """Set the masks for `step` on `model` (removed when the ramp is over); True while the ramp is active."""
         masks = self.masks(step)
@@ -82,3 +91,10 @@ class MaskRamp:
         device = next(model.parameters()).device
         model.set_unit_masks(**{axis: mask.to(device) for axis, mask in masks.items()})
         return True
+
+
+def checkpoint_mask_ramp(checkpoint: dict) -> MaskRamp | None:
+    """The MSG ramp a training checkpoint was saved inside (its model needs the masks of its step), or None."""
+    state = (checkpoint.get("callbacks") or {}).get("growth") or {}
+    ramp = state.get("ramp")
+    return MaskRamp.from_state_dict(ramp) if ramp else None
