@@ -25,6 +25,7 @@ from torch import nn
 from hasten.errors import ConfigError
 
 FAMILIES = ("gpt2", "llama")
+MAX_SIZE = 2**24  # per model dimension: keeps every weight matrix's element count far inside int64
 
 
 @dataclass
@@ -64,8 +65,10 @@ class ModelConfig:
         if self.family not in FAMILIES:
             bad(f"family={self.family!r} is unknown; use one of {', '.join(FAMILIES)}")
         for key in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
-            if int(getattr(self, key)) < 1:
-                bad(f"{key}={getattr(self, key)} must be a positive integer")
+            value = getattr(self, key)
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole or not 1 <= value <= MAX_SIZE:
+                bad(f"{key}={value!r} must be a whole number in [1, {MAX_SIZE:,}]")
         if self.d_model % self.n_heads:
             bad(f"n_heads={self.n_heads} does not divide d_model={self.d_model}; pick n_heads so d_model/n_heads is whole")
         if self.n_heads % self.n_kv_heads:
