@@ -111,13 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--quick", action="store_true", help="8 timed steps, 2 warmup")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the per-method runs (medians are reported)")
+    parser.add_argument("--quick", action="store_true", help="8 timed steps, 2 warmup, 1 repeat")
     parser.add_argument("--max-docs", type=int, default=None, help="cap the corpus (fast checks)")
     parser.add_argument("--cache-dir", default="", help="data cache dir (default: the config's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput"), help="output path without suffix")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup = 8, 2
+        args.steps, args.warmup, args.repeats = 8, 2, 1
     from hasten.model import model_config
 
     preset = model_config(args.model)
@@ -137,16 +138,23 @@ def main(argv: list[str] | None = None) -> int:
                                                  "bare": {**bare, "mfu": bare["flops_per_s"] / peak}, "peak_flops": peak}
             print(f"{dtype}: trainer {trainer['tokens_per_s']:,.0f} tok/s, bare {bare['tokens_per_s']:,.0f} tok/s", file=sys.stderr)
         ov = base_overrides(args, total, "float32", args.cache_dir)
-        off = trainer_rate(ov, args.warmup, Path(tmp) / "off")["steps_per_s"]
-        results["methods"]["(none)"] = {"steps_per_s": off, "relative": 1.0}
-        for name, extra in METHODS.items():
-            try:
-                rate = trainer_rate(ov + extra, args.warmup, Path(tmp) / name.split()[0])["steps_per_s"]
-            except Exception as err:  # a method missing from this tree is reported, not fatal
-                results["methods"][name] = {"error": f"{type(err).__name__}: {str(err)[:160]}"}
-                continue
-            results["methods"][name] = {"steps_per_s": rate, "relative": rate / off}
-            print(f"{name}: {rate:.2f} steps/s ({rate / off:.2f}x of off)", file=sys.stderr)
+        rates: dict[str, list[float]] = {}
+        for rep in range(args.repeats):  # interleaved, so a slow phase of a shared machine hits every method alike
+            for name, extra in {"(none)": [], **METHODS}.items():
+                if name in results["methods"]:
+                    continue
+                try:
+                    rate = trainer_rate(ov + extra, args.warmup, Path(tmp) / f"{name.split()[0]}-{rep}")["steps_per_s"]
+                except Exception as err:  # a method missing from this tree is reported, not fatal
+                    results["methods"][name] = {"error": f"{type(err).__name__}: {str(err)[:160]}"}
+                    continue
+                rates.setdefault(name, []).append(rate)
+                print(f"[{rep + 1}/{args.repeats}] {name}: {rate:.2f} steps/s", file=sys.stderr)
+        off = statistics.median(rates["(none)"])
+        for name, values in rates.items():
+            rate = statistics.median(values)
+            results["methods"][name] = {"steps_per_s": rate, "relative": rate / off,
+                                        "relative_range": [min(values) / off, max(values) / off], "repeats": len(values)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
@@ -165,12 +173,15 @@ def render(r: dict, command: str) -> str:
         lines.append(f"| {dtype} | hasten trainer | {d['trainer']['tokens_per_s']:,.0f} | {d['trainer']['mfu']:.1%} | {ratio:.2f} |")
         lines.append(f"| {dtype} | bare nanoGPT-style loop | {d['bare']['tokens_per_s']:,.0f} | {d['bare']['mfu']:.1%} | |")
     lines += ["", "MFU is against the measured dense-matmul peak of this device and dtype (`train.peak_flops` overrides it).", "",
-              "| method (float32, equal shapes) | steps/s | relative to none |", "|---|---|---|"]
+              "| method (float32, equal shapes) | steps/s (median) | relative to none | range over repeats |", "|---|---|---|---|"]
     for name, m in r["methods"].items():
         if "error" in m:
             lines.append(f"| {name} | failed: {m['error']} | |")
         else:
-            lines.append(f"| {name} | {m['steps_per_s']:.2f} | {m['relative']:.2f}× |")
+            low, high = m.get("relative_range", [m["relative"], m["relative"]])
+            lines.append(f"| {name} | {m['steps_per_s']:.2f} | {m['relative']:.2f}× | {low:.2f}–{high:.2f}× ({m.get('repeats', 1)} runs) |")
+    lines += ["", "Per-method rates are medians of interleaved repeats; a spread of ±0.1× or more between repeats on this "
+              "shared 2-core machine means differences below that are noise."]
     return "\n".join(lines) + "\n"
 
 
