@@ -311,9 +311,12 @@ class Growth(Callback):
             self.pending_eval = [p.step, p.flops]
         return {}
 
+    def before_step(self, trainer) -> None:
+        self._apply_masks(trainer)  # also right after anything that restored the training state (e.g. a spike rollback)
+
     def after_step(self, trainer) -> None:
         trainer.last_metrics.pop("growth/slope", None)  # only on the rows of steps that fitted one (same after a resume)
-        self._apply_masks(trainer)
+        self._apply_masks(trainer)  # the masks of the next step, so an evaluation after this step sees them
         if self.done >= len(self.stages):
             return
         self._resolve_pending_eval(trainer)
