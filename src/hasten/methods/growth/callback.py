@@ -270,7 +270,9 @@ class Growth(Callback):
         self.history: list[dict] = []  # one record per growth (step, tokens, flops, plan summary)
         self.trigger: SlopeTrigger | None = self._new_trigger()
         self.pending_eval: list | None = None  # [step, flops] of a scheduled eval whose val loss is not yet read
-        self.ramp: dict | None = None  # active MSG mask ramp: {"stage": index, **MaskRamp.state_dict()}
+        self.ramp: MaskRamp | None = None  # the active MSG mask ramp ...
+        self.ramp_stage: int | None = None  # ... and the stage that started it
+        self._masked_step: int | None = None  # the step whose masks the model holds (set once per step)
         self._trainer = None
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -341,7 +343,8 @@ class Growth(Callback):
             "history": self.history,
             "trigger": self.trigger.state_dict() if self.trigger is not None else None,
             "pending_eval": self.pending_eval,
-            "ramp": self.ramp,
+            # self-contained (0/1 masks included): eval/export of a checkpoint rebuild the masks from it alone
+            "ramp": None if self.ramp is None else {"stage": self.ramp_stage, **self.ramp.state_dict()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -352,7 +355,10 @@ class Growth(Callback):
         if self.trigger is not None and state.get("trigger") is not None:
             self.trigger.load_state_dict(state["trigger"])
         self.pending_eval = state.get("pending_eval")
-        self.ramp = state.get("ramp")
+        ramp = state.get("ramp")
+        self.ramp = MaskRamp.from_state_dict(ramp) if ramp else None
+        self.ramp_stage = ramp["stage"] if ramp else None
+        self._masked_step = None
 
     # -- growth -----------------------------------------------------------------------------------
 
@@ -364,9 +370,9 @@ class Growth(Callback):
         optim_cfg = trainer.cfg.optim
         model, optimizer = st.model, st.optimizer
         if self.ramp is not None:  # the next growth maps plain weights: the unfinished ramp ends here
-            trainer.logger.log("event", p.step, event="growth_mask_ramp_end", stage=self.ramp["stage"], reason="cut short by the next growth",
-                               values=self._mask_ramp().values(p.step))
-            self.ramp = None
+            trainer.logger.log("event", p.step, event="growth_mask_ramp_end", stage=self.ramp_stage, reason="cut short by the next growth",
+                               values=self.ramp.values(p.step))
+            self.ramp = self.ramp_stage = None
             model.set_unit_masks()
         for index in indices:
             stage = self.stages[index]
@@ -389,10 +395,10 @@ class Growth(Callback):
             index = ramped[-1]
             stage = self.stages[index]
             plan = growth_plan(self.configs[index], stage.op, stage.factor, stage.dim)
-            ramp = MaskRamp(new_unit_masks(plan), start=p.step, steps=stage.ramp_steps(trainer.cfg.schedule.warmup_steps))
-            self.ramp = {"stage": index, **ramp.state_dict()}  # self-contained: eval/export of a checkpoint rebuild the masks
-            trainer.logger.log("event", p.step, event="growth_mask_ramp", stage=index, start=p.step, steps_per_axis=ramp.steps,
-                               order=list(ramp.order), end=ramp.end)
+            self.ramp = MaskRamp(new_unit_masks(plan), start=p.step, steps=stage.ramp_steps(trainer.cfg.schedule.warmup_steps))
+            self.ramp_stage, self._masked_step = index, None
+            trainer.logger.log("event", p.step, event="growth_mask_ramp", stage=index, start=p.step, steps_per_axis=self.ramp.steps,
+                               order=list(self.ramp.order), end=self.ramp.end)
             self._apply_masks(trainer)
         last = self.stages[indices[-1]]
         dims = {self.stages[i].dim for i in indices}
@@ -414,18 +420,21 @@ class Growth(Callback):
 
     # -- MSG masks --------------------------------------------------------------------------------
 
-    def _mask_ramp(self) -> MaskRamp:
-        return MaskRamp.from_state_dict(self.ramp)
-
     def _apply_masks(self, trainer) -> None:
-        """Set the masks of the next step (completed steps = progress.step) on the model; drop the ramp when it ends."""
+        """Set the masks of the next step (completed steps = progress.step) on the model; drop the ramp when it ends.
+
+        Called before and after every step; the masks change once per step, so a model that already holds
+        this step's masks is left alone (a restore or a new model has none, or another step's).
+        """
         if self.ramp is None:
             return
-        step = trainer.state.progress.step
-        ramp = self._mask_ramp()
-        if not ramp.apply(trainer.state.model, step):
-            trainer.logger.log("event", step, event="growth_mask_ramp_end", stage=self.ramp["stage"], reason="ramp complete")
-            self.ramp = None
+        step, model = trainer.state.progress.step, trainer.state.model
+        if step == self._masked_step and model.has_unit_masks():
+            return
+        self._masked_step = step
+        if not self.ramp.apply(model, step):
+            trainer.logger.log("event", step, event="growth_mask_ramp_end", stage=self.ramp_stage, reason="ramp complete")
+            self.ramp = self.ramp_stage = None
 
     # -- triggers ---------------------------------------------------------------------------------
 

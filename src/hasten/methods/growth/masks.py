@@ -1,13 +1,14 @@
 """Masked structural growth (MSG; Yao et al. 2023, the G_random width operator of arXiv 2405.15319).
 
-After a width growth with fresh units (`random`, or `zero`), the new units' outputs are multiplied by
+After a width growth with fresh units (`random`), the new units' outputs are multiplied by
 a mask that ramps linearly from 0 to 1, one axis after the other: first the FFN units, then the
 hidden width, then the attention heads, `steps` optimizer steps each (the reference's order). At mask
 0 the grown model computes exactly what the small model did (GPT.set_unit_masks weights the norms'
 statistics by the mask); at the end the masks are removed and the model is the plain grown model.
 
 The mask values are a function of the optimizer step only, so a resumed run sets the same masks as
-an uninterrupted one and nothing but (start step, steps) needs to be checkpointed.
+an uninterrupted one; the checkpointed state (MaskRamp.state_dict: start, steps, order and the 0/1
+masks) is enough to rebuild them without the run's config.
 """
 
 from __future__ import annotations
