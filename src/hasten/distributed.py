@@ -371,7 +371,7 @@ def unsharded_copy(model: nn.Module, device: torch.device | str = "cpu", into: n
         if name in target_buffers:
             target_buffers[name].copy_(buffer.detach())
     if hasattr(model, "unit_masks"):  # growth's MSG masks, live during a ramp
-        into.set_unit_masks(**{k: None if v is None else v.detach().to(device) for k, v in model.unit_masks().items()})
+        into.set_unit_masks(**model.unit_masks())
     into.requires_grad_(True)
     return into.train(model.training)
 

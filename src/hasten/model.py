@@ -276,12 +276,15 @@ class GPT(nn.Module):
         output, and weights the norms' statistics; heads (n_heads) multiplies each head's attention
         output before o_proj; ffn (d_ff) multiplies the MLP activation before down_proj. With new units
         at 0 the grown model computes exactly what the small one did. None removes a mask, and with no
-        masks the forward pass is the plain one (no extra work).
+        masks the forward pass is the plain one (no extra work). Masks are moved to the model's device, so
+        `other.set_unit_masks(**model.unit_masks())` copies them between models on any devices.
         """
         cfg = self.config
         for name, mask, size in (("hidden", hidden, cfg.d_model), ("heads", heads, cfg.n_heads), ("ffn", ffn, cfg.d_ff)):
             if mask is not None and tuple(mask.shape) != (size,):
                 raise ConfigError(f"unit mask {name!r} has shape {tuple(mask.shape)}; this model needs ({size},)")
+        device = self.embed_tokens.weight.device
+        hidden, heads, ffn = (None if mask is None else mask.detach().to(device) for mask in (hidden, heads, ffn))
         self.embed_mask = hidden
         for module in self.modules():
             if isinstance(module, Norm):
@@ -292,7 +295,7 @@ class GPT(nn.Module):
                 module.act_mask, module.out_mask = ffn, hidden
 
     def unit_masks(self) -> dict[str, torch.Tensor | None]:
-        """The masks set by set_unit_masks (None where unset); set_unit_masks(**model.unit_masks()) copies them."""
+        """The masks set by set_unit_masks (None where unset)."""
         attn, mlp = (self.blocks[0].attn, self.blocks[0].mlp) if len(self.blocks) else (None, None)
         return {"hidden": self.embed_mask, "heads": getattr(attn, "head_mask", None), "ffn": getattr(mlp, "act_mask", None)}
 

@@ -99,5 +99,4 @@ def _copy_unit_masks(live, averaged) -> None:
     live = getattr(live, "module", live)
     averaged = getattr(averaged, "module", averaged)
     if isinstance(live, GPT) and isinstance(averaged, GPT) and (live.has_unit_masks() or averaged.has_unit_masks()):
-        device = next(averaged.parameters()).device
-        averaged.set_unit_masks(**{k: None if v is None else v.to(device) for k, v in live.unit_masks().items()})
+        averaged.set_unit_masks(**live.unit_masks())

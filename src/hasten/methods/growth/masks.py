@@ -89,8 +89,7 @@ class MaskRamp:
         if masks is None:
             model.set_unit_masks()
             return False
-        device = next(model.parameters()).device
-        model.set_unit_masks(**{axis: mask.to(device) for axis, mask in masks.items()})
+        model.set_unit_masks(**masks)
         return True
 
 
