@@ -280,7 +280,7 @@ class AdamMini(torch.optim.Optimizer):
         """The same update on FSDP2 shards: local math, one all-reduce for the per-head/per-tensor blocks."""
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        items = []  # (param, local param, local grad, state, partition)
+        items = []  # (param, local param, local grad, state, partition, block of each local row or None)
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -290,15 +290,16 @@ class AdamMini(torch.optim.Optimizer):
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = _sharded_v(param, part, param.to_local().new_zeros(part.n_blocks))
-            items.append((param, param.to_local(), param.grad.to_local(), state, part))
+            items.append((param, param.to_local(), param.grad.to_local(), state, part, _local_row_blocks(param, part)))
         if not items:
             return
         if weight_decay != 0:
-            torch._foreach_mul_([p for _, p, _, _, _ in items], 1 - lr * weight_decay)
-        torch._foreach_lerp_([s["exp_avg"].to_local() for *_, s, _ in items], [g for _, _, g, _, _ in items], 1 - beta1)
+            torch._foreach_mul_([local for _, local, *_ in items], 1 - lr * weight_decay)
+        exp_avgs = [state["exp_avg"].to_local() for _, _, _, state, _, _ in items]
+        torch._foreach_lerp_(exp_avgs, [grad for _, _, grad, *_ in items], 1 - beta1)
 
-        mean_squares = [_local_mean_squares(param, grad, part) for param, _, grad, _, part in items]
-        replicated = [i for i, (*_, part) in enumerate(items) if part.kind in ("head", "tensor")]
+        mean_squares = [_local_mean_squares(grad, part, blocks) for _, _, grad, _, part, blocks in items]
+        replicated = [i for i, (*_, blocks) in enumerate(items) if blocks is not None]
         if replicated:  # per-rank partial sums of g^2 per block -> one all-reduce -> block means
             sums = torch.cat([mean_squares[i] for i in replicated])
             torch.distributed.all_reduce(sums, group=items[0][0].device_mesh.get_group())
@@ -306,7 +307,7 @@ class AdamMini(torch.optim.Optimizer):
                 param, part = items[i][0], items[i][4]
                 mean_squares[i] = block_sums / (param.numel() // part.n_blocks)
 
-        for (param, local, _grad, state, part), mean_square in zip(items, mean_squares):
+        for (_, local, _, state, _, blocks), exp_avg, mean_square in zip(items, exp_avgs, mean_squares):
             state["step"] += 1
             exp_avg_sq = state["exp_avg_sq"].to_local()
             exp_avg_sq.mul_(beta2).add_(mean_square.to(exp_avg_sq.dtype), alpha=1 - beta2)
@@ -315,9 +316,10 @@ class AdamMini(torch.optim.Optimizer):
             step = state["step"]
             bias_correction1 = 1 - beta1**step
             bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-            denom = (_v_per_local_row(param, part, exp_avg_sq).sqrt() / bias_correction2_sqrt).add_(eps).unsqueeze(1)
+            v = exp_avg_sq if blocks is None else exp_avg_sq[blocks]  # per-head/per-tensor v: each local row's block
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps).unsqueeze(1)
             rows = denom.shape[0]
-            local.view(rows, -1).addcdiv_(state["exp_avg"].to_local().view(rows, -1), denom, value=-lr / bias_correction1)
+            local.view(rows, -1).addcdiv_(exp_avg.view(rows, -1), denom, value=-lr / bias_correction1)
 
 
 # --------------------------------------------------------------------------- FSDP2 shards
@@ -359,27 +361,26 @@ def _sharded_v(param: torch.Tensor, part: Partition, full: torch.Tensor) -> torc
     return DTensor.from_local(full.clone(), param.device_mesh, [Replicate()], shape=torch.Size([part.n_blocks]), stride=(1,))
 
 
-def _local_mean_squares(param: torch.Tensor, grad: torch.Tensor, part: Partition) -> torch.Tensor:
-    """Per-row/per-coordinate blocks: the local means of g^2. Per-head/per-tensor: this rank's partial
-    sums of g^2 per block (all n_blocks entries; all-reduced by the caller)."""
+def _local_row_blocks(param: torch.Tensor, part: Partition) -> torch.Tensor | None:
+    """For per-head/per-tensor blocks: the block of each local row (blocks may straddle shards). None for
+    per-row/per-coordinate blocks, which are the local rows themselves."""
+    if part.kind in ("adam", "row"):
+        return None
+    local = param.to_local()
+    rows_per_block = param.shape[0] // part.n_blocks
+    return (_row_offset(param) + torch.arange(local.shape[0], device=local.device)) // rows_per_block
+
+
+def _local_mean_squares(grad: torch.Tensor, part: Partition, blocks: torch.Tensor | None) -> torch.Tensor:
+    """Per-row/per-coordinate blocks: the local means of g^2. Per-head/per-tensor (`blocks` given): this
+    rank's partial sums of g^2 per block (all n_blocks entries; all-reduced by the caller)."""
     rows = grad.shape[0]
     flat = grad.reshape(rows, -1).float() if grad.numel() else grad.new_zeros(rows, 1, dtype=torch.float32)
     if part.kind == "adam":
         return flat.reshape(-1).square()
-    if part.kind == "row":
+    if blocks is None:
         return flat.square().mean(dim=1)
-    rows_per_block = param.shape[0] // part.n_blocks
-    block = (_row_offset(param) + torch.arange(rows, device=grad.device)) // rows_per_block
-    return flat.new_zeros(part.n_blocks).index_add_(0, block, flat.square().sum(dim=1))
-
-
-def _v_per_local_row(param: torch.Tensor, part: Partition, exp_avg_sq: torch.Tensor) -> torch.Tensor:
-    """The second moment that scales each local row of the param (its block's v)."""
-    rows = param.to_local().shape[0]
-    if part.kind in ("adam", "row"):
-        return exp_avg_sq
-    rows_per_block = param.shape[0] // part.n_blocks
-    return exp_avg_sq[(_row_offset(param) + torch.arange(rows, device=exp_avg_sq.device)) // rows_per_block]
+    return flat.new_zeros(part.n_blocks).index_add_(0, blocks, flat.square().sum(dim=1))
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
