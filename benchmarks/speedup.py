@@ -66,14 +66,17 @@ def budget_overrides(recipe: str, budget: int, seq_len: int) -> list[str]:
     lawa_interval = max(2, full_steps // 80)  # k=5 snapshots span ~5% of the run (the paper: nu=200 of 70k steps)
     gstack = (f"methods.growth.stages=[{{dim: depth, op: stack, factor: 4, at_tokens: {budget // 6}, moments: reset, "
               "schedule: restart, warmup_steps: 20}]")
+
+    def msg(ramp_steps: int) -> str:
+        return (f"methods.growth.stages=[{{dim: width, op: random, factor: 2, at_tokens: {budget // 3}, mask_ramp_steps: {ramp_steps}, "
+                "moments: map, schedule: continue}]")
+
     out: dict[str, list[str]] = {
         "gstack": [gstack],
         "staged": [f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, at_tokens: {budget // 3}, moments: map, schedule: jump}}, "
                    "{dim: depth, op: zero, factor: 2, at: previous, moments: map, schedule: jump}]"],
-        "msg": [f"methods.growth.stages=[{{dim: width, op: random, factor: 2, at_tokens: {budget // 3}, mask_ramp_steps: 20, "
-                "moments: map, schedule: continue}]"],
-        "msg_noramp": [f"methods.growth.stages=[{{dim: width, op: random, factor: 2, at_tokens: {budget // 3}, mask_ramp_steps: 0, "
-                       "moments: map, schedule: continue}]"],
+        "msg": [msg(ramp_steps=20)],
+        "msg_noramp": [msg(ramp_steps=0)],
         "slw": [f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * budget / (2 * BENCH_BATCH * seq_len)))}"],
         "lawa": [f"methods.lawa.interval={lawa_interval}"],
         "combined": [gstack, f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * full_steps))}", f"methods.lawa.interval={lawa_interval}"],
