@@ -73,6 +73,13 @@ class OptimConfig:
             raise ConfigError(f"optim.decay_policy={self.decay_policy!r} is unknown; use matrices or all")
         if self.implementation not in ("auto", "foreach", "fused", "for"):
             raise ConfigError(f"optim.implementation={self.implementation!r} is unknown; use auto, foreach, fused or for")
+        from hasten.optim.blocks import check_block_overrides
+        from hasten.optim.blockwise import validate_ratios
+
+        if self.lr_ratios and not self.blockwise:
+            raise ConfigError("optim.lr_ratios is set but optim.blockwise is false; set optim.blockwise=true to use them")
+        validate_ratios(self.lr_ratios)
+        check_block_overrides(self.block_overrides)
 
 
 @dataclass

@@ -76,9 +76,12 @@ def normalize_name(name: str) -> str:
     return ".".join(parts)
 
 
-def _check_overrides(overrides: dict[str, str] | None) -> dict[str, str]:
+def check_block_overrides(overrides: dict[str, str] | None) -> dict[str, str]:
+    """The overrides as a dict; a pattern that is not a string or a block that is not a block type is a ConfigError."""
     overrides = dict(overrides or {})
     for pattern, block in overrides.items():
+        if not isinstance(pattern, str):
+            raise ConfigError(f"block override {pattern!r}: the key must be a parameter-name glob string, e.g. 'blocks.*.mlp.*'")
         if block not in BLOCK_TYPES:
             raise ConfigError(f"block override {pattern!r}: {block!r} is not a block type; use one of {', '.join(BLOCK_TYPES)}")
     return overrides
@@ -106,7 +109,7 @@ def classify_param(name: str, overrides: dict[str, str] | None = None) -> str:
     `overrides` maps fnmatch globs (matched against the normalized name) to block types and is
     checked before the built-in rules, so it can both add names and re-file known ones.
     """
-    block = _classify(name, _check_overrides(overrides))
+    block = _classify(name, check_block_overrides(overrides))
     if block is None:
         raise ConfigError(_unclassified_message([normalize_name(name)]))
     return block
@@ -118,7 +121,7 @@ def classify_model(model: nn.Module, overrides: dict[str, str] | None = None, *,
     Every parameter must be classified: unknown names raise one ConfigError listing them all, since
     a parameter silently left out of the optimizer (the reference code's failure mode) is never trained.
     """
-    overrides = _check_overrides(overrides)
+    overrides = check_block_overrides(overrides)
     blocks: dict[str, str] = {}
     unknown: list[str] = []
     for raw_name, param in model.named_parameters():

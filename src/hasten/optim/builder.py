@@ -18,11 +18,7 @@ from hasten.errors import ConfigError
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     from hasten.optim.blockwise import DEFAULT_RATIOS, blockwise_param_groups
 
-    ratios = None
-    if cfg.blockwise:
-        ratios = {**DEFAULT_RATIOS, **(cfg.lr_ratios or {})}
-    elif cfg.lr_ratios:
-        raise ConfigError("optim.lr_ratios is set but optim.blockwise is false; set optim.blockwise=true to use them")
+    ratios = {**DEFAULT_RATIOS, **(cfg.lr_ratios or {})} if cfg.blockwise else None
     return blockwise_param_groups(model, cfg.weight_decay, ratios, overrides=cfg.block_overrides, decay_policy=cfg.decay_policy)
 
 
@@ -49,6 +45,7 @@ def check_fsdp_optimizer(name: str) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
+    cfg.validate()  # the checks of load_config, for configs built in code too
     if any(type(p).__name__ == "DTensor" for p in model.parameters()):
         check_fsdp_optimizer(cfg.name)
     groups = param_groups(model, cfg)
