@@ -136,7 +136,7 @@ def test_wrong_types_are_one_line_errors(override, fragment):
     "overrides, fragment",
     [
         (["train.seq_len=128"], "exceeds model max_seq_len=64"),
-        (["data.vocab_size=4096"], "exceeds model vocab_size=512"),
+        (["model.vocab_size=512", "data.vocab_size=4096"], "exceeds model vocab_size=512"),
         (["train.batch_size=8", "train.micro_batch_size=3"], "must divide train.batch_size=8"),
         (["train.max_steps=null"], "set train.max_steps or train.max_tokens"),
         (["optim.lr=-1"], "optim.lr=-1"),
@@ -178,3 +178,21 @@ def test_every_recipe_loads():
         except Exception as err:  # collect all, report every broken recipe at once
             failures.append(f"{path.name}: {type(err).__name__}: {err}")
     assert not failures, "\n".join(failures)
+
+
+def test_the_model_vocabulary_follows_the_data_unless_the_model_names_one():
+    assert load_config(None, ["model=tiny"]).model_config().vocab_size == 4096  # once refused: tiny's preset has 512
+    assert load_config(None, ["model=cpu-small", "data.vocab_size=512"]).model_config().vocab_size == 512
+    assert load_config(None, ["model.vocab_size=8192", "data.vocab_size=512"]).model_config().vocab_size == 8192
+    assert load_config(None, ["model=gpt2-124m", "data.tokenizer=gpt2"]).model_config().vocab_size == 50304  # a named tokenizer: the preset's
+
+
+def test_eval_sequences_null_means_the_whole_validation_split():
+    import numpy as np
+
+    from hasten.data.sampler import eval_windows
+
+    assert load_config(None, ["train.eval_sequences=null"]).train.eval_sequences is None
+    tokens = np.arange(1001)
+    assert len(eval_windows(tokens, 100, None)) == 10
+    assert len(eval_windows(tokens, 100, 4)) == 4

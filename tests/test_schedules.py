@@ -15,11 +15,13 @@ PEAK, FLOOR_RATIO = 1.0, 0.1
 FLOOR = PEAK * FLOOR_RATIO
 
 
-def _schedule(name: str = "cosine", warmup: int = 10, total: int = 110, **kwargs) -> LRSchedule:
+def _schedule(name: str = "cosine", warmup: int = 10, total: int = 111, **kwargs) -> LRSchedule:
+    """Default: 111 optimizer steps 0..110 (decay over steps 10..110; the last step runs at the floor)."""
     total_tokens = kwargs.pop("total_tokens", 0)
+    step_tokens = kwargs.pop("step_tokens", None)
     cfg = ScheduleConfig(name=name, warmup_steps=warmup, **kwargs)
     cfg.validate()
-    return LRSchedule(cfg, PEAK, FLOOR_RATIO, total, total_tokens)
+    return LRSchedule(cfg, PEAK, FLOOR_RATIO, total, total_tokens, step_tokens=step_tokens)
 
 
 def _optimizer(ratios: tuple[float, ...] = (1.0,)) -> torch.optim.Optimizer:
@@ -94,19 +96,20 @@ def test_token_based_decay_reaches_the_floor_at_max_tokens():
     # sequence length warmup: short, cheap steps first, then full-length steps
     per_step = [8, 16, 24, 32, 40, 48, 56] + [64] * 30
     max_tokens = sum(per_step)
-    sched = _schedule("cosine", warmup=4, total=len(per_step), decay_unit="tokens", total_tokens=max_tokens)
+    sched = _schedule("cosine", warmup=4, total=len(per_step), decay_unit="tokens", total_tokens=max_tokens, step_tokens=64)
     trace = _simulate(sched, per_step)
     # warmup is counted in steps whatever the tokens per step
     for step, _, lr in trace[:4]:
         assert lr == pytest.approx(PEAK * step / 4)
     warmup_end = trace[4][1]
     assert sched.state.warmup_end_tokens == warmup_end == 8 + 16 + 24 + 32
-    # decay follows tokens from the end of warmup to max_tokens
-    for _, tokens, lr in trace[4:]:
-        p = (tokens - warmup_end) / (max_tokens - warmup_end)
+    # decay follows tokens from the end of warmup to the start of the last full-length step
+    last = max_tokens - 64
+    for _, tokens, lr in trace[4:-1]:
+        p = min(1.0, (tokens - warmup_end) / (last - warmup_end))
         assert lr == pytest.approx(FLOOR + 0.5 * (1 + math.cos(math.pi * p)) * (PEAK - FLOOR))
-    assert trace[-1][1] == max_tokens and trace[-1][2] == pytest.approx(FLOOR)
-    assert all(lr > FLOOR + 1e-9 for *_, lr in trace[4:-1])  # not before
+    assert trace[-2][1] == last and trace[-2][2] == pytest.approx(FLOOR)  # the last optimizer step runs at the floor
+    assert all(lr > FLOOR + 1e-9 for *_, lr in trace[4:-2])  # not before
 
 
 def test_token_decay_equals_step_decay_at_constant_tokens_per_step():
@@ -150,3 +153,15 @@ def test_state_round_trip():
     assert restored.state_dict() == state
     probes = [(step, tokens) for step in range(len(per_step), len(per_step) + 40, 3) for tokens in (trace[-1][1] + 300, 3000)]
     assert [restored.lr(s, t, 2.0) for s, t in probes] == [sched.lr(s, t, 2.0) for s, t in probes]
+
+
+@pytest.mark.parametrize("name", ["cosine", "wsd", "linear"])
+def test_every_group_reaches_the_floor_on_the_last_optimizer_step(name):
+    # the reference scripts' get_lr(it) reaches min_lr at it = max_iters, the last step they take; hasten once stopped one
+    # step short (24 steps, warmup 5: the x10 embedding group ran its last step at 2.36x the floor)
+    sched = _schedule(name, warmup=5, total=24)
+    opt = _optimizer((1.0, 10.0, 4.0))
+    sched.apply(opt, 23, 0)  # step 23 = the 24th and last optimizer step
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([FLOOR] * 3)
+    sched.apply(opt, 22, 0)
+    assert all(g["lr"] > FLOOR + 1e-9 for g in opt.param_groups)

@@ -129,7 +129,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps ...
     max_tokens: int | None = None  # ... or after this many training tokens (whichever comes first)
     eval_every: int = 100  # steps between validation evaluations (also at the end)
-    eval_sequences: int = 64  # fixed held-out windows of full context used for val loss
+    eval_sequences: int | None = 64  # fixed held-out windows of full context used for val loss; null = the whole val split
     log_every: int = 10
     checkpoint_every: int = 200  # steps between checkpoints (also at the end); 0 = only at the end
     keep_checkpoints: int = 2
@@ -164,7 +164,7 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise ConfigError(f"train.{key}={value} must be >= 1")
         for key in ("eval_every", "eval_sequences", "log_every", "keep_checkpoints"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
         if self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every={self.checkpoint_every} must be >= 0")
@@ -183,14 +183,31 @@ class RunConfig:
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its own config mapping
 
     def model_config(self) -> ModelConfig:
+        """The model of this run. Its vocabulary is the data's (`data.vocab_size` for a trained BPE) unless the
+        `model:` mapping names one, so a preset of another vocabulary (`--set model=tiny`) just works."""
+        fields = _checked_model_fields(self.model) if isinstance(self.model, dict) else {"preset": self.model}
+        if self.data.tokenizer == "bpe" and "vocab_size" not in fields:
+            fields["vocab_size"] = self.data.vocab_size
         try:
-            return model_config(_checked_model_fields(self.model) if isinstance(self.model, dict) else self.model)
+            return model_config(fields)
         except TypeError as err:
             raise ConfigError(f"model: {err}; valid fields are {', '.join(f.name for f in dataclasses.fields(ModelConfig))}") from None
 
     @property
     def seq_len(self) -> int:
         return self.train.seq_len or self.model_config().max_seq_len
+
+    def planned_steps(self) -> int:
+        """Planned optimizer steps at full length (the schedule's length when decay is step-based)."""
+        t = self.train
+        candidates = [t.max_steps] if t.max_steps else []
+        if t.max_tokens:
+            candidates.append(math.ceil(t.max_tokens / (t.batch_size * self.seq_len)))
+        return min(candidates)
+
+    def planned_tokens(self) -> int:
+        """Training tokens the run plans to see: the token-decay length and G_stack's D."""
+        return self.train.max_tokens or self.planned_steps() * self.train.batch_size * self.seq_len
 
     def validate(self) -> None:
         for part in (self.data, self.optim, self.schedule, self.train):

@@ -86,9 +86,9 @@ class WindowSampler:
         self.state = SamplerState(epoch=int(state["epoch"]), cursor=int(state["cursor"]))
 
 
-def eval_windows(tokens: np.ndarray, seq_len: int, n_sequences: int) -> torch.Tensor:
-    """A fixed set of full-context validation windows, spread evenly over the val split."""
+def eval_windows(tokens: np.ndarray, seq_len: int, n_sequences: int | None) -> torch.Tensor:
+    """A fixed set of full-context validation windows, spread evenly over the val split (None: every window of it)."""
     available = (len(tokens) - 1) // seq_len
-    n = min(n_sequences, available)
+    n = available if n_sequences is None else min(n_sequences, available)
     starts = np.linspace(0, available - 1, n).round().astype(np.int64)
     return torch.from_numpy(np.stack([np.asarray(tokens[s * seq_len : s * seq_len + seq_len + 1], dtype=np.int64) for s in starts]))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from torch.optim import Optimizer
 
-from hasten.config import ScheduleConfig
+from hasten.config import RunConfig, ScheduleConfig
 
 
 @dataclass
@@ -30,11 +30,22 @@ class ScheduleState:
 
 
 class LRSchedule:
-    def __init__(self, cfg: ScheduleConfig, base_lr: float, min_lr_ratio: float, total_steps: int, total_tokens: int = 0):
+    """`lr(step, tokens)` is the LR of the optimizer step taken after `step` completed steps.
+
+    Decay ends *on* the last optimizer step, as in the reference scripts (nanoGPT-style loops run
+    `get_lr(it)` up to it = max_iters): with total_steps T the last step is step T - 1 and runs at the
+    floor; with token-based decay the last step starts `step_tokens` (one full-length step) before
+    the token budget ends.
+    """
+
+    def __init__(self, cfg: ScheduleConfig, base_lr: float, min_lr_ratio: float, total_steps: int, total_tokens: int = 0,
+                 step_tokens: int | None = None):
         self.cfg = cfg
         self.base_lr = base_lr
         self.min_lr = base_lr * min_lr_ratio
         self.state = ScheduleState(total_steps=max(1, total_steps), total_tokens=total_tokens)
+        # tokens of one full-length step (derived from the config, so not part of the state); default: the mean step
+        self.step_tokens = step_tokens if step_tokens is not None else total_tokens // max(1, total_steps)
 
     def restart(self, at_step: int, at_tokens: int, total_steps: int, total_tokens: int = 0, start_step: int = 0, rewarmup_steps: int = 0,
                 warmup_steps: int | None = None) -> None:
@@ -63,10 +74,20 @@ class LRSchedule:
         s, W = step, self.warmup
         if self.cfg.decay_unit == "tokens" and self.state.total_tokens > 0:
             start = self.state.warmup_end_tokens if self.state.warmup_end_tokens is not None else tokens
-            span = self.state.origin_tokens + self.state.total_tokens - start
+            span = self._last_step_tokens() - start
             return min(1.0, max(0.0, (tokens - start) / span)) if span > 0 else 1.0
-        span = self.state.total_steps - W
+        span = self.state.total_steps - 1 - W  # the last step, T - 1, runs at the floor
         return min(1.0, max(0.0, (s - W) / span)) if span > 0 else 1.0
+
+    def _last_step_tokens(self) -> int:
+        """Tokens seen before the last step of the token budget: where token-based decay reaches the floor."""
+        return self.state.origin_tokens + self.state.total_tokens - self.step_tokens
+
+    def anchor_token_decay(self, step_fraction: float, tokens: int) -> None:
+        """Token-based decay after a jump (staged training): place its start so that at `tokens` the decay is
+        `step_fraction` of the way through, as the step-based schedule is at the jump's step R."""
+        end = self._last_step_tokens()
+        self.state.warmup_end_tokens = int(round((tokens - step_fraction * end) / (1.0 - step_fraction)))
 
     def _shape(self, s: int, tokens: int) -> float:
         """Fraction c in [0, 1] of the way from the floor to the peak at schedule step s."""
@@ -123,3 +144,9 @@ class LRSchedule:
         self.base_lr = state.pop("base_lr", self.base_lr)  # older checkpoints: the recipe's peak
         self.min_lr = state.pop("min_lr", self.min_lr)
         self.state = ScheduleState(**state)
+
+
+def build_schedule(cfg: RunConfig) -> LRSchedule:
+    """The run's schedule: the recipe's shape over its planned steps and tokens."""
+    return LRSchedule(cfg.schedule, cfg.optim.lr, cfg.optim.min_lr_ratio, cfg.planned_steps(), cfg.planned_tokens(),
+                      step_tokens=cfg.train.batch_size * cfg.seq_len)

@@ -24,7 +24,7 @@ from hasten.errors import CheckpointError, ConfigError
 from hasten.methods.registry import build_callbacks
 from hasten.model import GPT, ModelConfig
 from hasten.optim.builder import build_optimizer, check_fsdp_optimizer
-from hasten.optim.schedules import LRSchedule
+from hasten.optim.schedules import build_schedule
 from hasten.trainer.loop import Trainer
 from hasten.trainer.monitor import StabilityMonitor
 from hasten.trainer.state import Progress, TrainState
@@ -177,8 +177,7 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False, dis
     sharded = dist.world_size > 1 and cfg.train.parallelism == "fsdp"
     forward_model = wrap(model) if sharded else None  # FSDP2 shards in place: the optimizer must be built on the shards
     optimizer = build_optimizer(model, cfg.optim)
-    trainer_total = Trainer.planned_steps(cfg)
-    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.optim.min_lr_ratio, trainer_total, cfg.train.max_tokens or trainer_total * cfg.train.batch_size * cfg.seq_len)
+    schedule = build_schedule(cfg)
     sampler = WindowSampler(data.train, cfg.seq_len, seed=cfg.train.seed)
     state = TrainState(model=model, optimizer=optimizer, schedule=schedule, sampler=sampler, progress=Progress())
 

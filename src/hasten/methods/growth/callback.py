@@ -230,11 +230,7 @@ def final_model_config(start: ModelConfig, stages: list[GrowthStage]) -> ModelCo
 
 def planned_budget(run_cfg) -> tuple[int, int]:
     """(steps, tokens) the run plans to train: the schedule's length and D for the guideline."""
-    from hasten.trainer.loop import Trainer
-
-    steps = Trainer.planned_steps(run_cfg)
-    tokens = run_cfg.train.max_tokens or steps * run_cfg.train.batch_size * run_cfg.seq_len
-    return steps, tokens
+    return run_cfg.planned_steps(), run_cfg.planned_tokens()
 
 
 def param_count(cfg: ModelConfig) -> int:
@@ -540,10 +536,9 @@ def apply_schedule_policy(schedule, stage: GrowthStage, kind: str, step: int, to
         total = r + remaining_steps
         schedule.restart(step, tokens, total_steps=total, total_tokens=remaining_tokens, start_step=r, rewarmup_steps=w)
         warm = schedule.warmup
-        if decay_unit == "tokens" and r >= warm and total > warm:
+        if decay_unit == "tokens" and r >= warm and total - 1 > warm:
             # token decay: place the decay anchor so the decay fraction at the jump is the step schedule's at R
-            frac = (r - warm) / (total - warm)
-            schedule.state.warmup_end_tokens = int(round(tokens - frac * remaining_tokens / (1.0 - frac)))
+            schedule.anchor_token_decay((r - warm) / (total - 1 - warm), tokens)
         info.update(restart_step=r, rewarmup_steps=w, total_steps=total,
                     constant=None if stage.restart_step is not None else OPERATOR_CONSTANTS[kind])
     info["next_lr"] = schedule.lr(step, tokens)

@@ -64,7 +64,7 @@ def grow_checkpoint(args) -> Path:
     from hasten.methods.growth.state import grow_training_state
     from hasten.model import GPT, ModelConfig
     from hasten.optim.builder import build_optimizer
-    from hasten.optim.schedules import LRSchedule
+    from hasten.optim.schedules import build_schedule
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -94,7 +94,7 @@ def grow_checkpoint(args) -> Path:
                                 build_optimizer=lambda m: build_optimizer(m, cfg.optim), moments=stage.moments, generator=generator)
 
     planned_steps, planned_tokens = planned_budget(cfg)
-    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.optim.min_lr_ratio, planned_steps, planned_tokens)
+    schedule = build_schedule(cfg)
     schedule.load_state_dict(ckpt["schedule"])
     schedule_info = apply_schedule_policy(schedule, stage, stage.dim, step, tokens, planned_steps, planned_tokens,
                                           cfg.optim.min_lr_ratio, cfg.schedule.warmup_steps, cfg.schedule.decay_unit)
