@@ -12,13 +12,14 @@ import pytest
 
 from hasten.compare.metrics import (
     Curve,
-    betainc,
     cost_to_target,
     curve_from_rows,
     mean_curve,
+    paired_difference,
+    paired_speedups,
+    ratio_estimate,
     speedup,
-    t_two_sided_p,
-    welch_t_test,
+    welch_p,
 )
 from hasten.compare.report import BEGIN, END, build_results, render_report, update_readme
 from hasten.compare.runner import CompareOptions, RunSpec
@@ -67,32 +68,62 @@ def test_curve_from_rows_skips_missing_keys_and_dedups_resumed_steps():
     assert lawa.step == [5] and lawa.loss == [4.9]
 
 
-def test_t_distribution_closed_forms():
-    for t in (0.3, 1.0, 2.5, 7.0):
-        assert t_two_sided_p(t, 1.0) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-10)  # Cauchy
-        assert t_two_sided_p(t, 2.0) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
-    assert t_two_sided_p(0.0, 5.0) == pytest.approx(1.0)
-    assert t_two_sided_p(1.959964, 1e7) == pytest.approx(0.05, rel=1e-4)  # normal limit
-    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-4)  # I_0.4(2,3) = 1 - 0.6^4 - 4*0.4*0.6^3
-
-
-def test_welch_builtin_matches_scipy():
+def test_paired_difference_is_scipys_paired_t():
     stats = pytest.importorskip("scipy.stats")
     rng = random.Random(0)
-    for _ in range(50):
-        a = [rng.gauss(0.0, rng.uniform(0.1, 2.0)) for _ in range(rng.randint(2, 6))]
-        b = [rng.gauss(rng.uniform(-2, 2), rng.uniform(0.1, 2.0)) for _ in range(rng.randint(2, 6))]
-        ours = welch_t_test(a, b, use_scipy=False)
-        ref = stats.ttest_ind(a, b, equal_var=False)
-        assert ours.method == "builtin"
-        assert ours.t == pytest.approx(float(ref.statistic), rel=1e-9)
-        assert ours.p == pytest.approx(float(ref.pvalue), rel=1e-8, abs=1e-14)
+    for _ in range(20):
+        n = rng.randint(2, 7)
+        a = [rng.gauss(3.0, 0.1) for _ in range(n)]
+        b = [x + rng.gauss(0.05, 0.02) for x in a]
+        est = paired_difference(a, b)
+        diffs = [x - y for x, y in zip(a, b)]
+        mean = sum(diffs) / n
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)  # the textbook interval, computed independently
+        assert est.value == pytest.approx(mean) and est.n == n
+        assert (est.low, est.high) == pytest.approx((mean - half, mean + half))
+        assert est.p == pytest.approx(float(stats.ttest_rel(a, b).pvalue))
+        assert est.excludes(0.0) == (est.high < 0 or est.low > 0)
 
 
-def test_welch_edge_cases():
-    assert welch_t_test([1.0], [1.0, 2.0]).p is None  # one seed: no test
-    assert welch_t_test([1.0, 1.0], [2.0, 2.0]).p == 0.0  # no variance, different means
-    assert welch_t_test([1.0, 1.0], [1.0, 1.0]).p == 1.0
+def test_paired_difference_edge_cases():
+    one = paired_difference([3.0], [3.5])
+    assert one.value == pytest.approx(-0.5) and one.low is None and one.p is None
+    exact = paired_difference([1.0, 2.0], [1.5, 2.5])  # the same difference on every seed: no spread
+    assert (exact.value, exact.low, exact.high, exact.p) == pytest.approx((-0.5, -0.5, -0.5, 0.0))
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_ratio_estimate_is_a_geometric_mean_with_a_log_t_interval():
+    stats = pytest.importorskip("scipy.stats")
+    ratios = [1.2, 1.5, 1.3, 1.1]
+    est = ratio_estimate(ratios)
+    logs = [math.log(r) for r in ratios]
+    mean, sd = sum(logs) / 4, math.sqrt(sum((x - sum(logs) / 4) ** 2 for x in logs) / 3)
+    half = float(stats.t.ppf(0.975, 3)) * sd / 2
+    assert est.value == pytest.approx(math.exp(mean)) and est.value == pytest.approx((1.2 * 1.5 * 1.3 * 1.1) ** 0.25)
+    assert (est.low, est.high) == pytest.approx((math.exp(mean - half), math.exp(mean + half)))
+    assert est.excludes(1.0)
+    assert not ratio_estimate([0.9, 1.1, 1.05]).excludes(1.0)
+    with pytest.raises(ValueError):
+        ratio_estimate([1.0, 0.0])
+
+
+def test_welch_p_matches_scipy_and_edge_cases():
+    stats = pytest.importorskip("scipy.stats")
+    a, b = [3.1, 3.3, 3.2], [3.6, 3.5, 3.9, 3.7]
+    assert welch_p(a, b) == pytest.approx(float(stats.ttest_ind(a, b, equal_var=False).pvalue))
+    assert welch_p([1.0], [1.0, 2.0]) is None
+    assert welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0 and welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+
+
+def test_paired_speedups_use_each_seeds_own_target():
+    base = [_curve([6.0, 5.0, 4.0, 3.0]), _curve([6.0, 5.0, 4.5, 3.5])]  # targets 3.0 and 3.5, budget 300 tokens
+    row = [_curve([6.0, 4.0, 3.0, 2.5]), _curve([6.0, 4.0, 3.8, 3.6])]
+    # seed 0 reaches 3.0 at 200 tokens (1.5x); seed 1 never reaches 3.5
+    assert paired_speedups(row, base, "tokens") == [pytest.approx(1.5), None]
+    assert paired_speedups(row, base, "train_time") == [pytest.approx(6.0 / 4.0), None]
 
 
 # --------------------------------------------------------------------------- report from synthetic run dirs
@@ -129,22 +160,28 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
     opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=300)
     res = build_results(opts, list(curves), "base", runs, {}, None)
     rows = {r["name"]: r for r in res["rows"]}
-    assert res["target_loss"] == pytest.approx(3.1)
-    assert rows["base"]["speedup"]["tokens"] == 1.0 and rows["base"]["cost"]["tokens"] == pytest.approx(300)
-    assert rows["fast"]["cost"]["tokens"] == pytest.approx(100 + 100 * (4.0 - 3.1) / (4.0 - 3.05))
-    assert rows["fast"]["speedup"]["tokens"] == pytest.approx(300 / rows["fast"]["cost"]["tokens"])
-    assert rows["fast"]["speedup"]["train_time"] == pytest.approx(6.0 / rows["fast"]["cost"]["train_time"])
-    assert rows["fast"]["welch"]["p"] is not None and rows["fast"]["welch"]["p"] < 1
-    assert rows["slow"]["cost"]["tokens"] is None and rows["slow"]["speedup"]["tokens"] is None
+    assert res["target_loss"] == pytest.approx(3.1)  # the seed mean, drawn in the plots
+    assert rows["base"]["speedup"]["tokens"]["value"] == 1.0 and rows["base"]["delta"] is None
+    # paired by seed: seed 0 must reach 3.0 (at 200 tokens, 1.5x), seed 1 must reach 3.2 (at 188.9 tokens)
+    s1 = 300 / (100 + 100 * (4.0 - 3.2) / (4.0 - 3.1))
+    assert rows["fast"]["per_seed_speedup"]["tokens"] == pytest.approx([1.5, s1])
+    assert rows["fast"]["speedup"]["tokens"]["value"] == pytest.approx(math.sqrt(1.5 * s1))
+    assert rows["fast"]["speedup"]["tokens"]["low"] < rows["fast"]["speedup"]["tokens"]["value"] < rows["fast"]["speedup"]["tokens"]["high"]
+    assert rows["fast"]["delta"]["value"] == pytest.approx(-0.15) and rows["fast"]["p"] is not None
+    assert rows["fast"]["speedup"]["train_time"]["value"] == pytest.approx(rows["fast"]["speedup"]["tokens"]["value"])
+    assert rows["fast"]["time_per_flop"]["value"] == pytest.approx(1.0) and not rows["fast"]["wallclock_noise"]
+    assert rows["slow"]["speedup"]["tokens"] is None and rows["slow"]["reached"]["tokens"] == 0
     assert rows["slow"]["gap"] == pytest.approx(1.0)
     assert rows["avg [lawa]"]["metric"] == "lawa/val_loss"
     assert rows["avg [lawa]"]["vs_raw"] == pytest.approx(3.0 - 3.3)
-    assert rows["avg [lawa]"]["cost"]["tokens"] == pytest.approx(280.0)  # 3.5 at 200 -> 3.0 at 300 crosses 3.1 at 80%
+    # the averaged curve (4.5, 3.5, 3.0 at 100..300 tokens): seed 0 reaches 3.0 at 300 (1x), seed 1 reaches 3.2 at 260
+    assert rows["avg [lawa]"]["per_seed_speedup"]["tokens"] == pytest.approx([1.0, 300 / 260])
     markers = res["curves"]["slow"]["markers"]
     assert {m["kind"] for m in markers} == {"growth", "seq_len_full"}
     assert next(m for m in markers if m["kind"] == "growth")["flops"] == pytest.approx(450.0)
     text = render_report(res)
-    assert "not reached (+1.000)" in text and "| slow | 2, 0 reached |" in text and "avg [lawa]" in text and "3.1000" in text
+    assert "not reached (0/2 seeds; gap +1.000)" in text and "| slow | 2 |" in text and "avg [lawa]" in text and "3.1000" in text
+    assert "-0.1500 [" in text  # the paired delta with its interval
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{BEGIN}\nold\n{END}\ntail\n")
@@ -176,7 +213,7 @@ def test_compare_cli_end_to_end_reuses_and_resumes(tmp_path, cache_dir, capsys):
     res = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in res["rows"]] == ["slow", "fast"] and res["baseline"] == "slow"
     assert all(len(r["final_losses"]) == 2 for r in res["rows"])
-    assert res["rows"][1]["welch"]["p"] is not None
+    assert res["rows"][1]["paired"] and res["rows"][1]["delta"]["low"] is not None
     for run in res["stability"]["slow"]["runs"]:  # the trainer's own stability rows reach the report
         assert run["train_rows"] == 6 and run["max_exp_avg_sq"] > 0 and run["max_grad_norm"] > 0 and run["spike_events"] is not None
     first = {r["name"]: r["final_losses"] for r in res["rows"]}

@@ -1,14 +1,22 @@
-"""The numbers of a comparison: eval curves, cost to reach a target loss, speedups, Welch's t-test.
+"""The numbers of a comparison: eval curves, cost to reach a target loss, speedups and their statistics.
 
-Everything here is pure Python on lists of floats so it can be tested on synthetic curves.
+Curves and costs are plain Python on lists of floats so they can be tested on synthetic curves; the
+statistics (paired t intervals, t-tests) come from scipy.
+
+Seeds are *paired*: seed s gives every recipe the same data order (and the same initial weights
+where the shapes agree), so a recipe is compared with the baseline seed by seed. For seed s the
+target is the baseline's seed-s final val loss; the recipe's seed-s speedup on an axis is the
+baseline's seed-s cost (its whole budget) over the cost at which the recipe's seed-s curve first
+reaches that target. Speedups are summarised by their geometric mean with a t interval on the logs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 AXES = ("tokens", "flops", "train_time")  # the three costs: training tokens, training FLOPs, wall-clock seconds
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -93,86 +101,73 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-# --------------------------------------------------------------------------- Welch's t-test
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and x in [0, 1]."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):  # the continued fraction converges fast on this side
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """Two-sided p-value of Student's t with `df` (real-valued) degrees of freedom."""
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+# --------------------------------------------------------------------------- statistics (scipy)
 
 
 @dataclass
-class WelchResult:
-    t: float | None
-    df: float | None
-    p: float | None
-    method: str = field(default="")  # scipy | builtin | n/a (why)
+class Estimate:
+    """A point estimate with a two-sided confidence interval (None where n < 2) and a t-test p-value."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    p: float | None = None  # H0: difference 0 (or ratio 1)
+    n: int = 1
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "low": self.low, "high": self.high, "p": self.p, "n": self.n}
+
+    def excludes(self, null: float) -> bool:
+        """The interval lies entirely on one side of `null` (a significant difference at this confidence)."""
+        return self.low is not None and (self.low > null or self.high < null)
 
 
-def welch_t_test(a: list[float], b: list[float], use_scipy: bool = True) -> WelchResult:
-    """Welch's unequal-variance t-test of mean(a) != mean(b); needs at least 2 values per side.
+def paired_difference(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of a_i - b_i with its t interval and the paired t-test's p (scipy.stats.ttest_rel)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference needs two equally long, non-empty lists (got {len(a)} and {len(b)})")
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return Estimate(mean, n=1)
+    if max(diffs) == min(diffs):  # no spread: scipy's t is undefined; the difference is exact
+        return Estimate(mean, mean, mean, 1.0 if mean == 0 else 0.0, len(diffs))
+    from scipy import stats
 
-    Uses scipy.stats.ttest_ind(equal_var=False) when importable, else the built-in t distribution
-    (same numbers; see tests/test_compare.py). scipy is deliberately not a dependency.
-    """
+    res = stats.ttest_rel(a, b)
+    ci = res.confidence_interval(confidence)
+    return Estimate(mean, float(ci.low), float(ci.high), float(res.pvalue), len(diffs))
+
+
+def ratio_estimate(ratios: list[float], confidence: float = CONFIDENCE) -> Estimate:
+    """Geometric mean of positive ratios (e.g. per-seed speedups) with a t interval on their logs (scipy)."""
+    if not ratios or any(not r > 0 for r in ratios):
+        raise ValueError(f"ratio_estimate needs positive ratios, got {ratios}")
+    logs = [math.log(r) for r in ratios]
+    center = math.exp(sum(logs) / len(logs))
+    if len(logs) < 2:
+        return Estimate(center, n=1)
+    if max(logs) == min(logs):
+        return Estimate(center, center, center, 1.0 if logs[0] == 0 else 0.0, len(logs))
+    from scipy import stats
+
+    res = stats.ttest_1samp(logs, 0.0)
+    ci = res.confidence_interval(confidence)
+    return Estimate(center, math.exp(ci.low), math.exp(ci.high), float(res.pvalue), len(logs))
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p of Welch's unequal-variance t-test (scipy), for rows whose seeds are not paired with the baseline's."""
     if len(a) < 2 or len(b) < 2:
-        return WelchResult(None, None, None, "n/a (needs >= 2 seeds per recipe)")
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    va, vb = sa * sa / len(a), sb * sb / len(b)
-    if va + vb == 0.0:
-        same = ma == mb
-        return WelchResult(0.0 if same else math.copysign(math.inf, ma - mb), None, 1.0 if same else 0.0, "exact (zero variance)")
-    if use_scipy:
-        try:
-            from scipy import stats
-        except ImportError:
-            pass
-        else:
-            res = stats.ttest_ind(a, b, equal_var=False)
-            df = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
-            return WelchResult(float(res.statistic), df, float(res.pvalue), "scipy")
-    t = (ma - mb) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
-    return WelchResult(t, df, t_two_sided_p(t, df), "builtin")
+        return None
+    if max(a) == min(a) and max(b) == min(b):  # no spread on either side: the t statistic is undefined
+        return 1.0 if a[0] == b[0] else 0.0
+    from scipy import stats
+
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return p if math.isfinite(p) else (1.0 if sum(a) / len(a) == sum(b) / len(b) else 0.0)
+
+
+def paired_speedups(curves: list[Curve], base_curves: list[Curve], axis: str) -> list[float | None]:
+    """Seed-by-seed speedups on `axis`: baseline seed s's budget over the cost for curve s to reach baseline s's final loss."""
+    return [speedup(base.end(axis), cost_to_target(curve, base.final, axis)) for curve, base in zip(curves, base_curves)]

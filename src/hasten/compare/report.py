@@ -1,11 +1,19 @@
 """Turn the run dirs of a comparison into results.json, report.md and the README results block.
 
 Definitions (also printed in every report):
-- target: the baseline's final val loss, averaged over its seeds.
-- cost to target: on the seed-mean eval curve of a row, the first tokens / FLOPs / train seconds at
-  which val loss <= target, linear between evaluations. The baseline's cost is its whole budget.
-- speedup: baseline cost / row cost (> 1 is faster); "not reached" rows give the remaining gap.
-- p: Welch's t-test of the row's final val losses against the baseline's (two-sided).
+- seeds are paired: seed s of every recipe trains on the same data order (and from the same initial
+  weights where the shapes agree), so each recipe is compared with the baseline seed by seed.
+- target: the baseline's final val loss; per seed for the paired statistics, the seed mean for plots.
+- speedup on an axis (tokens, FLOPs, wall-clock): for seed s, the baseline's seed-s budget over the cost at
+  which the row's seed-s eval curve first reaches the baseline's seed-s final loss (linear between
+  evaluations); summarised by the geometric mean over seeds with a 95 % t interval on the logs. A row
+  any of whose seeds never reaches its target shows how many did and the mean remaining gap.
+- delta: the row's final val loss minus the baseline's, paired by seed, with its 95 % t interval and the
+  paired t-test's p (scipy); rows without paired seeds fall back to Welch's test.
+- time/FLOP: the row's training seconds per FLOP over the baseline's (paired). When a row's wall-clock
+  speedup differs from its FLOPs speedup by more than 5 % but this ratio's interval includes 1, the
+  difference is machine noise and the wall-clock cell is marked with a dagger.
+- tokens/param: training tokens per non-embedding parameter of the final model (the regime: >= 20).
 - averaged-model rows (`<recipe> [lawa]`): the same numbers for the `lawa/val_loss` curve, i.e. the
   averaged weights, next to the raw model's row of the same runs.
 - stability: per recipe (seed mean) loss-spike events, max loss ratio, max grad norm, max Adam
@@ -21,13 +29,25 @@ import platform
 import time
 from pathlib import Path
 
-from hasten.compare.metrics import AXES, Curve, cost_to_target, curve_from_rows, mean_curve, mean_std, speedup, welch_t_test
+from hasten.compare.metrics import (
+    AXES,
+    Curve,
+    Estimate,
+    mean_curve,
+    mean_std,
+    paired_difference,
+    paired_speedups,
+    ratio_estimate,
+    welch_p,
+)
+from hasten.compare.metrics import curve_from_rows as curve_from_rows
 from hasten.compare.stability import render_stability, stability_summary
 from hasten.errors import ConfigError
 from hasten.trainer.logger import read_metrics
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 AXIS_LABEL = {"tokens": "tokens", "flops": "FLOPs", "train_time": "wall-clock"}
+NOISE_BAND = 0.05  # wall-clock vs FLOPs speedups closer than this are not flagged
 
 
 def _markers(rows: list[dict]) -> list[dict]:
@@ -68,14 +88,23 @@ def curve_from_dict(d: dict) -> Curve:
     return Curve(**{k: d[k] for k in ("step", "loss", "tokens", "flops", "train_time")})
 
 
+def _run_info(run_dir: Path) -> dict:
+    """summary.json of a finished run (params of the final model among them), or {}."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], failed: dict[str, str], tuning: dict | None) -> dict:
     """results.json content from the run dirs; `runs` maps recipe -> [(RunSpec, run_dir)] in seed order."""
-    series: dict[str, dict] = {}  # row name -> {recipe, metric, curves, seeds, markers}
+    series: dict[str, dict] = {}  # row name -> {recipe, metric, curves, seeds, markers, params}
     order: list[str] = []
     for name in names:
         per_key: dict[str, list[tuple[int, Curve]]] = {}
         markers: list[dict] = []
         failed_seeds = []
+        params: list[int] = []
         for spec, run_dir in runs[name]:
             if spec.name in failed:
                 failed_seeds.append(spec.seed)
@@ -88,11 +117,13 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
                     per_key.setdefault(key, []).append((spec.seed, curve))
             if not markers:
                 markers = _markers(rows)
+            if isinstance(_run_info(run_dir).get("params_non_embedding"), int):
+                params.append(_run_info(run_dir)["params_non_embedding"])
         for key in ["val_loss"] + sorted(k for k in per_key if k != "val_loss"):
             row = name if key == "val_loss" else f"{name} [{key.split('/')[0]}]"
             seeded = per_key.get(key, [])
             series[row] = {"recipe": name, "metric": key, "curves": [c for _, c in seeded], "seeds": [s for s, _ in seeded],
-                           "failed_seeds": failed_seeds, "markers": markers}
+                           "failed_seeds": failed_seeds, "markers": markers, "params": params[0] if params else None}
             order.append(row)
     base = series.get(baseline)
     if base is None or not base["curves"]:
@@ -100,19 +131,16 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
     base_finals = [c.final for c in base["curves"]]
     target = sum(base_finals) / len(base_finals)
     base_cost = {axis: sum(c.end(axis) for c in base["curves"]) / len(base["curves"]) for axis in AXES}
-
-    rows = []
-    for row_name in order:
-        s = series[row_name]
-        rows.append(_row(row_name, s, baseline, base_finals, target, base_cost, series))
+    rows = [_row(row_name, series[row_name], base, baseline, series) for row_name in order]
     return {
-        "format": "hasten-compare-1",
+        "format": "hasten-compare-2",
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": opts.command,
         "tier": opts.tier,
         "budget_tokens": opts.budget,
         "seeds": opts.seeds,
         "jobs": opts.jobs,
+        "threads_per_job": opts.threads_per_job(),
         "overrides": list(opts.overrides),
         "recipe_overrides": dict(opts.recipe_overrides),
         "machine": _machine(),
@@ -128,37 +156,57 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
     }
 
 
-def _row(name: str, s: dict, baseline: str, base_finals: list[float], target: float, base_cost: dict, series: dict) -> dict:
+def _row(name: str, s: dict, base: dict, baseline: str, series: dict) -> dict:
     curves: list[Curve] = s["curves"]
     row: dict = {"name": name, "recipe": s["recipe"], "metric": s["metric"], "seeds": s["seeds"], "failed_seeds": s["failed_seeds"],
-                 "is_baseline": name == baseline}
+                 "is_baseline": name == baseline, "params_non_embedding": s["params"]}
     if not curves:
-        row.update(final_losses=[], final_mean=None, final_std=None, cost={}, speedup={}, reached_seeds=0, gap=None,
-                   welch={"t": None, "df": None, "p": None, "method": "n/a (no finished run)"})
+        row.update(final_losses=[], final_mean=None, final_std=None, speedup={}, reached={}, gap=None, delta=None, p=None)
         return row
     finals = [c.final for c in curves]
     mean, std = mean_std(finals)
     finite = all(math.isfinite(x) for x in finals)
-    mean_c = mean_curve(curves)
+    budget = {axis: sum(c.end(axis) for c in curves) / len(curves) for axis in AXES}
+    row.update(final_losses=finals, final_mean=mean if finite else None, final_std=std if finite else None, budget=budget,
+               tokens_per_param=budget["tokens"] / s["params"] if s["params"] else None)
+    base_by_seed = dict(zip(base["seeds"], base["curves"]))
+    paired = all(seed in base_by_seed for seed in s["seeds"])
     if name == baseline:
-        cost = dict(base_cost)
-    else:
-        cost = {axis: cost_to_target(mean_c, target, axis) for axis in AXES}
-    row.update(
-        final_losses=finals,
-        final_mean=mean if finite else None,
-        final_std=std if finite else None,
-        budget={axis: sum(c.end(axis) for c in curves) / len(curves) for axis in AXES},
-        cost=cost,
-        speedup={axis: (1.0 if name == baseline else speedup(base_cost[axis], cost[axis])) for axis in AXES},
-        reached_seeds=sum(cost_to_target(c, target, "tokens") is not None for c in curves) if name != baseline else len(curves),
-        gap=None if cost["tokens"] is not None else (mean_c.final - target),
-    )
-    if name == baseline:
-        row["welch"] = {"t": None, "df": None, "p": None, "method": "baseline"}
-    else:
-        w = welch_t_test(finals, base_finals) if finite else None
-        row["welch"] = {"t": w.t, "df": w.df, "p": w.p, "method": w.method} if w else {"t": None, "df": None, "p": None, "method": "n/a (diverged)"}
+        one = Estimate(1.0, 1.0, 1.0, None, len(curves)).to_dict()
+        row.update(speedup=dict.fromkeys(AXES, one), reached=dict.fromkeys(AXES, len(curves)), gap=None, delta=None, p=None,
+                   paired=True, time_per_flop=None, wallclock_noise=False)
+        return row
+    if not finite:
+        row.update(speedup={}, reached={}, gap=None, delta=None, p=None, paired=paired, time_per_flop=None, wallclock_noise=False)
+        return row
+    if paired:
+        base_curves = [base_by_seed[seed] for seed in s["seeds"]]
+        delta = paired_difference(finals, [b.final for b in base_curves])
+        row.update(delta=delta.to_dict(), p=delta.p, paired=True)
+        speedups, reached = {}, {}
+        for axis in AXES:
+            per_seed = paired_speedups(curves, base_curves, axis)
+            reached[axis] = sum(x is not None for x in per_seed)
+            speedups[axis] = ratio_estimate(per_seed).to_dict() if reached[axis] == len(per_seed) else None
+            row.setdefault("per_seed_speedup", {})[axis] = per_seed
+        gaps = [c.final - b.final for c, b in zip(curves, base_curves)]
+        per_flop = [(c.end("train_time") / c.end("flops")) / (b.end("train_time") / b.end("flops")) for c, b in zip(curves, base_curves)
+                    if c.end("flops") > 0 and b.end("flops") > 0 and b.end("train_time") > 0 and c.end("train_time") > 0]
+        time_per_flop = ratio_estimate(per_flop) if len(per_flop) == len(curves) else None
+        row.update(speedup=speedups, reached=reached, gap=None if reached["tokens"] == len(curves) else sum(gaps) / len(gaps),
+                   time_per_flop=time_per_flop.to_dict() if time_per_flop else None,
+                   wallclock_noise=_wallclock_is_noise(speedups, time_per_flop))
+    else:  # seeds that the baseline does not have: unpaired, Welch's test on the finals, speedup on the seed-mean curves
+        base_finals = [c.final for c in base["curves"]]
+        target = sum(base_finals) / len(base_finals)
+        mean_c, base_mean = mean_curve(curves), mean_curve(base["curves"])
+        per_axis = {axis: paired_speedups([mean_c], [Curve(base_mean.step, [target] * len(base_mean.step), base_mean.tokens,
+                                                            base_mean.flops, base_mean.train_time)], axis)[0] for axis in AXES}
+        row.update(delta={"value": mean - target, "low": None, "high": None, "p": welch_p(finals, base_finals), "n": len(finals)},
+                   p=welch_p(finals, base_finals), paired=False, time_per_flop=None, wallclock_noise=False,
+                   speedup={axis: (Estimate(x, n=len(curves)).to_dict() if x is not None else None) for axis, x in per_axis.items()},
+                   reached={axis: (len(curves) if x is not None else 0) for axis, x in per_axis.items()},
+                   gap=None if per_axis["tokens"] is not None else mean - target)
     if s["metric"] != "val_loss" and s["recipe"] in series and series[s["recipe"]]["curves"]:
         raw = [c.final for c in series[s["recipe"]]["curves"]]
         row["raw_final_mean"] = sum(raw) / len(raw)
@@ -166,33 +214,44 @@ def _row(name: str, s: dict, baseline: str, base_finals: list[float], target: fl
     return row
 
 
+def _wallclock_is_noise(speedups: dict, time_per_flop: Estimate | None) -> bool:
+    """Wall-clock and FLOPs speedups differ by more than NOISE_BAND although time per FLOP is not shown to differ."""
+    wall, flops = speedups.get("train_time"), speedups.get("flops")
+    if wall is None or flops is None or time_per_flop is None or time_per_flop.low is None:
+        return False
+    return abs(wall["value"] / flops["value"] - 1.0) > NOISE_BAND and not time_per_flop.excludes(1.0)
+
+
 def _machine() -> dict:
     import torch
 
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 # --------------------------------------------------------------------------- formatting
 
 
-def fmt_cost(axis: str, value: float | None, gap: float | None = None) -> str:
-    if value is None:
-        return f"not reached (+{gap:.3f})" if isinstance(gap, float) else "not reached"
-    if axis == "tokens":
-        return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,.0f}"
-    if axis == "flops":
-        return f"{value:.3g}"
-    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
+def fmt_estimate(est: dict | None, unit: str = "×", digits: int = 2) -> str:
+    if est is None:
+        return "—"
+    text = f"{est['value']:.{digits}f}{unit}"
+    if est.get("low") is not None and est["n"] > 1 and not (est["low"] == est["high"] == est["value"]):
+        text += f" [{est['low']:.{digits}f}, {est['high']:.{digits}f}]"
+    return text
 
 
-def fmt_speedup(row: dict, axis: str, with_gap: bool = True) -> str:
-    x = row.get("speedup", {}).get(axis)
-    if x is None:
+def fmt_speedup(row: dict, axis: str) -> str:
+    est = (row.get("speedup") or {}).get(axis)
+    if est is None:
+        n, k = len(row.get("seeds") or []), (row.get("reached") or {}).get(axis, 0)
         gap = row.get("gap")
-        return f"not reached (+{gap:.3f})" if with_gap and isinstance(gap, float) else "—"
-    return f"{x:.2f}×"
+        return f"not reached ({k}/{n} seeds{f'; gap {gap:+.3f}' if isinstance(gap, float) else ''})" if n else "—"
+    text = fmt_estimate(est)
+    if axis == "train_time" and row.get("wallclock_noise"):
+        text += " †"
+    return text
 
 
 def fmt_loss(row: dict) -> str:
@@ -203,34 +262,49 @@ def fmt_loss(row: dict) -> str:
     return f"{row['final_mean']:.4f}"
 
 
-def fmt_p(row: dict) -> str:
-    w = row.get("welch") or {}
-    if w.get("method") == "baseline":
+def fmt_delta(row: dict) -> str:
+    d = row.get("delta")
+    if row.get("is_baseline"):
         return "—"
-    if w.get("p") is None:
+    if not d:
         return "n/a"
-    return f"{w['p']:.3g}"
+    text = f"{d['value']:+.4f}"
+    if d.get("low") is not None and d["low"] != d["high"]:
+        text += f" [{d['low']:+.4f}, {d['high']:+.4f}]"
+    return text
+
+
+def fmt_p(row: dict) -> str:
+    p = row.get("p")
+    if row.get("is_baseline"):
+        return "—"
+    return "n/a" if p is None else f"{p:.3g}"
+
+
+def fmt_tokens_per_param(row: dict) -> str:
+    x = row.get("tokens_per_param")
+    return "—" if x is None else f"{x:.1f}"
 
 
 def table(results: dict, compact: bool = False) -> str:
     if compact:
-        lines = ["| recipe | final val loss | speedup (tokens) | speedup (FLOPs) | speedup (wall-clock) | p vs baseline |",
+        lines = ["| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens | speedup FLOPs | speedup wall-clock |",
                  "|---|---|---|---|---|---|"]
         for row in results["rows"]:
-            lines.append(f"| {row['name']} | {fmt_loss(row)} | {fmt_speedup(row, 'tokens')} | {fmt_speedup(row, 'flops')} | "
-                         f"{fmt_speedup(row, 'train_time')} | {fmt_p(row)} |")
+            lines.append(f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
+                         f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} |")
         return "\n".join(lines)
-    lines = ["| recipe | seeds | final val loss | tokens to target | speedup | FLOPs to target | speedup | train time to target | speedup | p (Welch) |",
+    lines = ["| recipe | seeds | tokens/param | final val loss | Δ vs baseline [95% CI] | p (paired t) | speedup tokens [95% CI] | "
+             "speedup FLOPs [95% CI] | speedup wall-clock [95% CI] | time/FLOP vs baseline |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         n = len(row["seeds"])
         seeds = f"{n}" + (f" ({len(row['failed_seeds'])} failed)" if row["failed_seeds"] else "")
-        if row.get("cost") and row["cost"].get("tokens") is None and n > 1:
-            seeds += f", {row['reached_seeds']} reached"
-        cells = [row["name"] + (" (baseline)" if row["is_baseline"] and row["name"] != "baseline" else ""), seeds, fmt_loss(row)]
-        for axis in AXES:
-            cells += [fmt_cost(axis, (row.get("cost") or {}).get(axis), row.get("gap")), fmt_speedup(row, axis, with_gap=False)]
-        cells.append(fmt_p(row))
+        if not row.get("paired", True):
+            seeds += " (unpaired)"
+        cells = [row["name"] + (" (baseline)" if row["is_baseline"] and row["name"] != "baseline" else ""), seeds,
+                 fmt_tokens_per_param(row), fmt_loss(row), fmt_delta(row), fmt_p(row),
+                 *(fmt_speedup(row, axis) for axis in AXES), fmt_estimate(row.get("time_per_flop"), unit="")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -242,10 +316,13 @@ def render_report(results: dict) -> str:
     if results.get("command"):
         out += [f"Command: `{results['command']}`", ""]
     m = results["machine"]
+    threads = results.get("threads_per_job")
     out += [
-        f"- Budget: {budget}; {results['seeds']} seed(s) per recipe, run seed-major (recipes interleaved); {results['jobs']} job(s) at a time.",
+        f"- Budget: {budget}; {results['seeds']} seed(s) per recipe, paired (seed s: same data order for every recipe), "
+        f"run seed-major; {results['jobs']} job(s) at a time" + (f", {threads} thread(s) each." if threads else "."),
         f"- Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}{', ' + m['cuda'] if m.get('cuda') else ''}; created {results['created']}.",
-        f"- Baseline: `{results['baseline']}`; target = its final val loss {results['target_loss']:.4f} (mean of {len(base['seeds'])} seed(s)).",
+        f"- Baseline: `{results['baseline']}`; target = its final val loss, per seed (mean {results['target_loss']:.4f} over "
+        f"{len(base['seeds'])} seed(s), spread ± {base['final_std'] or 0:.4f}).",
     ]
     if results.get("overrides"):
         out.append(f"- Overrides for every recipe: `{' '.join(results['overrides'])}`")
@@ -270,12 +347,15 @@ def render_report(results: dict) -> str:
             out.append(f"- {r['name']}: final {r['final_mean']:.4f} vs raw {r['raw_final_mean']:.4f} ({r['vs_raw']:+.4f}, {verdict})")
         out.append("")
     out += [
-        "How to read it: *target* is the baseline's final val loss; *X to target* is where a row's seed-mean val-loss "
-        "curve first reaches it (linear between evaluations); *speedup* is the baseline's cost over the row's (> 1 = faster); "
-        "rows that never reach it show the remaining gap in val loss. *p* is Welch's two-sided t-test of final val losses "
-        "against the baseline (n/a with one seed). FLOPs are charged at each step's model size and sequence length; "
-        "wall-clock counts training steps only (no evaluation or checkpointing)"
-        + (" and is inflated for every recipe alike by running several jobs at once." if results["jobs"] > 1 else "."),
+        "How to read it: for each seed, the *target* is the baseline's final val loss of that seed; a row's *speedup* is the "
+        "baseline's budget over the tokens / FLOPs / training seconds at which the row's curve of the same seed first reaches that "
+        "target (linear between evaluations); the table gives the geometric mean over seeds with a 95 % t interval, or how many "
+        "seeds reached it and the mean remaining gap. *Δ* is the paired difference of final val losses with its 95 % interval "
+        "and the paired t-test's p (scipy). FLOPs are charged at each step's model size and sequence length; wall-clock counts "
+        "training steps only (no evaluation or checkpointing)"
+        + (" and is inflated for every recipe alike by running several jobs at once." if results["jobs"] > 1 else ".")
+        + " *time/FLOP* is the row's training seconds per FLOP over the baseline's; † marks a wall-clock speedup that differs from "
+        "the FLOPs speedup by more than 5 % while time/FLOP is not shown to differ from 1: that difference is machine noise.",
         "",
     ]
     plots = results.get("plots") or {}
@@ -301,7 +381,7 @@ def readme_block(results: dict, report_path: str) -> str:
     if results.get("tuning"):
         tuned = f", AdamW LR tuned over {', '.join(f'{x:g}' for x in results['tuning']['grid'])} (best {results['tuning']['best_lr']:g})"
     lines = [
-        f"Tier **{tier}** ({budget} per run, {results['seeds']} seed(s), baseline `{results['baseline']}`{tuned}; "
+        f"Tier **{tier}** ({budget} per run, {results['seeds']} paired seed(s), baseline `{results['baseline']}`{tuned}; "
         f"target val loss {results['target_loss']:.4f}; {results['created']}). Produced by:",
         "",
         "```bash",

@@ -7,11 +7,17 @@ Layout of a report dir:
     REPORT_DIR/report.md, results.json, loss_vs_{tokens,flops,time}.png
 
 Runs go seed-major (seed 0 of every recipe, then seed 1, ...), so slow drift of a shared machine
-hits every recipe alike instead of penalizing whichever recipe ran last.
+hits every recipe alike instead of penalizing whichever recipe ran last. With --jobs N each run gets
+cores/N threads (torch and OpenMP), so parallel runs never oversubscribe the cores, and all runs share
+one torch.compile cache.
+
+A long grid can be paused between runs: while REPORT_DIR/PAUSE exists no new run starts (runs in flight
+finish); REPORT_DIR/.running/ holds one file per run in flight, so a quiet machine is one where it is empty.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -44,9 +50,13 @@ class RunSpec:
     recipe_path: Path
     overrides: list[str]
     run_dir: Path
-    threads: int | None = None
+    threads: int | None = None  # torch / OpenMP threads of this run (cores / jobs)
     lr: float | None = None  # set for baseline LR-sweep runs
     keep_checkpoints: bool = False  # finished runs are marked by summary.json; their checkpoints are deleted unless kept
+
+    @property
+    def report_dir(self) -> Path:
+        return self.run_dir.parent.parent  # REPORT_DIR/runs/<name>
 
 
 @dataclass
@@ -66,6 +76,14 @@ class CompareOptions:
     tier: str | None = None  # benchmark tier label, recorded in the report
     keep_checkpoints: bool = False
     quiet: bool = False
+
+    def threads_per_job(self) -> int:
+        return max(1, available_cores() // self.jobs)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the cgroup/affinity limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def recipes_from_paths(paths: list[Path], recipe_overrides: dict[str, list[str]]) -> list[Recipe]:
@@ -99,8 +117,8 @@ def run_spec(opts: CompareOptions, recipe: Recipe, seed: int, lr: float | None =
     overrides = base_overrides(opts) + recipe.overrides + [f"train.seed={seed}", f"name={name}"]
     if lr is not None:
         overrides.append(f"optim.lr={lr!r}")
-    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
-    return RunSpec(name, recipe.name, seed, recipe.path, overrides, opts.report_dir / "runs" / name, threads, lr, opts.keep_checkpoints)
+    return RunSpec(name, recipe.name, seed, recipe.path, overrides, opts.report_dir / "runs" / name, opts.threads_per_job(), lr,
+                   opts.keep_checkpoints)
 
 
 def load_spec_config(spec: RunSpec):
@@ -113,10 +131,44 @@ def load_spec_config(spec: RunSpec):
 
 
 def _stale_keys(run_dir: Path, cfg) -> list[str]:
+    """Config keys in which a run dir differs from this spec. A key the saved config lacks (added to hasten since
+    the run) counts only if this spec sets it away from its default, so grids resume across hasten versions."""
+    from hasten.config import RunConfig, config_from_dict
     from hasten.trainer.setup import config_differences
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return config_differences(saved, cfg.to_dict())
+    try:
+        completed = config_from_dict(_fill_defaults(saved, RunConfig().to_dict())).to_dict()
+    except HastenError:
+        completed = saved
+    return config_differences(completed, cfg.to_dict())
+
+
+def _fill_defaults(saved: dict, defaults: dict) -> dict:
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict) and key != "methods":
+            out[key] = _fill_defaults(out[key], value)
+    return out
+
+
+@contextlib.contextmanager
+def _in_flight(spec: RunSpec):
+    """Wait while REPORT_DIR/PAUSE exists, then mark the run as in flight in REPORT_DIR/.running/ until it returns."""
+    pause = spec.report_dir / "PAUSE"
+    if pause.exists():
+        print(f"{spec.name}: waiting, {pause} exists (remove it to continue)", file=sys.stderr, flush=True)
+        while pause.exists():
+            time.sleep(5)
+    marker = spec.report_dir / ".running" / spec.name
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def execute(spec: RunSpec) -> dict:
@@ -154,8 +206,9 @@ def execute(spec: RunSpec) -> dict:
 
     start = time.perf_counter()
     try:
-        trainer = build_trainer(cfg, run_dir, resume=resume, progress=False)
-        final = trainer.fit()
+        with _in_flight(spec):
+            trainer = build_trainer(cfg, run_dir, resume=resume, progress=False)
+            final = trainer.fit()
     except DivergenceError as err:  # the spike/NaN guard stopped a diverged run: a result to report, not a usage error
         return {"name": spec.name, "status": "failed", "val_loss": None, "seconds": time.perf_counter() - start, "error": str(err)}
     except HastenError:
@@ -163,7 +216,11 @@ def execute(spec: RunSpec) -> dict:
     except Exception as err:  # a diverged or crashed run is reported, the comparison goes on
         return {"name": spec.name, "status": "failed", "val_loss": None, "seconds": time.perf_counter() - start,
                 "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
-    summary = {"run_dir": str(run_dir), **trainer.state.progress.to_dict(), **final}
+    from hasten.model import count_params
+
+    params = count_params(trainer.state.model)
+    summary = {"run_dir": str(run_dir), **trainer.state.progress.to_dict(), **final,
+               "params": params["total"], "params_non_embedding": params["non_embedding"]}
     tmp = summary_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(summary_path)
@@ -193,11 +250,32 @@ def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[di
         for i, spec in enumerate(specs):
             note(i, execute(spec))
         return outcomes
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _worker_environment(specs[0].threads), ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(execute, spec) for spec in specs]
         for i, future in enumerate(futures):
             note(i, future.result())
     return outcomes
+
+
+@contextlib.contextmanager
+def _worker_environment(threads: int | None):
+    """Environment the spawned workers inherit: OpenMP/MKL threads fixed before torch loads, one shared compile cache."""
+    from hasten.config import DataConfig
+    from hasten.data.tokenizer import cache_root
+
+    values = {"TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(cache_root(DataConfig().cache_dir) / "inductor"))}
+    if threads is not None:
+        values.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def seed_major(recipes: list[Recipe], seeds: range, make) -> list[RunSpec]:
