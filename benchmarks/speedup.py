@@ -1,158 +1,640 @@
-"""The speedup benchmark: every recipe in benchmarks/recipes/ against a tuned AdamW baseline.
+"""The speedup benchmark: every method against a tuned AdamW baseline, in a regime where the papers' claims can show.
 
-    python benchmarks/speedup.py --tier smoke   # 2 recipes on the `tiny` model, ~2 minutes: proves the pipeline
-    python benchmarks/speedup.py --tier quick   # every recipe, 1 seed, ~30 minutes on 2 CPU cores
-    python benchmarks/speedup.py --tier full    # every recipe, 3 seeds, cpu-small at full context: hours (background it)
+    python benchmarks/speedup.py --tier smoke      # the whole pipeline on tiny budgets (~2 min); benchmarks/runs/smoke, not tracked
+    python benchmarks/speedup.py --tier standard   # the grid (~4 h on 2 CPU cores, resumable); benchmarks/results/standard
 
-Results go to benchmarks/results/<tier>/ (report.md, results.json, plots; the run dirs under runs/
-are reused or resumed when the command is repeated), and the quick / full tiers rewrite the results
-block of README.md.
+Regime. The models of the scale ladder (bench-d32 / d48 / d64: GPT-2 family, 4 layers, 4 heads, vocab 512, context 128)
+train on 20 tokens per non-embedding parameter, the Chinchilla ratio at or beyond which the papers measure, inside one
+epoch of the corpus; every evaluation uses the whole validation split. bench-d64 is the main size: there the 4-layer
+model beats a 1-layer one by the end of the budget (at d48 it does not yet, so growth could not be judged).
 
-Sizing (measured on this project's 2-core CPU): cpu-small at seq_len 128 trains at about 9k tokens/s
-on a quiet machine (0.7-0.9k with four other jobs on the cores). The quick tier trains it for
-1,310,720 tokens (640 steps of 16 x 128): ~15 runs (11 recipes + 4 extra LR-sweep runs) x ~2.5
-minutes. The full tier uses the model's whole 256-token context, 1,638,400 tokens (400 steps of
-16 x 256) and 3 seeds; ~37 runs x 3-4 minutes on a quiet machine.
+Fair tuning. At each size the baseline's AdamW LR is swept over 5 values a factor sqrt(2) apart (widened while the best
+sits at an edge). Every other row gets exactly 5 tuning runs of its key knobs on seed 0 (the ROWS table below), written
+relative to the tuned AdamW LR and the budget so they carry across sizes; the lowest final val loss wins (the averaged
+model's for LAWA rows). Compositions (muon_*, combined) are tuned, with the same 5 runs, around their parts' chosen
+settings after those are known.
 
-Budget-dependent method settings are derived from the budget here, so each tier keeps the same
-proportions: growth at 1/6 (G_stack) or 1/3 (staged) of the tokens, sequence-length warmup over 30%
-of the run's full-length steps, and LAWA snapshots every 1/80 of the run (k = 5 spans ~5% of it).
+Paired seeds. Every row then runs seeds 1..4 at its chosen setting, seed-major. Seed s gives every row the same data order
+and, where shapes agree, the same initial weights; hasten.compare.report compares each row with the baseline seed by seed
+(paired differences and speedups with 95 % intervals).
+
+Ladder. At bench-d32 and bench-d48 the baseline is tuned again, and baseline, Muon, the two best single methods of the
+main size and combined run 3 seeds at their chosen relative settings; ladder.png plots each one's FLOPs speedup against
+model size.
+
+Threads. --jobs N runs N trainings at once with cores/N threads each (never oversubscribed); 2 on this 2-core machine.
+
+Records. Each finished run keeps config.yaml, metrics.jsonl and summary.json under <out>/runs/ (checkpoints are deleted
+when it finishes); the reports are rewritten after every phase. Commit the directory as it fills: the next sitting
+reuses finished runs and resumes unfinished ones. While <out>/PAUSE exists no new run starts (for clean timings).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
+import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "benchmarks" / "recipes"
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["baseline", "blockwise", "blockwise_base1e-3", "adam_mini", "adam_mini_blockwise", "gstack", "staged", "msg", "slw", "lawa", "muon", "combined"]
-BENCH_BATCH, BENCH_SEQ = 16, 128  # _bench.yaml
+TUNING_RUNS = 5
+LR_FACTORS = (0.5, 2**-0.5, 1.0, 2**0.5, 2.0)  # around a centre: 5 values a factor sqrt(2) apart
+WIDEN_LIMIT = 3  # extra baseline LRs at most, while the best is at an edge
+
+
+# --------------------------------------------------------------------------- what a row is
+
+
+@dataclass
+class Ctx:
+    """What a row's settings are derived from at one model size."""
+
+    preset: str
+    budget: int  # training tokens per run
+    batch: int
+    seq: int
+    lr: float  # the tuned AdamW LR at this size (for the baseline's own sweep: the centre)
+    chosen: dict[str, dict] = field(default_factory=dict)  # row -> the knobs it was tuned to (compositions build on them)
+
+    @property
+    def steps(self) -> int:
+        return self.budget // (self.batch * self.seq)
+
+    def frac_tokens(self, fraction: float) -> int:
+        return int(round(fraction * self.budget))
+
+
+@dataclass
+class Row:
+    """One benchmark row: a recipe, how its knobs become --set overrides, and the knobs of its 5 tuning runs."""
+
+    name: str
+    settings: Callable[[Ctx, dict], list[str]]  # (ctx, knobs) -> overrides
+    candidates: Callable[[Ctx], list[dict]]  # the tuning runs' knobs (may read ctx.chosen)
+    metric: str = "val_loss"  # what the tuning minimises
+    needs: tuple[str, ...] = ()  # rows tuned before this one (compositions)
+    paper: str = ""  # the paper's own number, for the README and the method card
+    card: str | None = None  # method card (README.md) whose results block shows this row
+    size_overrides: Callable[[str], list[str]] = lambda preset: []
+
+    @property
+    def recipe(self) -> Path:
+        return RECIPES / f"{self.name}.yaml"
+
+
+def _lr(ctx: Ctx, factor: float) -> str:
+    return f"optim.lr={ctx.lr * factor:.4g}"
+
+
+def _gstack(ctx: Ctx, k: dict) -> list[str]:
+    stage = (f"{{dim: depth, op: stack, factor: 4, at_tokens: {ctx.frac_tokens(k['at'])}, moments: reset, schedule: restart, "
+             f"lr: {ctx.lr * k.get('lr', 1.0) * k['post']:.4g}}}")
+    return [_lr(ctx, k.get("lr", 1.0)), f"methods.growth.stages=[{stage}]"]
+
+
+def _staged(ctx: Ctx, k: dict) -> list[str]:
+    trigger = "at: slope, slope_threshold: -0.03" if k["at"] == "slope" else f"at_tokens: {ctx.frac_tokens(k['at'])}"
+    return [_lr(ctx, 1.0), f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, {trigger}, moments: map, schedule: jump}}, "
+                           "{dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump}]"]
+
+
+def _slw(ctx: Ctx, k: dict) -> list[str]:
+    batch = ctx.batch * k["batch"]
+    full_steps = ctx.budget // (batch * ctx.seq)
+    return [_lr(ctx, k["lr"] * k.get("base", 1.0)), f"train.batch_size={batch}",
+            f"methods.seqlen_warmup.total_steps={max(8, round(k['T'] * full_steps))}"]
+
+
+def _lawa(ctx: Ctx, k: dict) -> list[str]:
+    return [_lr(ctx, k["lr"]), f"methods.lawa.interval={max(1, round(k['nu'] * ctx.steps))}"]
+
+
+def _blockwise(ctx: Ctx, k: dict) -> list[str]:
+    out = [_lr(ctx, k["base"])]
+    if k.get("setting") == "reference":  # the reference scripts (train_gpt_bw.py): wd on every tensor, floor base/20
+        out += ["optim.decay_policy=all", "optim.min_lr_ratio=0.05"]
+    if k.get("setting") == "probe":  # ratios from the sharpness probe at 2 % of the run
+        out += ["methods.sharpness.auto_ratios=true", "methods.sharpness.at_fraction=0.02"]
+    return out
+
+
+def _half_width(preset: str) -> list[str]:
+    from hasten.model import PRESETS
+
+    return [f"model.d_model={PRESETS[preset]['d_model'] // 2}"]
+
+
+def _chosen(ctx: Ctx, row: str) -> dict:
+    return dict(ctx.chosen[row])
+
+
+def _muon_gstack_candidates(ctx: Ctx) -> list[dict]:
+    g, m = _chosen(ctx, "gstack"), _chosen(ctx, "muon")["lr"]
+    at, post = g["at"], g["post"]
+    return [{"lr": m, "at": at, "post": post}, {"lr": m, "at": at / 2, "post": post}, {"lr": m, "at": min(0.4, at * 2), "post": post},
+            {"lr": m, "at": at, "post": post * 2**-0.5}, {"lr": m * 2**-0.5, "at": at, "post": post}]
+
+
+def _muon_slw_candidates(ctx: Ctx) -> list[dict]:
+    s, m = _chosen(ctx, "slw"), _chosen(ctx, "muon")["lr"]
+    return [{**s, "base": m}, {**s, "base": m * 2**-0.5}, {**s, "base": m * 2**0.5}, {**s, "T": s["T"] / 2, "base": m},
+            {**s, "T": min(0.9, s["T"] * 2), "base": m}]
+
+
+def _muon_lawa_candidates(ctx: Ctx) -> list[dict]:
+    m = _chosen(ctx, "muon")["lr"]
+    nu = _chosen(ctx, "lawa")["nu"]
+    return [{"lr": m, "nu": nu}, {"lr": m * 2**0.5, "nu": nu}, {"lr": m * 2, "nu": nu}, {"lr": m * 2**0.5, "nu": nu / 3},
+            {"lr": m * 2**0.5, "nu": nu * 3}]
+
+
+def _combined(ctx: Ctx, k: dict) -> list[str]:
+    return [*_gstack(ctx, k), f"methods.lawa.interval={max(1, round(k['nu'] * ctx.steps))}"]
+
+
+def _combined_candidates(ctx: Ctx) -> list[dict]:
+    g, m, nu = _chosen(ctx, "muon_gstack"), _chosen(ctx, "muon")["lr"], _chosen(ctx, "lawa")["nu"]
+    return [{**g, "nu": nu}, {**g, "lr": m * 2**0.5, "nu": nu}, {**g, "nu": nu * 3}, {**g, "at": g["at"] / 2, "nu": nu},
+            {**g, "post": g["post"] * 2**-0.5, "nu": nu}]
+
+
+GROWTH = "src/hasten/methods/growth/README.md"
+BLOCKWISE = "src/hasten/methods/blockwise_lr/README.md"
+SLW_CARD = "src/hasten/methods/seqlen_warmup/README.md"
+AVERAGING = "src/hasten/methods/averaging/README.md"
+
+ROWS: list[Row] = [
+    Row("baseline", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in LR_FACTORS], paper="AdamW, LR tuned"),
+    Row("adam_mini", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in LR_FACTORS], card=BLOCKWISE,
+        paper="on par with AdamW, ~50 % less optimizer memory (39M-13B)"),
+    Row("adam_mini_blockwise", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in (0.125, 0.25, 2**-1.5, 0.5, 1.0)],
+        card=BLOCKWISE, paper="2x speed and 2x memory vs AdamW"),
+    Row("blockwise", _blockwise, lambda c: [{"base": 1.0}, {"base": 0.5}, {"base": 0.25}, {"base": 0.5, "setting": "reference"},
+                                            {"base": 0.5, "setting": "probe"}],
+        card=BLOCKWISE, paper="~2x tokens (1.92x, LLaMA 1.1B / OpenWebText)"),
+    Row("muon", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in LR_FACTORS], paper="~1.5x tokens (modded-nanogpt, GPT-2 124M)"),
+    Row("gstack", _gstack, lambda c: [{"at": 0.05, "post": 1.0}, {"at": 0.1, "post": 1.0}, {"at": 0.2, "post": 1.0},
+                                      {"at": 0.1, "post": 0.5}, {"at": 0.1, "post": 0.3}],
+        card=GROWTH, paper="1.55x tokens (7B: 194B vs 300B)"),
+    Row("staged", _staged, lambda c: [{"at": "slope"}, {"at": 0.15}, {"at": 0.25}, {"at": 0.35}, {"at": 0.5}],
+        card=GROWTH, paper="up to 1.28x compute (22 % saved, GPT-2 large)", size_overrides=_half_width),
+    Row("slw", _slw, lambda c: [{"batch": 1, "lr": 1.0, "T": 0.3}, {"batch": 2, "lr": 2.0, "T": 0.3}, {"batch": 4, "lr": 4.0, "T": 0.3},
+                                {"batch": 8, "lr": 4.0, "T": 0.3}, {"batch": 2, "lr": 2.0, "T": 0.6}],
+        card=SLW_CARD, paper="up to 2.2x tokens, 3.7x wall-clock (GPT-2, 8x batch / 4x LR)"),
+    Row("lawa", _lawa, lambda c: [{"lr": 1.0, "nu": 0.01}, {"lr": 2.0, "nu": 0.01}, {"lr": 4.0, "nu": 0.01}, {"lr": 2.0, "nu": 0.003},
+                                  {"lr": 2.0, "nu": 0.03}],
+        metric="lawa/val_loss", card=AVERAGING, paper="faster early / mid-run; gains shrink as the LR decays (no end-of-run number)"),
+    Row("muon_gstack", _gstack, _muon_gstack_candidates, needs=("muon", "gstack"), card=GROWTH, paper="—"),
+    Row("muon_slw", _slw, _muon_slw_candidates, needs=("muon", "slw"), card=SLW_CARD, paper="—"),
+    Row("muon_lawa", _lawa, _muon_lawa_candidates, metric="lawa/val_loss", needs=("muon", "lawa"), card=AVERAGING, paper="—"),
+    Row("combined", _combined, _combined_candidates, metric="lawa/val_loss", needs=("muon", "lawa", "muon_gstack"),
+        paper="project target: >= 3x FLOPs"),
+]
+SINGLE = ("adam_mini", "adam_mini_blockwise", "blockwise", "gstack", "staged", "slw", "lawa")  # "two best methods" come from these
 
 
 @dataclass
 class Tier:
-    recipes: list[str]
-    seeds: int
-    budget: int
+    main: str  # preset of the main size
+    ladder: list[str]  # other presets
+    seeds: int  # at the main size
+    ladder_seeds: int
+    tokens_per_param: float = 20.0
+    batch: int = 16
+    seq: int = 128
+    rows: list[str] | None = None  # None = all
+    candidates: int = TUNING_RUNS
     overrides: list[str] = field(default_factory=list)
-    seq_len: int = BENCH_SEQ
-    tune_baseline: bool = True
-    update_readme: bool = True
+    fixed_budget: int | None = None  # smoke: tokens per run regardless of size
+    tracked: bool = True  # results are records (committed); smoke trains from scratch elsewhere
 
 
-TIERS: dict[str, Tier] = {
-    "smoke": Tier(
-        recipes=["baseline", "muon"], seeds=2, budget=6144, seq_len=64, update_readme=False,
-        overrides=["model=tiny", "data.vocab_size=512", "data.max_docs=60", "train.seq_len=64", "train.batch_size=8",
-                   "train.eval_every=4", "train.eval_sequences=8", "train.checkpoint_every=4", "train.log_every=2",
-                   "schedule.warmup_steps=2"],
-    ),
-    "quick": Tier(recipes=ORDER, seeds=1, budget=1_310_720),
-    "full": Tier(
-        recipes=ORDER, seeds=3, budget=1_638_400, seq_len=256,
-        overrides=["train.seq_len=256", "train.eval_every=50", "train.eval_sequences=64", "train.checkpoint_every=100",
-                   "schedule.warmup_steps=40"],
-    ),
+TIERS = {
+    "smoke": Tier(main="bench-d32", ladder=["bench-d48"], seeds=2, ladder_seeds=2, batch=8, seq=64, rows=["baseline", "muon", "gstack",
+                  "lawa", "muon_gstack", "combined"], candidates=2, fixed_budget=8 * 64 * 12, tracked=False,
+                  overrides=["data.max_docs=60", "train.eval_sequences=8"]),
+    "standard": Tier(main="bench-d64", ladder=["bench-d32", "bench-d48"], seeds=5, ladder_seeds=3),
 }
 
 
-def budget_overrides(recipe: str, budget: int, seq_len: int) -> list[str]:
-    """Per-recipe settings that scale with the budget (see the module docstring)."""
-    full_steps = budget // (BENCH_BATCH * seq_len)
-    lawa_interval = max(2, full_steps // 80)  # k=5 snapshots span ~5% of the run (the paper: nu=200 of 70k steps)
-    gstack = (f"methods.growth.stages=[{{dim: depth, op: stack, factor: 4, at_tokens: {budget // 6}, moments: reset, "
-              "schedule: restart, warmup_steps: 20}]")
-
-    def msg(ramp_steps: int) -> str:
-        return (f"methods.growth.stages=[{{dim: width, op: random, factor: 2, at_tokens: {budget // 3}, mask_ramp_steps: {ramp_steps}, "
-                "moments: map, schedule: continue}]")
-
-    out: dict[str, list[str]] = {
-        "gstack": [gstack],
-        "staged": [f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, at_tokens: {budget // 3}, moments: map, schedule: jump}}, "
-                   "{dim: depth, op: zero, factor: 2, at: previous, moments: map, schedule: jump}]"],
-        "msg": [msg(ramp_steps=20)],
-        "msg_noramp": [msg(ramp_steps=0)],
-        "slw": [f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * budget / (2 * BENCH_BATCH * seq_len)))}"],
-        "lawa": [f"methods.lawa.interval={lawa_interval}"],
-        "combined": [gstack, f"methods.seqlen_warmup.total_steps={max(8, round(0.3 * full_steps))}", f"methods.lawa.interval={lawa_interval}"],
-    }
-    return out.get(recipe, [])
+# --------------------------------------------------------------------------- the grid
 
 
-def available(names: list[str], overrides: list[str]) -> tuple[list[Path], list[str]]:
-    """Recipe files that load with this tree's registered methods; the others are reported and skipped."""
-    from hasten.config import load_config
-    from hasten.errors import ConfigError
+def non_embedding_params(preset: str) -> int:
+    import torch
 
-    paths, skipped = [], []
-    for name in names:
-        path = RECIPES / f"{name}.yaml"
-        if not path.exists():
-            skipped.append(f"{name} (no recipe file)")
-            continue
+    from hasten.model import GPT, count_params, model_config
+
+    with torch.device("meta"):
+        return count_params(GPT(model_config(preset)))["non_embedding"]
+
+
+def size_budget(tier: Tier, preset: str) -> int:
+    """Training tokens at >= tokens_per_param per non-embedding parameter, in whole steps."""
+    if tier.fixed_budget:
+        return tier.fixed_budget
+    step = tier.batch * tier.seq
+    return math.ceil(tier.tokens_per_param * non_embedding_params(preset) / step) * step
+
+
+class Grid:
+    def __init__(self, tier_name: str, out: Path, jobs: int, command: str):
+        from hasten.compare.runner import CompareOptions
+
+        self.tier_name, self.tier, self.out, self.jobs, self.command = tier_name, TIERS[tier_name], out, jobs, command
+        self.rows = {r.name: r for r in ROWS if self.tier.rows is None or r.name in self.tier.rows}
+        self.opts = CompareOptions(recipes=[], report_dir=out, jobs=jobs, command=command, tier=tier_name)
+        self.failed: dict[str, str] = {}
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def size_settings(self, ctx: Ctx, row: Row) -> list[str]:
+        steps = ctx.steps
+        return ["train.progress_bar=false", f"model.preset={ctx.preset}", f"train.batch_size={ctx.batch}", f"train.seq_len={ctx.seq}",
+                f"train.max_tokens={ctx.budget}",
+                "train.max_steps=null", f"schedule.warmup_steps={max(2, round(0.03 * steps))}", f"train.eval_every={max(1, steps // 16)}",
+                f"train.checkpoint_every={max(1, steps // 4)}", *self.tier.overrides, *row.size_overrides(ctx.preset)]
+
+    def spec(self, ctx: Ctx, row: Row, knobs: dict, seed: int):
+        from hasten.compare.runner import RunSpec
+
+        settings = [*self.size_settings(ctx, row), *row.settings(ctx, knobs)]
+        # named by a hash of the settings: the same configuration always maps to the same run dir, however it was reached
+        name = f"{ctx.preset.removeprefix('bench-')}-{row.name}-{hashlib.sha1(' '.join(settings).encode()).hexdigest()[:8]}-seed{seed}"
+        overrides = [*settings, f"train.seed={seed}", f"name={name}"]
+        return RunSpec(name, row.name, seed, row.recipe, overrides, self.out / "runs" / name, self.opts.threads_per_job())
+
+    def run(self, specs: list) -> None:
+        from hasten.compare.runner import run_all
+
+        todo = [s for s in specs if not (s.run_dir / "summary.json").exists() and s.name not in self.failed]
+        done = len(specs) - len(todo)
+        print(f"{len(specs)} runs ({done} already finished)", file=sys.stderr, flush=True)
+        for outcome in run_all(todo, self.jobs):
+            if outcome["status"] == "failed":
+                self.failed[outcome["name"]] = outcome.get("error", "")
+
+    def final(self, spec, metric: str) -> float:
+        """The run's final value of `metric` (inf when it failed or diverged)."""
         try:
-            load_config(path, overrides)
-        except ConfigError as err:
-            skipped.append(f"{name} ({err})")
+            value = json.loads((spec.run_dir / "summary.json").read_text()).get(metric)
+        except (OSError, ValueError):
+            return math.inf
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+    # -- tuning ----------------------------------------------------------------------------------
+
+    def tune_baseline(self, ctx: Ctx) -> tuple[float, dict]:
+        """Sweep the baseline LR around ctx.lr, widening while the best is at an edge; returns (best LR, tuning record)."""
+        from dataclasses import replace
+
+        ctx = replace(ctx, chosen={})
+        row = self.rows["baseline"]
+        factors = list(LR_FACTORS[: self.tier.candidates]) if self.tier.candidates < TUNING_RUNS else list(LR_FACTORS)
+        for _ in range(WIDEN_LIMIT + 1):
+            specs = [self.spec(ctx, row, {"lr": f}, 0) for f in factors]
+            self.run(specs)
+            finals = [self.final(s, "val_loss") for s in specs]
+            best = min(range(len(factors)), key=lambda i: finals[i])
+            if self.tier.candidates < TUNING_RUNS or 0 < best < len(factors) - 1 or len(factors) >= TUNING_RUNS + WIDEN_LIMIT:
+                break
+            factors = [factors[0] / 2**0.5, *factors] if best == 0 else [*factors, factors[-1] * 2**0.5]
+        lrs = [ctx.lr * f for f in factors]
+        record = self.tuning_record(row, [{"lr": f} for f in factors], specs, finals, best, ctx,
+                                    labels=[f"optim.lr={lr:.4g}" for lr in lrs])
+        record["at_edge"] = best in (0, len(factors) - 1)
+        return lrs[best], record
+
+    def tune(self, ctx: Ctx, names: list[str]) -> dict[str, dict]:
+        """Seed-0 tuning runs of `names` (all at once); returns each row's tuning record and stores its choice in ctx."""
+        plan = {name: self.rows[name].candidates(ctx)[: self.tier.candidates] for name in names}
+        specs = {name: [self.spec(ctx, self.rows[name], k, 0) for k in knobs] for name, knobs in plan.items()}
+        self.run([s for group in specs.values() for s in group])
+        records = {}
+        for name, knobs in plan.items():
+            finals = [self.final(s, self.rows[name].metric) for s in specs[name]]
+            best = min(range(len(knobs)), key=lambda i: finals[i])
+            ctx.chosen[name] = knobs[best]
+            records[name] = self.tuning_record(self.rows[name], knobs, specs[name], finals, best, ctx)
+        return records
+
+    def tuning_record(self, row: Row, knobs: list[dict], specs: list, finals: list[float], best: int, ctx: Ctx,
+                      labels: list[str] | None = None) -> dict:
+        return {"row": row.name, "metric": row.metric, "chosen": best, "candidates": [
+            {"knobs": k, "label": labels[i] if labels else describe(row, k), "settings": row.settings(ctx, k), "run": s.name,
+             "final": None if math.isinf(f) else f} for i, (k, s, f) in enumerate(zip(knobs, specs, finals))]}
+
+    # -- one size ----------------------------------------------------------------------------------
+
+    def seeds_of(self, ctx: Ctx, names: list[str], seeds: int) -> dict[str, list]:
+        """Seed-major specs of every row at its chosen knobs (seed 0 is its tuning run)."""
+        order = [(name, s) for s in range(seeds) for name in names]
+        specs = [(name, self.spec(ctx, self.rows[name], ctx.chosen[name], s)) for name, s in order]
+        self.run([s for _, s in specs])
+        out: dict[str, list] = {name: [] for name in names}
+        for name, spec in specs:
+            out[name].append((spec, spec.run_dir))
+        return out
+
+    def report(self, ctx: Ctx, runs: dict[str, list], tuning: dict, report_dir: Path, sections: list[str]) -> dict:
+        from hasten.compare.plots import plot_comparison
+        from hasten.compare.report import build_results, write_report
+
+        self.opts.budget = ctx.budget
+        self.opts.seeds = max(len(v) for v in runs.values())
+        self.opts.overrides = self.size_settings(ctx, self.rows["baseline"])
+        report_dir.mkdir(parents=True, exist_ok=True)
+        results = build_results(self.opts, list(runs), "baseline", runs, self.failed, None)
+        results.update(preset=ctx.preset, tuned_lr=ctx.lr, chosen=ctx.chosen, tuning_rows=tuning,
+                       regime=regime(ctx, self.size_settings(ctx, self.rows["baseline"])))
+        results["sections"] = [render_regime(results["regime"]), render_tuning(tuning), *sections]
+        plots = plot_comparison(results, report_dir)
+        results["plots"] = {k: p.name for k, p in plots.items()}
+        write_report(results, report_dir)
+        return results
+
+
+def describe(row: Row, knobs: dict) -> str:
+    names = {"lr": "LR x", "at": "grow at ", "post": "grown LR x", "batch": "batch x", "T": "warmup T=", "nu": "every ",
+             "base": "base LR x", "setting": ""}
+    out = []
+    for k, v in knobs.items():
+        if k == "at" and isinstance(v, float):
+            out.append(f"grow at {v:.0%} of tokens")
+        elif k == "T":
+            out.append(f"T = {v:.0%} of steps")
+        elif k == "nu":
+            out.append(f"every {v:.1%} of steps")
+        elif k == "setting":
+            out.append({"reference": "reference setting", "probe": "probe ratios"}[v])
+        else:
+            out.append(f"{names.get(k, k)}{v:.3g}" if isinstance(v, float) else f"{names.get(k, k)}{v}")
+    return ", ".join(out)
+
+
+def regime(ctx: Ctx, settings: list[str]) -> dict:
+    """The numbers that make the regime: tokens per parameter, epochs of the corpus, the evaluation set."""
+    from hasten.config import load_config
+    from hasten.data.tokens import prepare_from_config
+
+    cfg = load_config(RECIPES / "baseline.yaml", settings)
+    data = prepare_from_config(cfg.data, progress=False)
+    params = non_embedding_params(ctx.preset)
+    return {"preset": ctx.preset, "non_embedding_params": params, "budget_tokens": ctx.budget, "tokens_per_param": ctx.budget / params,
+            "train_tokens": len(data.train), "epochs": ctx.budget / len(data.train), "val_tokens": len(data.val),
+            "val_windows": (len(data.val) - 1) // ctx.seq, "tuned_lr": ctx.lr}
+
+
+def render_regime(r: dict) -> str:
+    return (f"## Regime\n\n{r['preset']}: {r['non_embedding_params']:,} non-embedding parameters, {r['budget_tokens']:,} training tokens "
+            f"per run = **{r['tokens_per_param']:.1f} tokens per parameter**, {r['epochs']:.2f} epochs of the {r['train_tokens']:,}-token "
+            f"training split; every evaluation covers the whole validation split ({r['val_windows']:,} windows, {r['val_tokens']:,} "
+            f"tokens). Tuned AdamW LR: {r['tuned_lr']:.4g}.")
+
+
+def render_tuning(tuning: dict) -> str:
+    lines = ["## Tuning (seed 0, the same number of runs per row)", "",
+             "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, then run on "
+             "every seed.", ""]
+    for name, rec in tuning.items():
+        cells = []
+        for i, c in enumerate(rec["candidates"]):
+            value = "failed" if c["final"] is None else f"{c['final']:.4f}"
+            text = f"{c['label']}: {value}"
+            cells.append(f"**{text}**" if i == rec["chosen"] else text)
+        lines.append(f"- `{name}` ({rec['metric']}): " + "; ".join(cells))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def run_grid(grid: Grid) -> dict:
+    tier = grid.tier
+    sizes = [tier.main, *tier.ladder]
+    base_lr = _recipe_lr()
+    ctxs = {p: Ctx(p, size_budget(tier, p), tier.batch, tier.seq, base_lr) for p in sizes}
+    tuning: dict[str, dict] = {p: {} for p in sizes}
+    for preset in sizes:  # 1. the baseline's LR at every size
+        lr, record = grid.tune_baseline(ctxs[preset])
+        ctxs[preset].lr = lr
+        tuning[preset]["baseline"] = record
+    main = ctxs[tier.main]
+    main.chosen["baseline"] = {"lr": 1.0}
+    names = list(grid.rows)
+    singles = [n for n in names if n != "baseline" and not grid.rows[n].needs]
+    tuning[tier.main].update(grid.tune(main, singles))  # 2. single methods
+    composed = [n for n in names if grid.rows[n].needs]
+    while composed:  # 3. compositions, each once its parts are chosen
+        ready = [n for n in composed if all(p in main.chosen for p in grid.rows[n].needs)]
+        if not ready:
+            raise SystemExit(f"speedup.py: rows {composed} need rows that are not in this tier")
+        tuning[tier.main].update(grid.tune(main, ready))
+        composed = [n for n in composed if n not in ready]
+    runs = grid.seeds_of(main, names, tier.seeds)  # 4. every row on every seed
+    results = grid.report(main, runs, tuning[tier.main], grid.out, [])
+    ladder_rows = ["baseline", *[n for n in ("muon",) if n in grid.rows], *best_singles(results, 2),
+                   *[n for n in ("combined",) if n in grid.rows]]
+    ladder = {tier.main: results}
+    for preset in tier.ladder:  # 5. the scale ladder
+        ctx = ctxs[preset]
+        ctx.chosen = {n: main.chosen[n] for n in ladder_rows}
+        runs = grid.seeds_of(ctx, ladder_rows, tier.ladder_seeds)
+        ladder[preset] = grid.report(ctx, runs, tuning[preset], grid.out / f"ladder-{preset.removeprefix('bench-')}", [])
+    plot = plot_ladder(ladder, ladder_rows, grid.out / "ladder.png")
+    results["sections"].append(render_ladder(ladder, ladder_rows, plot))
+    results["ladder"] = {p: {"params": r["regime"]["non_embedding_params"], "rows": {row["name"]: row for row in r["rows"]}}
+                         for p, r in ladder.items()}
+    from hasten.compare.report import write_report
+
+    write_report(results, grid.out)
+    return results
+
+
+def _recipe_lr() -> float:
+    from hasten.config import load_config
+
+    return load_config(RECIPES / "baseline.yaml").optim.lr
+
+
+def best_singles(results: dict, n: int) -> list[str]:
+    """The n single methods with the best FLOPs speedup (by final-loss delta when none reaches the target)."""
+    rows = {r["name"]: r for r in results["rows"]}
+    scored = []
+    for name in SINGLE:
+        key = f"{name} [lawa]" if f"{name} [lawa]" in rows else name
+        row = rows.get(key)
+        if row is None or row.get("final_mean") is None:
             continue
-        paths.append(path)
-    return paths, skipped
+        est = (row.get("speedup") or {}).get("flops")
+        scored.append((0 if est else 1, -(est["value"] if est else 0.0), (row.get("delta") or {}).get("value", math.inf), name))
+    return [name for *_, name in sorted(scored)[:n]]
+
+
+def plot_ladder(ladder: dict[str, dict], names: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    order = sorted(ladder, key=lambda p: ladder[p]["regime"]["non_embedding_params"])
+    for name in names[1:]:
+        xs, ys, lo, hi = [], [], [], []
+        for preset in order:
+            row = next((r for r in ladder[preset]["rows"] if r["name"] in (f"{name} [lawa]", name) and (r["name"] != name or
+                        not any(x["name"] == f"{name} [lawa]" for x in ladder[preset]["rows"]))), None)
+            est = (row or {}).get("speedup", {}).get("flops") if row else None
+            if est is None:
+                continue
+            xs.append(ladder[preset]["regime"]["non_embedding_params"])
+            ys.append(est["value"])
+            lo.append(est["value"] - (est["low"] if est.get("low") is not None else est["value"]))
+            hi.append((est["high"] if est.get("high") is not None else est["value"]) - est["value"])
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=name)
+    ax.axhline(1.0, color="grey", lw=1, ls="--", label="baseline (tuned AdamW)")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters (each at 20 tokens / parameter)")
+    ax.set_ylabel("FLOPs speedup to the baseline's loss")
+    ax.set_title("speedup vs model size (geometric mean over seeds, 95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_ladder(ladder: dict[str, dict], names: list[str], plot: Path) -> str:
+    from hasten.compare.report import fmt_speedup
+
+    order = sorted(ladder, key=lambda p: ladder[p]["regime"]["non_embedding_params"])
+    head = "| row | " + " | ".join(f"{p} ({ladder[p]['regime']['non_embedding_params'] / 1e3:.0f}k params, {len(ladder[p]['rows'][0]['seeds'])} seeds)"
+                                    for p in order) + " |"
+    lines = ["## Scale ladder (FLOPs speedup to the baseline's final loss, 95 % CI)", "", head, "|---" * (len(order) + 1) + "|"]
+    for name in names:
+        cells = []
+        for preset in order:
+            rows = {r["name"]: r for r in ladder[preset]["rows"]}
+            row = rows.get(f"{name} [lawa]", rows.get(name))
+            cells.append(fmt_speedup(row, "flops") if row else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"![speedup vs model size]({plot.name})"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- README and method cards
+
+
+def readme_table(results: dict) -> str:
+    from hasten.compare.report import fmt_delta, fmt_loss, fmt_speedup
+
+    paper = {r.name: r.paper for r in ROWS}
+    lines = ["| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens [95% CI] | FLOPs [95% CI] | wall-clock [95% CI] | paper's claim |",
+             "|---|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        claim = paper.get(row["name"], "") if row["metric"] == "val_loss" or row["name"].endswith("[lawa]") else ""
+        if row["name"].endswith("[lawa]"):
+            claim = paper.get(row["recipe"], "")
+        lines.append(f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | {fmt_speedup(row, 'flops')} | "
+                     f"{fmt_speedup(row, 'train_time')} | {claim} |")
+    return "\n".join(lines)
+
+
+def results_block(results: dict, report_path: str) -> str:
+    r = results["regime"]
+    base = next(x for x in results["rows"] if x["is_baseline"])
+    return "\n".join([
+        f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), {r['budget_tokens']:,} tokens per run "
+        f"({r['tokens_per_param']:.1f} tokens/param, {r['epochs']:.2f} epochs), whole-split evaluation, {results['seeds']} paired seeds; "
+        f"AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; "
+        f"{results['created']}. Produced by:", "", "```bash", results["command"], "```", "", readme_table(results), "",
+        f"Tuning runs, stability, plots and the scale ladder: [{report_path}]({report_path}).",
+    ])
+
+
+CARD_BEGIN, CARD_END = "<!-- speedup:begin -->", "<!-- speedup:end -->"
+
+
+def card_block(results: dict, rows: list[str], report_path: str) -> str:
+    from hasten.compare.report import fmt_delta, fmt_loss, fmt_speedup
+
+    paper = {r.name: r.paper for r in ROWS}
+    lines = [f"Measured by `{results['command']}` ({results['regime']['preset']}, {results['regime']['tokens_per_param']:.0f} tokens per "
+             f"parameter, {results['seeds']} paired seeds, tuned AdamW baseline; full report: [{Path(report_path).name}]({report_path})):", "",
+             "| row | final val loss | Δ vs baseline [95% CI] | speedup tokens | FLOPs | wall-clock | paper |", "|---|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        if row["recipe"] in rows:
+            lines.append(f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | {fmt_speedup(row, 'flops')} | "
+                         f"{fmt_speedup(row, 'train_time')} | {paper.get(row['recipe'], '') if row['metric'] == 'val_loss' else ''} |")
+    lines += ["", "Tuning runs (seed 0; chosen in bold):", ""]
+    for name in rows:
+        rec = results["tuning_rows"].get(name)
+        if rec:
+            cells = [(f"**{c['label']}: {c['final']:.4f}**" if i == rec["chosen"] else f"{c['label']}: {c['final']:.4f}") if c["final"]
+                     is not None else f"{c['label']}: failed" for i, c in enumerate(rec["candidates"])]
+            lines.append(f"- `{name}`: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
+def update_block(path: Path, begin: str, end: str, text: str) -> None:
+    content = path.read_text()
+    if begin not in content or end not in content:
+        raise SystemExit(f"speedup.py: {path} has no {begin} ... {end} block; add the two markers where the results go")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    tmp.replace(path)
+
+
+def update_docs(results: dict, out: Path) -> None:
+    from hasten.compare.report import BEGIN, END
+
+    report = str((out / "report.md").relative_to(ROOT))
+    update_block(ROOT / "README.md", BEGIN, END, results_block(results, report))
+    cards: dict[str, list[str]] = {}
+    for row in ROWS:
+        if row.card:
+            cards.setdefault(row.card, []).append(row.name)
+    for card, rows in cards.items():
+        path = ROOT / card
+        update_block(path, CARD_BEGIN, CARD_END, card_block(results, rows, str(Path("../../../..") / report)))
+
+
+# --------------------------------------------------------------------------- entry point
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tier", choices=sorted(TIERS), default="quick")
-    parser.add_argument("--recipes", default=None, help="comma-separated subset of the tier's recipes")
-    parser.add_argument("--seeds", type=int, default=None, help="override the tier's seed count")
-    parser.add_argument("--budget", type=int, default=None, help="override the tier's training tokens per run")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (2 on a 2-core CPU shares the cores; wall-clock then inflates)")
-    parser.add_argument("--out", default=None, help="report dir (default benchmarks/results/<tier>)")
-    parser.add_argument("--no-tune", action="store_true", help="skip the baseline LR sweep")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README results block")
+    parser.add_argument("--tier", choices=sorted(TIERS), default="standard")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at a time; each gets cores/jobs threads")
+    parser.add_argument("--out", default=None, help="report dir (default benchmarks/results/<tier>; smoke: benchmarks/runs/smoke)")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the README results block and the method cards")
     args = parser.parse_args(argv)
-
-    from hasten.compare.report import update_readme
-    from hasten.compare.runner import CompareOptions, run_compare
+    tier = TIERS[args.tier]
+    out = Path(args.out) if args.out else (RESULTS / args.tier if tier.tracked else ROOT / "benchmarks" / "runs" / args.tier)
+    if not tier.tracked and out.exists():
+        shutil.rmtree(out)  # the smoke tier proves the pipeline: it always trains from scratch
+    command = f"python benchmarks/speedup.py --tier {args.tier}" + (f" --jobs {args.jobs}" if args.jobs != 2 else "")
     from hasten.errors import HastenError
 
-    tier = TIERS[args.tier]
-    names = args.recipes.split(",") if args.recipes else tier.recipes
-    budget = args.budget or tier.budget
-    seeds = args.seeds or tier.seeds
-    out = Path(args.out) if args.out else RESULTS / args.tier
-    paths, skipped = available(names, tier.overrides)
-    for note in skipped:
-        print(f"skipping recipe {note}", file=sys.stderr)
-    if not paths or paths[0].stem != "baseline":
-        print("speedup.py: the baseline recipe must load; nothing to compare against", file=sys.stderr)
-        return 2
-    command = f"python benchmarks/speedup.py --tier {args.tier}" + "".join(
-        f" {flag} {value}" for flag, value in (("--recipes", args.recipes), ("--seeds", args.seeds), ("--budget", args.budget),
-                                               ("--jobs", args.jobs if args.jobs != 1 else None)) if value is not None
-    ) + (" --no-tune" if args.no_tune else "")
-    opts = CompareOptions(
-        recipes=paths, report_dir=out, seeds=seeds, budget=budget, baseline="baseline",
-        tune_baseline=tier.tune_baseline and not args.no_tune, jobs=args.jobs, overrides=list(tier.overrides),
-        recipe_overrides={p.stem: budget_overrides(p.stem, budget, tier.seq_len) for p in paths if budget_overrides(p.stem, budget, tier.seq_len)},
-        command=command, tier=args.tier,
-    )
     try:
-        results = run_compare(opts)
+        results = run_grid(Grid(args.tier, out, args.jobs, command))
     except HastenError as err:
         print(f"speedup.py: error: {err}", file=sys.stderr)
         return err.exit_code
-    if skipped:
-        with (out / "report.md").open("a") as f:
-            f.write("\nSkipped recipes: " + "; ".join(skipped) + "\n")
-    if tier.update_readme and not args.no_readme:
-        report = out.resolve() / "report.md"
-        update_readme(ROOT / "README.md", results, str(report.relative_to(ROOT)) if report.is_relative_to(ROOT) else str(report))
-        print("README.md results block updated", file=sys.stderr)
+    if tier.tracked and not args.no_docs:
+        update_docs(results, out)
+        print("README.md results block and the method cards updated", file=sys.stderr)
     print((out / "report.md").read_text())
     return 0
 

@@ -96,6 +96,11 @@ PRESETS: dict[str, dict] = {
     "cpu-small": dict(family="gpt2", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, max_seq_len=256),
     "cpu-medium": dict(family="gpt2", vocab_size=4096, n_layers=6, d_model=256, n_heads=8, max_seq_len=256),
     "cpu-small-llama": dict(family="llama", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, max_seq_len=256),
+    # the speedup benchmark's scale ladder (benchmarks/speedup.py): small enough to train at 20 tokens per
+    # non-embedding parameter on 2 CPU cores (1.0M / 2.3M / 4.0M tokens)
+    "bench-d32": dict(family="gpt2", vocab_size=512, n_layers=4, d_model=32, n_heads=4, max_seq_len=128),
+    "bench-d48": dict(family="gpt2", vocab_size=512, n_layers=4, d_model=48, n_heads=4, max_seq_len=128),
+    "bench-d64": dict(family="gpt2", vocab_size=512, n_layers=4, d_model=64, n_heads=4, max_seq_len=128),
     "gpt2-124m": dict(family="gpt2", vocab_size=50304, n_layers=12, d_model=768, n_heads=12, max_seq_len=1024),
     "gpt2-350m": dict(family="gpt2", vocab_size=50304, n_layers=24, d_model=1024, n_heads=16, max_seq_len=1024),
     "llama-410m": dict(family="llama", vocab_size=32000, n_layers=24, d_model=1024, n_heads=16, n_kv_heads=1, d_ff=4096, max_seq_len=2048),

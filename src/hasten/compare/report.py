@@ -358,6 +358,8 @@ def render_report(results: dict) -> str:
         "the FLOPs speedup by more than 5 % while time/FLOP is not shown to differ from 1: that difference is machine noise.",
         "",
     ]
+    for section in results.get("sections") or []:  # added by callers such as benchmarks/speedup.py (tuning tables, ladder)
+        out += [section.rstrip(), ""]
     plots = results.get("plots") or {}
     for key in ("tokens", "flops", "train_time"):
         if key in plots:

@@ -1,0 +1,101 @@
+"""benchmarks/speedup.py: the standard grid's definitions (fair tuning, regime) and the smoke tier end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import speedup  # noqa: E402
+
+from hasten.config import load_config  # noqa: E402
+
+
+def _ctx(preset: str = "bench-d64") -> speedup.Ctx:
+    tier = speedup.TIERS["standard"]
+    ctx = speedup.Ctx(preset, speedup.size_budget(tier, preset), tier.batch, tier.seq, lr=5e-3)
+    # what the compositions build on: the parts' chosen knobs (first candidates stand in for the tuned ones)
+    rows = {r.name: r for r in speedup.ROWS}
+    for name in ("muon", "gstack", "slw", "lawa"):
+        ctx.chosen[name] = rows[name].candidates(ctx)[1]
+    ctx.chosen["muon_gstack"] = rows["muon_gstack"].candidates(ctx)[0]
+    return ctx
+
+
+def test_every_row_gets_the_same_tuning_budget_and_every_candidate_loads():
+    ctx = _ctx()
+    grid = speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    names = set()
+    for row in speedup.ROWS:
+        candidates = row.candidates(ctx)
+        assert len(candidates) == speedup.TUNING_RUNS, row.name  # equal tuning effort: as many runs as the baseline's LR sweep
+        settings = [tuple(row.settings(ctx, k)) for k in candidates]
+        assert len(set(settings)) == speedup.TUNING_RUNS, f"{row.name}: two tuning runs are the same configuration"
+        for knobs in candidates:
+            spec = grid.spec(ctx, row, knobs, 0)
+            cfg = load_config(spec.recipe_path, spec.overrides)
+            assert cfg.train.max_tokens == ctx.budget and cfg.train.eval_sequences is None
+            names.add(spec.name)
+    assert len(names) == speedup.TUNING_RUNS * len(speedup.ROWS)  # distinct run dirs
+
+
+def test_the_regime_is_20_tokens_per_parameter_inside_one_epoch():
+    tier = speedup.TIERS["standard"]
+    budgets = {p: speedup.size_budget(tier, p) for p in [tier.main, *tier.ladder]}
+    for preset, budget in budgets.items():
+        ratio = budget / speedup.non_embedding_params(preset)
+        assert 20.0 <= ratio < 20.1 and budget % (tier.batch * tier.seq) == 0
+    assert budgets["bench-d32"] < budgets["bench-d48"] < budgets["bench-d64"] < 14_000_000  # the stdlib train split at vocab 512
+
+
+def test_growth_rows_grow_into_the_baseline_model():
+    from hasten.methods.growth.callback import GrowthConfig, final_model_config
+
+    ctx = _ctx("bench-d48")
+    grid = speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    rows = {r.name: r for r in speedup.ROWS}
+    base = load_config(grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).recipe_path,
+                       grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).overrides).model_config()
+    for name in ("gstack", "staged", "muon_gstack"):
+        spec = grid.spec(ctx, rows[name], rows[name].candidates(ctx)[1], 0)
+        cfg = load_config(spec.recipe_path, spec.overrides)
+        stages = GrowthConfig(**cfg.methods["growth"]).stage_configs()
+        assert final_model_config(cfg.model_config(), stages) == base, name
+
+
+def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
+    out = tmp_path / "smoke"
+    out.mkdir()
+    (out / "stale").write_text("a run from an earlier smoke")  # the smoke tier never reuses anything
+    assert speedup.main(["--tier", "smoke", "--jobs", "1", "--out", str(out)]) == 0
+    assert not (out / "stale").exists()
+    report = (out / "report.md").read_text()
+    for section in ("## Regime", "## Tuning", "## Scale ladder", "## Results", "tokens per parameter"):
+        assert section in report, section
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in results["rows"]}
+    tier = speedup.TIERS["smoke"]
+    assert set(rows) >= set(tier.rows)
+    for name in tier.rows:  # every row ran on every paired seed, and was tuned with the same number of runs
+        assert rows[name]["seeds"] == list(range(tier.seeds)) and rows[name]["paired"]
+        assert len(results["tuning_rows"][name]["candidates"]) == tier.candidates
+    assert rows["muon"]["delta"]["low"] is not None and rows["lawa [lawa]"]["metric"] == "lawa/val_loss"
+    assert set(results["ladder"]) == {tier.main, *tier.ladder}
+    for name in ("ladder.png", "loss_vs_flops.png", "ladder-d48/report.md"):
+        assert (out / name).stat().st_size > 0, name
+    # records: config, metrics and summary of every run; no checkpoints left behind
+    runs = list((out / "runs").iterdir())
+    assert runs and all((r / "summary.json").exists() and (r / "config.yaml").exists() for r in runs)
+    assert not any((r / "checkpoints").exists() for r in runs)
+
+
+@pytest.mark.parametrize("bad", [["--tier", "nope"]])
+def test_bad_tier_is_rejected(bad):
+    with pytest.raises(SystemExit) as err:
+        speedup.main(bad)
+    assert err.value.code == 2
