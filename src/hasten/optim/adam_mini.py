@@ -20,9 +20,18 @@ substring guesses, so an unknown parameter is a ConfigError instead of a silent 
     emb / head / vo / ffn     one v per output row (token for embeddings/head, neuron otherwise)
     norm, pos_emb             one v for the whole tensor
 
-State per parameter: `step` (int), `exp_avg` (the parameter's shape) and `exp_avg_sq` (1-D, one entry
-per block, so its length is the number of blocks). The state is ordinary tensors, so torch's
+State per parameter: `step` (a 0-dim float32 tensor on the parameter's device, like torch AdamW's
+fused/capturable step), `exp_avg` (the parameter's shape) and `exp_avg_sq` (1-D, one entry per block,
+so its length is the number of blocks). The state is ordinary tensors, so torch's
 state_dict/load_state_dict round-trips it.
+
+The update runs as batched kernels with no host sync: per param group, the gradients are gathered
+into one flat buffer ordered by block size, so the block means of g^2 are one reduction per distinct
+block size (not one per tensor); m, v, the steps and the parameters are updated with torch's
+`_foreach_*` ops; bias corrections are computed on the device from the step tensors. The optimizer
+takes the `found_inf` (and `grad_scale`) attributes of torch's GradScaler protocol, like torch's fused
+AdamW: a step with `found_inf` = 1 leaves every parameter and state tensor as it was, decided on the
+device (hasten's guard uses this to skip non-finite steps without a host sync).
 
 Under FSDP2 (parameters are DTensors sharded on dim 0 over a 1-D mesh) the state lives per shard:
 m is sharded like its parameter; per-row and per-coordinate v are sharded the same way (whole rows
@@ -42,7 +51,7 @@ state of any parameter whose state no longer fits, so that parameter restarts fr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -121,8 +130,10 @@ class AdamMini(torch.optim.Optimizer):
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.block_overrides = dict(block_overrides or {})
         self._partitions: dict[torch.Tensor, Partition] = {}
+        self._plans: dict[int, tuple[tuple, _Plan]] = {}  # per param group: the flat layout of its gradients
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(param_groups, defaults)
+        self._step_supports_amp_scaling = True  # honours `found_inf` / `grad_scale` (see the module docstring)
 
     # -- partition -----------------------------------------------------------------------------
 
@@ -176,7 +187,7 @@ class AdamMini(torch.optim.Optimizer):
             self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         elif n_kv_heads is not None:
             self.n_kv_heads = n_kv_heads
-        self._partitions = {}
+        self._partitions, self._plans = {}, {}
         reset = []
         for group in self.param_groups:
             self._partition_group(group)
@@ -189,7 +200,7 @@ class AdamMini(torch.optim.Optimizer):
     def adopt_sharded_state(self) -> None:
         """After params were swapped for FSDP2 shards (distributed.rebind_optimizer): re-key the partition and
         put every full per-block v into its sharded layout."""
-        self._partitions = {}
+        self._partitions, self._plans = {}, {}
         for group in self.param_groups:
             self._partition_group(group)
             for param in group["params"]:
@@ -205,7 +216,7 @@ class AdamMini(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         # saved param_names replace the current ones, so re-derive the partition and check the state fits it
-        self._partitions = {}
+        self._partitions, self._plans = {}, {}
         for group in self.param_groups:
             self._partition_group(group)
             for name, param in zip(group["param_names"], group["params"]):
@@ -213,6 +224,8 @@ class AdamMini(torch.optim.Optimizer):
                     raise CheckpointError(
                         f"Adam-mini checkpoint state for {name!r} does not fit the model's parameter; load a matching checkpoint"
                     )
+                if param in self.state:  # a step saved elsewhere (or as an int by older versions) lives on the param's device
+                    self.state[param]["step"] = _step_tensor(self.state[param]["step"], param)
 
     # -- update --------------------------------------------------------------------------------
 
@@ -226,77 +239,112 @@ class AdamMini(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     self.partition(param)
-        for group in self.param_groups:
-            self._step_group(group)
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+        for index, group in enumerate(self.param_groups):
+            if any(_is_dtensor(p) for p in group["params"]):
+                self._step_group_sharded(group, found_inf, grad_scale)
+            else:
+                self._step_group(index, group, found_inf, grad_scale)
         return loss
 
-    def _step_group(self, group: dict) -> None:
-        if any(_is_dtensor(p) for p in group["params"]):
-            return self._step_group_sharded(group)
-        beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        params, grads, exp_avgs, exp_avg_sqs, parts, states = [], [], [], [], [], []
+    def _with_state(self, group: dict) -> list[tuple[torch.Tensor, dict]]:
+        """(param, state) of the group's params that have a gradient; state is created on first use."""
+        out = []
         for param in group["params"]:
             if param.grad is None:
                 continue
             if param.grad.is_sparse:
                 raise RuntimeError("Adam-mini does not support sparse gradients")
-            part = self.partition(param)
             state = self.state[param]
             if not state:
-                state["step"] = 0
+                part = self._partitions[param]
+                local = param.to_local() if _is_dtensor(param) else param
+                state["step"] = torch.zeros((), dtype=torch.float32, device=local.device)
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = param.new_zeros(part.n_blocks)
-            params.append(param)
-            grads.append(param.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            parts.append(part)
-            states.append(state)
-        if not params:
+                state["exp_avg_sq"] = (_sharded_v(param, part, local.new_zeros(part.n_blocks)) if _is_dtensor(param)
+                                       else param.new_zeros(part.n_blocks))
+            out.append((param, state))
+        return out
+
+    def _plan(self, index: int, params: list[torch.Tensor]) -> _Plan:
+        key = tuple((id(p), p.shape, p.device, p.dtype) for p in params)
+        cached = self._plans.get(index)
+        if cached is None or cached[0] != key:
+            cached = (key, _Plan.build(params, [self._partitions[p] for p in params]))
+            self._plans[index] = cached
+        return cached[1]
+
+    def _step_group(self, index: int, group: dict, found_inf: torch.Tensor | None, grad_scale: torch.Tensor | None) -> None:
+        items = self._with_state(group)
+        if not items:
             return
+        if len({(p.device, p.dtype) for p, _ in items}) > 1:
+            raise RuntimeError("Adam-mini: the params of one param group must share device and dtype")
+        plan = self._plan(index, [p for p, _ in items])
+        params = [items[i][0] for i in plan.order]
+        states = [items[i][1] for i in plan.order]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        steps = [s["step"] for s in states]
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        skip = _skip_flag(found_inf, params[0].device)
 
-        if weight_decay != 0:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        for param, grad, exp_avg, exp_avg_sq, part, state in zip(params, grads, exp_avgs, exp_avg_sqs, parts, states):
-            state["step"] += 1
-            grad_flat = grad.reshape(-1)
-            if part.kind == "adam":  # per coordinate: exactly torch AdamW's update of v
-                exp_avg_sq.mul_(beta2).addcmul_(grad_flat, grad_flat, value=1 - beta2)
-            else:
-                blocks = grad_flat.view(part.n_blocks, -1)
-                if blocks.dtype in (torch.float16, torch.bfloat16):
-                    blocks = blocks.float()  # a low-precision mean of squares loses the small entries
-                exp_avg_sq.mul_(beta2).add_(blocks.square().mean(dim=1), alpha=1 - beta2)
-            step = state["step"]
-            bias_correction1 = 1 - beta1**step
-            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps).unsqueeze(1)
-            param.view(part.n_blocks, -1).addcdiv_(exp_avg.view(part.n_blocks, -1), denom, value=-lr / bias_correction1)
+        if weight_decay != 0:  # decoupled decay first, as torch AdamW
+            torch._foreach_mul_(params, _unless(skip, 1 - lr * weight_decay, 1.0))
+        # the gradients as one flat buffer in the plan's order (fp32 for low precision), zero on a skipped step
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        if flat.dtype in (torch.float16, torch.bfloat16):
+            flat = flat.float()  # a low-precision mean of squares loses the small entries
+        if grad_scale is not None:
+            flat.div_(grad_scale.to(flat.device))
+        if skip is not None:
+            flat.masked_fill_(skip, 0.0)
+        grads = [g.view_as(p) for g, p in zip(flat.split(plan.numels), params)]
 
+        torch._foreach_mul_(exp_avgs, _unless(skip, beta1, 1.0))  # m <- b1 m + (1 - b1) g
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        squares = flat.square()  # v_b <- b2 v_b + (1 - b2) mean_b(g^2): one reduction per block size
+        means = torch.cat([squares[a:b].view(-1, size).mean(dim=1) for a, b, size in plan.buckets])
+        torch._foreach_mul_(exp_avg_sqs, _unless(skip, beta2, 1.0))
+        torch._foreach_add_(exp_avg_sqs, list(means.split(plan.blocks)), alpha=1 - beta2)
 
-    def _step_group_sharded(self, group: dict) -> None:
+        # (a list of 0-dim tensors: the single-tensor overload would read the value on the host)
+        torch._foreach_add_(steps, 1.0 if skip is None else [(~skip).float()] * len(steps))
+        v = torch.cat(exp_avg_sqs)
+        t = torch.stack(steps).to(_math_dtype(v.dtype)).clamp_min(1)  # a fresh parameter's skipped first step keeps step 0
+        step_size = -lr / (1 - torch.pow(beta1, t))  # -lr / bias_correction1, per parameter
+        if skip is not None:
+            step_size = step_size * (~skip)  # 0: the update below adds m / inf = 0
+        per_param = torch.stack([(1 - torch.pow(beta2, t)).sqrt(), step_size])
+        per_block = per_param.to(v.dtype).repeat_interleave(plan.blocks_tensor(v.device), dim=1, output_size=plan.total_blocks)
+        # p += step_size * m / (sqrt(v_b) / sqrt(bias_correction2) + eps), with the step size folded into the denominator
+        denom = v.sqrt().div_(per_block[0]).add_(eps).div_(per_block[1])
+        denom = denom.repeat_interleave(plan.sizes_tensor(v.device), output_size=flat.numel())
+        torch._foreach_addcdiv_(params, exp_avgs, [d.view_as(p) for d, p in zip(denom.split(plan.numels), params)])
+
+    def _step_group_sharded(self, group: dict, found_inf: torch.Tensor | None, grad_scale: torch.Tensor | None) -> None:
         """The same update on FSDP2 shards: local math, one all-reduce for the per-head/per-tensor blocks."""
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
         items = []  # (param, local param, local grad, state, partition, block of each local row or None)
-        for param in group["params"]:
-            if param.grad is None:
-                continue
+        for param, state in self._with_state(group):
             part = self.partition(param)
-            state = self.state[param]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = _sharded_v(param, part, param.to_local().new_zeros(part.n_blocks))
-            items.append((param, param.to_local(), param.grad.to_local(), state, part, _local_row_blocks(param, part)))
+            grad = param.grad.to_local()
+            if grad_scale is not None:
+                grad = grad / grad_scale.to(grad.device)
+            skip = _skip_flag(found_inf, grad.device)
+            if skip is not None:
+                grad = torch.where(skip, 0.0, grad)
+            items.append((param, param.to_local(), grad, state, part, _local_row_blocks(param, part)))
         if not items:
             return
+        skip = _skip_flag(found_inf, items[0][1].device)
         if weight_decay != 0:
-            torch._foreach_mul_([local for _, local, *_ in items], 1 - lr * weight_decay)
+            torch._foreach_mul_([local for _, local, *_ in items], _unless(skip, 1 - lr * weight_decay, 1.0))
         exp_avgs = [state["exp_avg"].to_local() for _, _, _, state, _, _ in items]
-        torch._foreach_lerp_(exp_avgs, [grad for _, _, grad, *_ in items], 1 - beta1)
+        torch._foreach_mul_(exp_avgs, _unless(skip, beta1, 1.0))
+        torch._foreach_add_(exp_avgs, [grad for _, _, grad, *_ in items], alpha=1 - beta1)
 
         mean_squares = [_local_mean_squares(grad, part, blocks) for _, _, grad, _, part, blocks in items]
         replicated = [i for i, (*_, blocks) in enumerate(items) if blocks is not None]
@@ -307,19 +355,82 @@ class AdamMini(torch.optim.Optimizer):
                 param, part = items[i][0], items[i][4]
                 mean_squares[i] = block_sums / (param.numel() // part.n_blocks)
 
+        keep = 1.0 if skip is None else (~skip).float()
         for (_, local, _, state, _, blocks), exp_avg, mean_square in zip(items, exp_avgs, mean_squares):
-            state["step"] += 1
+            state["step"] += keep
             exp_avg_sq = state["exp_avg_sq"].to_local()
-            exp_avg_sq.mul_(beta2).add_(mean_square.to(exp_avg_sq.dtype), alpha=1 - beta2)
+            exp_avg_sq.mul_(_unless(skip, beta2, 1.0)).add_(mean_square.to(exp_avg_sq.dtype), alpha=1 - beta2)
             if local.numel() == 0:  # an uneven split can leave a rank no rows of this tensor
                 continue
-            step = state["step"]
-            bias_correction1 = 1 - beta1**step
-            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            t = state["step"].to(_math_dtype(exp_avg_sq.dtype)).clamp_min(1)
+            step_size = -lr / (1 - torch.pow(beta1, t)) * keep
             v = exp_avg_sq if blocks is None else exp_avg_sq[blocks]  # per-head/per-tensor v: each local row's block
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps).unsqueeze(1)
+            denom = (v.sqrt() / (1 - torch.pow(beta2, t)).sqrt().to(v.dtype)).add_(eps).div_(step_size.to(v.dtype)).unsqueeze(1)
             rows = denom.shape[0]
-            local.view(rows, -1).addcdiv_(exp_avg.view(rows, -1), denom, value=-lr / bias_correction1)
+            local.view(rows, -1).addcdiv_(exp_avg.view(rows, -1), denom)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The flat layout of one param group's gradients: params ordered by block size, so every run of equal
+    block sizes is a contiguous (blocks, size) matrix whose row means are one reduction."""
+
+    order: tuple[int, ...]  # plan position -> index in the group's params-with-grad
+    numels: tuple[int, ...]
+    blocks: tuple[int, ...]  # blocks per parameter
+    buckets: tuple[tuple[int, int, int], ...]  # (start, end, block size) in the flat buffer
+    total_blocks: int
+    _cache: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def build(cls, params: list[torch.Tensor], parts: list[Partition]) -> _Plan:
+        sizes = [p.numel() // part.n_blocks for p, part in zip(params, parts)]
+        order = sorted(range(len(params)), key=lambda i: sizes[i])
+        buckets, start = [], 0
+        for i in order:
+            n = params[i].numel()
+            if buckets and buckets[-1][2] == sizes[i]:
+                buckets[-1][1] += n
+            else:
+                buckets.append([start, start + n, sizes[i]])
+            start += n
+        return cls(tuple(order), tuple(params[i].numel() for i in order), tuple(parts[i].n_blocks for i in order),
+                   tuple(tuple(b) for b in buckets), sum(part.n_blocks for part in parts))
+
+    def blocks_tensor(self, device: torch.device) -> torch.Tensor:
+        """Blocks per parameter, on `device` (made once: a host-to-device copy would wait for the device)."""
+        key = ("blocks", device)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(self.blocks, dtype=torch.long, device=device)
+        return self._cache[key]
+
+    def sizes_tensor(self, device: torch.device) -> torch.Tensor:
+        """Coordinates per block, for every block in plan order, on `device` (made once)."""
+        key = ("sizes", device)
+        if key not in self._cache:
+            sizes = [size for a, b, size in self.buckets for _ in range((b - a) // size)]
+            self._cache[key] = torch.tensor(sizes, dtype=torch.long, device=device)
+        return self._cache[key]
+
+
+def _skip_flag(found_inf: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """found_inf (GradScaler's float 0/1 tensor) as a 0-dim bool on `device`, or None."""
+    return None if found_inf is None else (found_inf.to(device).reshape(()) != 0)
+
+
+def _unless(skip: torch.Tensor | None, value: float, on_skip: float):
+    """`value`, or on the device `on_skip` where the step is skipped (a 0-dim tensor: no host sync)."""
+    return value if skip is None else torch.where(skip, on_skip, value)
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Bias corrections in float64 (a few numbers per parameter): 1 - beta^t cancels, and torch AdamW computes it in double."""
+    return torch.float64
+
+
+def _step_tensor(step, param: torch.Tensor) -> torch.Tensor:
+    local = param.to_local() if _is_dtensor(param) else param
+    return torch.as_tensor(step, dtype=torch.float32).detach().to(local.device).reshape(())
 
 
 # --------------------------------------------------------------------------- FSDP2 shards
