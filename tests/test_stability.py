@@ -98,3 +98,20 @@ def test_spike_tracker_state_roundtrip_continues_identically():
         resumed.update(x)
     assert resumed.state_dict() == full.state_dict()
     assert resumed.spike_events == full.spike_events == 2
+
+
+def test_spike_tracker_on_tensors_matches_floats_and_skips_discarded_steps():
+    """Fed device tensors (the trainer's case) it gives the same numbers, as tensors; a step marked `skip`
+    (the guard discarded its update) changes nothing."""
+    losses = [4.0, 3.0, 2.0, 3.2, 3.5, float("nan"), 2.0, 1.0, 1.6]
+    floats, tensors, skipping = LossSpikeTracker(), LossSpikeTracker(), LossSpikeTracker()
+    no, yes = torch.tensor(False), torch.tensor(True)
+    for x in losses:
+        floats.update(float(torch.tensor(x, dtype=torch.float32)))  # what float(loss) of an fp32 loss gives
+        ratio = tensors.update(torch.tensor(x, dtype=torch.float32))
+        assert torch.is_tensor(ratio)
+        skipping.update(torch.tensor(x, dtype=torch.float32), skip=no)
+        skipping.update(torch.tensor(100.0), skip=yes)  # a discarded spike between every two steps
+    assert tensors.state_dict() == floats.state_dict() == skipping.state_dict()
+    assert all(torch.is_tensor(v) for v in tensors.metrics().values())
+    assert tensors.metrics()["loss_spike_events"].item() == floats.spike_events == 2
