@@ -36,9 +36,10 @@ class PoisonGradAt(Callback):
     name = "poison"
 
     def __init__(self, step: int):
-        self.step, self.armed, self.before, self.unchanged = step, True, None, None
+        self.step, self.armed, self.before, self.unchanged, self.attempts = step, True, None, None, 0
 
     def before_step(self, trainer) -> None:
+        self.attempts += 1
         p = trainer.state.progress
         if self.before is not None and self.unchanged is None:  # the attempt after the poisoned one
             self.unchanged = all(torch.equal(v, self.before[k]) for k, v in _weights(trainer.state.model).items())
@@ -63,10 +64,14 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, tiny_overrides):
     trainer.callbacks.append(cb)
     trainer.fit()
     assert cb.unchanged is True  # the poisoned update never reached the weights
-    assert cb.step_after_skip == 5  # ... and the step counter (so the schedule) did not advance
+    # ... and the step counter (so the schedule) did not advance for it: the host reads the flag at the next
+    # sync point (log step 8), where the skipped attempt is uncounted, so step 8 is the 9th attempt
+    rows = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in rows if r["kind"] == "train"}
+    assert sorted(train) == [1, 4, 8, 12] and train[8]["tokens"] == 8 * 8 * 64
     assert trainer.guard.skipped == 1
     p = trainer.state.progress
-    assert p.step == 14 and p.tokens == 14 * 8 * 64  # the run still did all its real steps; skipped tokens are not counted
+    assert p.step == 14 and p.tokens == 14 * 8 * 64 and cb.attempts == 15  # all real steps ran; skipped tokens are not counted
     (event,) = _events(tmp_path / "nan", "skipped_nonfinite")
     assert event["step"] == 5 and event["grad_norm"] == "nan"
     assert all(torch.isfinite(v).all() for v in trainer.state.model.state_dict().values())

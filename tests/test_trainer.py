@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.helpers import run_training
@@ -43,3 +44,27 @@ def test_resume_is_bit_exact(tmp_path, tiny_overrides):
         return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
 
     assert losses("straight") == losses("interrupted")
+
+
+def test_every_block_lr_is_logged(tmp_path, tiny_overrides):
+    """Each logged train row has `lr/<block>` for every block type of the optimizer's groups: blockwise LR
+    gives each block the schedule of its ratio (peak ratio x base, a shared floor), the plain baseline one LR."""
+    from hasten.optim.blockwise import DEFAULT_RATIOS
+
+    for name, extra in (("blockwise", ["optim.blockwise=true"]), ("plain", [])):
+        trainer = _run(tmp_path, name, tiny_overrides + ["train.max_steps=8", *extra])
+        blocks = {g["block"] for g in trainer.state.optimizer.param_groups}
+        assert {"emb", "qk", "vo", "ffn", "norm"} <= blocks
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in rows if r["kind"] == "train"]
+        assert [r["step"] for r in train] == [1, 4, 8]
+        schedule = trainer.state.schedule
+        for row in train:
+            assert {k for k in row if k.startswith("lr/")} == {f"lr/{b}" for b in blocks}
+            before = (row["step"] - 1, row["tokens"] - 8 * 64)  # the step's LR is set from the counters before it
+            for block in blocks:
+                ratio = DEFAULT_RATIOS[block] if name == "blockwise" else 1.0
+                assert row[f"lr/{block}"] == pytest.approx(schedule.lr(*before, ratio), rel=1e-12), (name, block, row["step"])
+        peak = train[1]  # step 4, the end of warmup
+        assert (peak["lr/emb"] == pytest.approx(10 * peak["lr/norm"])) == (name == "blockwise")
+        assert train[1]["lr/emb"] != train[2]["lr/emb"]  # it follows the schedule

@@ -3,6 +3,13 @@
 Methods hook in through Callbacks (hasten.trainer.callbacks); the state can be swapped mid-run
 (growth) with `replace_state`, and the per-step batch shape (sequence length warmup) is pushed into
 the data stream through `batch_shape`.
+
+No host sync between sync points: a step leaves its loss, gradient norm and the guard's non-finite
+flag on the device (in `last_metrics` as tensors). The loop waits for the device only at a sync point:
+a log step (every `train.log_every` steps and step 1), an evaluation or checkpoint step, and the end.
+There it charges the elapsed time to `progress.train_time` (so tokens/s and MFU on a logged row are
+the interval's averages), lets the guard decide on the recorded steps (hasten.trainer.guard: it may
+uncount skipped steps or roll back) and reads the logged row's values in one transfer.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from hasten.errors import CheckpointError
 from hasten.faults import fault_point
 from hasten.model import flops_per_token
 from hasten.trainer.callbacks import Callback
-from hasten.trainer.guard import Guard
+from hasten.trainer.guard import Guard, read_scalars
 from hasten.trainer.logger import MetricsLogger, ProgressBar
 from hasten.trainer.state import TrainState
 
@@ -72,6 +79,10 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.stop_requested = False
         self.guard = Guard(cfg.train.guard)  # non-finite skip and spike rollback (hasten.trainer.guard)
+        self.nonfinite: torch.Tensor | None = None  # the last step's device flag (the guard skipped its update)
+        self._clock = time.perf_counter()  # start of the current timing interval (ends at the next sync point)
+        self._interval = [0, 0.0]  # tokens and FLOPs attempted in the current interval
+        self._rates: dict[str, float | None] = {"tok_per_s": None, "mfu": None}  # of the last interval
 
     # ------------------------------------------------------------------ pieces
 
@@ -89,6 +100,10 @@ class Trainer:
         if t.max_tokens:
             candidates.append(math.ceil(t.max_tokens / tokens_per_step))
         return min(candidates)
+
+    def is_log_step(self) -> bool:
+        step = self.state.progress.step
+        return step % self.cfg.train.log_every == 0 or step == 1
 
     def done(self) -> bool:
         t, p = self.cfg.train, self.state.progress
@@ -116,7 +131,7 @@ class Trainer:
         model = model if model is not None else self.state.model
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
+        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         chunks = self.val_rows.split(self.micro_rows)
         sharded = is_fsdp(model)
         for first in range(0, len(chunks), self.world_size):
@@ -127,9 +142,10 @@ class Trainer:
             with self.autocast():
                 loss = model(rows[:, :-1], rows[:, 1:])
             if index < len(chunks):
-                total += loss.item() * len(rows)
+                total += loss.detach().double() * len(rows)
                 count += len(rows)
         model.train(was_training)
+        total = total.item()  # one read per evaluation
         if self.world_size > 1:
             total, count = all_reduce_sum([total, count], self.device)
         return total / count
@@ -138,8 +154,12 @@ class Trainer:
         shape = self.batch_shape
         return self.state.sampler.next_batch(shape, rank=self.rank, world_size=self.world_size)
 
-    def train_step(self, rows: torch.Tensor) -> dict[str, float]:
-        """One optimizer step over a (possibly shortened) batch, in micro-batches of equal token count."""
+    def train_step(self, rows: torch.Tensor) -> dict:
+        """One optimizer step over a (possibly shortened) batch, in micro-batches of equal token count.
+
+        Reads nothing back from the device: loss and grad_norm are returned as device tensors, and the
+        guard's non-finite flag (`nonfinite`) decides on the device whether the update is applied.
+        """
         st, p = self.state, self.state.progress
         lr = self.guard.scale_lr(st.optimizer, st.schedule.apply(st.optimizer, p.step, p.tokens))
         seq_len = rows.shape[1] - 1
@@ -160,14 +180,13 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor; the norm is over all shards
             grad_norm = grad_norm.full_tensor()
+        all_reduce_mean_(loss_sum)  # the global batch's loss, so every rank computes the same non-finite flag
         fault_point("step", p.step + 1)  # test hook (hasten.faults): a crash mid-step; a no-op in normal use
-        if not self.guard.allow_step(self, loss_sum, grad_norm):  # non-finite: discard the update, advance nothing
-            st.optimizer.zero_grad(set_to_none=True)
-            return {"loss": loss_sum.item(), "grad_norm": grad_norm.item(), "lr": lr, "seq_len": seq_len, "rows": rows.shape[0], "skipped": 1}
-        st.optimizer.step()
+        nonfinite = self.guard.nonfinite(loss_sum, grad_norm)
+        self.guard.apply_update(st.optimizer, nonfinite)  # a non-finite step leaves weights and optimizer state as they were
         st.optimizer.zero_grad(set_to_none=True)
-        all_reduce_mean_(loss_sum)  # log the global batch's loss, not this rank's share
-        return {"loss": loss_sum.item(), "grad_norm": grad_norm.item(), "lr": lr, "seq_len": seq_len, "rows": rows.shape[0]}
+        return {"loss": loss_sum, "grad_norm": grad_norm.detach(), "lr": lr, "seq_len": seq_len, "rows": rows.shape[0],
+                "nonfinite": nonfinite}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -229,49 +248,90 @@ class Trainer:
         self.last_metrics.update(metrics)
         return metrics
 
+    def _sync_due(self) -> bool:
+        t, step = self.cfg.train, self.state.progress.step
+        return (self.is_log_step() or step % t.eval_every == 0 or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+                or self.done())
+
+    def _sync(self) -> bool:
+        """The loop's only wait for the device between steps: time the interval, let the guard decide on
+        the recorded steps. True if the guard rolled the state back."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the interval's queued work belongs to its time
+        now = time.perf_counter()
+        elapsed, (tokens, flops) = now - self._clock, self._interval
+        self.state.progress.train_time += elapsed
+        self._rates = {"tok_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+                       "mfu": flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops and elapsed > 0 else None}
+        self._restart_clock()
+        return self.guard.resolve(self)
+
+    def _restart_clock(self) -> None:
+        """Start a new timing interval (after a sync point, and after evaluation or saving, which are not training time)."""
+        self._clock = time.perf_counter()
+        self._interval = [0, 0.0]
+
+    def _log_train_row(self) -> dict:
+        """Write the train row of this log step (device values read in one transfer); returns it."""
+        p = self.state.progress
+        metrics = {k: v for k, v in self.last_metrics.items() if k != "val_loss"}
+        # every param group's LR, one per block type (groups of one block share it; blockwise LR differs per block)
+        metrics.update({f"lr/{g['block']}": g["lr"] for g in self.state.optimizer.param_groups if "block" in g})
+        metrics = dict(zip(metrics, read_scalars(list(metrics.values()))))
+        self.last_metrics.update({k: v for k, v in metrics.items() if k in self.last_metrics})
+        self.logger.log("train", p.step, tokens=p.tokens, flops=p.flops, train_time=p.train_time, **self._rates, **metrics)
+        return metrics
+
     def fit(self) -> dict[str, float]:
         t = self.cfg.train
         for cb in self.callbacks:
             cb.on_fit_start(self)
         bar = ProgressBar(self.planned_steps(self.cfg), self.state.progress.step, enabled=t.progress_bar and self.is_main)
         p = self.state.progress
+        shown = p.step  # the bar's position
         if p.step == 0:
             self._eval_and_log()
+        self._restart_clock()
         try:
             while not self.done():
                 for cb in self.callbacks:
                     cb.before_step(self)
                 rows = self.next_batch()
-                start = time.perf_counter()
                 out = self.train_step(rows)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - start
                 tokens = out["rows"] * out["seq_len"] * self.world_size
                 step_flops = flops_per_token(self.state.model.config, out["seq_len"]) * tokens
-                p.flops += step_flops
-                p.train_time += elapsed
-                if out.get("skipped"):  # the guard discarded a non-finite step: step, tokens and schedule stay put
-                    bar.update(0, **self.guard.postfix())
-                    continue
-                p.step += 1
+                p.flops += step_flops  # charged even if the guard discards the step (the compute was spent)
+                self._interval[0] += tokens
+                self._interval[1] += step_flops
+                p.step += 1  # provisional until the guard has read this step's non-finite flag (next sync point)
                 p.tokens += tokens
+                self.nonfinite = out.pop("nonfinite")
                 self.last_metrics.update(out)
                 for cb in self.callbacks:
                     cb.after_step(self)
-                if self.guard.after_step(self):  # rolled back to an earlier checkpoint: continue from there
+                self.guard.record(self, tokens, self.nonfinite)
+                if not self._sync_due():
                     continue
-                tok_s = tokens / elapsed if elapsed > 0 else 0.0
-                mfu = step_flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops and elapsed > 0 else None
-                if p.step % t.log_every == 0 or p.step == 1:
-                    extra = {k: v for k, v in self.last_metrics.items() if k not in out and k != "val_loss"}
-                    self.logger.log("train", p.step, tokens=p.tokens, flops=p.flops, train_time=p.train_time, tok_per_s=tok_s, mfu=mfu, **out, **extra)
-                bar.update(1, loss=f"{out['loss']:.3f}", val=_fmt(self.last_metrics.get("val_loss")), tok_s=f"{tok_s:,.0f}",
-                           mfu=f"{mfu:.1%}" if mfu is not None else None, L=out["seq_len"], **self.guard.postfix())
+                due_step = p.step
+                rolled_back = self._sync()
+                bar.update(p.step - shown)
+                shown = p.step
+                if rolled_back or p.step != due_step:  # rolled back, or skipped steps uncounted: not a due step any more
+                    bar.update(0, **self.guard.postfix())
+                    if rolled_back:
+                        self._restart_clock()  # reloading the checkpoint is not training time
+                    continue
+                if self.is_log_step():
+                    row = self._log_train_row()
+                    bar.update(0, loss=_fmt(row.get("loss")), val=_fmt(self.last_metrics.get("val_loss")),
+                               tok_s=f"{self._rates['tok_per_s']:,.0f}", mfu=f"{self._rates['mfu']:.1%}" if self._rates["mfu"] is not None else None,
+                               L=out["seq_len"], **self.guard.postfix())
                 if p.step % t.eval_every == 0 and not self.done():
                     self._eval_and_log()
+                    self._restart_clock()
                 if t.checkpoint_every and p.step % t.checkpoint_every == 0 and not self.done():
                     self.save()
+                    self._restart_clock()
             final = self._eval_and_log()
             self.save()
             for cb in self.callbacks:

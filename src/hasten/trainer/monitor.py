@@ -1,10 +1,14 @@
 """Instability signals logged for every run (the SLW paper's diagnostics), so a baseline and a
 method can be compared on them: loss ratio and spike count every step, and the L1/L2/max of Adam's
-moments every log step."""
+moments every log step.
+
+Everything is accumulated on the device: the values put into `trainer.last_metrics` are tensors that
+the trainer reads with the rest of a logged row, once per log step (no host sync on other steps).
+A step whose update the guard discarded (non-finite) is not counted, as if it had not happened."""
 
 from __future__ import annotations
 
-from hasten.metrics.stability import LossSpikeTracker, optimizer_moment_stats
+from hasten.metrics.stability import LossSpikeTracker, moment_stat_tensors
 from hasten.trainer.callbacks import Callback
 
 
@@ -18,11 +22,11 @@ class StabilityMonitor(Callback):
     def after_step(self, trainer) -> None:
         if not self._state_bytes_logged:
             self._log_state_bytes(trainer)
-        self.spikes.update(trainer.last_metrics["loss"])
+        self.spikes.update(trainer.last_metrics["loss"], skip=trainer.nonfinite)
         trainer.last_metrics.update(self.spikes.metrics())
-        step = trainer.state.progress.step
-        if step % trainer.cfg.train.log_every == 0 or step == 1:
-            trainer.last_metrics.update({f"adam/{k}": v for k, v in optimizer_moment_stats(trainer.state.optimizer, include_weights=False).items()})
+        if trainer.is_log_step():
+            stats = moment_stat_tensors(trainer.state.optimizer, include_weights=False)
+            trainer.last_metrics.update({f"adam/{k}": v for k, v in stats.items()})
 
     def _log_state_bytes(self, trainer) -> None:
         # optimizer memory is half of Adam-mini's claim; state is created lazily, so only after a step
