@@ -17,7 +17,7 @@ from hasten.config import DataConfig
 from hasten.data import load_corpus, prepare_from_config, prepare_tokens
 from hasten.data.corpus import _stdlib_files, stdlib_root
 from hasten.data.tokenizer import eos_id
-from hasten.data.tokens import split_documents
+from hasten.data.tokens import check_corpus, split_documents, split_points
 from hasten.errors import DataError
 
 WORDS = "the model reads data and learns to predict each next token from the tokens before it in order".split()
@@ -173,27 +173,125 @@ def test_token_files_are_reused(tmp_path, isolated_cache, monkeypatch):
     assert not second.train.flags.writeable  # read-only memmap
 
 
-def test_split_by_document_is_deterministic_and_disjoint(tmp_path, isolated_cache):
-    flags = split_documents(200, 0.1, seed=7)
-    assert flags == split_documents(200, 0.1, seed=7)
-    assert flags != split_documents(200, 0.1, seed=8)
-    assert 5 <= sum(flags) <= 40
-    assert split_documents(3, 0.01, seed=0).count(True) == 1  # at least one val document
-    assert split_documents(2, 0.49, seed=0).count(False) >= 1  # and at least one train document
+def test_split_by_tokens_is_exact_deterministic_and_disjoint(tmp_path, isolated_cache):
+    lengths = [random.Random(i).randrange(5, 400) for i in range(200)]
+    starts = split_points(lengths, 0.1, seed=7)
+    assert starts == split_points(lengths, 0.1, seed=7) and starts != split_points(lengths, 0.1, seed=8)
+    assert sum(n - s for n, s in zip(lengths, starts)) == round(0.1 * sum(lengths))  # the stated share, to the token
+    assert sum(0 < s < n for n, s in zip(lengths, starts)) <= 1  # whole documents, plus the tail of at most one
+    assert split_points([1000], 0.02, seed=0) == [980]  # one document: a 2% tail
+    assert split_points([3, 1], 0.9, seed=0) in ([0, 1], [1, 0])  # never all of it: at least one train token
 
     folder = tmp_path / "corpus"
     docs = _write_docs(folder, 40)
     data = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.25, split_seed=3, progress=False)
     tok = Tokenizer.from_file(str(data.tokenizer_path))
     eos = eos_id(tok)
-    is_val = split_documents(len(docs), 0.25, 3)
     encoded = [tok.encode(d).ids + [eos] for d in docs]
-    # each split is exactly the concatenation of its own documents, each followed by EOS
+    starts = split_points([len(ids) for ids in encoded], 0.25, 3)
+    # each split is exactly its documents' tokens (the cut one's head in train, its tail in val), in corpus order
+    assert data.train.tolist() == [t for ids, s in zip(encoded, starts) for t in ids[:s]]
+    assert data.val.tolist() == [t for ids, s in zip(encoded, starts) for t in ids[s:]]
+    assert len(data.val) == round(0.25 * sum(len(ids) for ids in encoded))
+    assert data.manifest["tokens"] == {"train": len(data.train), "val": len(data.val)}
+    assert data.manifest["documents"]["total"] == 40 and data.manifest["documents"]["cut"] <= 1
+
+
+def test_one_file_or_a_few_large_files_get_the_stated_val_share(tmp_path, isolated_cache):
+    """Split by documents, one file had no validation data at all and two files put 71% of the tokens into it."""
+    one = tmp_path / "book.txt"
+    one.write_text("".join(_doc(random.Random(i), 40) for i in range(300)))
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "a.txt").write_text("".join(_doc(random.Random(i), 40) for i in range(100)))
+    (two / "b.txt").write_text("".join(_doc(random.Random(i), 40) for i in range(250)))
+    for source in (one, two):
+        data = prepare_tokens(str(source), vocab_size=300, val_fraction=0.02, progress=False)
+        share = len(data.val) / (len(data.train) + len(data.val))
+        assert abs(share - 0.02) < 1e-3, (source, share)
+        assert len(data.val) > 100 and data.manifest["documents"]["cut"] == 1
+
+
+def test_split_version_1_is_kept_for_runs_that_started_with_it(tmp_path, isolated_cache):
+    folder = tmp_path / "corpus"
+    docs = _write_docs(folder, 40)
+    data = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.25, split_seed=3, progress=False, split_version=1)
+    tok = Tokenizer.from_file(str(data.tokenizer_path))
+    is_val = split_documents(len(docs), 0.25, 3)
+    encoded = [tok.encode(d).ids + [eos_id(tok)] for d in docs]
     assert data.train.tolist() == [t for ids, v in zip(encoded, is_val) if not v for t in ids]
     assert data.val.tolist() == [t for ids, v in zip(encoded, is_val) if v for t in ids]
-    assert data.manifest["documents"] == {"train": is_val.count(False), "val": is_val.count(True)}
-    assert data.manifest["tokens"] == {"train": len(data.train), "val": len(data.val)}
-    assert tok.decode(data.train.tolist()[: len(encoded[is_val.index(False)]) - 1]) == docs[is_val.index(False)]
+    assert "-t" not in data.directory.name  # the cache dir name of version 1, so caches made before are reused
+
+
+def test_hidden_folders_virtual_envs_and_empty_sources_are_never_read(tmp_path, monkeypatch):
+    docs = _write_docs(tmp_path / "corpus", 3)
+    for folder in (".git", ".venv/lib", "env/lib", "pkg/__pycache__"):
+        (tmp_path / "corpus" / folder).mkdir(parents=True)
+        (tmp_path / "corpus" / folder / "x.txt").write_text(f"inside {folder}\n")
+    (tmp_path / "corpus" / "env" / "pyvenv.cfg").write_text("home = /usr\n")  # a venv under any name
+    assert load_corpus(str(tmp_path / "corpus")).documents == docs
+    assert load_corpus(str(tmp_path / "corpus" / "**" / "*.txt")).documents == docs  # globs too
+    assert [f["path"] for f in load_corpus(str(tmp_path / "corpus")).files] == [f"doc{i:03d}.txt" for i in range(3)]
+    monkeypatch.chdir(tmp_path / "corpus")
+    assert load_corpus(".").documents == docs  # the current folder only when asked for explicitly
+    for empty in ("", "  "):
+        with pytest.raises(DataError, match="data.source is empty"):
+            load_corpus(empty)
+
+
+def test_an_edited_corpus_is_named_file_by_file(tmp_path, isolated_cache):
+    folder = tmp_path / "corpus"
+    _write_docs(folder, 6)
+    data = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
+    assert data.corpus["content_sha256"] == load_corpus(str(folder)).fingerprint()
+    assert [f["bytes"] for f in data.corpus["files"]] == [(folder / f"doc{i:03d}.txt").stat().st_size for i in range(6)]
+    check_corpus(data.corpus, load_corpus(str(folder)))  # unchanged: fine
+    with open(folder / "doc001.txt", "a") as f:
+        f.write("one more line\n")
+    (folder / "doc004.txt").unlink()
+    (folder / "new.txt").write_text("a new file\n")
+    tokenizers = set((isolated_cache / "tokenizers").iterdir())
+    with pytest.raises(DataError, match=r"doc001.txt edited .* doc004.txt deleted, new.txt added"):
+        prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False, expect=data.corpus)
+    assert set((isolated_cache / "tokenizers").iterdir()) == tokenizers  # refused before any tokenizer was trained
+
+
+def test_a_broken_token_cache_or_cached_tokenizer_is_rebuilt(tmp_path, isolated_cache, capsys):
+    folder = tmp_path / "corpus"
+    _write_docs(folder, 30)
+    good = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
+    train, val = np.array(good.train), np.array(good.val)
+    for damage in ("truncate", "flip", "manifest"):
+        target = good.directory / ("manifest.json" if damage == "manifest" else "train.npy")
+        raw = bytearray(target.read_bytes())
+        if damage == "truncate":
+            raw = raw[: len(raw) // 2]
+        elif damage == "flip":
+            raw[-3] ^= 0xFF
+        else:
+            raw = bytearray(b"{not json")
+        target.write_bytes(bytes(raw))
+        again = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
+        assert "token cache" in capsys.readouterr().err
+        assert np.array_equal(again.train, train) and np.array_equal(again.val, val), damage
+    tokenizer = good.tokenizer_path
+    tokenizer.write_text(tokenizer.read_text().replace('"the"', '"teh"', 1) if '"the"' in tokenizer.read_text() else "{}")
+    again = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
+    assert "cached tokenizer" in capsys.readouterr().err
+    assert np.array_equal(again.train, train)
+
+
+def test_unreadable_parquet_and_unreachable_hf_dataset_are_data_errors(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet" * 10)
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        load_corpus(str(bad))
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="could not be loaded"):
+        load_corpus("hf:nobody-here/no-such-dataset")
 
 
 def test_small_vocab_uses_uint16(tmp_path, isolated_cache):

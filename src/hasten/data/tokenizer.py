@@ -1,10 +1,14 @@
 """Tokenizers: a byte-level BPE trained locally with HF `tokenizers` (cached by corpus hash),
-or any tokenizer.json file / HF tokenizer name."""
+or any tokenizer.json file / HF tokenizer name.
+
+A cached tokenizer.json is stored with its sha256 beside it (tokenizer.sha256); one that no longer
+matches or does not load is reported on one line and trained (or fetched) again."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,6 +50,34 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _cached(path: Path) -> Tokenizer | None:
+    """A cached tokenizer if it is intact (its recorded sha256 matches and it loads), else None (reported if present)."""
+    if not path.exists():
+        return None
+    stamp = path.with_name("tokenizer.sha256")
+    try:
+        intact = stamp.read_text().strip() == tokenizer_hash(path) if stamp.exists() else True  # caches before the stamp
+        tok = Tokenizer.from_file(str(path)) if intact else None
+    except Exception:  # unreadable stamp, or tokenizers' plain Exception on a malformed file
+        tok = None
+    if tok is None:
+        print(f"hasten: warning: cached tokenizer {path} is broken; building it again", file=sys.stderr)
+    elif not stamp.exists():
+        try:
+            atomic_write_text(stamp, tokenizer_hash(path))
+        except OSError:
+            pass  # a read-only cache still works; it is just not stamped
+    return tok
+
+
+def _store(path: Path, tok: Tokenizer) -> None:
+    try:
+        atomic_write_text(path, tok.to_str())
+        atomic_write_text(path.with_name("tokenizer.sha256"), tokenizer_hash(path))
+    except OSError as err:
+        raise DataError(f"writing the tokenizer cache {path.parent} failed ({err.strerror or err}); free space or set HASTEN_CACHE") from None
+
+
 def load_tokenizer(spec: str, corpus: Corpus | None, vocab_size: int, cache_dir: str) -> tuple[Tokenizer, Path]:
     """The tokenizer and the path of its tokenizer.json (trained and cached on first use for "bpe")."""
     if spec == "bpe":
@@ -53,10 +85,11 @@ def load_tokenizer(spec: str, corpus: Corpus | None, vocab_size: int, cache_dir:
             raise DataError("training a BPE tokenizer needs the corpus")
         key = f"{corpus.fingerprint()[:16]}-v{vocab_size}"
         path = cache_root(cache_dir) / "tokenizers" / key / "tokenizer.json"
-        if not path.exists():
+        tok = _cached(path)
+        if tok is None:
             tok = train_bpe(corpus, vocab_size)
-            atomic_write_text(path, tok.to_str())
-        return Tokenizer.from_file(str(path)), path
+            _store(path, tok)
+        return tok, path
     local = Path(spec).expanduser()
     if local.is_dir():
         local = local / "tokenizer.json"
@@ -65,13 +98,14 @@ def load_tokenizer(spec: str, corpus: Corpus | None, vocab_size: int, cache_dir:
             return Tokenizer.from_file(str(local)), local
         except Exception as err:  # tokenizers raises plain Exceptions
             raise DataError(f"data.tokenizer={spec!r} is not a valid tokenizer.json ({str(err).splitlines()[0]})") from None
-    try:
-        tok = Tokenizer.from_pretrained(spec)
-    except Exception:
-        raise DataError(f"data.tokenizer={spec!r} is neither 'bpe', a tokenizer.json file nor a reachable HF tokenizer name") from None
     path = cache_root(cache_dir) / "tokenizers" / spec.replace("/", "--") / "tokenizer.json"
-    if not path.exists():
-        atomic_write_text(path, tok.to_str())
+    tok = _cached(path)
+    if tok is None:
+        try:
+            tok = Tokenizer.from_pretrained(spec)
+        except Exception:
+            raise DataError(f"data.tokenizer={spec!r} is neither 'bpe', a tokenizer.json file nor a reachable HF tokenizer name") from None
+        _store(path, tok)
     return tok, path
 
 
