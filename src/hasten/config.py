@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -170,6 +171,10 @@ class TrainConfig:
             raise ConfigError(f"train.checkpoint_every={self.checkpoint_every} must be >= 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"train.dtype={self.dtype!r} is unknown; use float32 or bfloat16")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"train.device={self.device!r} is unknown; use auto, cpu, cuda or cuda:N")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"train.seed={self.seed} must be in [0, 2^63)")
 
 
 @dataclass
@@ -330,14 +335,36 @@ def build_dataclass(cls: type, values: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def _deep_merge(base: dict, extra: dict, path: str = "") -> dict:
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+        if isinstance(value, ListItems):
+            out[key] = value.merge_into(out.get(key), f"{path}{key}")
+        elif isinstance(value, dict):  # over a mapping: merged; over anything else: replaces it (list indices still checked)
+            out[key] = _deep_merge(out[key] if isinstance(out.get(key), dict) else {}, value, f"{path}{key}.")
         else:
             out[key] = value
     return out
+
+
+class ListItems(dict):
+    """`--set a.b.0.c=v` addresses element 0 of the list a.b: {index: value} laid over that list when merged."""
+
+    def merge_into(self, current: Any, key: str) -> list:
+        if not isinstance(current, list):
+            raise ConfigError(f"--set {key}.{next(iter(self))}...: {key} is not a list here ({current!r}); set the whole list, "
+                              f"e.g. --set '{key}=[...]'")
+        out = list(current)
+        for index, value in self.items():
+            if not -len(out) <= index < len(out):
+                raise ConfigError(f"--set {key}.{index}: {key} has {len(out)} element(s); use an index below {len(out)}")
+            if isinstance(value, ListItems):
+                out[index] = value.merge_into(out[index], f"{key}.{index}")
+            elif isinstance(value, dict) and isinstance(out[index], dict):
+                out[index] = _deep_merge(out[index], value, f"{key}.{index}.")
+            else:
+                out[index] = value
+        return out
 
 
 def _merge_layer(values: dict, extra: dict) -> dict:
@@ -352,7 +379,10 @@ def _merge_layer(values: dict, extra: dict) -> dict:
 
 
 def parse_override(text: str) -> dict:
-    """`train.max_steps=100` -> {"train": {"max_steps": 100}} (the value is parsed as YAML)."""
+    """`train.max_steps=100` -> {"train": {"max_steps": 100}} (the value is parsed as YAML).
+
+    A numeric part addresses a list element: `methods.growth.stages.0.at_tokens=5e5` changes that field of
+    the first stage and keeps the rest of the list."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r} must look like key.path=value, e.g. --set train.max_steps=100")
     path, raw = text.split("=", 1)
@@ -360,15 +390,18 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    out: dict = {}
-    cursor = out
-    keys = [k for k in path.strip().split(".") if k]
+    keys: list = [k for k in path.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"--set {text!r} has an empty key")
-    for key in keys[:-1]:
-        cursor = cursor.setdefault(key, {})
-    cursor[keys[-1]] = value
-    return out
+    if _is_index(keys[0]):
+        raise ConfigError(f"--set {text!r} starts with a list index; name the section first, e.g. methods.growth.stages.0.at_tokens=...")
+    for key in reversed(keys):  # built from the leaf up; a numeric part indexes the list above it
+        value = ListItems({int(key): value}) if _is_index(key) else {key: value}
+    return value
+
+
+def _is_index(key: str) -> bool:
+    return key.isdigit() or (key.startswith("-") and key[1:].isdigit())
 
 
 def recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -383,6 +416,8 @@ def recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"recipe {path} is not a readable UTF-8 text file ({type(err).__name__}); give a YAML recipe") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a YAML mapping of sections (model, data, optim, schedule, train, methods)")
     base = data.pop("base", None)
