@@ -1,27 +1,39 @@
-"""Metrics as JSONL in the run dir (plus TensorBoard), and the progress bar."""
+"""Metrics as JSONL in the run dir (plus TensorBoard), and the progress bar (plain lines when
+stderr is not a terminal, so log files hold one readable line per update instead of carriage returns)."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from hasten.errors import HastenError
 
-def read_metrics(path: str | Path) -> list[dict]:
+
+def read_metrics(path: str | Path, skipped: list | None = None) -> list[dict]:
+    """The rows of a metrics.jsonl; lines that are not JSON objects (a torn last line after a crash, stray
+    bytes) are left out, and counted in `skipped` when given."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line after a crash
+    for raw in path.read_bytes().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif skipped is not None:
+            skipped.append(raw)
     return rows
 
 
@@ -32,6 +44,7 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
+        self.lock = None  # set by setup: released on close
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -41,20 +54,32 @@ class MetricsLogger:
                 self.writer = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint so the record matches an uninterrupted run."""
+        """On resume, drop rows logged after the checkpoint so the record matches an uninterrupted run
+        (and lines that are not rows at all, reported on one line)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        skipped: list = []
+        keep = [r for r in read_metrics(self.path, skipped) if not isinstance(r.get("step", 0), int) or r.get("step", 0) <= step]
+        if skipped:
+            print(f"hasten: warning: {self.path} had {len(skipped)} unreadable line(s); dropped them", file=sys.stderr)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        tmp.replace(self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            tmp.replace(self.path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise HastenError(f"rewriting {self.path} failed ({err.strerror or err}); it is unchanged; free space and --resume") from None
 
     def log(self, kind: str, step: int, **values) -> None:
         if not self.enabled:
             return
         row = {"kind": kind, "step": step, **{k: _clean(v) for k, v in values.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise HastenError(f"writing {self.path} failed at step {step} ({err.strerror or err}); free space, then "
+                              f"hasten train --resume --run-dir {self.path.parent} continues from the last checkpoint") from None
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -63,6 +88,9 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.lock is not None:  # the run dir's writer lock (hasten.trainer.setup) ends with the run's logging
+            self.lock.release()
+            self.lock = None
 
 
 def _clean(value):
@@ -74,15 +102,48 @@ def _clean(value):
 
 
 class ProgressBar:
-    def __init__(self, total_steps: int, initial: int, enabled: bool):
-        self.bar = tqdm(total=total_steps, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc="train")
+    """A tqdm bar on a terminal; otherwise (a log file, a pipe, a batch job) a plain line every
+    `plain_every` seconds and at the first and last step, e.g. `train step 120/300 (40%) loss=3.214 ...`."""
+
+    def __init__(self, total_steps: int, initial: int, enabled: bool, stream=None, plain_every: float = 30.0):
+        self.stream = stream or sys.stderr
+        self.plain = enabled and not _is_terminal(self.stream)
+        self.total, self.step = total_steps, initial
+        self.plain_every, self.last_line = plain_every, -math.inf
+        self.postfix: dict = {}
+        self.bar = None if self.plain else tqdm(total=total_steps, initial=initial, disable=not enabled, unit="step",
+                                                dynamic_ncols=True, desc="train", file=self.stream)
 
     def update(self, n: int = 1, **postfix) -> None:
-        self.bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
-        self.bar.update(n)
+        values = {k: v for k, v in postfix.items() if v is not None}
+        if self.bar is not None:
+            if values:
+                self.bar.set_postfix(values, refresh=False)
+            self.bar.update(n)
+            return
+        if not self.plain:
+            return
+        self.step += n
+        self.postfix.update(values)
+        due = time.monotonic() - self.last_line >= self.plain_every
+        if (values and due) or (n and self.step >= self.total):  # lines carry the latest logged values
+            self.last_line = time.monotonic()
+            fields = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+            self.write(f"train step {self.step}/{self.total} ({self.step / max(1, self.total):.0%}) {fields}".rstrip())
 
     def write(self, text: str) -> None:
-        self.bar.write(text)
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
