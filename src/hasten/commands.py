@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES: list[str] = ["hasten.interop.cli", "hasten.compare.cli", "hasten.methods.blockwise_lr.cli", "hasten.methods.growth.cli"]
+COMMAND_MODULES: list[str] = ["hasten.generate", "hasten.interop.cli", "hasten.compare.cli", "hasten.methods.blockwise_lr.cli", "hasten.methods.growth.cli"]
 
 
 def register_commands(subparsers) -> None:

@@ -23,8 +23,10 @@ depend on the transformers version on the exporting machine.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -383,13 +385,16 @@ def _gpt2_biases_all_zero(w: _Weights, cfg: ModelConfig) -> bool:
 
 
 def export_hf(
-    model: GPT, out_dir: str | Path, tokenizer_file: str | Path | None = None, dtype: torch.dtype | str | None = None
+    model: GPT, out_dir: str | Path, tokenizer_file: str | Path | None = None, dtype: torch.dtype | str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `model` as a transformers checkpoint directory and return its path.
 
     Files: config.json, model.safetensors (one file, HF key names), hasten_config.json, and with a
     tokenizer also tokenizer.json + tokenizer_config.json so `AutoTokenizer.from_pretrained(dir)`
     works offline. `dtype` casts the weights (e.g. torch.bfloat16 or "bf16"); None keeps the model's.
+    The directory must be new or empty unless `overwrite` (then these files are replaced, others kept);
+    everything is written into a temporary folder first and moved in only when complete.
     """
     from safetensors.torch import save_file
 
@@ -403,20 +408,30 @@ def export_hf(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"hf export: {out} exists and is not a directory; pick a directory path")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"hf export: {out} is not empty; pick a new or empty directory (or overwrite=True / --force)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        eos_id = _copy_tokenizer(Path(tokenizer_file), staging, cfg) if tokenizer_file is not None else None
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        hf_state = (_gpt2_to_hf if cfg.family == "gpt2" else _llama_to_hf)(state, cfg)
+        if target_dtype is None:
+            target_dtype = state["embed_tokens.weight"].dtype
+        hf_state = {k: v.to(device="cpu", dtype=target_dtype).contiguous() for k, v in hf_state.items()}
 
-    eos_id = _copy_tokenizer(Path(tokenizer_file), out, cfg) if tokenizer_file is not None else None
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    hf_state = (_gpt2_to_hf if cfg.family == "gpt2" else _llama_to_hf)(state, cfg)
-    if target_dtype is None:
-        target_dtype = state["embed_tokens.weight"].dtype
-    hf_state = {k: v.to(device="cpu", dtype=target_dtype).contiguous() for k, v in hf_state.items()}
-
-    config = hf_config_dict_from_hasten(cfg, bos_token_id=eos_id, eos_token_id=eos_id)
-    config["torch_dtype"] = str(target_dtype).removeprefix("torch.")
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out / HASTEN_SIDECAR).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    save_file(hf_state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        config = hf_config_dict_from_hasten(cfg, bos_token_id=eos_id, eos_token_id=eos_id)
+        config["torch_dtype"] = str(target_dtype).removeprefix("torch.")
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (staging / HASTEN_SIDECAR).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        save_file(hf_state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        out.mkdir(exist_ok=True)
+        for file in sorted(staging.iterdir()):
+            os.replace(file, out / file.name)
+    except OSError as err:
+        raise ConfigError(f"hf export: writing {out} failed ({err.strerror or err}); free space and export again") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -524,8 +539,7 @@ def _copy_tokenizer(tokenizer_file: Path, out: Path, cfg: ModelConfig) -> int | 
             "pass the tokenizer the model was trained with"
         )
     eos_id = tok.token_to_id(EOS_TOKEN)
-    if tokenizer_file.resolve() != (out / "tokenizer.json").resolve():
-        shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+    shutil.copyfile(tokenizer_file, out / "tokenizer.json")
     tok_config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": cfg.max_seq_len,
