@@ -31,7 +31,7 @@ def _run_cli(capsys, argv: list[str]) -> tuple[int, list[str]]:
     assert "Traceback" not in err
     # progress bars, the run banner of a run that started, and one-line warnings are not errors; everything else counts
     lines = [line for line in err.splitlines()
-             if line.strip() and not line.startswith(("hasten: warning", "run dir ")) and "%|" not in line]
+             if line.strip() and not line.startswith(("hasten: warning", "hasten: note", "run dir ", "train step ")) and "%|" not in line]
     return code, lines
 
 
@@ -75,7 +75,7 @@ def _small_data(cache_dir, folder) -> list[str]:
 def test_empty_corpus(tmp_path, capsys, cache_dir):
     folder = _corpus(tmp_path, {"a.txt": b"", "b.txt": b"   \n\n"})
     _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "no usable text", "empty: 2")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # a failed start leaves nothing that would block the same command
 
 
 def test_only_binary_or_non_utf8_files_is_refused(tmp_path, capsys, cache_dir):
@@ -102,6 +102,20 @@ def test_missing_corpus(tmp_path, capsys, cache_dir):
     _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, tmp_path / "nope")), "matches no files")
 
 
+def test_empty_source_corrupt_parquet_and_offline_hf_dataset(tmp_path, capsys, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data.source "" used to read the whole current folder
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    before = _tree_digest(tmp_path)
+    for source, fragment in (("", "data.source is empty"), ("bad.parquet", "not a readable parquet file"),
+                             ("hf:nobody-here/no-such-dataset", "could not be loaded")):
+        if source.startswith("hf:"):
+            pytest.importorskip("datasets")
+        _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, source)), fragment)
+        assert _tree_digest(tmp_path) == before
+
+
 # ---------------------------------------------------------------------------------------------- config
 
 
@@ -123,6 +137,10 @@ def test_missing_corpus(tmp_path, capsys, cache_dir):
         ("methods.lawaa.k=2", "did you mean 'lawa'"),
         ("train.dtype=float8", "unknown"),
         ("train.max_steps", "must look like key.path=value"),
+        ("train.device=tpu", "train.device='tpu' is unknown"),
+        ("train.seed=-1", "train.seed=-1 must be in"),
+        ("methods.growth.stages.0.at_steps=5", "methods.growth.stages is not a list here"),
+        ("0.at_steps=5", "starts with a list index"),
     ],
 )
 def test_invalid_config_values(tmp_path, capsys, override, fragment):
@@ -132,7 +150,19 @@ def test_invalid_config_values(tmp_path, capsys, override, fragment):
     assert not run.exists()
 
 
+def test_set_addresses_one_element_of_a_list():
+    stages = "methods.growth.stages=[{dim: depth, op: stack, factor: 2, at_steps: 5}, {dim: depth, op: stack, factor: 2, at_steps: 9}]"
+    cfg = load_config(None, ["model=tiny", "data.vocab_size=512", "train.max_steps=20", stages, "methods.growth.stages.1.at_steps=12"])
+    assert [s["at_steps"] for s in cfg.methods["growth"]["stages"]] == [5, 12]
+    assert cfg.methods["growth"]["stages"][1]["op"] == "stack"  # the rest of the element is kept
+    with pytest.raises(ConfigError, match="has 2 element"):
+        load_config(None, ["model=tiny", "data.vocab_size=512", "train.max_steps=20", stages, "methods.growth.stages.2.at_steps=1"])
+
+
 def test_bad_recipe_files(tmp_path, capsys):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(128, 256)) * 2)
+    _assert_one_line_error(capsys, ["train", str(binary)], "not a readable UTF-8 text file")
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [unclosed\n")
     _assert_one_line_error(capsys, ["train", str(broken)], "not valid YAML")
@@ -172,6 +202,15 @@ def test_resume_with_a_different_config(capsys, tiny_overrides, run_copy):
                            "config differs", "model")
     _assert_one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2", "optim.lr=1e-2"], "--resume"), "optim.lr")
     assert _tree_digest(run_copy) == before
+
+
+def test_run_dir_that_cannot_be_created(tmp_path, capsys, tiny_overrides):
+    (tmp_path / "a-file").write_text("mine")
+    before = _tree_digest(tmp_path)
+    for run_dir, fragment in ((tmp_path / "a-file" / "run", "a-file is a file"), (tmp_path / "a-file", "is a file"),
+                              (Path("/proc/hasten-nope"), "cannot create run dir /proc/hasten-nope")):
+        _assert_one_line_error(capsys, _train(run_dir, [*tiny_overrides, "train.max_steps=1"]), fragment)
+    assert _tree_digest(tmp_path) == before
 
 
 def test_resume_of_a_dir_without_a_run(tmp_path, capsys):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from hasten.cli import main
@@ -29,13 +30,13 @@ def test_info_cpu_small_through_the_entry_point():
 def test_prepare_data(capsys, tiny_overrides):
     assert main(["prepare-data", *[a for o in tiny_overrides for a in ("--set", o)]]) == 0
     out = capsys.readouterr().out
-    assert "train /" in out and "val documents" in out and "vocab 512" in out
+    assert "train /" in out and "val tokens" in out and "vocab 512" in out
     token_dir = Path(out.split("token files:")[1].split("\n")[0].strip())
     tokenizer = Path(out.split("tokenizer:")[1].split("\n")[0].strip())
     assert (token_dir / "train.npy").is_file() and (token_dir / "manifest.json").is_file()
     assert tokenizer.is_file()
     manifest = json.loads((token_dir / "manifest.json").read_text())
-    assert f"{manifest['documents']['train']} train / {manifest['documents']['val']} val documents" in out
+    assert f"{manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val tokens" in out
 
 
 def test_train_then_eval(tmp_path, capsys, tiny_overrides):
@@ -89,3 +90,46 @@ def test_stop_at_step_then_resume_finishes_the_same_run(tmp_path, capsys, tiny_o
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert chunked["step"] == straight["step"] == 12
     assert chunked["val_loss"] == straight["val_loss"]
+
+
+def test_info_lists_presets_and_takes_a_recipe_or_a_model_mapping(tmp_path, capsys):
+    from hasten.model import PRESETS
+
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["preset", "family", "layers", "d_model", "heads", "params", "non-embedding"]
+    for name in PRESETS:
+        cfg = model_config(name)
+        with torch.device("meta"):
+            counts = count_params(GPT(cfg))
+        row = next(line.split() for line in lines if line.split()[0] == name)
+        assert row[1:4] == [cfg.family, str(cfg.n_layers), str(cfg.d_model)]
+        assert row[-2:] == [f"{counts['total']:,}", f"{counts['non_embedding']:,}"]
+
+    assert main(["info", "{preset: cpu-small, d_model: 64}"]) == 0
+    cfg = model_config({"preset": "cpu-small", "d_model": 64})
+    with torch.device("meta"):
+        total = count_params(GPT(cfg))["total"]
+    assert f"params total        {total:,}" in capsys.readouterr().out
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {preset: tiny, n_layers: 3}\ntrain: {seq_len: 32, max_steps: 5}\ndata: {vocab_size: 512}\n")
+    assert main(["info", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "gpt2, 3 layers, d_model 32" in out and "(FLOPs at seq 32)" in out
+    assert main(["info", "{preset: tiny, n_layer: 3}"]) == 2
+    assert "did you mean 'n_layers'" in capsys.readouterr().err
+
+
+def test_version_and_usage_errors_are_one_line(capsys):
+    from hasten import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hasten {__version__}"
+    for argv in (["train", "--nproc", "two"], ["eval"], ["nonsense"]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("hasten: error:"), err
