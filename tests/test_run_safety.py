@@ -250,7 +250,8 @@ def test_garbage_in_metrics_jsonl_does_not_stop_resume_or_grow(capsys, run_copy,
         f.write(b"\xff\xfe\x00 torn")
     code, lines, _ = _cli(capsys, ["grow", run_copy, "--op", "stack", "--factor", "2", "--out", workdir / "grown"])
     assert code == 0 and not [line for line in lines if "error" in line], lines
-    assert (workdir / "grown" / "config.yaml").is_file()
+    assert (workdir / "grown" / "corpus.json").read_bytes() == (run_copy / "corpus.json").read_bytes()
+    assert _main(["train", "--resume", "--run-dir", workdir / "grown", "--set", "train.max_steps=6"]) == 0  # on the same tokens
 
 
 # ---------------------------------------------------------------------------------------------- export / import / eval / generate

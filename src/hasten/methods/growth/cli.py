@@ -120,8 +120,9 @@ def grow_checkpoint(args) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     run_dir = _source_run_dir(Path(ckpt["_path"]))
-    if run_dir is not None and (run_dir / "tokenizer.json").exists():
-        shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
+    for name in ("tokenizer.json", "corpus.json"):  # the grown run resumes on the same tokens, and checks its corpus
+        if run_dir is not None and (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out / name)
     rows = _metrics_until(run_dir, step) if run_dir is not None else []
     summary = grown.plan.summary()
     rows.append({"kind": "event", "step": step, "event": "state_replaced", "reason": summary, "tokens": tokens})
