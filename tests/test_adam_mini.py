@@ -293,3 +293,23 @@ def test_new_params_get_fresh_state_and_resize_needs_rebuild():
     opt.step()
     assert opt.state[extra]["step"] == 1 and opt.state[extra]["exp_avg_sq"].shape == (16,)
     assert opt.state[model.lm_head.weight]["step"] == 3  # other parameters keep their state
+
+
+def test_accelerator_layout_gives_the_same_update(monkeypatch):
+    """On accelerators the denominators are spread over the coordinates for torch's multi-tensor kernels; on CPU
+    they are broadcast per row. Forcing the accelerator layout on CPU must give bit-identical weights and state."""
+    import hasten.optim.adam_mini as adam_mini
+
+    torch.manual_seed(0)
+    model = GPT(model_config("tiny-llama", **REF_CFG))
+    twin = copy.deepcopy(model)
+    cpu_opt, spread_opt = _make_adam_mini(model, ratios=DEFAULT_RATIOS), _make_adam_mini(twin, ratios=DEFAULT_RATIOS)
+    for i, rows in enumerate(_batches(128, 4)):
+        _step(model, cpu_opt, rows)
+        monkeypatch.setattr(adam_mini, "BROADCAST_DEVICES", ())
+        spread_opt.found_inf = torch.tensor(0.0) if i % 2 else None
+        _step(twin, spread_opt, rows)
+        monkeypatch.setattr(adam_mini, "BROADCAST_DEVICES", ("cpu",))
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name
+        assert torch.equal(cpu_opt.state[a]["exp_avg_sq"], spread_opt.state[b]["exp_avg_sq"]), name

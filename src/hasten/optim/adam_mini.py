@@ -59,6 +59,9 @@ from hasten.errors import CheckpointError, ConfigError
 from hasten.optim.blocks import classify_param
 
 PARTITION_KINDS = ("adam", "head", "row", "tensor")
+# devices where _foreach ops run tensor by tensor anyway (CPU), so the update broadcasts each block's denominator
+# instead of spreading it over the coordinates for torch's multi-tensor kernels (same values, fewer memory passes)
+BROADCAST_DEVICES = ("cpu",)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class AdamMini(torch.optim.Optimizer):
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.block_overrides = dict(block_overrides or {})
         self._partitions: dict[torch.Tensor, Partition] = {}
-        self._plans: dict[int, tuple[tuple, _Plan]] = {}  # per param group: the flat layout of its gradients
+        self._plans: dict[tuple, tuple[tuple, _Plan]] = {}  # per (device, dtype, betas, eps): the flat layout of the gradients
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(param_groups, defaults)
         self._step_supports_amp_scaling = True  # honours `found_inf` / `grad_scale` (see the module docstring)
@@ -240,11 +243,15 @@ class AdamMini(torch.optim.Optimizer):
                 if param.grad is not None:
                     self.partition(param)
         found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
-        for index, group in enumerate(self.param_groups):
+        batches: dict[tuple, list[tuple[torch.Tensor, dict, dict]]] = {}
+        for group in self.param_groups:
             if any(_is_dtensor(p) for p in group["params"]):
                 self._step_group_sharded(group, found_inf, grad_scale)
-            else:
-                self._step_group(index, group, found_inf, grad_scale)
+                continue
+            for param, state in self._with_state(group):  # every group at once: the per-group part is only lr and decay
+                batches.setdefault((param.device, param.dtype, tuple(group["betas"]), group["eps"]), []).append((param, state, group))
+        for key, items in batches.items():
+            self._update(key, items, found_inf, grad_scale)
         return loss
 
     def _with_state(self, group: dict) -> list[tuple[torch.Tensor, dict]]:
@@ -266,62 +273,70 @@ class AdamMini(torch.optim.Optimizer):
             out.append((param, state))
         return out
 
-    def _plan(self, index: int, params: list[torch.Tensor]) -> _Plan:
-        key = tuple((id(p), p.shape, p.device, p.dtype) for p in params)
-        cached = self._plans.get(index)
-        if cached is None or cached[0] != key:
-            cached = (key, _Plan.build(params, [self._partitions[p] for p in params]))
-            self._plans[index] = cached
+    def _plan(self, key: tuple, params: list[torch.Tensor]) -> _Plan:
+        ident = tuple((id(p), p.shape) for p in params)
+        cached = self._plans.get(key)
+        if cached is None or cached[0] != ident:
+            cached = (ident, _Plan.build(params, [self._partitions[p] for p in params]))
+            self._plans[key] = cached
         return cached[1]
 
-    def _step_group(self, index: int, group: dict, found_inf: torch.Tensor | None, grad_scale: torch.Tensor | None) -> None:
-        items = self._with_state(group)
-        if not items:
-            return
-        if len({(p.device, p.dtype) for p, _ in items}) > 1:
-            raise RuntimeError("Adam-mini: the params of one param group must share device and dtype")
-        plan = self._plan(index, [p for p, _ in items])
+    def _update(self, key: tuple, items: list, found_inf: torch.Tensor | None, grad_scale: torch.Tensor | None) -> None:
+        """One batched update of params that share device, dtype, betas and eps (normally all of them)."""
+        device, _, (beta1, beta2), eps = key
+        plan = self._plan(key, [param for param, _, _ in items])
         params = [items[i][0] for i in plan.order]
         states = [items[i][1] for i in plan.order]
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        steps = [s["step"] for s in states]
-        beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        skip = _skip_flag(found_inf, params[0].device)
+        by_group: dict[int, tuple[dict, list[int]]] = {}  # param groups differ only in lr and weight decay
+        for position, i in enumerate(plan.order):
+            by_group.setdefault(id(items[i][2]), (items[i][2], []))[1].append(position)
+        skip = _skip_flag(found_inf, device)
 
-        if weight_decay != 0:  # decoupled decay first, as torch AdamW
-            torch._foreach_mul_(params, _unless(skip, 1 - lr * weight_decay, 1.0))
+        for group, positions in by_group.values():  # decoupled decay first, as torch AdamW
+            if group["weight_decay"] != 0:
+                torch._foreach_mul_([params[j] for j in positions], _unless(skip, 1 - group["lr"] * group["weight_decay"], 1.0))
         # the gradients as one flat buffer in the plan's order (fp32 for low precision), zero on a skipped step
         flat = torch.cat([p.grad.reshape(-1) for p in params])
         if flat.dtype in (torch.float16, torch.bfloat16):
             flat = flat.float()  # a low-precision mean of squares loses the small entries
         if grad_scale is not None:
-            flat.div_(grad_scale.to(flat.device))
-        if skip is not None:
-            flat.masked_fill_(skip, 0.0)
+            flat.div_(grad_scale.to(device))
+        if skip is not None:  # a skipped step's gradients may be NaN/Inf: zero them (x 0, then NaN -> 0)
+            flat.mul_(~skip).nan_to_num_(0.0, 0.0, 0.0)
         grads = [g.view_as(p) for g, p in zip(flat.split(plan.numels), params)]
 
         torch._foreach_mul_(exp_avgs, _unless(skip, beta1, 1.0))  # m <- b1 m + (1 - b1) g
         torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-        squares = flat.square()  # v_b <- b2 v_b + (1 - b2) mean_b(g^2): one reduction per block size
-        means = torch.cat([squares[a:b].view(-1, size).mean(dim=1) for a, b, size in plan.buckets])
+        # v_b <- b2 v_b + (1 - b2) mean_b(g^2): one reduction per block size, mean_b(g^2) = |g_b|^2 / size
+        means = torch.cat([torch.linalg.vector_norm(flat[a:b].view(-1, size), dim=1).square_().div_(size)
+                           for a, b, size in plan.buckets])
         torch._foreach_mul_(exp_avg_sqs, _unless(skip, beta2, 1.0))
         torch._foreach_add_(exp_avg_sqs, list(means.split(plan.blocks)), alpha=1 - beta2)
 
-        # (a list of 0-dim tensors: the single-tensor overload would read the value on the host)
+        steps = [s["step"] for s in states]  # (a list of 0-dim tensors: the single-tensor overload reads it on the host)
         torch._foreach_add_(steps, 1.0 if skip is None else [(~skip).float()] * len(steps))
-        v = torch.cat(exp_avg_sqs)
-        t = torch.stack(steps).to(_math_dtype(v.dtype)).clamp_min(1)  # a fresh parameter's skipped first step keeps step 0
-        step_size = -lr / (1 - torch.pow(beta1, t))  # -lr / bias_correction1, per parameter
+        # bias corrections per parameter on the device, in float64 (1 - beta^t cancels); a skipped first step keeps t = 0
+        t = torch.stack(steps).double().clamp_min(1)
+        correction1 = 1 - torch.pow(beta1, t)
         if skip is not None:
-            step_size = step_size * (~skip)  # 0: the update below adds m / inf = 0
-        per_param = torch.stack([(1 - torch.pow(beta2, t)).sqrt(), step_size])
-        per_block = per_param.to(v.dtype).repeat_interleave(plan.blocks_tensor(v.device), dim=1, output_size=plan.total_blocks)
-        # p += step_size * m / (sqrt(v_b) / sqrt(bias_correction2) + eps), with the step size folded into the denominator
-        denom = v.sqrt().div_(per_block[0]).add_(eps).div_(per_block[1])
-        denom = denom.repeat_interleave(plan.sizes_tensor(v.device), output_size=flat.numel())
-        torch._foreach_addcdiv_(params, exp_avgs, [d.view_as(p) for d, p in zip(denom.split(plan.numels), params)])
+            correction1 = correction1 / (~skip)  # inf on a skipped step: the update below adds m / inf = 0
+        per_param = torch.stack([(1 - torch.pow(beta2, t)).sqrt(), correction1])
+        v = torch.cat(exp_avg_sqs)
+        per_block = per_param.to(v.dtype).repeat_interleave(plan.blocks_tensor(device), dim=1, output_size=plan.total_blocks)
+        # p -= lr / bias_correction1 * m / (sqrt(v_b) / sqrt(bias_correction2) + eps): bias_correction1 goes into the denominator
+        denom = v.sqrt().div_(per_block[0]).add_(eps).mul_(per_block[1])
+        if device.type in BROADCAST_DEVICES:  # foreach runs tensor by tensor here: broadcast each block's denominator over its row
+            rows = [d.unsqueeze(1) for d in denom.split(plan.blocks)]
+            targets = [(params[j].view(plan.blocks[j], -1), exp_avgs[j].view(plan.blocks[j], -1), rows[j]) for j in range(len(params))]
+        else:  # torch's multi-tensor kernels need equal shapes: spread the denominators over the coordinates (one extra pass)
+            spread = torch.empty_like(flat, dtype=denom.dtype)
+            for (a, b, size), (c, d) in zip(plan.buckets, plan.bucket_blocks):
+                spread[a:b].view(-1, size).copy_(denom[c:d].unsqueeze(1))
+            targets = [(p, m, x.view_as(p)) for p, m, x in zip(params, exp_avgs, spread.split(plan.numels))]
+        for group, positions in by_group.values():
+            torch._foreach_addcdiv_(*([targets[j][k] for j in positions] for k in range(3)), value=-group["lr"])
 
     def _step_group_sharded(self, group: dict, found_inf: torch.Tensor | None, grad_scale: torch.Tensor | None) -> None:
         """The same update on FSDP2 shards: local math, one all-reduce for the per-head/per-tensor blocks."""
@@ -379,6 +394,7 @@ class _Plan:
     numels: tuple[int, ...]
     blocks: tuple[int, ...]  # blocks per parameter
     buckets: tuple[tuple[int, int, int], ...]  # (start, end, block size) in the flat buffer
+    bucket_blocks: tuple[tuple[int, int], ...]  # (first, end) block of each bucket
     total_blocks: int
     _cache: dict = field(default_factory=dict, compare=False)
 
@@ -394,22 +410,18 @@ class _Plan:
             else:
                 buckets.append([start, start + n, sizes[i]])
             start += n
+        bucket_blocks, first = [], 0
+        for a, b, size in buckets:
+            bucket_blocks.append((first, first + (b - a) // size))
+            first += (b - a) // size
         return cls(tuple(order), tuple(params[i].numel() for i in order), tuple(parts[i].n_blocks for i in order),
-                   tuple(tuple(b) for b in buckets), sum(part.n_blocks for part in parts))
+                   tuple(tuple(b) for b in buckets), tuple(bucket_blocks), first)
 
     def blocks_tensor(self, device: torch.device) -> torch.Tensor:
         """Blocks per parameter, on `device` (made once: a host-to-device copy would wait for the device)."""
         key = ("blocks", device)
         if key not in self._cache:
             self._cache[key] = torch.tensor(self.blocks, dtype=torch.long, device=device)
-        return self._cache[key]
-
-    def sizes_tensor(self, device: torch.device) -> torch.Tensor:
-        """Coordinates per block, for every block in plan order, on `device` (made once)."""
-        key = ("sizes", device)
-        if key not in self._cache:
-            sizes = [size for a, b, size in self.buckets for _ in range((b - a) // size)]
-            self._cache[key] = torch.tensor(sizes, dtype=torch.long, device=device)
         return self._cache[key]
 
 
