@@ -25,10 +25,11 @@ fused/capturable step), `exp_avg` (the parameter's shape) and `exp_avg_sq` (1-D,
 so its length is the number of blocks). The state is ordinary tensors, so torch's
 state_dict/load_state_dict round-trips it.
 
-The update runs as batched kernels with no host sync: per param group, the gradients are gathered
-into one flat buffer ordered by block size, so the block means of g^2 are one reduction per distinct
-block size (not one per tensor); m, v, the steps and the parameters are updated with torch's
-`_foreach_*` ops; bias corrections are computed on the device from the step tensors. The optimizer
+The update runs as batched kernels with no host sync, for all param groups at once (they differ only
+in lr and weight decay): the gradients are gathered into one flat buffer ordered by block size, so the
+block means of g^2 are one reduction per distinct block size (not one per tensor); m, v, the steps
+and the parameters are updated with torch's `_foreach_*` ops; bias corrections are computed on the
+device from the step tensors. The optimizer
 takes the `found_inf` (and `grad_scale`) attributes of torch's GradScaler protocol, like torch's fused
 AdamW: a step with `found_inf` = 1 leaves every parameter and state tensor as it was, decided on the
 device (hasten's guard uses this to skip non-finite steps without a host sync).
