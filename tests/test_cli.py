@@ -133,3 +133,22 @@ def test_version_and_usage_errors_are_one_line(capsys):
         assert stop.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("hasten: error:"), err
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal():
+    import io
+
+    from hasten.trainer.logger import ProgressBar
+
+    stream = io.StringIO()  # a log file or pipe: no carriage-return bar, one line per update that is due
+    bar = ProgressBar(total_steps=10, initial=0, enabled=True, stream=stream, plain_every=3600)
+    for step in range(1, 11):
+        bar.update(1)
+        bar.update(0, loss=f"{5 - step * 0.1:.3f}", val=None)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert lines == ["train step 1/10 (10%) loss=4.900", "train step 10/10 (100%) loss=4.000"]
+    assert "\r" not in stream.getvalue()
+    quiet = io.StringIO()
+    ProgressBar(total_steps=10, initial=0, enabled=False, stream=quiet).update(1, loss="1")
+    assert quiet.getvalue() == ""

@@ -103,7 +103,8 @@ def _clean(value):
 
 class ProgressBar:
     """A tqdm bar on a terminal; otherwise (a log file, a pipe, a batch job) a plain line every
-    `plain_every` seconds and at the first and last step, e.g. `train step 120/300 (40%) loss=3.214 ...`."""
+    `plain_every` seconds (with the values of the latest update that carried them) and at the end,
+    e.g. `train step 120/300 (40%) loss=3.214 val=3.301 tok_s=12,345`."""
 
     def __init__(self, total_steps: int, initial: int, enabled: bool, stream=None, plain_every: float = 30.0):
         self.stream = stream or sys.stderr
@@ -111,6 +112,7 @@ class ProgressBar:
         self.total, self.step = total_steps, initial
         self.plain_every, self.last_line = plain_every, -math.inf
         self.postfix: dict = {}
+        self.shown = initial  # the step of the last plain line
         self.bar = None if self.plain else tqdm(total=total_steps, initial=initial, disable=not enabled, unit="step",
                                                 dynamic_ncols=True, desc="train", file=self.stream)
 
@@ -125,11 +127,13 @@ class ProgressBar:
             return
         self.step += n
         self.postfix.update(values)
-        due = time.monotonic() - self.last_line >= self.plain_every
-        if (values and due) or (n and self.step >= self.total):  # lines carry the latest logged values
-            self.last_line = time.monotonic()
-            fields = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-            self.write(f"train step {self.step}/{self.total} ({self.step / max(1, self.total):.0%}) {fields}".rstrip())
+        if values and time.monotonic() - self.last_line >= self.plain_every:  # lines carry the latest logged values
+            self._line()
+
+    def _line(self) -> None:
+        self.last_line, self.shown = time.monotonic(), self.step
+        fields = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+        self.write(f"train step {self.step}/{self.total} ({self.step / max(1, self.total):.0%}) {fields}".rstrip())
 
     def write(self, text: str) -> None:
         if self.bar is not None:
@@ -140,6 +144,8 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.plain and self.step > self.shown:  # the last step's line
+            self._line()
 
 
 def _is_terminal(stream) -> bool:
