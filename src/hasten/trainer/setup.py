@@ -329,8 +329,6 @@ def commit_run_dir(plan: RunDirPlan, cfg: RunConfig, data: TokenData) -> None:
         try:
             if plan.changes:
                 atomic_write_text(run_dir / "config.yaml", config_text)
-            if plan.corpus is None:
-                atomic_write_text(run_dir / CORPUS_FILE, json.dumps(data.corpus, indent=1))
             if plan.tokenizer is None:
                 shutil.copyfile(data.tokenizer_path, run_dir / "tokenizer.json")
             if plan.checkpoint is None:  # stopped before its first checkpoint: nothing to lose, start over
@@ -454,6 +452,8 @@ def _assemble(cfg, run_dir, dist, device, data, ckpt_path, plan, progress):
     if checkpoint is not None:
         restore(trainer, checkpoint)
     if plan is not None:
+        if plan.mode == "resume" and plan.corpus is None:  # a run from before corpus.json: record it now that it resumed
+            atomic_write_text(run_dir / CORPUS_FILE, json.dumps(data.corpus, indent=1))
         trainer.logger.lock, plan.lock = plan.lock, None  # the lock lives as long as the run logs
     state.forward_model = forward_model if forward_model is not None else wrap(state.model)  # DDP: after restore
     return trainer, checkpoint
