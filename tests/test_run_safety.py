@@ -161,6 +161,7 @@ def test_resume_refuses_an_edited_or_shrunk_corpus_before_writing_anything(capsy
         f.write("one more line\n")
     _one_line_error(capsys, ["train", "--resume", "--run-dir", run, "--set", "train.max_steps=3"],
                     "changed since this run started (doc03.txt edited", "restore it")
+    _one_line_error(capsys, ["eval", run], "doc03.txt edited", "its val split is not the run's", "--data")
     (corpus / "doc03.txt").write_text(original)
     (corpus / "doc05.txt").unlink()
     _one_line_error(capsys, ["train", "--resume", "--run-dir", run], "doc05.txt deleted")

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from hasten import __version__
-from hasten.errors import ConfigError, HastenError
+from hasten.errors import ConfigError, DataError, HastenError
 
 
 class Parser(argparse.ArgumentParser):
@@ -226,7 +226,14 @@ def cmd_eval(args) -> int:
         data_cfg = DataConfig(**{**vars(data_cfg), "source": args.data, "max_docs": None})
         split_version = None  # other data: the windows are spread over all of it, so its split does not matter
     kwargs = {"split_version": split_version} if split_version is not None else {}
-    data = prepare_from_config(data_cfg, progress=False, tokenizer=tokenizer, **kwargs)
+    if args.data is None and run_dir is not None and (run_dir / "corpus.json").is_file():
+        kwargs["expect"] = json.loads((run_dir / "corpus.json").read_text())  # its own val split, or one line
+    try:
+        data = prepare_from_config(data_cfg, progress=False, tokenizer=tokenizer, **kwargs)
+    except DataError as err:
+        if "expect" not in kwargs:
+            raise
+        raise DataError(f"{str(err).split(';')[0]}; so its val split is not the run's: evaluate on it with --data {data_cfg.source}") from None
     if data.vocab_size > model.config.vocab_size:
         raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but the model only {model.config.vocab_size}; "
                           "pass the model's own tokenizer with --tokenizer")
