@@ -102,16 +102,18 @@ def test_missing_corpus(tmp_path, capsys, cache_dir):
     _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, tmp_path / "nope")), "matches no files")
 
 
+def _offline_load_dataset(name, split=None):
+    raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+
+
 def test_empty_source_corrupt_parquet_and_offline_hf_dataset(tmp_path, capsys, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)  # data.source "" used to read the whole current folder
     (tmp_path / "bad.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     before = _tree_digest(tmp_path)
     for source, fragment in (("", "data.source is empty"), ("bad.parquet", "not a readable parquet file"),
-                             ("hf:nobody-here/no-such-dataset", "could not be loaded")):
-        if source.startswith("hf:"):
-            pytest.importorskip("datasets")
+                             ("hf:nobody-here/no-such-dataset", "could not be loaded (ConnectionError")):
+        if source.startswith("hf:"):  # offline: what datasets raises then (its offline switch is read once, at import)
+            monkeypatch.setattr(pytest.importorskip("datasets"), "load_dataset", _offline_load_dataset)
         _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, source)), fragment)
         assert _tree_digest(tmp_path) == before
 
