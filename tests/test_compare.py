@@ -336,3 +336,17 @@ def test_stability_section_numbers_table_and_plot(tmp_path):
     path = plot_stability(st, tmp_path, ["base", "slw"])
     assert path is not None and path.name == "stability.png" and path.stat().st_size > 0
     assert plot_stability({"x": {"runs": []}}, tmp_path) is None
+
+
+def test_an_in_process_run_leaves_the_callers_thread_count_alone(tmp_path, cache_dir):
+    import torch
+
+    from hasten.compare.runner import execute
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: tiny\ndata: {{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}}}\n"
+                      "train: {batch_size: 4, max_steps: 2, eval_every: 2, eval_sequences: 2, tensorboard: false, progress_bar: false}\n")
+    before = torch.get_num_threads()
+    spec = RunSpec("r-seed0", "r", 0, recipe, ["train.seed=0"], tmp_path / "runs" / "r-seed0", threads=before + 1)
+    assert execute(spec)["status"] == "trained"
+    assert torch.get_num_threads() == before

@@ -177,12 +177,27 @@ def execute(spec: RunSpec) -> dict:
     Returns {"name", "status": reused | resumed | trained | failed, "val_loss", "seconds", "error"?}.
     Runs in a worker process with --jobs > 1, so it takes and returns plain data.
     """
+    with _torch_threads(spec.threads):
+        return _execute(spec)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's intra-op threads for one run, restored afterwards (an in-process run must not change its caller's)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _execute(spec: RunSpec) -> dict:
     from hasten.checkpoint import latest_good_checkpoint
 
-    if spec.threads is not None:
-        import torch
-
-        torch.set_num_threads(spec.threads)
     cfg = load_spec_config(spec)
     run_dir = spec.run_dir
     summary_path = run_dir / "summary.json"
