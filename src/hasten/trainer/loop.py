@@ -310,11 +310,13 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.after_step(self)
                 self.guard.record(self, tokens, self.nonfinite)
+                bar.update(1)
+                shown += 1
                 if not self._sync_due():
                     continue
                 due_step = p.step
                 rolled_back = self._sync()
-                bar.update(p.step - shown)
+                bar.update(p.step - shown)  # back by the steps the guard uncounted (or to the rollback's step)
                 shown = p.step
                 if rolled_back or p.step != due_step:  # rolled back, or skipped steps uncounted: not a due step any more
                     bar.update(0, **self.guard.postfix())
