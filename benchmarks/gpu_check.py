@@ -112,9 +112,8 @@ class Check:
 
     def run_trainer(self, name: str, overrides: list[str]) -> tuple[list[dict], float | None]:
         """Fit one trainer; its train rows and the peak device memory (bytes; None on CPU)."""
-        from hasten.config import load_config
+        from hasten.recipes import build_trainer, load_config
         from hasten.trainer.logger import read_metrics
-        from hasten.trainer.setup import build_trainer
 
         if self.cuda:
             torch.cuda.empty_cache()

@@ -381,8 +381,8 @@ def describe(row: Row, knobs: dict) -> str:
 
 def regime(ctx: Ctx, settings: list[str]) -> dict:
     """The numbers that make the regime: tokens per parameter, epochs of the corpus, the evaluation set."""
-    from hasten.config import load_config
     from hasten.data.tokens import prepare_from_config
+    from hasten.recipes import load_config
 
     cfg = load_config(RECIPES / "baseline.yaml", settings)
     data = prepare_from_config(cfg.data, progress=False)
@@ -459,7 +459,7 @@ def run_grid(grid: Grid) -> dict:
 
 
 def _recipe_lr() -> float:
-    from hasten.config import load_config
+    from hasten.recipes import load_config
 
     return load_config(RECIPES / "baseline.yaml").optim.lr
 

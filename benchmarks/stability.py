@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from hasten.compare.runner import CompareOptions, recipes_from_paths, run_compare, run_spec
-    from hasten.config import load_config
     from hasten.errors import HastenError
+    from hasten.recipes import load_config
 
     seq_len = 64 if args.smoke else 128
     batch = args.batch or (16 if args.smoke else 64)

@@ -128,9 +128,8 @@ def base_overrides(model: str, batch: int, seq_len: int, dtype: str, cache: str 
 
 def trainer_step_time(overrides: list[str], warmup: int, steps: int, run_dir: Path) -> float:
     """Seconds per step of the trainer between its log steps `warmup` and `warmup + steps` (its own train_time)."""
-    from hasten.config import load_config
+    from hasten.recipes import build_trainer, load_config
     from hasten.trainer.logger import read_metrics
-    from hasten.trainer.setup import build_trainer
 
     cfg = load_config(None, [*overrides, f"train.max_steps={warmup + steps}", f"train.log_every={warmup}"])
     build_trainer(cfg, run_dir, progress=False).fit()
@@ -144,8 +143,8 @@ class BareLoop:
     Like the trainer it compiles the model with `train.compile` and picks fused AdamW on CUDA (optim.implementation)."""
 
     def __init__(self, overrides: list[str], device: str = "cpu"):
-        from hasten.config import load_config
         from hasten.data.tokens import prepare_from_config
+        from hasten.recipes import load_config
 
         self.cfg = load_config(None, overrides)
         self.device = torch.device(device)
@@ -154,7 +153,7 @@ class BareLoop:
 
     def step_time(self, warmup: int, steps: int, log_every: int) -> float:
         from hasten.model import GPT
-        from hasten.optim.builder import _implementation_kwargs
+        from hasten.optim.builder import implementation_kwargs
 
         cfg, device = self.cfg, self.device
         torch.manual_seed(0)
@@ -163,7 +162,7 @@ class BareLoop:
         decay = [p for p in model.parameters() if p.dim() >= 2]
         other = [p for p in model.parameters() if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                                lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), **_implementation_kwargs(cfg.optim, device))
+                                lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), **implementation_kwargs(cfg.optim, device))
         B, L = cfg.train.batch_size, cfg.seq_len
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.dtype == "bfloat16")
         start = None

@@ -10,10 +10,9 @@ import sys
 
 import torch
 
-from hasten.config import load_config
-from hasten.distributed import init_distributed
-from hasten.trainer.callbacks import StopAt
-from hasten.trainer.setup import build_trainer
+from hasten.parallel import init_distributed
+from hasten.recipes import build_trainer, load_config
+from hasten.trainer.method import StopAt
 
 
 def _replace_with_unsharded_copy(trainer) -> None:
@@ -43,7 +42,7 @@ def main() -> None:
         if job.get("replace"):
             _replace_with_unsharded_copy(trainer)
         if job.get("stop_at"):
-            trainer.callbacks.append(StopAt(job["stop_at"]))
+            trainer.methods.append(StopAt(job["stop_at"]))
         trainer.fit()
 
 

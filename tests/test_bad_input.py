@@ -17,12 +17,13 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import hasten.checkpoint as ck
+import hasten.checkpointing.files as ck
 from hasten.cli import main
-from hasten.config import DataConfig, GuardConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig, load_config
+from hasten.config import DataConfig, GuardConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from hasten.errors import ConfigError
 from hasten.model import GPT, ModelConfig
 from hasten.optim.builder import build_optimizer
+from hasten.recipes import load_config
 
 
 def _run_cli(capsys, argv: list[str]) -> tuple[int, list[str]]:
@@ -301,11 +302,11 @@ def _nest(key: str, value) -> dict:
 @example([("optim.lr_ratios", {"a": 0})])
 def test_config_fuzz_is_valid_or_config_error(pairs):
     """Random values of random types for random keys: a valid RunConfig or a one-line ConfigError, nothing else."""
-    from hasten.config import _merge_layer
+    from hasten.config import merge_layer
 
     values: dict = {"model": "tiny", "data": {"vocab_size": 512}, "train": {"max_steps": 2}}
     for key, value in pairs:
-        values = _merge_layer(values, _nest(key, value))
+        values = merge_layer(values, _nest(key, value))
     try:
         cfg = load_config(None, base=values)
     except ConfigError as err:

@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import speedup  # noqa: E402
 
-from hasten.config import load_config  # noqa: E402
+from hasten.recipes import load_config  # noqa: E402
 
 
 def _ctx(preset: str = "bench-d64") -> speedup.Ctx:
@@ -54,7 +54,7 @@ def test_the_regime_is_20_tokens_per_parameter_inside_one_epoch():
 
 
 def test_growth_rows_grow_into_the_baseline_model():
-    from hasten.methods.growth.callback import GrowthConfig, final_model_config
+    from hasten.methods.growth.config import GrowthConfig, final_model_config
 
     ctx = _ctx("bench-d48")
     grid = speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import hasten.checkpoint as ckpt
-from hasten.checkpoint import (
+import hasten.checkpointing.files as ckpt
+from hasten.checkpointing import (
     MANIFEST_FILE,
     STATE_FILE,
     latest_good_checkpoint,

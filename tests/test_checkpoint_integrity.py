@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-import hasten.checkpoint as ck
-from hasten.checkpoint import (
+import hasten.checkpointing.files as ck
+from hasten.checkpointing import (
     MANIFEST_FILE,
     STATE_FILE,
     latest_good_checkpoint,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hasten.config import RunConfig, config_from_dict, load_config, parse_override
+from hasten.config import RunConfig, config_from_dict, parse_override
 from hasten.errors import ConfigError
+from hasten.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model=tiny", "data.vocab_size=512"]

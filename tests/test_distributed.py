@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hasten.checkpoint import load_checkpoint
-from hasten.config import load_config
+from hasten.checkpointing import load_checkpoint
 from hasten.errors import ConfigError
-from hasten.trainer.setup import build_trainer
+from hasten.recipes import build_trainer, load_config
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REL = 1e-5  # DDP/FSDP vs one process: the same math, only the gradient summation order differs

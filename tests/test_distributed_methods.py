@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hasten.checkpoint import load_checkpoint
-from hasten.config import load_config
-from hasten.distributed import Distributed
+from hasten.checkpointing import load_checkpoint
 from hasten.errors import ConfigError
 from hasten.optim.builder import check_fsdp_optimizer
-from hasten.trainer.setup import build_trainer
+from hasten.parallel import Distributed
+from hasten.recipes import build_trainer, load_config
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REL = 1e-5  # the same math on 2 ranks; only the gradient summation order differs
@@ -129,8 +128,8 @@ def test_lawa_under_fsdp_matches_single_process(runs):
     lawa, reference = _rows(run_dir, "eval", "lawa/val_loss"), _rows(runs["lawa-single"], "eval", "lawa/val_loss")
     assert len(lawa) == 3  # steps 4, 8, 12 (nothing averaged at step 0)
     _assert_close_curve(lawa, reference, "lawa/val_loss")
-    saved = load_checkpoint(run_dir / "checkpoints")["callbacks"]["lawa"]  # the averager state, written by rank 0
-    assert saved["members"] == [8, 10, 12] == load_checkpoint(runs["lawa-single"] / "checkpoints")["callbacks"]["lawa"]["members"]
+    saved = load_checkpoint(run_dir / "checkpoints")["methods"]["lawa"]  # the averager state, written by rank 0
+    assert saved["members"] == [8, 10, 12] == load_checkpoint(runs["lawa-single"] / "checkpoints")["methods"]["lawa"]["members"]
     assert (run_dir / "lawa_weights.safetensors").is_file()
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hasten.config import load_config
-from hasten.trainer.setup import build_trainer
+from hasten.recipes import build_trainer, load_config
 
 STEPS = 16  # checkpoints every 4 steps: 4, 8, 12, final 16
 RUN = [f"train.max_steps={STEPS}", "train.checkpoint_every=4", "train.eval_every=8", "train.log_every=4", "train.keep_checkpoints=2"]
@@ -143,7 +142,7 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, tiny_overrides, name, extra, 
     if name == "guard_rollback":  # the scenario really rolled back (else the row tests nothing new)
         assert _final_state(reference)["guard"]["rollbacks"] == 1
     want, got = _final_state(reference), _final_state(run)
-    for key in ("model", "optimizer", "schedule", "sampler", "callbacks", "guard", "rng", "model_config"):
+    for key in ("model", "optimizer", "schedule", "sampler", "methods", "guard", "rng", "model_config"):
         _assert_identical(want[key], got[key], key)
     for key in ("step", "tokens", "flops", "stage"):
         assert want["progress"][key] == got["progress"][key], key

@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from hasten.config import load_config
-from hasten.trainer.setup import build_trainer
+from hasten.recipes import build_trainer, load_config
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 GOLDEN = ASSETS / "golden_tiny_loss.json"

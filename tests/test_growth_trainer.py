@@ -10,26 +10,25 @@ import torch
 import yaml
 
 from hasten.cli import main
-from hasten.config import load_config
 from hasten.errors import ConfigError
 from hasten.model import flops_per_token
-from hasten.trainer.callbacks import Callback
-from hasten.trainer.setup import build_trainer
+from hasten.recipes import build_trainer, load_config
+from hasten.trainer.method import Method
 from tests.helpers import run_training
 
 STACK = "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, lr: 1.0e-3, warmup_steps: 3}]}"
 SMALL = "model={preset: tiny, n_layers: 1}"
 
 
-class EvalProbe(Callback):
+class EvalProbe(Method):
     """Records the val loss at `step` (placed before and after the growth callback)."""
 
     def __init__(self, name: str, step: int):
         self.name, self.step, self.value = name, step, None
 
-    def after_step(self, trainer) -> None:
-        if trainer.state.progress.step == self.step:
-            self.value = trainer.evaluate()
+    def after_step(self, ctx) -> None:
+        if ctx.state.progress.step == self.step:
+            self.value = ctx.evaluate()
 
 
 def _rows(run_dir, kind=None):
@@ -70,7 +69,7 @@ def _state(trainer):
         "model": {k: v.clone() for k, v in st.model.state_dict().items()},
         "optimizer": st.optimizer.state_dict()["state"],
         "schedule": st.schedule.state_dict(),
-        "callbacks": json.dumps({cb.name: cb.state_dict() for cb in trainer.callbacks if cb.name == "growth"}),
+        "callbacks": json.dumps({cb.name: cb.state_dict() for cb in trainer.methods if cb.name == "growth"}),
         "progress": st.progress.to_dict() | {"train_time": 0},
     }
 
@@ -132,8 +131,8 @@ def test_staged_width_growth_preserves_the_loss(tmp_path, tiny_overrides):
     overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=5"]
     before, after = EvalProbe("probe_before", 4), EvalProbe("probe_after", 4)
     trainer = build_trainer(load_config(None, overrides), tmp_path / "run", progress=False)
-    trainer.callbacks.insert(0, before)
-    trainer.callbacks.append(after)
+    trainer.methods.insert(0, before)
+    trainer.methods.append(after)
     trainer.fit()
     assert trainer.state.model.config.d_model == 64
     assert after.value == pytest.approx(before.value, abs=1e-5)  # function preserving, through the trainer
@@ -144,19 +143,19 @@ def test_random_width_growth_ramps_its_msg_masks(tmp_path, tiny_overrides):
     overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=12", "train.log_every=1"]
     before, after = EvalProbe("probe_before", 4), EvalProbe("probe_after", 4)
 
-    class MaskTrace(Callback):  # the new units' mask value per axis before each step
+    class MaskTrace(Method):  # the new units' mask value per axis before each step
         name, rows = "mask_trace", []
 
-        def before_step(self, trainer) -> None:
-            model = trainer.state.model
+        def before_step(self, ctx) -> None:
+            model = ctx.state.model
             mlp, attn = model.blocks[0].mlp, model.blocks[0].attn
             self.rows.append(None if not model.has_unit_masks() else
                              (mlp.act_mask.min().item(), model.embed_mask.min().item(), attn.head_mask.min().item()))
 
     trace = MaskTrace()
     trainer = build_trainer(load_config(None, overrides), tmp_path / "run", progress=False)
-    trainer.callbacks[:0] = [before]
-    trainer.callbacks += [after, trace]
+    trainer.methods[:0] = [before]
+    trainer.methods += [after, trace]
     trainer.fit()
     assert trainer.state.model.config.d_model == 64 and not trainer.state.model.has_unit_masks()
     assert after.value == pytest.approx(before.value, abs=1e-5)  # mask 0: the grown model computes the small one
@@ -196,8 +195,8 @@ def test_random_width_growth_without_ramp_is_live_at_once(tmp_path, tiny_overrid
     overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=5"]
     before, after = EvalProbe("probe_before", 4), EvalProbe("probe_after", 4)
     trainer = build_trainer(load_config(None, overrides), tmp_path / "run", progress=False)
-    trainer.callbacks[:0] = [before]
-    trainer.callbacks.append(after)
+    trainer.methods[:0] = [before]
+    trainer.methods.append(after)
     trainer.fit()
     assert not _events(tmp_path / "run", "growth_mask_ramp")
     assert abs(after.value - before.value) > 1e-3  # fresh units act at once: not function preserving
@@ -259,7 +258,7 @@ def test_recipe_errors_are_one_line(tiny_overrides, stage, message):
 
 
 def test_target_config_of_a_staged_recipe():
-    from hasten.methods.growth.callback import GrowthConfig, final_model_config
+    from hasten.methods.growth.config import GrowthConfig, final_model_config
     from hasten.model import model_config
 
     stages = GrowthConfig(stages=[{"dim": "width", "op": "staged", "factor": 2, "at_steps": 5},

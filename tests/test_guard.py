@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from hasten.config import GuardConfig, load_config
+from hasten.config import GuardConfig
 from hasten.errors import ConfigError
-from hasten.trainer.callbacks import Callback
+from hasten.recipes import build_trainer, load_config
 from hasten.trainer.guard import DivergenceError, Guard
-from hasten.trainer.setup import build_trainer
+from hasten.trainer.method import Method
 
 
 def _trainer(tmp_path, tiny_overrides, name, extra=()):
@@ -30,7 +30,7 @@ def _events(run_dir, name):
     return [r for r in rows if r["kind"] == "event" and r["event"] == name]
 
 
-class PoisonGradAt(Callback):
+class PoisonGradAt(Method):
     """At optimizer step `step` (1-based), turn one parameter's gradient into NaN, once."""
 
     name = "poison"
@@ -38,17 +38,17 @@ class PoisonGradAt(Callback):
     def __init__(self, step: int):
         self.step, self.armed, self.before, self.unchanged, self.attempts = step, True, None, None, 0
 
-    def before_step(self, trainer) -> None:
+    def before_step(self, ctx) -> None:
         self.attempts += 1
-        p = trainer.state.progress
+        p = ctx.state.progress
         if self.before is not None and self.unchanged is None:  # the attempt after the poisoned one
-            self.unchanged = all(torch.equal(v, self.before[k]) for k, v in _weights(trainer.state.model).items())
+            self.unchanged = all(torch.equal(v, self.before[k]) for k, v in _weights(ctx.state.model).items())
             self.step_after_skip = p.step
         if self.armed and p.step == self.step - 1:
             self.armed = False
-            self.before = _weights(trainer.state.model)
-            self.opt_steps = [s.get("step") for s in trainer.state.optimizer.state.values()]
-            param = next(trainer.state.model.parameters())
+            self.before = _weights(ctx.state.model)
+            self.opt_steps = [s.get("step") for s in ctx.state.optimizer.state.values()]
+            param = next(ctx.state.model.parameters())
             handle = None
 
             def poison(grad):
@@ -61,7 +61,7 @@ class PoisonGradAt(Callback):
 def test_nonfinite_gradient_skips_the_step(tmp_path, tiny_overrides):
     trainer = _trainer(tmp_path, tiny_overrides, "nan")
     cb = PoisonGradAt(step=6)
-    trainer.callbacks.append(cb)
+    trainer.methods.append(cb)
     trainer.fit()
     assert cb.unchanged is True  # the poisoned update never reached the weights
     # ... and the step counter (so the schedule) did not advance for it: the host reads the flag at the next
@@ -79,7 +79,7 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, tiny_overrides):
     assert torch.load(sorted((tmp_path / "nan" / "checkpoints").iterdir())[-1] / "state.pt", weights_only=False)["guard"]["skipped"] == 1
 
 
-class FakeSpikes(Callback):
+class FakeSpikes(Method):
     """Report a huge loss for the first `count` steps at or after `start` (only once: not restored on rollback)."""
 
     name = "spikes"
@@ -87,18 +87,19 @@ class FakeSpikes(Callback):
     def __init__(self, start: int, count: int):
         self.start, self.left, self.sampler_at_spike = start, count, None
 
-    def after_step(self, trainer) -> None:
-        if trainer.state.progress.step >= self.start and self.left > 0:
+    def after_step(self, ctx) -> dict | None:
+        if ctx.state.progress.step >= self.start and self.left > 0:
             self.left -= 1
-            trainer.last_metrics["loss"] = 1e3
-            self.sampler_at_spike = dict(trainer.state.sampler.state_dict())
+            self.sampler_at_spike = dict(ctx.state.sampler.state_dict())
+            return {"loss": 1e3}
+        return None
 
 
 def test_repeated_spikes_roll_back_and_training_continues(tmp_path, tiny_overrides):
     extra = ["train.guard.spike_ratio=3", "train.guard.spike_patience=3", "train.guard.rollback_lr_factor=0.5"]
     trainer = _trainer(tmp_path, tiny_overrides, "spike", extra)
     spikes = FakeSpikes(start=10, count=3)  # spikes at steps 10, 11, 12: rollback to the checkpoint at step 8
-    trainer.callbacks.append(spikes)
+    trainer.methods.append(spikes)
     trainer.fit()
     run = tmp_path / "spike"
     (rollback,) = _events(run, "rollback")
@@ -122,7 +123,7 @@ def test_repeated_spikes_roll_back_and_training_continues(tmp_path, tiny_overrid
 
 def test_rollback_without_a_checkpoint_is_logged_not_fatal(tmp_path, tiny_overrides):
     trainer = _trainer(tmp_path, tiny_overrides, "early", ["train.guard.spike_ratio=3", "train.guard.spike_patience=2"])
-    trainer.callbacks.append(FakeSpikes(start=2, count=2))  # before the first checkpoint (step 4)
+    trainer.methods.append(FakeSpikes(start=2, count=2))  # before the first checkpoint (step 4)
     trainer.fit()
     assert len(_events(tmp_path / "early", "rollback_unavailable")) == 1
     assert trainer.guard.rollbacks == 0 and trainer.state.progress.step == 14

@@ -19,9 +19,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hasten.config import load_config
-from hasten.trainer.callbacks import Callback
-from hasten.trainer.setup import build_trainer
+from hasten.recipes import build_trainer, load_config
+from hasten.trainer.method import Method
 
 LOG_EVERY, STEPS = 4, 16
 METHODS = [
@@ -36,7 +35,7 @@ METHODS = [
 ]
 
 
-class StepLabel(Callback):
+class StepLabel(Method):
     """Labels everything that follows with the step being attempted (first in the callback list)."""
 
     name = "step_label"
@@ -44,8 +43,8 @@ class StepLabel(Callback):
     def __init__(self):
         self.step = 0
 
-    def before_step(self, trainer) -> None:
-        self.step = trainer.state.progress.step + 1
+    def before_step(self, ctx) -> None:
+        self.step = ctx.state.progress.step + 1
 
 
 class HostReads(TorchDispatchMode):
@@ -74,7 +73,7 @@ def counted(monkeypatch):
 
     def run(trainer):
         label = StepLabel()
-        trainer.callbacks.insert(0, label)
+        trainer.methods.insert(0, label)
         mode = HostReads(label)
         for name in ("tolist", "cpu", "numpy"):
             original = getattr(torch.Tensor, name)
@@ -116,15 +115,15 @@ def test_no_host_sync_between_log_steps_with_every_method_on(tmp_path, tiny_over
 def test_the_counter_sees_a_hidden_read(tmp_path, tiny_overrides, counted):
     """A callback that reads the loss every step (as the old loop did) is caught on every step."""
 
-    class ReadsLoss(Callback):
+    class ReadsLoss(Method):
         name = "reads_loss"
 
-        def after_step(self, trainer) -> None:
-            float(trainer.last_metrics["loss"])
+        def after_step(self, ctx) -> None:
+            float(ctx.step_metrics["loss"])
 
     cfg = load_config(None, [*tiny_overrides, "train.max_steps=6", f"train.log_every={LOG_EVERY}", "train.eval_every=100",
                              "train.checkpoint_every=0"])
     trainer = build_trainer(cfg, tmp_path / "run", progress=False)
-    trainer.callbacks.append(ReadsLoss())
+    trainer.methods.append(ReadsLoss())
     reads = counted(trainer)
     assert all(reads.counts[s] >= 1 for s in (2, 3, 5))

@@ -27,7 +27,7 @@ def test_method_trains_and_resumes_bit_exactly(tmp_path, tiny_overrides, method)
     for key in a:
         assert torch.equal(a[key], b[key]), f"{method}: {key} differs after resume"
     assert straight.state.progress.tokens == resumed.state.progress.tokens
-    for cb_a, cb_b in zip(straight.callbacks, resumed.callbacks):
+    for cb_a, cb_b in zip(straight.methods, resumed.methods):
         averager = getattr(cb_a, "averager", None)
         if averager is not None:  # weight averaging: the averaged weights themselves must match
             avg_a, avg_b = averager.averaged_state_dict(), cb_b.averager.averaged_state_dict()

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from hasten.config import load_config
 from hasten.model import GPT
 from hasten.optim.builder import build_optimizer
 from hasten.optim.muon import MuonAdamW
+from hasten.recipes import load_config
 
 
 def _model_and_opt(overrides=()):
@@ -93,7 +93,7 @@ def test_rejects_foreign_state():
 
 
 def test_trainer_resume_is_bit_exact(tiny_overrides, tmp_path):
-    from hasten.trainer.setup import build_trainer
+    from hasten.recipes import build_trainer
 
     overrides = [*tiny_overrides, "optim.name=muon", "train.max_steps=12", "train.eval_every=4", "train.checkpoint_every=4"]
     full = build_trainer(load_config(None, overrides), tmp_path / "full", progress=False)

@@ -24,7 +24,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from hasten.checkpoint import load_checkpoint
+from hasten.checkpointing import load_checkpoint
 from hasten.cli import main
 
 WORDS = "the model reads data and learns to predict each next token from the tokens before it in order".split()
@@ -204,14 +204,14 @@ def test_a_second_writer_is_refused_while_the_run_dir_is_locked(capsys, run_copy
 
 def test_disk_full_at_setup_or_when_writing_the_plot_or_summary(capsys, workdir, monkeypatch, tiny_overrides):
     import hasten.plots
-    import hasten.trainer.setup as setup
+    import hasten.trainer.rundir as rundir
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     sets = [*tiny_overrides, "train.max_steps=1"]
     with monkeypatch.context() as m:
-        m.setattr(setup.shutil, "copyfile", full)  # the first file copied into the staging folder
+        m.setattr(rundir.shutil, "copyfile", full)  # the first file copied into the staging folder
         _one_line_error(capsys, _train(workdir / "a", sets), "creating run dir", "No space left on device", "run the same command again")
     assert list(workdir.iterdir()) == []
     with monkeypatch.context() as m:
@@ -322,7 +322,7 @@ def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_does_not():
     from hasten.cli import StopOnSignal
 
     for sig, second_stops in ((signal.SIGINT, True), (signal.SIGTERM, False)):
-        trainer = SimpleNamespace(world_size=1, is_main=False, stop_requested=False, callbacks=[])
+        trainer = SimpleNamespace(world_size=1, is_main=False, stop_requested=False, methods=[])
         stop = StopOnSignal(trainer)
         try:
             stop._handle(sig, None)

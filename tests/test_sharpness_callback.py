@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from hasten.cli import main
-from hasten.config import load_config
 from hasten.errors import ConfigError
 from hasten.methods.blockwise_lr.sharpness import ratios_from_sharpness
 from hasten.optim.blocks import classify_model
+from hasten.recipes import load_config
 from tests.helpers import run_training
 
 STEPS = ["train.max_steps=8", "train.eval_every=4", "train.checkpoint_every=4"]
@@ -112,7 +112,7 @@ def test_auto_ratios_set_groups_and_resume_bit_exactly(auto_run, tmp_path, tiny_
     resumed = _run(tmp_path / "resumed", overrides, resume=True)
     _assert_same_weights(straight, resumed)
     assert {g["block"]: g["lr_ratio"] for g in resumed.state.optimizer.param_groups} == expected
-    probe_a, probe_b = (next(cb for cb in t.callbacks if cb.name == "sharpness") for t in (straight, resumed))
+    probe_a, probe_b = (next(cb for cb in t.methods if cb.name == "sharpness") for t in (straight, resumed))
     assert probe_b.state_dict() == probe_a.state_dict() and probe_b.state_dict()["applied"] == expected
     keep = lambda rows: _untimed([r for r in rows if r["step"] != stop_at])  # noqa: E731  (the stop adds an eval row)
     assert keep(_rows(straight_dir, "train", "eval")) == keep(_rows(tmp_path / "resumed", "train", "eval"))

@@ -1,4 +1,4 @@
-"""The `hasten compare` subcommand (registered through hasten.commands.COMMAND_MODULES)."""
+"""The `hasten compare` subcommand (listed in hasten.cli.COMMANDS)."""
 
 from __future__ import annotations
 

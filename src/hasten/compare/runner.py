@@ -122,7 +122,7 @@ def run_spec(opts: CompareOptions, recipe: Recipe, seed: int, lr: float | None =
 
 
 def load_spec_config(spec: RunSpec):
-    from hasten.config import load_config
+    from hasten.recipes import load_config
 
     try:
         return load_config(spec.recipe_path, spec.overrides)
@@ -134,7 +134,7 @@ def _stale_keys(run_dir: Path, cfg) -> list[str]:
     """Config keys in which a run dir differs from this spec. A key the saved config lacks (added to hasten since
     the run) counts only if this spec sets it away from its default, so grids resume across hasten versions."""
     from hasten.config import RunConfig, config_from_dict
-    from hasten.trainer.setup import config_differences
+    from hasten.trainer.rundir import config_differences
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     try:
@@ -196,7 +196,7 @@ def _torch_threads(threads: int | None):
 
 
 def _execute(spec: RunSpec) -> dict:
-    from hasten.checkpoint import latest_good_checkpoint
+    from hasten.checkpointing import latest_good_checkpoint
 
     cfg = load_spec_config(spec)
     run_dir = spec.run_dir
@@ -216,8 +216,8 @@ def _execute(spec: RunSpec) -> dict:
             shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
         else:
             resume = True
+    from hasten.recipes import build_trainer
     from hasten.trainer.guard import DivergenceError
-    from hasten.trainer.setup import build_trainer
 
     start = time.perf_counter()
     try:
@@ -304,7 +304,7 @@ def tune_grid(opts: CompareOptions, baseline: Recipe) -> list[float]:
         if len(grid) < 3 or any(x <= 0 for x in grid):
             raise ConfigError(f"--tune-lrs {opts.tune_lrs} must hold at least 3 distinct positive learning rates")
         return grid
-    from hasten.config import load_config
+    from hasten.recipes import load_config
 
     base_lr = load_config(baseline.path, base_overrides(opts) + baseline.overrides).optim.lr
     return [float(f"{base_lr * f:.4g}") for f in DEFAULT_TUNE_FACTORS]

@@ -1,1 +1,2 @@
-"""Speed-up methods, one folder each with a method card (README.md)."""
+"""Speed-up methods, one folder each (config.py, core modules, hooks.py, README.md method card, optional cli.py);
+hasten.methods.registry lists them."""

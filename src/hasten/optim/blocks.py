@@ -29,9 +29,10 @@ import re
 
 from torch import nn
 
-from hasten.errors import ConfigError
+from hasten.config.blocks import BLOCK_TYPES, check_block_overrides
 
-BLOCK_TYPES = ("emb", "pos_emb", "head", "qk", "vo", "ffn", "norm")
+__all__ = ["BLOCK_TYPES", "check_block_overrides", "classify_model", "classify_param", "normalize_name"]
+from hasten.errors import ConfigError
 
 _WB = r"(weight|bias)"  # a matrix and its bias go to the same block
 
@@ -74,17 +75,6 @@ def normalize_name(name: str) -> str:
     while parts and parts[0] == "module":
         parts = parts[1:]
     return ".".join(parts)
-
-
-def check_block_overrides(overrides: dict[str, str] | None) -> dict[str, str]:
-    """The overrides as a dict; a pattern that is not a string or a block that is not a block type is a ConfigError."""
-    overrides = dict(overrides or {})
-    for pattern, block in overrides.items():
-        if not isinstance(pattern, str):
-            raise ConfigError(f"block override {pattern!r}: the key must be a parameter-name glob string, e.g. 'blocks.*.mlp.*'")
-        if block not in BLOCK_TYPES:
-            raise ConfigError(f"block override {pattern!r}: {block!r} is not a block type; use one of {', '.join(BLOCK_TYPES)}")
-    return overrides
 
 
 def _classify(name: str, overrides: dict[str, str]) -> str | None:

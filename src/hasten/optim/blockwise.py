@@ -11,33 +11,16 @@ the same per-parameter update), so the trainer builds the baseline through the s
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from hasten.config.blocks import BLOCK_TYPES, DEFAULT_RATIOS, validate_ratios
 from hasten.errors import ConfigError
-from hasten.optim.blocks import BLOCK_TYPES, classify_model, normalize_name
+from hasten.optim.blocks import classify_model, normalize_name
 
-# The paper's / reference repo's ratios (Wongboo/BlockwiseLearningRate README; one set for GPT-2
-# and LLaMA). UNCONFIRMED: pos_emb and head are separate groups in the reference code whose LR
-# defaults to the base (x1); whether the paper used other values (or a different Emb ratio for the
-# tied GPT-2 wte/lm_head) is not stated in the sources we had. We keep the code's x1 for both.
-DEFAULT_RATIOS: dict[str, float] = {"emb": 10, "qk": 8, "ffn": 6, "vo": 4, "norm": 1, "pos_emb": 1, "head": 1}
+__all__ = ["DECAY_POLICIES", "DEFAULT_RATIOS", "blockwise_param_groups", "set_group_lrs", "validate_ratios"]
 
 DECAY_POLICIES = ("matrices", "all")
-
-
-def validate_ratios(ratios: dict[str, float] | None) -> dict[str, float]:
-    """Every block type -> ratio; blocks missing from `ratios` get 1 (x base LR)."""
-    full = dict.fromkeys(BLOCK_TYPES, 1.0)
-    for block, ratio in (ratios or {}).items():
-        if block not in BLOCK_TYPES:
-            raise ConfigError(f"lr ratio for unknown block {block!r}; use block types {', '.join(BLOCK_TYPES)}")
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
-            raise ConfigError(f"lr ratio for block {block!r} is {ratio!r}; it must be a positive number")
-        full[block] = float(ratio)
-    return full
 
 
 def _decays(param: torch.Tensor, policy: str) -> bool:

@@ -11,18 +11,19 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from hasten.config import OptimConfig
+from hasten.config import DEFAULT_RATIOS, OptimConfig
 from hasten.errors import ConfigError
+from hasten.optim.adam_mini import AdamMini
+from hasten.optim.blockwise import blockwise_param_groups
+from hasten.optim.muon import build_muon
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    from hasten.optim.blockwise import DEFAULT_RATIOS, blockwise_param_groups
-
     ratios = {**DEFAULT_RATIOS, **(cfg.lr_ratios or {})} if cfg.blockwise else None
     return blockwise_param_groups(model, cfg.weight_decay, ratios, overrides=cfg.block_overrides, decay_policy=cfg.decay_policy)
 
 
-def _implementation_kwargs(cfg: OptimConfig, device: torch.device) -> dict:
+def implementation_kwargs(cfg: OptimConfig, device: torch.device) -> dict:
     impl = cfg.implementation
     if impl == "auto":
         impl = "fused" if device.type == "cuda" else "foreach"
@@ -52,10 +53,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
     device = next(model.parameters()).device
     betas = (cfg.beta1, cfg.beta2)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **_implementation_kwargs(cfg, device))
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **implementation_kwargs(cfg, device))
     if cfg.name == "adam_mini":
-        from hasten.optim.adam_mini import AdamMini
-
         mcfg = getattr(model, "config", None)
         if mcfg is None:
             raise ConfigError("optim.name=adam_mini needs a hasten GPT model (it reads n_heads / n_kv_heads from model.config)")
@@ -64,7 +63,5 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
             n_heads=mcfg.n_heads, n_kv_heads=mcfg.n_kv_heads, block_overrides=cfg.block_overrides,
         )
     if cfg.name == "muon":
-        from hasten.optim.muon import build_muon
-
-        return build_muon(model, groups, cfg)
+        return build_muon(groups, cfg, implementation_kwargs(cfg, device))
     raise ConfigError(f"optim.name={cfg.name!r} is unknown; use adamw, adam_mini or muon")

@@ -18,7 +18,6 @@ recipe, the block's ratio with `optim.blockwise`).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from hasten.config import OptimConfig
 
@@ -113,12 +112,10 @@ def split_groups(groups: list[dict]) -> tuple[list[dict], list[dict]]:
     return muon_groups, adamw_groups
 
 
-def build_muon(model: nn.Module, groups: list[dict], cfg: OptimConfig) -> MuonAdamW:
-    """The `optim.name: muon` optimizer for `model` from hasten param groups (see optim.builder.param_groups)."""
-    from hasten.optim.builder import _implementation_kwargs
-
+def build_muon(groups: list[dict], cfg: OptimConfig, adamw_kwargs: dict) -> MuonAdamW:
+    """The `optim.name: muon` optimizer from hasten param groups (see optim.builder.param_groups); `adamw_kwargs`
+    pick the AdamW part's kernel (optim.builder.implementation_kwargs)."""
     muon_groups, adamw_groups = split_groups(groups)
-    device = next(model.parameters()).device
     muon = adamw = None
     if muon_groups:
         muon = torch.optim.Muon(
@@ -128,6 +125,6 @@ def build_muon(model: nn.Module, groups: list[dict], cfg: OptimConfig) -> MuonAd
     if adamw_groups:
         adamw = torch.optim.AdamW(
             adamw_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
-            **_implementation_kwargs(cfg, device),
+            **adamw_kwargs,
         )
     return MuonAdamW(muon, adamw)

@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from hasten.checkpoint import list_checkpoints, load_checkpoint, verify_checkpoint
+from hasten.checkpointing import CHECKPOINTS, latest_good_checkpoint, open_checkpoint
 from hasten.config import GuardConfig
 from hasten.errors import HastenError
-
-if TYPE_CHECKING:
-    from hasten.trainer.loop import Trainer
+from hasten.trainer.checkpoints import restore
 
 
 class DivergenceError(HastenError):
@@ -139,14 +136,13 @@ class Guard:
             for opt in parts:
                 del opt.found_inf
 
-    def record(self, trainer: Trainer, tokens: int, nonfinite: torch.Tensor | None) -> None:
-        """Remember one attempt (after the callbacks' after_step); decided on at the next sync point."""
-        m = trainer.last_metrics
-        self.pending.append(Attempt(trainer.state.progress.step, tokens, m.get("loss"), m.get("grad_norm"), nonfinite))
+    def record(self, step: int, tokens: int, metrics: dict) -> None:
+        """Remember one attempt (its metrics after the methods' after_step); decided on at the next sync point."""
+        self.pending.append(Attempt(step, tokens, metrics.get("loss"), metrics.get("grad_norm"), metrics.get("nonfinite")))
 
     # ------------------------------------------------------------------ at a sync point
 
-    def resolve(self, trainer: Trainer) -> bool:
+    def resolve(self, trainer) -> bool:
         """Decide on the attempts since the last sync point, in order; True if the state was rolled back.
 
         Skipped attempts are uncounted (step and tokens); spike streaks are tracked on the others.
@@ -172,7 +168,7 @@ class Guard:
         p.tokens -= uncounted_tokens
         return False
 
-    def allow_step(self, trainer: Trainer, loss, grad_norm, step: int | None = None) -> bool:
+    def allow_step(self, trainer, loss, grad_norm, step: int | None = None) -> bool:
         """The non-finite decision on host values; False = discard the step (counted as a skip, an event
         at `step` (default: the current step), DivergenceError after too many in a row)."""
         if not self.cfg.skip_nonfinite or (math.isfinite(float(loss)) and math.isfinite(float(grad_norm))):
@@ -181,7 +177,7 @@ class Guard:
         self._note_skip(trainer, trainer.state.progress.step if step is None else step, loss, grad_norm)
         return False
 
-    def _note_skip(self, trainer: Trainer, step: int, loss, grad_norm) -> None:
+    def _note_skip(self, trainer, step: int, loss, grad_norm) -> None:
         self.skipped += 1
         self.consecutive_skips += 1
         trainer.logger.log("event", step, event="skipped_nonfinite", loss=float(loss), grad_norm=float(grad_norm),
@@ -192,7 +188,7 @@ class Guard:
                 "lower optim.lr, raise schedule.warmup_steps or use train.dtype=float32"
             )
 
-    def _track_loss(self, trainer: Trainer, step: int, loss) -> bool:
+    def _track_loss(self, trainer, step: int, loss) -> bool:
         """Track the lowest loss and spike streaks at `step`; roll back after `spike_patience` spiking steps (True then)."""
         if loss is None or not math.isfinite(loss):
             return False
@@ -207,24 +203,14 @@ class Guard:
         self.min_loss = min(self.min_loss, loss)
         return False
 
-    def rollback(self, trainer: Trainer, at_step: int | None = None) -> bool:
+    def rollback(self, trainer, at_step: int | None = None) -> bool:
         """Reload every state from the newest good checkpoint saved before the spike began (`at_step`: the
         step the decision was made at; default the current step)."""
-        from hasten.checkpoint import _warn
-
         p = trainer.state.progress
         at_step = p.step if at_step is None else at_step
         before = self.streak_start - 1 if self.streak_start is not None else at_step
         self.spike_streak, self.streak_start = 0, None
-        target = None
-        for path in reversed(list_checkpoints(trainer.run_dir / "checkpoints")):
-            if _checkpoint_step(path) > before:
-                continue
-            problem = verify_checkpoint(path)
-            if problem is None:
-                target = path
-                break
-            _warn(f"checkpoint {path} is unusable ({problem}); trying an older one for the rollback")
+        target = latest_good_checkpoint(trainer.run_dir / CHECKPOINTS, at_most=before)
         if target is None:
             trainer.logger.log("event", at_step, event="rollback_unavailable", reason=f"no good checkpoint at or before step {before}")
             return False
@@ -233,31 +219,15 @@ class Guard:
                 f"the loss spiked again at step {at_step} after {self.rollbacks} rollbacks; lower optim.lr, "
                 "set train.guard.rollback_lr_factor below 1 or raise train.guard.max_rollbacks"
             )
-        self._restore(trainer, load_checkpoint(target))
-        trainer.logger.log("event", p.step, event="rollback", from_step=at_step, path=str(target), rollbacks=self.rollbacks,
-                           lr_scale=self.lr_scale)
-        return True
-
-    def _restore(self, trainer: Trainer, checkpoint: dict) -> None:
-        from hasten.model import GPT, ModelConfig
-        from hasten.optim.builder import build_optimizer
-        from hasten.trainer.setup import restore
-
-        st = trainer.state
         # min_loss comes back with the checkpoint: losses of the discarded steps are not a bar the restored model must meet
         kept = {"skipped": self.skipped, "rollbacks": self.rollbacks + 1, "lr_scale": self.lr_scale * self.cfg.rollback_lr_factor}
-        spent = (st.progress.flops, st.progress.train_time)
-        sampler = st.sampler.state_dict()
-        if checkpoint["model_config"] != st.model.config.to_dict():  # growth happened since: rebuild the earlier shape
-            model = GPT(ModelConfig(**checkpoint["model_config"])).to(trainer.device)
-            trainer.replace_state(model, build_optimizer(model, trainer.cfg.optim), reason="rollback")
-        restore(trainer, checkpoint, rollback=True)
-        st.progress.flops, st.progress.train_time = spent  # discarded steps still cost compute
-        if self.cfg.rollback_skip_data:
-            st.sampler.load_state_dict(sampler)
+        restore(trainer, open_checkpoint(target), reason="rollback", replay_data=not self.cfg.rollback_skip_data)
         for key, value in kept.items():
             setattr(self, key, value)
         self.consecutive_skips = 0
+        trainer.logger.log("event", p.step, event="rollback", from_step=at_step, path=str(target), rollbacks=self.rollbacks,
+                           lr_scale=self.lr_scale)
+        return True
 
     # ------------------------------------------------------------------ reporting and state
 
@@ -282,9 +252,3 @@ class Guard:
                 setattr(self, key, value)
         self.pending = []
 
-
-def _checkpoint_step(path) -> int:
-    try:
-        return int(path.name.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return -1

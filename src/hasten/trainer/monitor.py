@@ -2,43 +2,43 @@
 method can be compared on them: loss ratio and spike count every step, and the L1/L2/max of Adam's
 moments every log step.
 
-Everything is accumulated on the device: the values put into `trainer.last_metrics` are tensors that
+Everything is accumulated on the device: the metrics after_step returns are tensors that
 the trainer reads with the rest of a logged row, once per log step (no host sync on other steps).
 A step whose update the guard discarded (non-finite) is not counted, as if it had not happened."""
 
 from __future__ import annotations
 
 from hasten.metrics.stability import LossSpikeTracker, moment_stat_tensors
-from hasten.trainer.callbacks import Callback
+from hasten.optim.adam_mini import state_bytes
+from hasten.trainer.method import Method, RunContext
 
 
-class StabilityMonitor(Callback):
+class StabilityMonitor(Method):
     name = "stability"
 
     def __init__(self, spike_threshold: float = 1.5):
         self.spikes = LossSpikeTracker(threshold=spike_threshold)
         self._state_bytes_logged = False  # per process: logged after the first step of a fit and after growth
 
-    def after_step(self, trainer) -> None:
+    def after_step(self, ctx: RunContext) -> dict:
         if not self._state_bytes_logged:
-            self._log_state_bytes(trainer)
-        self.spikes.update(trainer.last_metrics["loss"], skip=trainer.nonfinite)
-        trainer.last_metrics.update(self.spikes.metrics())
-        if trainer.is_log_step():
-            stats = moment_stat_tensors(trainer.state.optimizer, include_weights=False)
-            trainer.last_metrics.update({f"adam/{k}": v for k, v in stats.items()})
+            self._log_state_bytes(ctx)
+        self.spikes.update(ctx.step_metrics["loss"], skip=ctx.step_metrics.get("nonfinite"))
+        metrics = self.spikes.metrics()
+        if ctx.is_log_step():
+            stats = moment_stat_tensors(ctx.state.optimizer, include_weights=False)
+            metrics.update({f"adam/{k}": v for k, v in stats.items()})
+        return metrics
 
-    def _log_state_bytes(self, trainer) -> None:
+    def _log_state_bytes(self, ctx: RunContext) -> None:
         # optimizer memory is half of Adam-mini's claim; state is created lazily, so only after a step
-        from hasten.optim.adam_mini import state_bytes
-
-        optimizer = trainer.state.optimizer
+        optimizer = ctx.state.optimizer
         extra = {"partition": optimizer.partition_summary()} if hasattr(optimizer, "partition_summary") else {}
-        trainer.logger.log("event", trainer.state.progress.step, event="optimizer_state_bytes",
-                           optimizer_state_bytes=state_bytes(optimizer), optimizer=type(optimizer).__name__, **extra)
+        ctx.log("event", ctx.state.progress.step, event="optimizer_state_bytes",
+                optimizer_state_bytes=state_bytes(optimizer), optimizer=type(optimizer).__name__, **extra)
         self._state_bytes_logged = True
 
-    def on_state_replaced(self, trainer, reason: str) -> None:
+    def on_state_replaced(self, ctx: RunContext, reason: str) -> None:
         self._state_bytes_logged = False  # a grown model has a new optimizer
 
     def state_dict(self) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import fields
 from typing import Any
 
 from hasten.errors import ConfigError
+from hasten.methods.averaging import hooks
 from hasten.methods.averaging.base import (
     WeightAverager,
     build_averaged_model,
@@ -26,10 +27,18 @@ from hasten.methods.averaging.base import (
     unwrap_model,
     weight_distance,
 )
-from hasten.methods.averaging.ema import EMA, SWA, EMAConfig, SWAConfig, ema_decay_from_half_life, swa_start_step
-from hasten.methods.averaging.lawa import LAWA, LAWAConfig, interval_steps
+from hasten.methods.averaging.config import EMAConfig, LAWAConfig, SWAConfig
+from hasten.methods.averaging.ema import EMA, SWA, ema_decay_from_half_life, swa_start_step
+from hasten.methods.averaging.lawa import LAWA, interval_steps
+from hasten.methods.spec import MethodSpec
 
 CONFIGS: dict[str, type] = {"lawa": LAWAConfig, "ema": EMAConfig, "swa": SWAConfig}
+
+SPECS = (
+    MethodSpec("lawa", LAWAConfig, hooks.build_lawa, order=40, summary="latest weight averaging of k checkpoints (arXiv 2306.03241)"),
+    MethodSpec("ema", EMAConfig, hooks.build_ema, order=41, summary="exponential moving average of weights (baseline for LAWA)"),
+    MethodSpec("swa", SWAConfig, hooks.build_swa, order=42, summary="stochastic weight averaging (baseline for LAWA)"),
+)
 
 
 def build_averager(name: str, options: Mapping[str, Any] | None = None, *, total_steps: int | None = None) -> WeightAverager:
@@ -55,6 +64,7 @@ __all__ = [
     "SWA",
     "EMAConfig",
     "LAWAConfig",
+    "SPECS",
     "SWAConfig",
     "WeightAverager",
     "build_averaged_model",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -271,52 +270,3 @@ def swa_start_step(start_fraction: float, total_steps: int) -> int:
     if total_steps < 1:
         raise ConfigError(f"swa: total_steps={total_steps!r} must be positive to turn start_fraction into a step")
     return int(start_fraction * total_steps)
-
-
-@dataclass
-class EMAConfig:
-    """Recipe section `methods: {ema: {decay: 0.99}}` (or `half_life: <steps>` instead of decay)."""
-
-    decay: float | None = None  # None = 0.999 unless half_life is given
-    half_life: float | None = None
-    every: int = 1
-    start_step: int = 0
-    device: str | None = None
-    enabled: bool = True
-
-    def validate(self) -> None:
-        if self.decay is not None and self.half_life is not None:
-            raise ConfigError("ema: set either decay or half_life, not both; drop one of them")
-        self.build()
-
-    def build(self) -> EMA:
-        if self.half_life is not None:
-            return EMA.from_half_life(self.half_life, every=self.every, start_step=self.start_step, device=self.device)
-        return EMA(
-            decay=0.999 if self.decay is None else self.decay, every=self.every, start_step=self.start_step, device=self.device
-        )
-
-
-@dataclass
-class SWAConfig:
-    """Recipe section `methods: {swa: {start_fraction: 0.75, every: 10}}` (or `start_step:` instead)."""
-
-    start_fraction: float | None = None  # None = 0.75 unless start_step is given
-    start_step: int | None = None
-    every: int = 10
-    device: str | None = None
-    enabled: bool = True
-
-    def validate(self) -> None:
-        if self.start_fraction is not None and self.start_step is not None:
-            raise ConfigError("swa: set either start_fraction or start_step, not both; drop one of them")
-        self.build(total_steps=1 if self.start_step is None else None)
-
-    def build(self, total_steps: int | None = None) -> SWA:
-        """`total_steps` is needed unless start_step is set (a token budget must be converted to steps first)."""
-        if self.start_step is not None:
-            return SWA(start_step=self.start_step, every=self.every, device=self.device)
-        if total_steps is None:
-            raise ConfigError("swa: start_fraction needs the run's total steps; set swa.start_step or a step budget")
-        fraction = 0.75 if self.start_fraction is None else self.start_fraction
-        return SWA.from_fraction(fraction, total_steps, every=self.every, device=self.device)

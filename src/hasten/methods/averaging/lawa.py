@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -42,30 +41,6 @@ def interval_steps(interval_tokens: int, tokens_per_step: int) -> int:
 
 
 DEFAULT_INTERVAL = 200  # the paper's nanoGPT-small eval/checkpoint interval
-
-
-@dataclass
-class LAWAConfig:
-    """Recipe section `methods: {lawa: {k: 5, interval: 50}}`, or `interval_tokens: N` instead of `interval`.
-
-    `interval` None means the paper's 200 steps; `interval_tokens` switches to token-based spacing.
-    """
-
-    k: int = 5
-    interval: int | None = None
-    interval_tokens: int | None = None
-    device: str = "cpu"
-    enabled: bool = True
-
-    def validate(self) -> None:
-        if self.interval is not None and self.interval_tokens is not None:
-            raise ConfigError("lawa: set either interval (steps) or interval_tokens, not both; drop one of them")
-        self.build()  # the constructor validates k, interval and device
-
-    def build(self) -> LAWA:
-        if self.interval_tokens is not None:
-            return LAWA(k=self.k, interval=self.interval_tokens, device=self.device, unit="tokens")
-        return LAWA(k=self.k, interval=self.interval if self.interval is not None else DEFAULT_INTERVAL, device=self.device)
 
 
 class LAWA:

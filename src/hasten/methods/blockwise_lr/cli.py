@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch
 
+from hasten.checkpointing import open_train_checkpoint
+from hasten.checkpointing.weights import WEIGHTS, load_model
+from hasten.data.sampler import eval_windows
+from hasten.data.tokens import prepare_from_config
 from hasten.errors import ConfigError
+from hasten.methods.blockwise_lr.sharpness import block_sharpness, plot_sharpness, ratios_from_sharpness
+from hasten.optim.blocks import classify_model
 
 PAPER_ORDER = ("emb", "qk", "ffn", "vo", "norm")  # ascending sharpness, arXiv 2502.19002 (R-BW README)
 
@@ -36,30 +42,14 @@ def format_table(sharpness: dict[str, float], numels: dict[str, int], ratios: di
     return "\n".join(lines)
 
 
-def _checkpoint_and_config(source: str):
-    from hasten.checkpoint import load_checkpoint
-    from hasten.config import config_from_dict
-
-    if source.startswith("hf:"):
-        raise ConfigError("hasten sharpness needs a hasten run dir or training checkpoint (it reads the run's data config), not hf:")
-    path = Path(source)
-    ckpt = load_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
-    if "config" not in ckpt:
-        raise ConfigError(f"{ckpt['_path']} holds a model without a run config (import-hf?); pass a run dir or a training checkpoint")
-    return ckpt["_path"], config_from_dict(ckpt["config"]), int(ckpt.get("progress", {}).get("step", 0))
-
-
 def cmd_sharpness(args) -> int:
-    from hasten.data.sampler import eval_windows
-    from hasten.data.tokens import prepare_from_config
-    from hasten.interop.cli import load_model_from
-    from hasten.methods.blockwise_lr.sharpness import block_sharpness, plot_sharpness, ratios_from_sharpness
-    from hasten.optim.blocks import classify_model
-
     if args.batches < 1 or (args.rows is not None and args.rows < 1):
         raise ConfigError("--batches and --rows must be >= 1")
-    ckpt_path, cfg, step = _checkpoint_and_config(args.source)
-    model = load_model_from(ckpt_path, args.weights)  # the same checkpoint, even if the run writes a newer one meanwhile
+    if args.source.startswith("hf:"):
+        raise ConfigError("hasten sharpness needs a hasten run dir or training checkpoint (it reads the run's data config), not hf:")
+    ckpt = open_train_checkpoint(args.source, "hasten sharpness")
+    ckpt_path, cfg, step = str(ckpt.path), ckpt.run_config(), ckpt.step
+    model = load_model(ckpt, args.weights)
     data = prepare_from_config(cfg.data, progress=False)
     rows = args.rows or cfg.train.micro_batch_size or min(cfg.train.batch_size, 16)
     windows = eval_windows(data.val, cfg.seq_len, args.batches * rows)
@@ -102,7 +92,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batches", type=int, default=8, help="val batches to average over (10-50 recommended; default 8)")
     p.add_argument("--rows", type=int, default=None, help="windows per batch (default: the run's micro-batch, at most 16)")
     p.add_argument("--out", default=None, help="directory for the chart and JSON (default: the run dir)")
-    p.add_argument("--weights", default="raw", choices=["raw", "lawa", "ema", "swa"], help="raw weights or a weight average of the run")
+    p.add_argument("--weights", default="raw", choices=WEIGHTS, help="raw weights or a weight average of the run")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled labels")
     p.add_argument("--true-labels", action="store_true", help="use the data's next tokens instead of sampled labels (biased)")
     p.set_defaults(func=cmd_sharpness)

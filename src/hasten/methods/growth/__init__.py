@@ -1,5 +1,7 @@
 """Model growth: G_stack and the atomic growth operators, staged training of the whole state, growth timing."""
 
+from hasten.methods.growth import hooks
+from hasten.methods.growth.config import GrowthConfig, GrowthStage, final_model_config, stage_model_configs
 from hasten.methods.growth.masks import RAMP_ORDER, MaskRamp, mask_ramp, new_unit_masks
 from hasten.methods.growth.operators import (
     DEPTH_OPS,
@@ -27,8 +29,17 @@ from hasten.methods.growth.timing import (
     kaplan_optimal_params,
     restart_warmup_multiplier,
 )
+from hasten.methods.spec import MethodSpec
+
+SPECS = (MethodSpec("growth", GrowthConfig, hooks.build, order=30,
+                    summary="model growth: G_stack (arXiv 2405.15319) and staged training (arXiv 2203.06211)"),)
 
 __all__ = [
+    "SPECS",
+    "GrowthConfig",
+    "GrowthStage",
+    "final_model_config",
+    "stage_model_configs",
     "DEPTH_OPS",
     "WIDTH_OPS",
     "OPERATOR_CONSTANTS",

@@ -19,13 +19,24 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import torch
 import yaml
 
+from hasten.checkpointing import CHECKPOINTS, checkpoint_name, open_train_checkpoint, save_checkpoint
 from hasten.errors import CheckpointError, ConfigError
+from hasten.methods.growth.config import GrowthStage
+from hasten.methods.growth.schedule import apply_schedule_policy
+from hasten.methods.growth.state import grow_training_state
+from hasten.methods.growth.timing import gstack_growth_tokens
+from hasten.model import GPT, ModelConfig
+from hasten.optim.builder import build_optimizer
+from hasten.optim.schedules import build_schedule
+from hasten.trainer.logger import read_metrics
 
-KEPT_CALLBACK_STATES = ("stability",)  # shape-agnostic; other methods' states (weight averages) describe the small model
+KEPT_METHOD_STATES = ("stability",)  # shape-agnostic; other methods' states (weight averages) describe the small model
 
 
 def cmd_grow(args) -> int:
@@ -40,63 +51,42 @@ def cmd_grow(args) -> int:
 
 
 def _print_guideline(n_params: float, tokens: float) -> int:
-    from hasten.methods.growth.timing import gstack_growth_tokens
-
     d = gstack_growth_tokens(n_params, tokens)
     print(f"d = {d:.4g} tokens  (G_stack guideline: log10 d = 0.88 log10 N + 163.27 / log10(6 N D) - 5.74, "
           f"N = {n_params:.4g} target params, D = {tokens:.4g} tokens, {d / tokens:.2%} of D)")
     return 0
 
 
-def _source_run_dir(ckpt_path: Path) -> Path | None:
-    run_dir = ckpt_path.parent.parent
-    return run_dir if (run_dir / "config.yaml").exists() else None
-
-
 def grow_checkpoint(args) -> Path:
     """Grow the training state of args.source into the new run dir args.out; returns it."""
-    import torch
-
-    from hasten.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-    from hasten.config import config_from_dict
-    from hasten.distributed import load_full_state
-    from hasten.methods.growth.callback import GrowthStage, apply_schedule_policy, planned_budget
-    from hasten.methods.growth.state import grow_training_state
-    from hasten.model import GPT, ModelConfig
-    from hasten.optim.builder import build_optimizer
-    from hasten.optim.schedules import build_schedule
-
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not empty; give a new run dir")
-    source = Path(args.source)
-    ckpt = load_checkpoint(source / "checkpoints" if (source / "checkpoints").is_dir() else source)
-    if ckpt.get("format") != "hasten-train-state" or "config" not in ckpt:
-        raise CheckpointError(f"{ckpt['_path']} is not a training checkpoint (no run config or optimizer state); grow a run dir or its checkpoint")
-    if ckpt.get("sharded"):
-        raise CheckpointError(f"{ckpt['_path']} is a sharded checkpoint; save it consolidated (train.checkpoint_format=consolidated) to grow it")
-    cfg = config_from_dict(ckpt["config"])
-    progress = dict(ckpt["progress"])
+    ckpt = open_train_checkpoint(args.source, "hasten grow")
+    if ckpt.sharded:
+        raise CheckpointError(f"{ckpt.path} is a sharded checkpoint; save it consolidated (train.checkpoint_format=consolidated) to grow it")
+    cfg = ckpt.run_config()
+    progress = dict(ckpt.progress)
     step, tokens = int(progress["step"]), int(progress["tokens"])
     stage = GrowthStage(dim=args.dim, op=args.op, factor=args.factor, at_steps=max(1, step), moments=args.moments,
                         schedule=args.schedule, lr=args.lr, warmup_steps=args.warmup_steps, restart_step=args.restart_step,
                         rewarmup_steps=args.rewarmup_steps)
     stage.validate("hasten grow")
 
-    model = GPT(ModelConfig(**ckpt["model_config"]))
+    model = GPT(ModelConfig(**ckpt.model_config))
     optimizer = build_optimizer(model, cfg.optim)
     try:
-        load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"])
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(ckpt.optimizer)
     except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{ckpt['_path']} does not fit its own model config ({str(err).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{ckpt.path} does not fit its own model config ({str(err).splitlines()[0][:160]})") from None
     generator = torch.Generator().manual_seed(cfg.train.seed + step)  # fresh tensors of the random/zero operators
     grown = grow_training_state(model, optimizer, stage.op, stage.factor, stage.dim,
                                 build_optimizer=lambda m: build_optimizer(m, cfg.optim), moments=stage.moments, generator=generator)
 
-    planned_steps, planned_tokens = planned_budget(cfg)
     schedule = build_schedule(cfg)
-    schedule.load_state_dict(ckpt["schedule"])
-    schedule_info = apply_schedule_policy(schedule, stage, stage.dim, step, tokens, planned_steps, planned_tokens,
+    schedule.load_state_dict(ckpt.schedule)
+    schedule_info = apply_schedule_policy(schedule, stage, stage.dim, step, tokens, cfg.planned_steps(), cfg.planned_tokens(),
                                           cfg.optim.min_lr_ratio, cfg.schedule.warmup_steps, cfg.schedule.decay_unit)
 
     values = cfg.to_dict()
@@ -104,22 +94,14 @@ def grow_checkpoint(args) -> Path:
     dropped_methods = [name for name in ("growth",) if name in values["methods"]]
     for name in dropped_methods:  # its stages describe the small model's schedule; the growth happened here
         del values["methods"][name]
-    callbacks = dict(ckpt.get("callbacks", {}))
-    dropped_states = sorted(name for name in callbacks if name not in KEPT_CALLBACK_STATES)
+    dropped_states = sorted(name for name in ckpt.methods if name not in KEPT_METHOD_STATES)
     progress["stage"] = int(progress.get("stage", 0)) + 1
-    state = {
-        **{k: v for k, v in ckpt.items() if not k.startswith("_")},
-        "config": values,
-        "model_config": grown.model.config.to_dict(),
-        "model": grown.model.state_dict(),
-        "optimizer": grown.optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "progress": progress,
-        "callbacks": {name: callbacks[name] for name in callbacks if name in KEPT_CALLBACK_STATES},
-    }
+    state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), model=grown.model.state_dict(),
+                    optimizer=grown.optimizer.state_dict(), schedule=schedule.state_dict(), progress=progress, unit_masks=None,
+                    methods={name: ckpt.methods[name] for name in ckpt.methods if name in KEPT_METHOD_STATES})
 
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = _source_run_dir(Path(ckpt["_path"]))
+    run_dir = ckpt.run_dir
     for name in ("tokenizer.json", "corpus.json"):  # the grown run resumes on the same tokens, and checks its corpus
         if run_dir is not None and (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out / name)
@@ -127,15 +109,15 @@ def grow_checkpoint(args) -> Path:
     summary = grown.plan.summary()
     rows.append({"kind": "event", "step": step, "event": "state_replaced", "reason": summary, "tokens": tokens})
     rows.append({"kind": "event", "step": step, "event": "growth", "stage": progress["stage"] - 1, "summary": summary, "notes": grown.notes,
-                 "tokens": tokens, "flops": progress["flops"], "model_config": grown.model.config.to_dict(), "offline": str(ckpt["_path"])})
+                 "tokens": tokens, "flops": progress["flops"], "model_config": grown.model.config.to_dict(), "offline": str(ckpt.path)})
     rows.append({"kind": "event", "step": step, "event": "growth_schedule", "policy": stage.schedule, **schedule_info})
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    save_checkpoint(out / "checkpoints", step, state, keep=cfg.train.keep_checkpoints)
+    save_checkpoint(out / CHECKPOINTS, step, state.to_dict(), keep=cfg.train.keep_checkpoints)
     tmp = out / "config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(values, sort_keys=False))
     tmp.replace(out / "config.yaml")  # last: a run dir with config.yaml is complete
 
-    print(f"{ckpt['_path']} (step {step}, {tokens:,} tokens) -> {out / 'checkpoints' / checkpoint_name(step)}")
+    print(f"{ckpt.path} (step {step}, {tokens:,} tokens) -> {out / CHECKPOINTS / checkpoint_name(step)}")
     print(f"  {summary}")
     for note in grown.notes[1:]:
         print(f"  {note}")
@@ -150,8 +132,6 @@ def grow_checkpoint(args) -> Path:
 
 
 def _metrics_until(run_dir: Path, step: int) -> list[dict]:
-    from hasten.trainer.logger import read_metrics
-
     return [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
 
 

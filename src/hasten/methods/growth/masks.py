@@ -7,8 +7,8 @@ hidden width, then the attention heads, `steps` optimizer steps each (the refere
 statistics by the mask); at the end the masks are removed and the model is the plain grown model.
 
 The mask values are a function of the optimizer step only, so a resumed run sets the same masks as
-an uninterrupted one; the checkpointed state (MaskRamp.state_dict: start, steps, order and the 0/1
-masks) is enough to rebuild them without the run's config.
+an uninterrupted one. A checkpoint also stores the masks themselves with the model (TrainCheckpoint.unit_masks),
+so eval and export rebuild the model without knowing about growth.
 """
 
 from __future__ import annotations
@@ -91,10 +91,3 @@ class MaskRamp:
             return False
         model.set_unit_masks(**masks)
         return True
-
-
-def checkpoint_mask_ramp(checkpoint: dict) -> MaskRamp | None:
-    """The MSG ramp a training checkpoint was saved inside (its model needs the masks of its step), or None."""
-    state = (checkpoint.get("callbacks") or {}).get("growth") or {}
-    ramp = state.get("ramp")
-    return MaskRamp.from_state_dict(ramp) if ramp else None

@@ -10,17 +10,17 @@ from hasten.data.shaping import (
     target_tokens_per_row,
     truncate_rows,
 )
-from hasten.methods.seqlen_warmup.schedule import (
-    KINDS,
-    SeqLenSchedule,
-    SeqLenWarmupConfig,
-    steps_for_tokens,
-    tokens_for_steps,
-    warmup_iters_for_tokens,
-)
+from hasten.methods.seqlen_warmup import hooks
+from hasten.methods.seqlen_warmup.config import KINDS, SeqLenWarmupConfig
+from hasten.methods.seqlen_warmup.schedule import SeqLenSchedule, steps_for_tokens, tokens_for_steps, warmup_iters_for_tokens
+from hasten.methods.spec import MethodSpec
+
+SPECS = (MethodSpec("seqlen_warmup", SeqLenWarmupConfig, hooks.build, order=10, summary="sequence length warmup (arXiv 2108.06084)",
+                    varies_seq_len=True),)
 
 __all__ = [
     "KINDS",
+    "SPECS",
     "MODES",
     "BatchShape",
     "SeqLenSchedule",

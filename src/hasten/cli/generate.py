@@ -9,8 +9,13 @@ recomputed every token (no KV cache), cropped to the model's context length.
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer
 
-from hasten.errors import ConfigError
+from hasten.checkpointing.weights import WEIGHTS
+from hasten.data.tokenizer import EOS
+from hasten.errors import ConfigError, DataError
+from hasten.interop.cli import load_model_and_checkpoint, run_tokenizer
+from hasten.trainer.setup import resolve_device
 
 
 @torch.no_grad()
@@ -38,13 +43,6 @@ def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 0.
 
 
 def cmd_generate(args) -> int:
-    from tokenizers import Tokenizer
-
-    from hasten.data.tokenizer import EOS
-    from hasten.errors import DataError
-    from hasten.interop.cli import load_model_and_checkpoint, run_tokenizer
-    from hasten.trainer.setup import resolve_device
-
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
     if args.temperature < 0:
@@ -86,7 +84,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed gives the same text)")
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--weights", default="raw", choices=["raw", "lawa", "ema", "swa"], help="raw weights or a run's weight average")
+    p.add_argument("--weights", default="raw", choices=WEIGHTS, help="raw weights or a run's weight average")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's or the checkpoint's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="keep going past the end-of-text token")

@@ -1,4 +1,4 @@
-"""Atomic, verified checkpoints.
+"""Atomic, verified checkpoint directories (what a checkpoint holds is schema.py).
 
 A checkpoint is a directory `step_XXXXXXXX/` with `state.pt` and `manifest.json` (format version,
 step, sha256 and size of every file). It is written into a hidden temp dir, fsynced, then renamed
@@ -30,7 +30,7 @@ TMP_PREFIX = ".tmp-"  # a save in progress (a leftover one is a crash mid-save; 
 OLD_PREFIX = ".old-"  # the previous copy of a step being re-saved; stands in for it if a crash hits the swap
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     """Report a skipped checkpoint on one stderr line (warnings.warn would add a second, source line)."""
     print(f"hasten: warning: {message}", file=sys.stderr)
 
@@ -149,7 +149,8 @@ def verify_checkpoint(path: str | Path) -> str | None:
     return None
 
 
-def _step_of(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint dir's name (`step_00000012` -> 12); -1 for other names."""
     try:
         return int(path.name.rsplit("_", 1)[1])
     except (IndexError, ValueError):
@@ -164,17 +165,19 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = {p.name: p for p in directory.iterdir() if p.is_dir() and p.name.startswith("step_") and _step_of(p) >= 0}
+    found = {p.name: p for p in directory.iterdir() if p.is_dir() and p.name.startswith("step_") and checkpoint_step(p) >= 0}
     for old in directory.glob(f"{OLD_PREFIX}step_*"):
         name = old.name[len(OLD_PREFIX):]
-        if old.is_dir() and name not in found and _step_of(old) >= 0:
+        if old.is_dir() and name not in found and checkpoint_step(old) >= 0:
             found[name] = old
-    return sorted(found.values(), key=_step_of)
+    return sorted(found.values(), key=checkpoint_step)
 
 
-def latest_good_checkpoint(directory: str | Path, report=_warn) -> Path | None:
-    """The newest verified checkpoint; each newer broken one is reported (never skipped silently)."""
+def latest_good_checkpoint(directory: str | Path, report=warn, at_most: int | None = None) -> Path | None:
+    """The newest verified checkpoint (of a step <= `at_most` if given); each newer broken one is reported (never skipped silently)."""
     for path in reversed(list_checkpoints(directory)):
+        if at_most is not None and checkpoint_step(path) > at_most:
+            continue
         problem = verify_checkpoint(path)
         if problem is None:
             return path

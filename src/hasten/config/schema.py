@@ -1,25 +1,22 @@
-"""Run configuration as dataclasses, loaded from YAML recipes and `--set key=value` overrides.
+"""Run configuration as dataclasses: one section per part of a run, each owning its checks.
 
 Every value is validated with a one-line error that names the key, what is wrong and what is allowed.
-Method sections (`methods.<name>`) are owned by the methods themselves: see hasten.methods.registry.
+Method sections (`methods.<name>`) are plain mappings here; the methods own their configs and
+hasten.recipes checks them (the schema layer knows no method).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
-import types
-import typing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from hasten.config.blocks import check_block_overrides, validate_ratios
+from hasten.config.coerce import checked_model_fields
+from hasten.config.model import ModelConfig, model_config
 from hasten.errors import ConfigError
-from hasten.model import PRESETS, ModelConfig, model_config
 
 
 @dataclass
@@ -74,9 +71,6 @@ class OptimConfig:
             raise ConfigError(f"optim.decay_policy={self.decay_policy!r} is unknown; use matrices or all")
         if self.implementation not in ("auto", "foreach", "fused", "for"):
             raise ConfigError(f"optim.implementation={self.implementation!r} is unknown; use auto, foreach, fused or for")
-        from hasten.optim.blocks import check_block_overrides
-        from hasten.optim.blockwise import validate_ratios
-
         if self.lr_ratios and not self.blockwise:
             raise ConfigError("optim.lr_ratios is set but optim.blockwise is false; set optim.blockwise=true to use them")
         validate_ratios(self.lr_ratios)
@@ -190,7 +184,7 @@ class RunConfig:
     def model_config(self) -> ModelConfig:
         """The model of this run. Its vocabulary is the data's (`data.vocab_size` for a trained BPE) unless the
         `model:` mapping names one, so a preset of another vocabulary (`--set model=tiny`) just works."""
-        fields = _checked_model_fields(self.model) if isinstance(self.model, dict) else {"preset": self.model}
+        fields = checked_model_fields(self.model) if isinstance(self.model, dict) else {"preset": self.model}
         if self.data.tokenizer == "bpe" and "vocab_size" not in fields:
             fields["vocab_size"] = self.data.vocab_size
         try:
@@ -224,229 +218,6 @@ class RunConfig:
             raise ConfigError(
                 f"data.vocab_size={self.data.vocab_size} exceeds model vocab_size={mcfg.vocab_size}; make them equal"
             )
-        from hasten.methods.registry import validate_methods
-
-        validate_methods(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Coerce a YAML value to the annotated type, with a one-line error when it does not fit."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}={value!r} has the wrong type; expected {' or '.join(_type_name(a) for a in args)}")
-    if tp is Any or origin is dict or tp is dict:
-        if origin is dict and not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r} must be a mapping")
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value)
-                if number.is_integer():
-                    return int(number)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}={value!r} must be an integer")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except (ValueError, OverflowError):
-                pass
-        if number is not None and math.isfinite(number):  # nan/inf would slip past every range check below
-            return number
-        raise ConfigError(f"{key}={value!r} must be a finite number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}={value!r} must be a string")
-    return value
-
-
-def _checked_model_fields(values: dict) -> dict:
-    """Unknown keys and types of a `model:` mapping get the same one-line errors as other sections.
-
-    (ModelConfig lives in model.py and takes raw values, so without this `model.n_layers=abc` or
-    `model.norm_eps=1e-6`, which YAML reads as a string, failed deep inside the model.)
-    """
-    hints = typing.get_type_hints(ModelConfig)
-    out = {}
-    for key, value in values.items():
-        if key == "preset":
-            out[key] = _coerce(value, str, "model.preset")
-        elif key not in hints:
-            raise ConfigError(f"unknown key model.{key}: {_suggest(key, ['preset', *hints])}")
-        else:
-            out[key] = _coerce(value, hints[key], f"model.{key}")
-    return out
-
-
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(options)}"
-
-
-def build_dataclass(cls: type, values: dict, prefix: str) -> Any:
-    """Instantiate a dataclass from a mapping, rejecting unknown keys with a suggestion."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(f"unknown key {prefix}{key}: {_suggest(key, names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = build_dataclass(tp, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _deep_merge(base: dict, extra: dict, path: str = "") -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, ListItems):
-            out[key] = value.merge_into(out.get(key), f"{path}{key}")
-        elif isinstance(value, dict):  # over a mapping: merged; over anything else: replaces it (list indices still checked)
-            out[key] = _deep_merge(out[key] if isinstance(out.get(key), dict) else {}, value, f"{path}{key}.")
-        else:
-            out[key] = value
-    return out
-
-
-class ListItems(dict):
-    """`--set a.b.0.c=v` addresses element 0 of the list a.b: {index: value} laid over that list when merged."""
-
-    def merge_into(self, current: Any, key: str) -> list:
-        if not isinstance(current, list):
-            raise ConfigError(f"--set {key}.{next(iter(self))}...: {key} is not a list here ({current!r}); set the whole list, "
-                              f"e.g. --set '{key}=[...]'")
-        out = list(current)
-        for index, value in self.items():
-            if not -len(out) <= index < len(out):
-                raise ConfigError(f"--set {key}.{index}: {key} has {len(out)} element(s); use an index below {len(out)}")
-            if isinstance(value, ListItems):
-                out[index] = value.merge_into(out[index], f"{key}.{index}")
-            elif isinstance(value, dict) and isinstance(out[index], dict):
-                out[index] = _deep_merge(out[index], value, f"{key}.{index}.")
-            else:
-                out[index] = value
-        return out
-
-
-def _merge_layer(values: dict, extra: dict) -> dict:
-    """Deep-merge one config layer; a model mapping laid over a preset name refines that preset.
-
-    Without this, `--set model=tiny --set model.n_layers=3` (or a recipe's `model: tiny` plus
-    `--set model.n_layers=3`) would silently drop the preset and build the ModelConfig defaults.
-    """
-    if isinstance(extra.get("model"), dict) and isinstance(values.get("model"), str) and "preset" not in extra["model"]:
-        values = {**values, "model": {"preset": values["model"]}}
-    return _deep_merge(values, extra)
-
-
-def parse_override(text: str) -> dict:
-    """`train.max_steps=100` -> {"train": {"max_steps": 100}} (the value is parsed as YAML).
-
-    A numeric part addresses a list element: `methods.growth.stages.0.at_tokens=5e5` changes that field of
-    the first stage and keeps the rest of the list."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r} must look like key.path=value, e.g. --set train.max_steps=100")
-    path, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    keys: list = [k for k in path.strip().split(".") if k]
-    if not keys:
-        raise ConfigError(f"--set {text!r} has an empty key")
-    if _is_index(keys[0]):
-        raise ConfigError(f"--set {text!r} starts with a list index; name the section first, e.g. methods.growth.stages.0.at_tokens=...")
-    for key in reversed(keys):  # built from the leaf up; a numeric part indexes the list above it
-        value = ListItems({int(key): value}) if _is_index(key) else {key: value}
-    return value
-
-
-def _is_index(key: str) -> bool:
-    return key.isdigit() or (key.startswith("-") and key[1:].isdigit())
-
-
-def recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """A recipe's values; `base: other.yaml` (relative to the recipe) is loaded first and overridden."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist; give a YAML file (see recipes/)")
-    if path.resolve() in _seen:
-        raise ConfigError(f"recipe {path} includes itself through `base:`; remove the cycle")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
-    except (UnicodeDecodeError, OSError) as err:
-        raise ConfigError(f"recipe {path} is not a readable UTF-8 text file ({type(err).__name__}); give a YAML recipe") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must be a YAML mapping of sections (model, data, optim, schedule, train, methods)")
-    base = data.pop("base", None)
-    if base is not None:
-        data = _merge_layer(recipe_dict(path.parent / base, _seen + (path.resolve(),)), data)
-    return data
-
-
-def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> RunConfig:
-    """Recipe YAML (optional) + `key=value` overrides -> a validated RunConfig."""
-    values: dict = dict(base or {})
-    if recipe is not None:
-        values = _merge_layer(values, recipe_dict(recipe))
-    for text in overrides:
-        values = _merge_layer(values, parse_override(text))
-    train = values.get("train")
-    if isinstance(train, dict) and "max_steps" not in train and "max_tokens" not in train:
-        # a `train:` section builds TrainConfig from its field defaults (max_steps=None); keep RunConfig's
-        # default length so `--set train.batch_size=8` alone does not make the run length-less
-        values = {**values, "train": {**train, "max_steps": RunConfig().train.max_steps}}
-    cfg = build_dataclass(RunConfig, values, "")
-    if not isinstance(cfg.model, (str, dict)):
-        raise ConfigError(f"model={cfg.model!r} must be a preset name or a mapping like {{preset: tiny, n_layers: 4}}")
-    if isinstance(cfg.model, str) and cfg.model not in PRESETS:
-        raise ConfigError(f"model={cfg.model!r} is unknown; {_suggest(cfg.model, list(PRESETS))}")
-    cfg.validate()
-    return cfg
-
-
-def config_from_dict(values: dict) -> RunConfig:
-    """Rebuild a RunConfig saved with to_dict() (checkpoints, run dirs)."""
-    return build_dataclass(RunConfig, values, "")

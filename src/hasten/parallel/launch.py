@@ -1,0 +1,115 @@
+"""`hasten train --nproc N` runs torch.distributed.run's agent in this process (no torchrun child), so
+its SIGTERM/SIGINT handling covers the workers directly: they get the signal and stop at the next
+step boundary with a checkpoint. Each worker dies with its launcher (PR_SET_PDEATHSIG), so not even a
+SIGKILL of the launcher leaves orphans. Workers report errors through files in REPORT_ENV instead of
+printing them, and the launcher prints the first user error once, without torchrun's traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from hasten.errors import ConfigError
+
+REPORT_ENV = "HASTEN_LAUNCH_REPORTS"  # folder where each worker writes rank<R>.json when it fails or stops
+LAUNCHER_ENV = "HASTEN_LAUNCHER_PID"
+
+
+def launched_worker() -> bool:
+    """True in a worker of `hasten train --nproc` (not under a plain torchrun)."""
+    return REPORT_ENV in os.environ and "RANK" in os.environ
+
+
+def die_with_launcher() -> None:
+    """In a launched worker: ask Linux to send SIGTERM when the launcher (our parent) dies."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if launcher is None or not launched_worker() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(launcher):  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def report_to_launcher(kind: str, message: str, code: int) -> None:
+    """A worker's outcome for the launcher: kind error (a user error, one line), crash (a traceback) or stopped."""
+    path = Path(os.environ[REPORT_ENV]) / f"rank{os.environ.get('RANK', '0')}.json"
+    record = {"kind": kind, "message": message, "code": code, "time": time.time(), "rank": int(os.environ.get("RANK", "0"))}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`hasten train --nproc N ...`: re-run the same command on N local ranks; returns the exit code.
+
+    2 with the workers' first user error printed once; 128+signal when stopped by SIGTERM/SIGINT (after the
+    workers checkpointed); 1 with the first traceback when a worker crashed.
+    """
+    import logging
+    import tempfile
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc={nproc} must be >= 1")
+    for name in list(logging.root.manager.loggerDict):  # the outcome is reported below, once (torch sets levels per logger)
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    saved_env = {key: os.environ.get(key) for key in (REPORT_ENV, LAUNCHER_ENV, "OMP_NUM_THREADS")}
+    with tempfile.TemporaryDirectory(prefix="hasten-launch-") as reports:
+        os.environ[REPORT_ENV] = reports
+        os.environ[LAUNCHER_ENV] = str(os.getpid())
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several ranks, without its warning
+        args = torchrun.get_args_parser().parse_args(
+            ["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.1", "-m", "hasten", *argv])
+        code = 0
+        try:
+            torchrun.run(args)
+        except ChildFailedError as err:
+            code = max((f.exitcode for f in err.failures.values()), default=1) or 1
+        except SignalException as err:
+            code = 128 + int(err.sigval)
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        return _launch_outcome(Path(reports), code)
+
+
+def _launch_outcome(reports: Path, code: int) -> int:
+    records = []
+    for path in reports.glob("rank*.json"):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    records.sort(key=lambda r: (r["time"], r["rank"]))
+    for kind in ("error", "crash"):
+        first = next((r for r in records if r["kind"] == kind), None)
+        if first is not None:
+            if kind == "crash":
+                print(first["message"].rstrip(), file=sys.stderr)
+                print(f"hasten: error: rank {first['rank']} crashed (traceback above)", file=sys.stderr)
+                return 1
+            print(f"hasten: error: {first['message']}", file=sys.stderr)
+            return first["code"]
+    stopped = next((r for r in records if r["kind"] == "stopped"), None)
+    if stopped is not None:
+        return stopped["code"]
+    if code > 128:
+        return code
+    if code:
+        print(f"hasten: error: a worker exited with code {code} without a report (killed?)", file=sys.stderr)
+    return code
