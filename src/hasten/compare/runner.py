@@ -277,20 +277,13 @@ def _worker_environment(threads: int | None):
     """Environment the spawned workers inherit: OpenMP/MKL threads fixed before torch loads, one shared compile cache."""
     from hasten.config import DataConfig
     from hasten.data.tokenizer import cache_root
+    from hasten.parallel.launch import environment
 
     values = {"TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(cache_root(DataConfig().cache_dir) / "inductor"))}
     if threads is not None:
         values.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
+    with environment(values):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def seed_major(recipes: list[Recipe], seeds: range, make) -> list[RunSpec]:

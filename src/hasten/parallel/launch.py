@@ -7,17 +7,34 @@ printing them, and the launcher prints the first user error once, without torchr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hasten.errors import ConfigError
 
 REPORT_ENV = "HASTEN_LAUNCH_REPORTS"  # folder where each worker writes rank<R>.json when it fails or stops
 LAUNCHER_ENV = "HASTEN_LAUNCHER_PID"
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set; on exit every key is as it was (one that was unset is removed again)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def launched_worker() -> bool:
@@ -65,26 +82,19 @@ def launch(nproc: int, argv: list[str]) -> int:
     for name in list(logging.root.manager.loggerDict):  # the outcome is reported below, once (torch sets levels per logger)
         if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    saved_env = {key: os.environ.get(key) for key in (REPORT_ENV, LAUNCHER_ENV, "OMP_NUM_THREADS")}
     with tempfile.TemporaryDirectory(prefix="hasten-launch-") as reports:
-        os.environ[REPORT_ENV] = reports
-        os.environ[LAUNCHER_ENV] = str(os.getpid())
-        os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several ranks, without its warning
+        # OMP_NUM_THREADS=1 is torchrun's default for several ranks (set here, it does not warn)
+        env = {REPORT_ENV: reports, LAUNCHER_ENV: str(os.getpid()), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         args = torchrun.get_args_parser().parse_args(
             ["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.1", "-m", "hasten", *argv])
         code = 0
-        try:
-            torchrun.run(args)
-        except ChildFailedError as err:
-            code = max((f.exitcode for f in err.failures.values()), default=1) or 1
-        except SignalException as err:
-            code = 128 + int(err.sigval)
-        finally:
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        with environment(env):
+            try:
+                torchrun.run(args)
+            except ChildFailedError as err:
+                code = max((f.exitcode for f in err.failures.values()), default=1) or 1
+            except SignalException as err:
+                code = 128 + int(err.sigval)
         return _launch_outcome(Path(reports), code)
 
 

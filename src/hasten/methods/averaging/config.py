@@ -45,8 +45,7 @@ class EMAConfig:
     enabled: bool = True
 
     def validate(self) -> None:
-        if self.decay is not None and self.half_life is not None:
-            raise ConfigError("ema: set either decay or half_life, not both; drop one of them")
+        _either("ema", decay=self.decay, half_life=self.half_life)
         self.build()
 
     def build(self) -> EMA:
@@ -68,8 +67,7 @@ class SWAConfig:
     enabled: bool = True
 
     def validate(self) -> None:
-        if self.start_fraction is not None and self.start_step is not None:
-            raise ConfigError("swa: set either start_fraction or start_step, not both; drop one of them")
+        _either("swa", start_fraction=self.start_fraction, start_step=self.start_step)
         self.build(total_steps=1 if self.start_step is None else None)
 
     def build(self, total_steps: int | None = None) -> SWA:
@@ -80,3 +78,10 @@ class SWAConfig:
             raise ConfigError("swa: start_fraction needs the run's total steps; set swa.start_step or a step budget")
         fraction = 0.75 if self.start_fraction is None else self.start_fraction
         return SWA.from_fraction(fraction, total_steps, every=self.every, device=self.device)
+
+
+def _either(section: str, **alternatives) -> None:
+    """Two settings that say the same thing two ways: at most one may be given."""
+    if all(value is not None for value in alternatives.values()):
+        first, second = alternatives
+        raise ConfigError(f"{section}: set either {first} or {second}, not both; drop one of them")
