@@ -245,10 +245,11 @@ def size_budget(tier: Tier, preset: str) -> int:
 
 
 class Grid:
-    def __init__(self, tier_name: str, out: Path, jobs: int, command: str):
+    def __init__(self, tier_name: str, out: Path, jobs: int, command: str, interim: bool = False):
         from hasten.compare.runner import CompareOptions
 
         self.tier_name, self.tier, self.out, self.jobs, self.command = tier_name, TIERS[tier_name], out, jobs, command
+        self.interim = interim  # report what has finished, train nothing
         self.rows = {r.name: r for r in ROWS if self.tier.rows is None or r.name in self.tier.rows}
         self.opts = CompareOptions(recipes=[], report_dir=out, jobs=jobs, command=command, tier=tier_name)
         self.failed: dict[str, str] = {}
@@ -277,6 +278,8 @@ class Grid:
         todo = [s for s in specs if not (s.run_dir / "summary.json").exists() and s.name not in self.failed]
         done = len(specs) - len(todo)
         print(f"{len(specs)} runs ({done} already finished)", file=sys.stderr, flush=True)
+        if self.interim:
+            return
         for outcome in run_all(todo, self.jobs):
             if outcome["status"] == "failed":
                 self.failed[outcome["name"]] = outcome.get("error", "")
@@ -321,27 +324,36 @@ class Grid:
         for name, knobs in plan.items():
             finals = [self.final(s, self.rows[name].metric) for s in specs[name]]
             best = min(range(len(knobs)), key=lambda i: finals[i])
-            ctx.chosen[name] = knobs[best]
             records[name] = self.tuning_record(self.rows[name], knobs, specs[name], finals, best, ctx)
+            unfinished = sum(not self.finished(s) for s in specs[name])
+            if unfinished:  # an interim report: the row is not chosen (nor run on more seeds) before all its candidates ran
+                records[name].update(chosen=None, unfinished=unfinished)
+                continue
+            ctx.chosen[name] = knobs[best]
         return records
+
+    def finished(self, spec) -> bool:
+        return (spec.run_dir / "summary.json").exists() or spec.name in self.failed
 
     def tuning_record(self, row: Row, knobs: list[dict], specs: list, finals: list[float], best: int, ctx: Ctx,
                       labels: list[str] | None = None) -> dict:
         return {"row": row.name, "metric": row.metric, "chosen": best, "candidates": [
             {"knobs": k, "label": labels[i] if labels else describe(row, k), "settings": row.settings(ctx, k), "run": s.name,
-             "final": None if math.isinf(f) else f} for i, (k, s, f) in enumerate(zip(knobs, specs, finals))]}
+             "final": None if math.isinf(f) else f, "finished": self.finished(s)} for i, (k, s, f) in enumerate(zip(knobs, specs, finals))]}
 
     # -- one size ----------------------------------------------------------------------------------
 
     def seeds_of(self, ctx: Ctx, names: list[str], seeds: int) -> dict[str, list]:
         """Seed-major specs of every row at its chosen knobs (seed 0 is its tuning run)."""
+        names = [name for name in names if name in ctx.chosen]  # an interim report leaves out rows still being tuned
         order = [(name, s) for s in range(seeds) for name in names]
         specs = [(name, self.spec(ctx, self.rows[name], ctx.chosen[name], s)) for name, s in order]
         self.run([s for _, s in specs])
         out: dict[str, list] = {name: [] for name in names}
         for name, spec in specs:
-            out[name].append((spec, spec.run_dir))
-        return out
+            if self.finished(spec):
+                out[name].append((spec, spec.run_dir))
+        return {name: runs for name, runs in out.items() if runs}
 
     def report(self, ctx: Ctx, runs: dict[str, list], tuning: dict, report_dir: Path, sections: list[str]) -> dict:
         from hasten.compare.plots import plot_comparison
@@ -354,7 +366,7 @@ class Grid:
         results = build_results(self.opts, list(runs), "baseline", runs, self.failed, None)
         results.update(preset=ctx.preset, tuned_lr=ctx.lr, chosen=ctx.chosen, tuning_rows=tuning,
                        regime=regime(ctx, self.size_settings(ctx, self.rows["baseline"])))
-        results["sections"] = [render_regime(results["regime"]), render_tuning(tuning), *sections]
+        results["sections"] = [render_regime(results["regime"]), render_tuning(tuning), *[x for x in sections if x]]
         plots = plot_comparison(results, report_dir)
         results["plots"] = {k: p.name for k, p in plots.items()}
         write_report(results, report_dir)
@@ -399,17 +411,20 @@ def render_regime(r: dict) -> str:
             f"tokens). Tuned AdamW LR: {r['tuned_lr']:.4g}.")
 
 
+def candidate_texts(rec: dict) -> list[str]:
+    """`label: final` per tuning candidate ("not run yet" in an interim report; records before that key existed were complete)."""
+    return [f"{c['label']}: " + ("not run yet" if not c.get("finished", True) else "failed" if c["final"] is None else f"{c['final']:.4f}")
+            for c in rec["candidates"]]
+
+
 def render_tuning(tuning: dict) -> str:
     lines = ["## Tuning (seed 0, the same number of runs per row)", "",
              "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, then run on "
              "every seed.", ""]
     for name, rec in tuning.items():
-        cells = []
-        for i, c in enumerate(rec["candidates"]):
-            value = "failed" if c["final"] is None else f"{c['final']:.4f}"
-            text = f"{c['label']}: {value}"
-            cells.append(f"**{text}**" if i == rec["chosen"] else text)
-        lines.append(f"- `{name}` ({rec['metric']}): " + "; ".join(cells))
+        cells = [f"**{text}**" if i == rec["chosen"] else text for i, text in enumerate(candidate_texts(rec))]
+        unfinished = f", {rec['unfinished']} of {len(cells)} still to run" if rec.get("unfinished") else ""
+        lines.append(f"- `{name}` ({rec['metric']}{unfinished}): " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -434,12 +449,17 @@ def run_grid(grid: Grid) -> dict:
     composed = [n for n in names if grid.rows[n].needs]
     while composed:  # 3. compositions, each once its parts are chosen
         ready = [n for n in composed if all(p in main.chosen for p in grid.rows[n].needs)]
+        if not ready and grid.interim:
+            break
         if not ready:
             raise SystemExit(f"speedup.py: rows {composed} need rows that are not in this tier")
         tuning[tier.main].update(grid.tune(main, ready))
         composed = [n for n in composed if n not in ready]
     runs = grid.seeds_of(main, names, tier.seeds)  # 4. every row on every seed
-    results = grid.report(main, runs, tuning[tier.main], grid.out, [])
+    results = grid.report(main, runs, tuning[tier.main], grid.out, [interim_section(grid, main, names, runs, tier.seeds)])
+    if grid.interim and any(len(runs.get(n, [])) < tier.seeds for n in names):
+        write_interim(results, grid.out)
+        return results
     ladder_rows = ["baseline", *[n for n in ("muon",) if n in grid.rows], *best_singles(results, 2),
                    *[n for n in ("combined",) if n in grid.rows]]
     ladder = {tier.main: results}
@@ -447,6 +467,12 @@ def run_grid(grid: Grid) -> dict:
         ctx = ctxs[preset]
         ctx.chosen = {n: main.chosen[n] for n in ladder_rows}
         runs = grid.seeds_of(ctx, ladder_rows, tier.ladder_seeds)
+        if grid.interim and any(len(runs.get(n, [])) < tier.ladder_seeds for n in ladder_rows):
+            results["sections"].append(f"## Interim\n\nThe scale ladder has not finished (at {preset}: "
+                                       f"{sum(len(v) for v in runs.values())} of {len(ladder_rows) * tier.ladder_seeds} runs); "
+                                       f"resume with `{grid.command}`.")
+            write_interim(results, grid.out)
+            return results
         ladder[preset] = grid.report(ctx, runs, tuning[preset], grid.out / f"ladder-{preset.removeprefix('bench-')}", [])
     plot = plot_ladder(ladder, ladder_rows, grid.out / "ladder.png")
     results["sections"].append(render_ladder(ladder, ladder_rows, plot))
@@ -456,6 +482,25 @@ def run_grid(grid: Grid) -> dict:
 
     write_report(results, grid.out)
     return results
+
+
+def interim_section(grid: Grid, ctx: Ctx, names: list[str], runs: dict[str, list], seeds: int) -> str:
+    """What an interim report is missing (empty when the grid is complete)."""
+    missing = [f"`{n}` ({len(runs.get(n, []))}/{seeds} seeds)" if n in ctx.chosen else f"`{n}` (still tuning)"
+               for n in names if len(runs.get(n, [])) < seeds]
+    if not missing:
+        return ""
+    return ("## Interim\n\n**This report is interim**: the grid has not finished. Rows with fewer seeds have wider (or no) intervals; "
+            "rows still tuning are left out of the results table. Missing: " + ", ".join(missing) + ". Resume with "
+            f"`{grid.command}`; `--interim` rewrites this report from the finished runs without training.")
+
+
+def write_interim(results: dict, out: Path) -> None:
+    """The interim main-size report, without the ladder (written only when the grid is complete)."""
+    from hasten.compare.report import write_report
+
+    results["interim"] = True
+    write_report(results, out)
 
 
 def _recipe_lr() -> float:
@@ -553,6 +598,7 @@ def results_block(results: dict, report_path: str) -> str:
     r = results["regime"]
     base = next(x for x in results["rows"] if x["is_baseline"])
     return "\n".join([
+        *([INTERIM_NOTE, ""] if results.get("interim") else []),
         f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), {r['budget_tokens']:,} tokens per run "
         f"({r['tokens_per_param']:.1f} tokens/param, {r['epochs']:.2f} epochs), whole-split evaluation, {results['seeds']} paired seeds; "
         f"AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; "
@@ -561,6 +607,8 @@ def results_block(results: dict, report_path: str) -> str:
     ])
 
 
+INTERIM_NOTE = ("**Interim results**: the grid has not finished (see the report's Interim section for what is missing); "
+                "rows with fewer seeds have wide or no intervals.")
 CARD_BEGIN, CARD_END = "<!-- speedup:begin -->", "<!-- speedup:end -->"
 
 
@@ -568,7 +616,7 @@ def card_block(results: dict, rows: list[str], report_path: str) -> str:
     from hasten.compare.report import fmt_delta, fmt_loss, fmt_speedup
 
     paper = {r.name: r.paper for r in ROWS}
-    lines = [f"Measured by `{results['command']}` ({results['regime']['preset']}, {results['regime']['tokens_per_param']:.0f} tokens per "
+    lines = [*([INTERIM_NOTE, ""] if results.get("interim") else []), f"Measured by `{results['command']}` ({results['regime']['preset']}, {results['regime']['tokens_per_param']:.0f} tokens per "
              f"parameter, {results['seeds']} paired seeds, tuned AdamW baseline; full report: [{Path(report_path).name}]({report_path})):", "",
              "| row | final val loss | Δ vs baseline [95% CI] | speedup tokens | FLOPs | wall-clock | paper |", "|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
@@ -579,8 +627,7 @@ def card_block(results: dict, rows: list[str], report_path: str) -> str:
     for name in rows:
         rec = results["tuning_rows"].get(name)
         if rec:
-            cells = [(f"**{c['label']}: {c['final']:.4f}**" if i == rec["chosen"] else f"{c['label']}: {c['final']:.4f}") if c["final"]
-                     is not None else f"{c['label']}: failed" for i, c in enumerate(rec["candidates"])]
+            cells = [f"**{text}**" if i == rec["chosen"] else text for i, text in enumerate(candidate_texts(rec))]
             lines.append(f"- `{name}`: " + "; ".join(cells))
     return "\n".join(lines)
 
@@ -619,16 +666,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time; each gets cores/jobs threads")
     parser.add_argument("--out", default=None, help="report dir (default benchmarks/results/<tier>; smoke: benchmarks/runs/smoke)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the README results block and the method cards")
+    parser.add_argument("--interim", action="store_true",
+                        help="train nothing: rewrite the report (and docs) from the runs finished so far, marked interim")
     args = parser.parse_args(argv)
     tier = TIERS[args.tier]
     out = Path(args.out) if args.out else (RESULTS / args.tier if tier.tracked else ROOT / "benchmarks" / "runs" / args.tier)
+    if args.interim and not tier.tracked:
+        parser.error("--interim reads a tracked tier's finished runs; the smoke tier always trains from scratch")
     if not tier.tracked and out.exists():
         shutil.rmtree(out)  # the smoke tier proves the pipeline: it always trains from scratch
     command = f"python benchmarks/speedup.py --tier {args.tier}" + (f" --jobs {args.jobs}" if args.jobs != 2 else "")
     from hasten.errors import HastenError
 
     try:
-        results = run_grid(Grid(args.tier, out, args.jobs, command))
+        results = run_grid(Grid(args.tier, out, args.jobs, command, interim=args.interim))
     except HastenError as err:
         print(f"speedup.py: error: {err}", file=sys.stderr)
         return err.exit_code

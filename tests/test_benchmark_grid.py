@@ -93,6 +93,21 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     assert runs and all((r / "summary.json").exists() and (r / "config.yaml").exists() for r in runs)
     assert not any((r / "checkpoints").exists() for r in runs)
 
+    # an interim report of an unfinished grid: one tuning candidate of gstack and muon's seed 1 not run yet
+    gstack = results["tuning_rows"]["gstack"]["candidates"][1]["run"]
+    muon_seed1 = next(r for r in runs if r.name.startswith("d32-muon-") and r.name.endswith("-seed1"))
+    for run in (out / "runs" / gstack, muon_seed1):
+        (run / "summary.json").unlink()
+    interim = speedup.run_grid(speedup.Grid("smoke", out, jobs=1, command="x", interim=True))
+    assert interim["interim"] and not (out / "runs" / gstack / "summary.json").exists()  # nothing was trained
+    rows = {r["name"]: r for r in interim["rows"]}
+    assert "gstack" not in rows and "muon_gstack" not in rows and "combined" not in rows  # still tuning, or built on a row that is
+    assert rows["muon"]["seeds"] == [0] and rows["baseline"]["seeds"] == [0, 1] and rows["lawa"]["seeds"] == [0, 1]
+    assert interim["tuning_rows"]["gstack"]["chosen"] is None and interim["tuning_rows"]["gstack"]["unfinished"] == 1
+    report = (out / "report.md").read_text()
+    assert "## Interim" in report and "`gstack` (still tuning)" in report and "`muon` (1/2 seeds)" in report and "not run yet" in report
+    assert "Interim results" in speedup.results_block(interim, "report.md")
+
 
 @pytest.mark.parametrize("bad", [["--tier", "nope"]])
 def test_bad_tier_is_rejected(bad):
