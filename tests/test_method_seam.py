@@ -94,3 +94,23 @@ def test_the_order_of_methods_is_their_specs_not_the_recipe_order(tiny_overrides
     assert list(a.methods) == ["lawa", "growth"] and list(b.methods) == ["growth", "lawa"]
     assert enabled_methods(a) == enabled_methods(b) == ["growth", "lawa"]
     assert [m.name for m in build_methods(a)] == [m.name for m in build_methods(b)] == ["growth", "lawa"]
+
+
+def test_blockwise_and_adam_mini_are_used_standalone_from_their_method_folder():
+    """A newcomer finds both in methods/blockwise_lr: param groups for any optimizer, and Adam-mini over them."""
+    import torch
+
+    from hasten.methods import blockwise_lr
+    from hasten.model import GPT, model_config
+
+    torch.manual_seed(0)
+    model = GPT(model_config("tiny-llama", d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, vocab_size=64))
+    groups = blockwise_lr.blockwise_param_groups(model, 0.1, blockwise_lr.DEFAULT_RATIOS, base_lr=1e-3)
+    ratio = {g["block"]: g["lr"] / 1e-3 for g in groups if "block" in g}
+    assert ratio and all(abs(r - blockwise_lr.DEFAULT_RATIOS.get(b, 1.0)) < 1e-12 for b, r in ratio.items())
+    opt = blockwise_lr.AdamMini(groups, lr=1e-3, n_heads=model.config.n_heads, n_kv_heads=model.config.n_kv_heads)
+    rows = torch.randint(0, 64, (4, 9), generator=torch.Generator().manual_seed(1))
+    before = [p.detach().clone() for p in model.parameters()]
+    model(rows[:, :-1], rows[:, 1:]).backward()
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()) if p.grad is not None)
