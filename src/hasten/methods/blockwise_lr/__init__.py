@@ -8,13 +8,13 @@ method section. The method card is README.md here.
 """
 
 from hasten.config.blocks import DEFAULT_RATIOS
-from hasten.optim.adam_mini import AdamMini
-from hasten.optim.blocks import classify_model
-from hasten.optim.blockwise import blockwise_param_groups
 from hasten.methods.blockwise_lr import hooks
 from hasten.methods.blockwise_lr.config import SharpnessConfig
 from hasten.methods.blockwise_lr.sharpness import block_sharpness, plot_sharpness, ratios_from_sharpness, tensor_sharpness
 from hasten.methods.spec import MethodSpec
+from hasten.optim.adam_mini import AdamMini
+from hasten.optim.blocks import classify_model
+from hasten.optim.blockwise import blockwise_param_groups
 
 SPECS = (MethodSpec("sharpness", SharpnessConfig, hooks.build, order=20,
                     summary="per-block sharpness probe; auto blockwise LR ratios (arXiv 2502.19002)"),)
