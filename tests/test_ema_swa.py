@@ -47,6 +47,23 @@ def test_ema_matches_the_manual_recurrence_first_update_is_a_copy():
     assert max_diff(ema.averaged_state_dict(), float64_state(model)) > 1e-3  # it is not just the latest weights
 
 
+@pytest.mark.parametrize("make, avg_fn", [(lambda: EMA(decay=0.8), "ema"), (lambda: SWA(start_step=0), "swa")])
+def test_updates_are_torch_averaged_models_bit_for_bit(make, avg_fn):
+    """The update skips AveragedModel.update_parameters' host reads of its counter; the weights it gives are torch's."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn
+
+    model, ours = make_model(), make()
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.8) if avg_fn == "ema" else get_swa_multi_avg_fn())
+    for step in range(1, 8):
+        perturb(model)
+        ours.maybe_update(step, model)
+        reference.update_parameters(model)
+    expected = {k.removeprefix("module."): v for k, v in reference.state_dict().items() if k.startswith("module.")}
+    got = ours.averaged_state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert ours.n_averaged == int(reference.n_averaged) == 7 and int(ours.state_dict()["averaged"]["n_averaged"]) == 7
+
+
 def test_ema_every_and_start_step_choose_the_update_steps():
     model, ema = make_model(), EMA(decay=0.5, every=3, start_step=5)
     updated = [step for step in range(1, 16) if ema.maybe_update(step, model)]

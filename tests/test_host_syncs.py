@@ -29,10 +29,13 @@ METHODS = [
     "methods.seqlen_warmup.min_len=16",
     "methods.seqlen_warmup.total_steps=10",
     "methods.growth.stages=[{dim: depth, op: stack, factor: 2, at_steps: 8, moments: reset, schedule: restart}]",
-    "methods.lawa.k=2",
-    "methods.lawa.interval=4",
     "train.guard.spike_ratio=3",  # the spike check too (the non-finite skip is on by default)
 ]
+AVERAGING = {  # one weight averager per run: LAWA, and its EMA and SWA baselines (both update on every step here)
+    "lawa": ["methods.lawa.k=2", "methods.lawa.interval=4"],
+    "ema": ["methods.ema.decay=0.9"],
+    "swa": ["methods.swa.start_step=2"],
+}
 
 
 class StepLabel(Method):
@@ -97,9 +100,10 @@ def _sync_steps(cfg) -> set[int]:
             or (t.checkpoint_every and s % t.checkpoint_every == 0) or s == STEPS}
 
 
-def test_no_host_sync_between_log_steps_with_every_method_on(tmp_path, tiny_overrides, counted):
+@pytest.mark.parametrize("averaging", sorted(AVERAGING))
+def test_no_host_sync_between_log_steps_with_every_method_on(tmp_path, tiny_overrides, counted, averaging):
     overrides = [*tiny_overrides, f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}", "train.eval_every=8",
-                 "train.checkpoint_every=8", *METHODS]
+                 "train.checkpoint_every=8", *METHODS, *AVERAGING[averaging]]
     cfg = load_config(None, overrides)
     trainer = build_trainer(cfg, tmp_path / "run", progress=False)
     reads = counted(trainer)

@@ -76,6 +76,7 @@ class _RunningAverager:
         self.last_step: int | None = None
         self.last_reset_reason: str | None = None
         self._avg: AveragedModel | None = None
+        self._count = 0  # n_averaged on the host (the AveragedModel's own counter is a device tensor)
         self._pending: dict[str, Tensor] | None = None
 
     def _multi_avg_fn(self) -> Callable:
@@ -100,10 +101,22 @@ class _RunningAverager:
         return True
 
     def update(self, step: int, model: nn.Module) -> None:
+        """AveragedModel.update_parameters' update (a copy first, then torch's multi_avg_fn), minus its two host reads
+        of the device counter per call (`n_averaged == 0`, `n_averaged > 0`: a device sync each on a GPU); the host
+        count says whether this is the first update."""
         raw = unwrap_model(model)
         averaged = self._bind(raw)
         low_precision = any(p.is_floating_point() and p.dtype != torch.float32 for p in raw.parameters())
-        averaged.update_parameters(_Float32Source(raw) if low_precision else raw)  # type: ignore[arg-type]
+        source = _Float32Source(raw) if low_precision else raw
+        avg = [p.detach() for p in averaged.parameters()]
+        live = [p.detach().to(a.device) for p, a in zip(source.parameters(), avg, strict=True)]
+        if self._count == 0:
+            for a, p in zip(avg, live):
+                a.copy_(p)
+        else:
+            self._multi_avg_fn()(avg, live, averaged.n_averaged)
+        averaged.n_averaged += 1
+        self._count += 1
         self.last_step = int(step)
 
     def _bind(self, raw: nn.Module) -> AveragedModel:
@@ -111,8 +124,12 @@ class _RunningAverager:
             averaged = AveragedModel(raw, device=self.device, multi_avg_fn=self._multi_avg_fn())
             averaged.module.float()
             averaged.requires_grad_(False)
+            # the counter next to the weights (AveragedModel leaves it on the CPU when device is None), so updates stay on the device
+            averaged.n_averaged = averaged.n_averaged.to(next(averaged.module.parameters()).device)
+            self._count = 0
             if self._pending is not None:
                 averaged.load_state_dict(self._pending, strict=True)
+                self._count = int(self._pending["n_averaged"])
                 self._pending = None
             self._avg = averaged
         return self._avg
@@ -121,9 +138,9 @@ class _RunningAverager:
 
     @property
     def n_averaged(self) -> int:
-        """How many weight sets the average holds (AveragedModel's counter)."""
+        """How many weight sets the average holds (read without a device sync)."""
         if self._avg is not None:
-            return int(self._avg.n_averaged)
+            return self._count
         if self._pending is not None:
             return int(self._pending["n_averaged"])
         return 0
@@ -174,6 +191,7 @@ class _RunningAverager:
         averaged = self._bind(unwrap_model(model))
         averaged.module.load_state_dict(new_state, strict=True)
         averaged.n_averaged.fill_(count)
+        self._count = count
 
     def state_dict(self) -> dict:
         """Config, last update step and AveragedModel's own state (`module.*` weights and `n_averaged`)."""
@@ -205,6 +223,7 @@ class _RunningAverager:
             self._avg, self._pending = None, None
         elif self._avg is not None:
             self._avg.load_state_dict(averaged, strict=True)
+            self._count = int(averaged["n_averaged"])
         else:
             self._pending = {key: value.clone() for key, value in averaged.items()}
 
