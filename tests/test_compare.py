@@ -21,7 +21,7 @@ from hasten.compare.metrics import (
     speedup,
     welch_p,
 )
-from hasten.compare.report import BEGIN, END, build_results, render_report, update_readme
+from hasten.compare.report import BEGIN, END, build_results, fmt_speedup, render_report, update_readme
 from hasten.compare.runner import CompareOptions, RunSpec
 from hasten.errors import ConfigError
 
@@ -129,19 +129,33 @@ def test_paired_speedups_use_each_seeds_own_target():
 # --------------------------------------------------------------------------- report from synthetic run dirs
 
 
-def _write_run(run_dir: Path, losses, extra=None, tokens_per_eval=100, events=()):
+def _write_run(run_dir: Path, losses, extra=None, tokens_per_eval=100, events=(), seconds_per_eval=2.0):
     run_dir.mkdir(parents=True)
     rows = []
     for i, loss in enumerate(losses):
         row = {"kind": "eval", "step": 10 * i, "tokens": tokens_per_eval * i, "flops": 3.0 * tokens_per_eval * i,
-               "train_time": 2.0 * i, "val_loss": loss}
+               "train_time": seconds_per_eval * i, "val_loss": loss}
         if extra is not None and i > 0:
             row["lawa/val_loss"] = extra[i]
         rows.append(row)
         rows.append({"kind": "train", "step": 10 * i + 1, "tokens": tokens_per_eval * i + 10, "flops": 3.0 * (tokens_per_eval * i + 10),
-                     "train_time": 2.0 * i + 0.2, "seq_len": 64 if i > 1 else 16, "loss": loss})
+                     "train_time": seconds_per_eval * (i + 0.1), "seq_len": 64 if i > 1 else 16, "loss": loss})
     rows += [{"kind": "event", "step": 1, "event": "state_replaced", "tokens": tok} for tok in events]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_one_seed_wallclock_speedup_from_a_faster_moment_is_flagged_as_noise(tmp_path):
+    """Same FLOPs per step, half the seconds (a quieter machine): one seed cannot show time/FLOP differs, so † it."""
+    runs = {}
+    for name, seconds in (("base", 2.0), ("same", 1.0)):
+        d = tmp_path / "runs" / f"{name}-seed0"
+        _write_run(d, [6.0, 5.0, 4.0, 3.0], seconds_per_eval=seconds)
+        runs[name] = [(RunSpec(d.name, name, 0, Path("x.yaml"), [], d), d)]
+    res = build_results(CompareOptions(recipes=[], report_dir=tmp_path, seeds=1, budget=300), ["base", "same"], "base", runs, {}, None)
+    row = next(r for r in res["rows"] if r["name"] == "same")
+    assert row["speedup"]["flops"]["value"] == pytest.approx(1.0) and row["speedup"]["train_time"]["value"] == pytest.approx(2.0)
+    assert row["time_per_flop"]["value"] == pytest.approx(0.5) and row["time_per_flop"]["low"] is None
+    assert row["wallclock_noise"] and "†" in fmt_speedup(row, "train_time")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy notes the identical seeds of the `avg` rows
