@@ -101,7 +101,8 @@ def _gstack(ctx: Ctx, k: dict) -> list[str]:
 
 def _staged(ctx: Ctx, k: dict) -> list[str]:
     trigger = "at: slope, slope_threshold: -0.03" if k["at"] == "slope" else f"at_tokens: {ctx.frac_tokens(k['at'])}"
-    return [_lr(ctx, 1.0), f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, {trigger}, moments: map, schedule: jump}}, "
+    # dropout is the recipe's; restated so these runs are not the dropout-free first attempt's (run dirs are named by settings)
+    return [_lr(ctx, 1.0), "model.dropout=0.1", f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, {trigger}, moments: map, schedule: jump}}, "
                            "{dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump}]"]
 
 

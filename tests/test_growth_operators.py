@@ -248,3 +248,21 @@ def test_plans_are_config_only():
 def test_invalid_growth_requests_raise_config_error(dim, op, factor, match):
     with pytest.raises(ConfigError, match=match):
         grow(small_model("gpt2-tied"), op, factor, dim=dim)
+
+
+@pytest.mark.parametrize("dropout, symmetric", [(0.0, True), (0.1, False)])
+def test_staged_width_copies_stay_identical_without_dropout(dropout, symmetric):
+    """Shen et al.'s width operator duplicates units; only something like dropout makes the copies differ."""
+    torch.manual_seed(0)
+    big = grow(GPT(model_config("tiny", d_model=16, n_heads=2, n_layers=1, vocab_size=64, dropout=dropout)), "staged", 2, dim="width")
+    opt = torch.optim.AdamW(big.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        rows = torch.randint(0, 64, (4, 17), generator=gen)
+        opt.zero_grad()
+        big.train()(rows[:, :-1], rows[:, 1:]).backward()
+        opt.step()
+    w = big.blocks[0].mlp.up_proj.weight  # (2 * ffn, 2 * d): [[A, B], [B, A]] while symmetric
+    o, i = w.shape
+    gap = max(float((w[: o // 2, : i // 2] - w[o // 2 :, i // 2 :]).abs().max()), float((w[: o // 2, i // 2 :] - w[o // 2 :, : i // 2]).abs().max()))
+    assert (gap < 1e-5) == symmetric, gap

@@ -247,3 +247,25 @@ def test_info_command_prints_counts(capsys):
     assert f"{counts['non_embedding']:,}" in out
     assert f"{flops_per_token(model_config('tiny-llama'), 32):,.0f}" in out
     assert "llama, 2 layers, d_model 32, 4 heads (2 kv)" in out
+
+
+@pytest.mark.parametrize("family", ["tiny", "tiny-llama"])
+def test_dropout_acts_only_while_training_and_draws_nothing_at_zero(family):
+    torch.manual_seed(0)
+    plain = GPT(model_config(family))
+    dropped = GPT(model_config(family, dropout=0.1))
+    dropped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1))
+    state = torch.get_rng_state()
+    plain.train()(idx)
+    assert torch.equal(torch.get_rng_state(), state)  # dropout 0: no random numbers drawn (exact resume, golden traces)
+    dropped.train()
+    a, b = dropped(idx), dropped(idx)
+    assert not torch.equal(a, b) and not torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(dropped.eval()(idx), plain.eval()(idx))  # eval: the same function
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_dropout_out_of_range_is_one_line(bad):
+    with pytest.raises(ConfigError, match="dropout"):
+        GPT(model_config("tiny", dropout=bad))

@@ -74,6 +74,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout only where it acts: at p = 0 no kernel runs and no random numbers are drawn (exact resume, golden traces)."""
+    return F.dropout(x, p, training=True) if p and training else x
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -83,6 +88,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, kv, bias=cfg.bias)
         self.v_proj = nn.Linear(d, kv, bias=cfg.bias)
         self.o_proj = nn.Linear(d, d, bias=cfg.bias)
+        self.dropout = cfg.dropout
         self.register_buffer("head_mask", None, persistent=False)  # (n_heads,) MSG masks, see GPT.set_unit_masks
         self.register_buffer("out_mask", None, persistent=False)  # (d_model,)
 
@@ -96,10 +102,10 @@ class Attention(nn.Module):
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         if self.head_mask is not None:
             y = y * self.head_mask.to(y.dtype).view(1, -1, 1, 1)
-        y = self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        y = _dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)), self.dropout, self.training)
         return y if self.out_mask is None else y * self.out_mask.to(y.dtype)
 
 
@@ -111,6 +117,7 @@ class MLP(nn.Module):
             self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
         self.register_buffer("act_mask", None, persistent=False)  # (d_ff,) MSG masks, see GPT.set_unit_masks
         self.register_buffer("out_mask", None, persistent=False)  # (d_model,)
 
@@ -121,7 +128,7 @@ class MLP(nn.Module):
             act = F.gelu(self.up_proj(x), approximate="tanh")
         if self.act_mask is not None:
             act = act * self.act_mask.to(act.dtype)
-        y = self.down_proj(act)
+        y = _dropout(self.down_proj(act), self.dropout, self.training)
         return y if self.out_mask is None else y * self.out_mask.to(y.dtype)
 
 
@@ -221,6 +228,7 @@ class GPT(nn.Module):
             x = x + self.embed_positions(torch.arange(T, device=idx.device))
         else:
             rope = (self.rope_cos[:T], self.rope_sin[:T])
+        x = _dropout(x, self.config.dropout, self.training)
         if self.embed_mask is not None:
             x = x * self.embed_mask.to(x.dtype)
         for block in self.blocks:

@@ -26,6 +26,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     init_std: float = 0.02
+    dropout: float = 0.0  # while training: on the embeddings, attention probabilities and residual branches (GPT-2: 0.1)
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -61,6 +62,8 @@ class ModelConfig:
         for key in ("norm_eps", "rope_theta", "init_std"):
             if not float(getattr(self, key)) > 0:
                 bad(f"{key}={getattr(self, key)} must be a positive number")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            bad(f"dropout={self.dropout} must be in [0, 1) (0 = none; GPT-2 used 0.1)")
 
     def to_dict(self) -> dict:
         return asdict(self)

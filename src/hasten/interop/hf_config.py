@@ -74,10 +74,10 @@ def hf_config_dict_from_hasten(cfg: ModelConfig, bos_token_id: int | None = None
             "n_inner": cfg.d_ff,
             "activation_function": "gelu_new",  # tanh-approximated GELU, as in hasten's MLP
             "layer_norm_epsilon": cfg.norm_eps,
-            # hasten trains without dropout; a faithful export keeps it off
-            "resid_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0,
+            # the model's own dropout (0 unless a recipe sets model.dropout)
+            "resid_pdrop": cfg.dropout,
+            "embd_pdrop": cfg.dropout,
+            "attn_pdrop": cfg.dropout,
             "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False,
@@ -95,7 +95,7 @@ def hf_config_dict_from_hasten(cfg: ModelConfig, bos_token_id: int | None = None
         "rope_theta": cfg.rope_theta,  # transformers >= 5 folds this into rope_parameters on load
         "rope_scaling": None,
         "attention_bias": bool(cfg.bias),
-        "attention_dropout": 0.0,
+        "attention_dropout": cfg.dropout,
         "mlp_bias": bool(cfg.bias),
         "pretraining_tp": 1,
     }
