@@ -274,8 +274,11 @@ class Grid:
         return RunSpec(name, row.name, seed, row.recipe, overrides, self.out / "runs" / name, self.opts.threads_per_job())
 
     def run(self, specs: list) -> None:
-        from hasten.compare.runner import run_all
+        from hasten.compare.runner import refuse_stale, run_all
 
+        for spec in specs:  # a finished run is reused only if it ran exactly this spec's config (recipes may have changed)
+            if (spec.run_dir / "summary.json").exists():
+                refuse_stale(spec)
         todo = [s for s in specs if not (s.run_dir / "summary.json").exists() and s.name not in self.failed]
         done = len(specs) - len(todo)
         print(f"{len(specs)} runs ({done} already finished)", file=sys.stderr, flush=True)

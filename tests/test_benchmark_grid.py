@@ -117,3 +117,23 @@ def test_bad_tier_is_rejected(bad):
     with pytest.raises(SystemExit) as err:
         speedup.main(bad)
     assert err.value.code == 2
+
+
+def test_a_finished_run_of_an_edited_recipe_is_refused_not_reused(tmp_path):
+    """Run dirs are named by the settings, not the recipe text: a run finished before a recipe edit must not count."""
+    import yaml
+
+    from hasten.errors import ConfigError
+
+    ctx, rows = _ctx(), {r.name: r for r in speedup.ROWS}
+    grid = speedup.Grid("standard", tmp_path, jobs=1, command="x", interim=True)
+    spec = grid.spec(ctx, rows["staged"], {"at": 0.25}, 0)
+    saved = load_config(spec.recipe_path, spec.overrides).to_dict()
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "summary.json").write_text(json.dumps({"val_loss": 3.0}))
+    (spec.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    grid.run([spec])  # the same config: reused
+    saved["model"]["dropout"] = 0.0  # what the staged recipe said before dropout was added
+    (spec.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="different config"):
+        grid.run([spec])

@@ -130,6 +130,19 @@ def load_spec_config(spec: RunSpec):
         raise ConfigError(f"recipe {spec.recipe} ({spec.recipe_path}): {err}") from None
 
 
+def refuse_stale(spec: RunSpec):
+    """The spec's config; a ConfigError when its run dir, finished or not, was run with a different config (e.g. a
+    recipe edited since: a finished run would otherwise be reused as if it were this spec's)."""
+    cfg = load_spec_config(spec)
+    if (spec.run_dir / "config.yaml").exists():
+        stale = _stale_keys(spec.run_dir, cfg)
+        if stale:
+            raise ConfigError(
+                f"{spec.run_dir} was run with a different config ({', '.join(stale[:4])}); delete it or use another report dir"
+            )
+    return cfg
+
+
 def _stale_keys(run_dir: Path, cfg) -> list[str]:
     """Config keys in which a run dir differs from this spec. A key the saved config lacks (added to hasten since
     the run) counts only if this spec sets it away from its default, so grids resume across hasten versions."""
@@ -198,15 +211,9 @@ def _torch_threads(threads: int | None):
 def _execute(spec: RunSpec) -> dict:
     from hasten.checkpointing import latest_good_checkpoint
 
-    cfg = load_spec_config(spec)
+    cfg = refuse_stale(spec)
     run_dir = spec.run_dir
     summary_path = run_dir / "summary.json"
-    if (run_dir / "config.yaml").exists():
-        stale = _stale_keys(run_dir, cfg)
-        if stale:
-            raise ConfigError(
-                f"{run_dir} was run with a different config ({', '.join(stale[:4])}); delete it or use another report dir"
-            )
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         return {"name": spec.name, "status": "reused", "val_loss": summary.get("val_loss"), "seconds": 0.0}
