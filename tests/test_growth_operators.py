@@ -266,3 +266,16 @@ def test_staged_width_copies_stay_identical_without_dropout(dropout, symmetric):
     o, i = w.shape
     gap = max(float((w[: o // 2, : i // 2] - w[o // 2 :, i // 2 :]).abs().max()), float((w[: o // 2, i // 2 :] - w[o // 2 :, : i // 2]).abs().max()))
     assert (gap < 1e-5) == symmetric, gap
+
+
+def test_staged_width_without_dropout_warns_when_the_recipe_loads(caplog, tiny_overrides):
+    from hasten.recipes import load_config
+
+    stage = "methods.growth.stages=[{dim: width, op: staged, factor: 2, at_steps: 2}]"
+    with caplog.at_level("WARNING"):
+        load_config(None, [*tiny_overrides, "train.max_steps=4", stage])
+    assert "copies stay identical" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_config(None, [*tiny_overrides, "train.max_steps=4", "model.dropout=0.1", stage])
+    assert "copies stay identical" not in caplog.text

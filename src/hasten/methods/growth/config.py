@@ -6,6 +6,7 @@ order (see README.md here and hooks.py for triggers and schedule policies).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from hasten.methods.growth.operators import DEPTH_OPS, WIDTH_OPS, growth_plan
 from hasten.methods.growth.state import MOMENT_MODES
 from hasten.methods.growth.timing import SLOPE_THRESHOLDS, SlopeTrigger, gstack_growth_tokens
 from hasten.model import GPT, count_params
+
+log = logging.getLogger(__name__)
 
 COUNTER_TRIGGERS = ("at_steps", "at_tokens", "at_flops")
 AT_KINDS = ("guideline", "slope", "previous")
@@ -159,6 +162,9 @@ class GrowthConfig:
     def validate_run(self, run_cfg) -> None:
         stages = self.stage_configs()
         stage_model_configs(run_cfg.model_config(), stages)  # every factor fits its stage's model
+        if run_cfg.model_config().dropout == 0 and any(s.dim == "width" and s.op == "staged" for s in stages):
+            log.warning("methods.growth: width op 'staged' duplicates units, and without dropout the copies stay identical "
+                        "(no capacity gained); set model.dropout (Shen et al.: 0.1) or use op 'random' (MSG)")
         steps, tokens = run_cfg.planned_steps(), run_cfg.planned_tokens()
         for i, stage in enumerate(stages):
             for key, budget in (("at_steps", steps), ("at_tokens", tokens)):
