@@ -157,13 +157,17 @@ def _muon_lawa_candidates(ctx: Ctx) -> list[dict]:
 
 
 def _combined(ctx: Ctx, k: dict) -> list[str]:
-    return [*_gstack(ctx, k), f"methods.lawa.interval={max(1, round(k['nu'] * ctx.steps))}"]
+    steps = ctx.budget // (ctx.batch * k["batch"] * ctx.seq)  # SLW's batch multiplier changes the step count
+    out = [*_slw(ctx, k), f"methods.lawa.interval={max(1, round(k['nu'] * steps))}"]
+    if "at" in k:  # the candidate with G_stack too: a 1-layer start stacked x4 at the LR the rest of the run uses
+        out += ["model.n_layers=1", _gstack(ctx, {"lr": k["lr"] * k["base"], "at": k["at"], "post": k["post"]})[1]]
+    return out
 
 
 def _combined_candidates(ctx: Ctx) -> list[dict]:
-    g, m, nu = _chosen(ctx, "muon_gstack"), _chosen(ctx, "muon")["lr"], _chosen(ctx, "lawa")["nu"]
-    return [{**g, "nu": nu}, {**g, "lr": m * 2**0.5, "nu": nu}, {**g, "nu": nu * 3}, {**g, "at": g["at"] / 2, "nu": nu},
-            {**g, "post": g["post"] * 2**-0.5, "nu": nu}]
+    s, nu, g = _chosen(ctx, "muon_slw"), _chosen(ctx, "lawa")["nu"], _chosen(ctx, "gstack")
+    return [{**s, "nu": nu}, {**s, "base": s["base"] * 2**0.5, "nu": nu}, {**s, "nu": nu * 3}, {**s, "T": s["T"] / 2, "nu": nu},
+            {**s, "nu": nu, "at": g["at"], "post": g["post"]}]
 
 
 GROWTH = "src/hasten/methods/growth/README.md"
@@ -195,7 +199,7 @@ ROWS: list[Row] = [
     Row("muon_gstack", _gstack, _muon_gstack_candidates, needs=("muon", "gstack"), card=GROWTH, paper="—"),
     Row("muon_slw", _slw, _muon_slw_candidates, needs=("muon", "slw"), card=SLW_CARD, paper="—"),
     Row("muon_lawa", _lawa, _muon_lawa_candidates, metric="lawa/val_loss", needs=("muon", "lawa"), card=AVERAGING, paper="—"),
-    Row("combined", _combined, _combined_candidates, metric="lawa/val_loss", needs=("muon", "lawa", "muon_gstack"),
+    Row("combined", _combined, _combined_candidates, metric="lawa/val_loss", needs=("muon", "lawa", "gstack", "muon_slw"),
         paper="project target: >= 3x FLOPs"),
 ]
 SINGLE = ("adam_mini", "adam_mini_blockwise", "blockwise", "gstack", "staged", "slw", "lawa")  # "two best methods" come from these
@@ -219,7 +223,7 @@ class Tier:
 
 TIERS = {
     "smoke": Tier(main="bench-d32", ladder=["bench-d48"], seeds=2, ladder_seeds=2, batch=8, seq=64, rows=["baseline", "muon", "gstack",
-                  "lawa", "muon_gstack", "combined"], candidates=2, fixed_budget=8 * 64 * 12, tracked=False,
+                  "slw", "lawa", "muon_slw", "combined"], candidates=2, fixed_budget=8 * 64 * 12, tracked=False,
                   overrides=["data.max_docs=60", "train.eval_sequences=8"]),
     "standard": Tier(main="bench-d64", ladder=["bench-d32", "bench-d48"], seeds=5, ladder_seeds=3),
 }

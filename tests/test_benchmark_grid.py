@@ -25,6 +25,7 @@ def _ctx(preset: str = "bench-d64") -> speedup.Ctx:
     for name in ("muon", "gstack", "slw", "lawa"):
         ctx.chosen[name] = rows[name].candidates(ctx)[1]
     ctx.chosen["muon_gstack"] = rows["muon_gstack"].candidates(ctx)[0]
+    ctx.chosen["muon_slw"] = rows["muon_slw"].candidates(ctx)[0]
     return ctx
 
 
@@ -62,8 +63,8 @@ def test_growth_rows_grow_into_the_baseline_model():
     rows = {r.name: r for r in speedup.ROWS}
     base = load_config(grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).recipe_path,
                        grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).overrides).model_config()
-    for name in ("gstack", "staged", "muon_gstack"):
-        spec = grid.spec(ctx, rows[name], rows[name].candidates(ctx)[1], 0)
+    for name, candidate in (("gstack", 1), ("staged", 1), ("muon_gstack", 1), ("combined", 4)):  # combined's 5th adds G_stack
+        spec = grid.spec(ctx, rows[name], rows[name].candidates(ctx)[candidate], 0)
         cfg = load_config(spec.recipe_path, spec.overrides)
         stages = GrowthConfig(**cfg.methods["growth"]).stage_configs()
         final = final_model_config(cfg.model_config(), stages)
