@@ -283,7 +283,7 @@ class Grid:
         for spec in specs:  # a finished run is reused only if it ran exactly this spec's config (recipes may have changed)
             if (spec.run_dir / "summary.json").exists():
                 refuse_stale(spec)
-        todo = [s for s in specs if not (s.run_dir / "summary.json").exists() and s.name not in self.failed]
+        todo = [s for s in specs if not self.finished(s)]
         done = len(specs) - len(todo)
         print(f"{len(specs)} runs ({done} already finished)", file=sys.stderr, flush=True)
         if self.interim:
