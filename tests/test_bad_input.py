@@ -142,6 +142,7 @@ def test_empty_source_corrupt_parquet_and_offline_hf_dataset(tmp_path, capsys, c
         ("train.max_steps", "must look like key.path=value"),
         ("train.device=tpu", "train.device='tpu' is unknown"),
         ("train.seed=-1", "train.seed=-1 must be in"),
+        ("train.data_seed=-1", "train.data_seed=-1 must be in"),
         ("methods.growth.stages.0.at_steps=5", "methods.growth.stages is not a list here"),
         ("0.at_steps=5", "starts with a list index"),
     ],

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from hasten.recipes import build_trainer, load_config
 from tests.helpers import run_training
 
 
@@ -68,3 +69,24 @@ def test_every_block_lr_is_logged(tmp_path, tiny_overrides):
         peak = train[1]  # step 4, the end of warmup
         assert (peak["lr/emb"] == pytest.approx(10 * peak["lr/norm"])) == (name == "blockwise")
         assert train[1]["lr/emb"] != train[2]["lr/emb"]  # it follows the schedule
+
+
+def test_data_seed_changes_the_data_order_but_not_the_init(tmp_path, tiny_overrides):
+    """train.data_seed splits the data order from the init: another data_seed starts from the same weights but draws
+    other windows, another seed the reverse; data_seed equal to seed is the default run, bit for bit."""
+    def built(name, seeds):
+        trainer = build_trainer(load_config(None, tiny_overrides + seeds), tmp_path / name, resume=False, progress=False)
+        return _weights(trainer), trainer.state.sampler._permutation(0)
+
+    weights, order = built("first", ["train.seed=1"])
+    other_data_weights, other_data_order = built("other_data", ["train.seed=1", "train.data_seed=2"])
+    other_init_weights, other_init_order = built("other_init", ["train.seed=2", "train.data_seed=1"])
+    assert all(torch.equal(v, other_data_weights[k]) for k, v in weights.items())
+    assert not (order == other_data_order).all()
+    assert not all(torch.equal(v, other_init_weights[k]) for k, v in weights.items())
+    assert (order == other_init_order).all()
+
+    default = _run(tmp_path, "default", tiny_overrides + ["train.max_steps=3", "train.seed=1"])
+    same = _run(tmp_path, "same", tiny_overrides + ["train.max_steps=3", "train.seed=1", "train.data_seed=1"])
+    for key, value in _weights(default).items():
+        assert torch.equal(value, _weights(same)[key]), key

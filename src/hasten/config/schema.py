@@ -131,7 +131,8 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | bfloat16 (autocast)
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
+    seed: int = 0  # initial weights and every other random draw; also the data order unless data_seed is set
+    data_seed: int | None = None  # order of the training windows; None = seed (set it apart to tell init noise from data-order noise)
     peak_flops: float | None = None  # for MFU; None = measured once with a matmul on this device
     progress_bar: bool = True
     tensorboard: bool = True
@@ -167,8 +168,14 @@ class TrainConfig:
             raise ConfigError(f"train.dtype={self.dtype!r} is unknown; use float32 or bfloat16")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"train.device={self.device!r} is unknown; use auto, cpu, cuda or cuda:N")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"train.seed={self.seed} must be in [0, 2^63)")
+        for key in ("seed", "data_seed"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < 2**63:
+                raise ConfigError(f"train.{key}={value} must be in [0, 2^63)")
+
+    @property
+    def data_order_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 @dataclass

@@ -182,7 +182,7 @@ def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_pat
     forward_model = parallel.wrap(model) if parallel.shards_in_place else None
     optimizer = build_optimizer(model, cfg.optim)
     schedule = build_schedule(cfg)
-    sampler = WindowSampler(data.train, cfg.seq_len, seed=cfg.train.seed)
+    sampler = WindowSampler(data.train, cfg.seq_len, seed=cfg.train.data_order_seed)
     state = TrainState(model=model, optimizer=optimizer, schedule=schedule, sampler=sampler, progress=Progress())
 
     peak = cfg.train.peak_flops or measure_peak_flops(parallel.device, torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32,
