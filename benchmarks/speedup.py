@@ -555,6 +555,7 @@ def plot_ladder(ladder: dict[str, dict], names: list[str], path: Path) -> Path:
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=name)
     ax.axhline(1.0, color="grey", lw=1, ls="--", label="baseline (tuned AdamW)")
     ax.set_xscale("log")
+    ax.set_yscale("log")  # speedups are ratios: 2x and 0.5x sit equally far from the baseline
     ax.set_xlabel("non-embedding parameters (each at 20 tokens / parameter)")
     ax.set_ylabel("FLOPs speedup to the baseline's loss")
     ax.set_title("speedup vs model size (geometric mean over seeds, 95 % CI)")
