@@ -31,9 +31,22 @@ def sibling(run: Path, seed: int) -> Path:
     return run.parent / f"{stem}-seed{seed}"
 
 
-def evals(run_dir: Path) -> list[tuple[int, float]]:
-    rows = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
-    return [(r["tokens"], r["val_loss"]) for r in rows if r["kind"] == "eval"]
+def shown(path: Path) -> Path:
+    """A path as the README's command line shows it: relative to the repository when inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def bad_input(args) -> str | None:
+    """One line naming what is wrong with the arguments and the fix, or None."""
+    if not (args.run / "config.yaml").is_file():
+        return f"{args.run} has no config.yaml; pass --run a finished run dir"
+    if args.jobs < 1:
+        return f"--jobs={args.jobs} must be >= 1"
+    if len(set(args.seeds)) < len(args.seeds):
+        return f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once"
+    if (args.out / "README.md").exists() and not (args.out / "results.json").exists():
+        return f"{args.out} holds a README.md this script did not write; pass a new --out"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from hasten.errors import ConfigError
 
     config = args.run / "config.yaml"
-    if not config.is_file():
-        print(f"error: {args.run} has no config.yaml; pass --run a finished run dir", file=sys.stderr)
+    problem = bad_input(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     threads = max(1, available_cores() // args.jobs)
     cells: dict[tuple[int, int], Path] = {}
@@ -84,10 +98,14 @@ def write_report(args, cells: dict[tuple[int, int], Path]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from hasten.compare.metrics import curve_from_rows
+    from hasten.trainer.logger import read_metrics
+
     seeds = args.seeds
-    final = {cell: evals(path)[-1][1] for cell, path in cells.items()}
-    tokens, _ = evals(next(iter(cells.values())))[1]
-    first = {cell: evals(path)[1][1] for cell, path in cells.items()}  # the first evaluation after step 0
+    curves = {cell: curve_from_rows(read_metrics(path)) for cell, path in cells.items()}
+    final = {cell: curve.final for cell, curve in curves.items()}
+    first = {cell: curve.loss[1] for cell, curve in curves.items()}  # the first evaluation after step 0
+    tokens = int(next(iter(curves.values())).tokens[1])
     row_means = {i: statistics.fmean(final[i, d] for d in seeds) for i in seeds}
     col_means = {d: statistics.fmean(final[i, d] for i in seeds) for d in seeds}
     spread = lambda values: max(values) - min(values)  # noqa: E731
@@ -98,8 +116,7 @@ def write_report(args, cells: dict[tuple[int, int], Path]) -> None:
         "data-order seed (`train.data_seed`, columns); the diagonal is the grid's own runs. Produced by:",
         "",
         "```bash",
-        f"python benchmarks/seed_noise.py --run {args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run}"
-        f" --seeds {' '.join(map(str, seeds))} --out {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}",
+        f"python benchmarks/seed_noise.py --run {shown(args.run)} --seeds {' '.join(map(str, seeds))} --out {shown(args.out)}",
         "```",
         "",
         "| init \\ data | " + " | ".join(f"data {d}" for d in seeds) + " | mean |",
@@ -122,9 +139,8 @@ def write_report(args, cells: dict[tuple[int, int], Path]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = ["-", "--", ":", "-."]
-    for (i, d), path in sorted(cells.items()):
-        xs, ys = zip(*evals(path)[1:])
-        ax.plot(xs, ys, styles[seeds.index(i) % len(styles)], color=f"C{seeds.index(d)}", label=f"init {i}, data {d}")
+    for (i, d), curve in sorted(curves.items()):
+        ax.plot(curve.tokens[1:], curve.loss[1:], styles[seeds.index(i) % len(styles)], color=f"C{seeds.index(d)}", label=f"init {i}, data {d}")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("val loss (whole split)")
     ax.set_title("colour: data-order seed, line style: init seed")

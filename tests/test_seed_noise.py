@@ -33,6 +33,18 @@ def test_crossing_reuses_the_diagonal_and_tells_init_from_data(tmp_path, tiny_ov
     assert json.loads((out / "results.json").read_text()) == finals
 
 
-def test_a_run_without_config_is_one_line(tmp_path, capsys):
+def test_bad_input_is_one_line(tmp_path, capsys):
     assert seed_noise.main(["--run", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
+    run = tmp_path / "run-seed0"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: x\n")
+    assert seed_noise.main(["--run", str(run), "--jobs", "0", "--out", str(tmp_path / "out")]) == 2
+    assert "--jobs=0 must be >= 1" in capsys.readouterr().err
+    assert seed_noise.main(["--run", str(run), "--seeds", "0", "0", "--out", str(tmp_path / "out")]) == 2
+    assert "repeats a seed" in capsys.readouterr().err
+    users = tmp_path / "notes"
+    users.mkdir()
+    (users / "README.md").write_text("mine")
+    assert seed_noise.main(["--run", str(run), "--out", str(users)]) == 2
+    assert "did not write" in capsys.readouterr().err and (users / "README.md").read_text() == "mine"
