@@ -1,7 +1,7 @@
 """The speedup benchmark: every method against a tuned AdamW baseline, in a regime where the papers' claims can show.
 
     python benchmarks/speedup.py --tier smoke      # the whole pipeline on tiny budgets (~2 min); benchmarks/runs/smoke, not tracked
-    python benchmarks/speedup.py --tier standard   # the grid (~4 h on 2 CPU cores, resumable); benchmarks/results/standard
+    python benchmarks/speedup.py --tier standard   # the grid (hours on 2 CPU cores, resumable); benchmarks/results/standard
 
 Regime. The models of the scale ladder (bench-d32 / d48 / d64: GPT-2 family, 4 layers, 4 heads, vocab 512, context 128)
 train on 20 tokens per non-embedding parameter, the Chinchilla ratio at or beyond which the papers measure, inside one
@@ -12,15 +12,23 @@ Fair tuning. At each size the baseline's AdamW LR is swept over 5 values a facto
 sits at an edge). Every other row gets exactly 5 tuning runs of its key knobs on seed 0 (the ROWS table below), written
 relative to the tuned AdamW LR and the budget so they carry across sizes; the lowest final val loss wins (the averaged
 model's for LAWA rows). Compositions (muon_*, combined) are tuned, with the same 5 runs, around their parts' chosen
-settings after those are known.
+settings after those are known. The baseline and combined then get a second round of 5 runs each around their first
+choice (equal extra effort; the report lists every row's count). combined's leave-one-out rows (combined_no_slw,
+combined_no_muon; the raw weights of combined's runs are its "- LAWA" row) run at combined's choice, untuned.
 
-Paired seeds. Every row then runs seeds 1..4 at its chosen setting, seed-major. Seed s gives every row the same data order
-and, where shapes agree, the same initial weights; hasten.compare.report compares each row with the baseline seed by seed
-(paired differences and speedups with 95 % intervals).
+Held-out seeds. Every choice is made on seed 0 alone; every row then runs seeds 1..5 at its chosen setting, seed-major,
+and only those are reported. Seed s gives every row the same data order and, where shapes agree, the same initial
+weights; hasten.compare.report compares each row with the baseline seed by seed (paired differences and speedups with
+95 % intervals).
+
+Resolved crossings. The held-out runs of every row that can reach the baseline's loss (its tuning run ended within
+CROSSING_MARGIN of the baseline's) evaluate each time the tokens pass 1/50 of the budget, so the two evaluations that
+bracket a crossing are ~2 % of the budget apart; the report refuses any speedup whose bracket is wider than 3 %
+(hasten.compare.metrics.MAX_RESOLUTION). FLOPs count the optimizer's own work too (hasten.optim.flops).
 
 Ladder. At bench-d32 and bench-d48 the baseline is tuned again, and baseline, Muon, the two best single methods of the
-main size and combined run 3 seeds at their chosen relative settings; ladder.png plots each one's FLOPs speedup against
-model size.
+main size and combined run held-out seeds 1..3 at their chosen relative settings; ladder.png plots each one's total-FLOPs
+speedup against model size.
 
 Threads. --jobs N runs N trainings at once with cores/N threads each (never oversubscribed); 2 on this 2-core machine.
 
@@ -47,6 +55,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 TUNING_RUNS = 5
 LR_FACTORS = (0.5, 2**-0.5, 1.0, 2**0.5, 2.0)  # around a centre: 5 values a factor sqrt(2) apart
 WIDEN_LIMIT = 3  # extra baseline LRs at most, while the best is at an edge
+DENSE_EVALS = 50  # held-out runs of a row that can cross the target evaluate every 1/50 of the budget (in tokens)
+CROSSING_MARGIN = 0.05  # a row whose tuning run ends further than this above the baseline's cannot cross: 1/16 suffices
 
 
 # --------------------------------------------------------------------------- what a row is
@@ -83,6 +93,8 @@ class Row:
     paper: str = ""  # the paper's own number, for the README and the method card
     card: str | None = None  # method card (README.md) whose results block shows this row
     size_overrides: Callable[[str], list[str]] = lambda preset: []
+    second_round: Callable[[Ctx], list[dict]] | None = None  # 5 more tuning runs around the first round's choice
+    ablates: str | None = None  # runs at that row's chosen knobs (a leave-one-out row: no tuning of its own)
 
     @property
     def recipe(self) -> Path:
@@ -91,6 +103,24 @@ class Row:
 
 def _lr(ctx: Ctx, factor: float) -> str:
     return f"optim.lr={ctx.lr * factor:.4g}"
+
+
+def _baseline(ctx: Ctx, k: dict) -> list[str]:
+    out = [_lr(ctx, k["lr"])]
+    if "batch" in k:
+        out.append(f"train.batch_size={ctx.batch * k['batch']}")
+    if "warmup" in k:
+        out.append(f"schedule.warmup_steps={max(2, round(k['warmup'] * ctx.steps))}")
+    if "beta2" in k:
+        out.append(f"optim.beta2={k['beta2']}")
+    return out
+
+
+def _baseline_second_round(ctx: Ctx) -> list[dict]:
+    """The same effort as combined's second round: a finer LR grid, a larger batch, longer warmup, a slower beta2."""
+    lr = _chosen(ctx, "baseline")["lr"]
+    return [{"lr": lr * 2**-0.25}, {"lr": lr * 2**0.25}, {"lr": lr * 2**0.5, "batch": 2}, {"lr": lr, "warmup": 0.06},
+            {"lr": lr, "beta2": 0.99}]
 
 
 def _gstack(ctx: Ctx, k: dict) -> list[str]:
@@ -164,6 +194,26 @@ def _combined(ctx: Ctx, k: dict) -> list[str]:
     return out
 
 
+def _combined_second_round(ctx: Ctx) -> list[dict]:
+    """Past the first round's top LR (it won at the edge), a larger batch (fewer Newton-Schulz steps per token, the
+    SLW paper's lever) and a warmup over the whole full-length budget."""
+    c = _chosen(ctx, "combined")
+    return [{**c, "base": c["base"] * 2**0.5}, {**c, "base": c["base"] * 2}, {**c, "batch": c["batch"] * 2, "lr": c["lr"] * 2**0.5},
+            {**c, "batch": c["batch"] * 2, "lr": c["lr"] * 2}, {**c, "base": c["base"] * 2**0.5, "T": 1.0}]
+
+
+def _combined_no_slw(ctx: Ctx, k: dict) -> list[str]:
+    """combined's batch, LR and LAWA spacing, no sequence length warmup (recipe combined_no_slw: Muon + LAWA)."""
+    batch = ctx.batch * k["batch"]
+    steps = ctx.budget // (batch * ctx.seq)
+    return [_lr(ctx, k["lr"] * k["base"]), f"train.batch_size={batch}", f"methods.lawa.interval={max(1, round(k['nu'] * steps))}"]
+
+
+def _combined_no_muon(ctx: Ctx, k: dict) -> list[str]:
+    """combined's SLW and LAWA on AdamW (recipe combined_no_muon) at AdamW's LR for that batch: Muon's multiplier dropped."""
+    return _combined(ctx, {**k, "base": 1.0})
+
+
 def _combined_candidates(ctx: Ctx) -> list[dict]:
     s, nu, g = _chosen(ctx, "muon_slw"), _chosen(ctx, "lawa")["nu"], _chosen(ctx, "gstack")
     return [{**s, "nu": nu}, {**s, "base": s["base"] * 2**0.5, "nu": nu}, {**s, "nu": nu * 3}, {**s, "T": s["T"] / 2, "nu": nu},
@@ -176,7 +226,7 @@ SLW_CARD = "src/hasten/methods/seqlen_warmup/README.md"
 AVERAGING = "src/hasten/methods/averaging/README.md"
 
 ROWS: list[Row] = [
-    Row("baseline", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in LR_FACTORS], paper="AdamW, LR tuned"),
+    Row("baseline", _baseline, lambda c: [{"lr": f} for f in LR_FACTORS], paper="AdamW, LR tuned", second_round=_baseline_second_round),
     Row("adam_mini", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in LR_FACTORS], card=BLOCKWISE,
         paper="on par with AdamW, ~50 % less optimizer memory (39M-13B)"),
     Row("adam_mini_blockwise", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in (0.125, 0.25, 2**-1.5, 0.5, 1.0)],
@@ -200,7 +250,11 @@ ROWS: list[Row] = [
     Row("muon_slw", _slw, _muon_slw_candidates, needs=("muon", "slw"), card=SLW_CARD, paper="—"),
     Row("muon_lawa", _lawa, _muon_lawa_candidates, metric="lawa/val_loss", needs=("muon", "lawa"), card=AVERAGING, paper="—"),
     Row("combined", _combined, _combined_candidates, metric="lawa/val_loss", needs=("muon", "lawa", "gstack", "muon_slw"),
-        paper="project target: >= 3x FLOPs"),
+        paper="project target: >= 3x FLOPs", second_round=_combined_second_round),
+    Row("combined_no_slw", _combined_no_slw, lambda c: [], metric="lawa/val_loss", needs=("combined",), ablates="combined",
+        paper="ablation: combined without SLW"),
+    Row("combined_no_muon", _combined_no_muon, lambda c: [], metric="lawa/val_loss", needs=("combined",), ablates="combined",
+        paper="ablation: combined without Muon"),
 ]
 SINGLE = ("adam_mini", "adam_mini_blockwise", "blockwise", "gstack", "staged", "slw", "lawa")  # "two best methods" come from these
 
@@ -209,8 +263,8 @@ SINGLE = ("adam_mini", "adam_mini_blockwise", "blockwise", "gstack", "staged", "
 class Tier:
     main: str  # preset of the main size
     ladder: list[str]  # other presets
-    seeds: int  # at the main size
-    ladder_seeds: int
+    seeds: tuple[int, ...]  # the held-out seeds every row reports at the main size (never the tuning seed)
+    ladder_seeds: tuple[int, ...]
     tokens_per_param: float = 20.0
     batch: int = 16
     seq: int = 128
@@ -219,13 +273,14 @@ class Tier:
     overrides: list[str] = field(default_factory=list)
     fixed_budget: int | None = None  # smoke: tokens per run regardless of size
     tracked: bool = True  # results are records (committed); smoke trains from scratch elsewhere
+    tuning_seed: int = 0  # every choice is made on this seed alone
 
 
 TIERS = {
-    "smoke": Tier(main="bench-d32", ladder=["bench-d48"], seeds=2, ladder_seeds=2, batch=8, seq=64, rows=["baseline", "muon", "gstack",
-                  "slw", "lawa", "muon_slw", "combined"], candidates=2, fixed_budget=8 * 64 * 12, tracked=False,
-                  overrides=["data.max_docs=60", "train.eval_sequences=8"]),
-    "standard": Tier(main="bench-d64", ladder=["bench-d32", "bench-d48"], seeds=5, ladder_seeds=3),
+    "smoke": Tier(main="bench-d32", ladder=["bench-d48"], seeds=(1, 2), ladder_seeds=(1, 2), batch=8, seq=64,
+                  rows=["baseline", "muon", "gstack", "slw", "lawa", "muon_slw", "combined", "combined_no_slw"], candidates=2,
+                  fixed_budget=8 * 64 * 12, tracked=False, overrides=["data.max_docs=60", "train.eval_sequences=8"]),
+    "standard": Tier(main="bench-d64", ladder=["bench-d32", "bench-d48"], seeds=(1, 2, 3, 4, 5), ladder_seeds=(1, 2, 3)),
 }
 
 
@@ -261,17 +316,19 @@ class Grid:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def size_settings(self, ctx: Ctx, row: Row) -> list[str]:
+    def size_settings(self, ctx: Ctx, row: Row, dense: bool = False) -> list[str]:
+        """What every row shares at a size. `dense`: an evaluation each time the tokens pass 1/DENSE_EVALS of the budget
+        (steps differ in length under SLW), for the held-out runs of rows whose crossing must be resolved."""
         steps = ctx.steps
+        evals = f"train.eval_every_tokens={max(1, ctx.budget // DENSE_EVALS)}" if dense else f"train.eval_every={max(1, steps // 16)}"
         return ["train.progress_bar=false", f"model.preset={ctx.preset}", f"train.batch_size={ctx.batch}", f"train.seq_len={ctx.seq}",
-                f"train.max_tokens={ctx.budget}",
-                "train.max_steps=null", f"schedule.warmup_steps={max(2, round(0.03 * steps))}", f"train.eval_every={max(1, steps // 16)}",
+                f"train.max_tokens={ctx.budget}", "train.max_steps=null", f"schedule.warmup_steps={max(2, round(0.03 * steps))}", evals,
                 f"train.checkpoint_every={max(1, steps // 4)}", *self.tier.overrides, *row.size_overrides(ctx.preset)]
 
-    def spec(self, ctx: Ctx, row: Row, knobs: dict, seed: int):
+    def spec(self, ctx: Ctx, row: Row, knobs: dict, seed: int, dense: bool = False):
         from hasten.compare.runner import RunSpec
 
-        settings = [*self.size_settings(ctx, row), *row.settings(ctx, knobs)]
+        settings = [*self.size_settings(ctx, row, dense), *row.settings(ctx, knobs)]
         # named by a hash of the settings: the same configuration always maps to the same run dir, however it was reached
         name = f"{ctx.preset.removeprefix('bench-')}-{row.name}-{hashlib.sha1(' '.join(settings).encode()).hexdigest()[:8]}-seed{seed}"
         overrides = [*settings, f"train.seed={seed}", f"name={name}"]
@@ -310,7 +367,7 @@ class Grid:
         row = self.rows["baseline"]
         factors = list(LR_FACTORS[: self.tier.candidates]) if self.tier.candidates < TUNING_RUNS else list(LR_FACTORS)
         for _ in range(WIDEN_LIMIT + 1):
-            specs = [self.spec(ctx, row, {"lr": f}, 0) for f in factors]
+            specs = [self.spec(ctx, row, {"lr": f}, self.tier.tuning_seed) for f in factors]
             self.run(specs)
             finals = [self.final(s, "val_loss") for s in specs]
             best = min(range(len(factors)), key=lambda i: finals[i])
@@ -326,7 +383,7 @@ class Grid:
     def tune(self, ctx: Ctx, names: list[str]) -> dict[str, dict]:
         """Seed-0 tuning runs of `names` (all at once); returns each row's tuning record and stores its choice in ctx."""
         plan = {name: self.rows[name].candidates(ctx)[: self.tier.candidates] for name in names}
-        specs = {name: [self.spec(ctx, self.rows[name], k, 0) for k in knobs] for name, knobs in plan.items()}
+        specs = {name: [self.spec(ctx, self.rows[name], k, self.tier.tuning_seed) for k in knobs] for name, knobs in plan.items()}
         self.run([s for group in specs.values() for s in group])
         records = {}
         for name, knobs in plan.items():
@@ -340,6 +397,44 @@ class Grid:
             ctx.chosen[name] = knobs[best]
         return records
 
+    def tune_second_round(self, ctx: Ctx, names: list[str], records: dict[str, dict]) -> None:
+        """The rows with a second round (baseline and combined): 5 more tuning runs around the first round's choice; the
+        best of all their runs is chosen. Extends each row's tuning record in place."""
+        plan = {n: self.rows[n].second_round(ctx)[: self.tier.candidates] for n in names if n in ctx.chosen and self.rows[n].second_round}
+        specs = {n: [self.spec(ctx, self.rows[n], k, self.tier.tuning_seed) for k in knobs] for n, knobs in plan.items()}
+        self.run([s for group in specs.values() for s in group])
+        for name, knobs in plan.items():
+            row, record = self.rows[name], records[name]
+            first = len(record["candidates"])
+            extra = self.tuning_record(row, knobs, specs[name], [self.final(s, row.metric) for s in specs[name]], 0, ctx)["candidates"]
+            record["candidates"] += [{**c, "round": 2} for c in extra]
+            if any(not c["finished"] for c in extra):  # an interim report keeps the first round's choice meanwhile
+                record["unfinished"] = record.get("unfinished", 0) + sum(not c["finished"] for c in extra)
+                continue
+            finals = [math.inf if c["final"] is None else c["final"] for c in record["candidates"]]
+            record["chosen"] = min(range(len(finals)), key=lambda i: finals[i])
+            if record["chosen"] >= first:
+                ctx.chosen[name] = knobs[record["chosen"] - first]
+
+    def crossing_rows(self, ctx: Ctx, records: dict[str, dict]) -> set[str]:
+        """Rows whose held-out runs need dense evaluations: every row but the baseline whose chosen tuning run ended
+        within CROSSING_MARGIN of the baseline's tuning run (the others cannot cross its loss; the report's resolution
+        check refuses a speedup of any row whose crossing is not resolved), and the ablations."""
+        base = records["baseline"]["candidates"][records["baseline"]["chosen"]]["final"]
+        out = set()
+        for name in ctx.chosen:
+            row = self.rows.get(name)
+            if row is None or name == "baseline":
+                continue
+            if row.ablates:
+                out.add(name)
+                continue
+            rec = records.get(name)
+            final = rec["candidates"][rec["chosen"]]["final"] if rec and rec.get("chosen") is not None else None
+            if final is not None and base is not None and final <= base + CROSSING_MARGIN:
+                out.add(name)
+        return out
+
     def finished(self, spec) -> bool:
         return (spec.run_dir / "summary.json").exists() or spec.name in self.failed
 
@@ -351,11 +446,11 @@ class Grid:
 
     # -- one size ----------------------------------------------------------------------------------
 
-    def seeds_of(self, ctx: Ctx, names: list[str], seeds: int) -> dict[str, list]:
-        """Seed-major specs of every row at its chosen knobs (seed 0 is its tuning run)."""
+    def seeds_of(self, ctx: Ctx, names: list[str], seeds: tuple[int, ...], dense: set[str]) -> dict[str, list]:
+        """Seed-major specs of every row at its chosen knobs on the held-out seeds (rows in `dense` evaluate densely)."""
         names = [name for name in names if name in ctx.chosen]  # an interim report leaves out rows still being tuned
-        order = [(name, s) for s in range(seeds) for name in names]
-        specs = [(name, self.spec(ctx, self.rows[name], ctx.chosen[name], s)) for name, s in order]
+        order = [(name, s) for s in seeds for name in names]
+        specs = [(name, self.spec(ctx, self.rows[name], ctx.chosen[name], s, name in dense)) for name, s in order]
         self.run([s for _, s in specs])
         out: dict[str, list] = {name: [] for name in names}
         for name, spec in specs:
@@ -372,18 +467,67 @@ class Grid:
         self.opts.overrides = self.size_settings(ctx, self.rows["baseline"])
         report_dir.mkdir(parents=True, exist_ok=True)
         results = build_results(self.opts, list(runs), "baseline", runs, self.failed, None)
-        results.update(preset=ctx.preset, tuned_lr=ctx.lr, chosen=ctx.chosen, tuning_rows=tuning,
+        results.update(preset=ctx.preset, tuned_lr=ctx.lr, chosen=ctx.chosen, tuning_rows=tuning, tuning_seed=self.tier.tuning_seed,
+                       held_out_seeds=sorted({seed for row in results["rows"] for seed in row["seeds"]}),
                        regime=regime(ctx, self.size_settings(ctx, self.rows["baseline"])))
-        results["sections"] = [render_regime(results["regime"]), render_tuning(tuning), *[x for x in sections if x]]
+        if self.tier.tuning_seed in results["held_out_seeds"]:
+            raise SystemExit(f"speedup.py: the tuning seed {self.tier.tuning_seed} is among the reported seeds")
+        results["ablation"] = ablation(results)
+        results["sections"] = [render_regime(results["regime"]), render_tuning(tuning, self.tier.tuning_seed), render_ablation(results["ablation"]),
+                               *[x for x in sections if x]]
+        results["sections"] = [x for x in results["sections"] if x]
         plots = plot_comparison(results, report_dir)
         results["plots"] = {k: p.name for k, p in plots.items()}
         write_report(results, report_dir)
         return results
 
 
+ABLATION = {"combined [lawa]": "combined (Muon + SLW + LAWA)", "combined": "- LAWA (the raw weights of the same runs)",
+            "combined_no_slw [lawa]": "- SLW (Muon + LAWA at combined's batch and LR)",
+            "combined_no_muon [lawa]": "- Muon (AdamW + SLW + LAWA)"}
+
+
+def ablation(results: dict) -> list[dict]:
+    """combined and its leave-one-out rows: each one's final loss against combined's, paired by seed (Δ > 0: the part
+    left out helps), and its total-FLOPs speedup to the baseline."""
+    from hasten.compare.metrics import paired_difference
+
+    rows = {r["name"]: r for r in results["rows"]}
+    full = rows.get("combined [lawa]")
+    if full is None or not full.get("final_losses"):
+        return []
+    by_seed = dict(zip(full["seeds"], full["final_losses"]))
+    out = []
+    for name, label in ABLATION.items():
+        row = rows.get(name)
+        if row is None or not row.get("final_losses"):
+            continue
+        pairs = [(f, by_seed[s]) for s, f in zip(row["seeds"], row["final_losses"]) if s in by_seed]
+        delta = paired_difference([a for a, _ in pairs], [b for _, b in pairs]).to_dict() if pairs and name != "combined [lawa]" else None
+        out.append({"row": name, "label": label, "final_mean": row.get("final_mean"), "vs_combined": delta,
+                    "speedup_flops": (row.get("speedup") or {}).get("flops"), "seeds": row["seeds"]})
+    return out
+
+
+def render_ablation(entries: list[dict]) -> str:
+    from hasten.compare.report import fmt_delta, fmt_estimate
+
+    if len(entries) < 2:
+        return ""
+    lines = ["## What each part of combined adds (leave-one-out, held-out seeds)", "",
+             "Each row drops one part of combined and keeps its other settings (not re-tuned). Δ is the row's final val loss "
+             "minus combined's (averaged weights), paired by seed, 95 % interval: Δ > 0 means the part left out helps.", "",
+             "| row | final val loss | Δ vs combined [95% CI] | total-FLOPs speedup to the baseline [95% CI] |", "|---|---|---|---|"]
+    for e in entries:
+        delta = fmt_delta({"delta": e["vs_combined"]}) if e["vs_combined"] else "—"
+        speed = fmt_estimate(e["speedup_flops"]) if e["speedup_flops"] else "not reached"
+        lines.append(f"| {e['label']} (`{e['row']}`) | {e['final_mean']:.4f} | {delta} | {speed} |")
+    return "\n".join(lines)
+
+
 def describe(row: Row, knobs: dict) -> str:
     names = {"lr": "LR x", "at": "grow at ", "post": "grown LR x", "batch": "batch x", "T": "warmup T=", "nu": "every ",
-             "base": "base LR x", "setting": ""}
+             "base": "base LR x", "setting": "", "beta2": "beta2 ", "warmup": "LR warmup "}
     out = []
     for k, v in knobs.items():
         if k == "at" and isinstance(v, float):
@@ -392,6 +536,8 @@ def describe(row: Row, knobs: dict) -> str:
             out.append(f"T = {v:.0%} of steps")
         elif k == "nu":
             out.append(f"every {v:.1%} of steps")
+        elif k == "warmup":
+            out.append(f"LR warmup {v:.0%} of steps")
         elif k == "setting":
             out.append({"reference": "reference setting", "probe": "probe ratios"}[v])
         else:
@@ -425,12 +571,17 @@ def candidate_texts(rec: dict) -> list[str]:
             for c in rec["candidates"]]
 
 
-def render_tuning(tuning: dict) -> str:
-    lines = ["## Tuning (seed 0, the same number of runs per row)", "",
+def render_tuning(tuning: dict, seed: int = 0) -> str:
+    effort = {name: len(rec["candidates"]) for name, rec in tuning.items()}
+    lines = [f"## Tuning (seed {seed} only; it is not among the reported seeds)", "",
              "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, then run on "
-             "every seed.", ""]
+             "every held-out seed. Tuning effort: " + ", ".join(f"`{n}` {k} runs" for n, k in effort.items() if k != TUNING_RUNS)
+             + f", every other row {TUNING_RUNS}. The second round (_round 2_) of the baseline and of combined gives both the same "
+             "extra effort around their first choice.", ""]
     for name, rec in tuning.items():
         cells = [f"**{text}**" if i == rec["chosen"] else text for i, text in enumerate(candidate_texts(rec))]
+        cells = [f"_round 2_: {text}" if c.get("round") == 2 and (i == 0 or rec["candidates"][i - 1].get("round") != 2) else text
+                 for i, (c, text) in enumerate(zip(rec["candidates"], cells))]
         unfinished = f", {rec['unfinished']} of {len(cells)} still to run" if rec.get("unfinished") else ""
         lines.append(f"- `{name}` ({rec['metric']}{unfinished}): " + "; ".join(cells))
     return "\n".join(lines)
@@ -454,7 +605,7 @@ def run_grid(grid: Grid) -> dict:
     names = list(grid.rows)
     singles = [n for n in names if n != "baseline" and not grid.rows[n].needs]
     tuning[tier.main].update(grid.tune(main, singles))  # 2. single methods
-    composed = [n for n in names if grid.rows[n].needs]
+    composed = [n for n in names if grid.rows[n].needs and not grid.rows[n].ablates]
     while composed:  # 3. compositions, each once its parts are chosen
         ready = [n for n in composed if all(p in main.chosen for p in grid.rows[n].needs)]
         if not ready and grid.interim:
@@ -463,21 +614,26 @@ def run_grid(grid: Grid) -> dict:
             raise SystemExit(f"speedup.py: rows {composed} need rows that are not in this tier")
         tuning[tier.main].update(grid.tune(main, ready))
         composed = [n for n in composed if n not in ready]
-    runs = grid.seeds_of(main, names, tier.seeds)  # 4. every row on every seed
-    results = grid.report(main, runs, tuning[tier.main], grid.out, [interim_section(grid, main, names, runs, tier.seeds)])
-    if grid.interim and any(len(runs.get(n, [])) < tier.seeds for n in names):
+    grid.tune_second_round(main, names, tuning[tier.main])  # 4. baseline and combined: 5 more tuning runs each
+    for name in names:  # 5. the leave-one-out rows of combined run at its final choice
+        if grid.rows[name].ablates in main.chosen:
+            main.chosen[name] = dict(main.chosen[grid.rows[name].ablates])
+    dense = grid.crossing_rows(main, tuning[tier.main])
+    runs = grid.seeds_of(main, names, tier.seeds, dense)  # 6. every row on every held-out seed
+    results = grid.report(main, runs, tuning[tier.main], grid.out, [interim_section(grid, main, names, runs, len(tier.seeds))])
+    if grid.interim and any(len(runs.get(n, [])) < len(tier.seeds) for n in names):
         write_interim(results, grid.out)
         return results
     ladder_rows = ["baseline", *[n for n in ("muon",) if n in grid.rows], *best_singles(results, 2),
                    *[n for n in ("combined",) if n in grid.rows]]
     ladder = {tier.main: results}
-    for preset in tier.ladder:  # 5. the scale ladder
+    for preset in tier.ladder:  # 7. the scale ladder
         ctx = ctxs[preset]
         ctx.chosen = {n: main.chosen[n] for n in ladder_rows}
-        runs = grid.seeds_of(ctx, ladder_rows, tier.ladder_seeds)
-        if grid.interim and any(len(runs.get(n, [])) < tier.ladder_seeds for n in ladder_rows):
+        runs = grid.seeds_of(ctx, ladder_rows, tier.ladder_seeds, set(ladder_rows) - {"baseline"})
+        if grid.interim and any(len(runs.get(n, [])) < len(tier.ladder_seeds) for n in ladder_rows):
             results["sections"].append(f"## Interim\n\nThe scale ladder has not finished (at {preset}: "
-                                       f"{sum(len(v) for v in runs.values())} of {len(ladder_rows) * tier.ladder_seeds} runs); "
+                                       f"{sum(len(v) for v in runs.values())} of {len(ladder_rows) * len(tier.ladder_seeds)} runs); "
                                        f"resume with `{grid.command}`.")
             write_interim(results, grid.out)
             return results

@@ -26,6 +26,8 @@ def _ctx(preset: str = "bench-d64") -> speedup.Ctx:
         ctx.chosen[name] = rows[name].candidates(ctx)[1]
     ctx.chosen["muon_gstack"] = rows["muon_gstack"].candidates(ctx)[0]
     ctx.chosen["muon_slw"] = rows["muon_slw"].candidates(ctx)[0]
+    ctx.chosen["baseline"] = {"lr": 1.0}
+    ctx.chosen["combined"] = rows["combined"].candidates(ctx)[1]
     return ctx
 
 
@@ -33,17 +35,50 @@ def test_every_row_gets_the_same_tuning_budget_and_every_candidate_loads():
     ctx = _ctx()
     grid = speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
     names = set()
-    for row in speedup.ROWS:
-        candidates = row.candidates(ctx)
-        assert len(candidates) == speedup.TUNING_RUNS, row.name  # equal tuning effort: as many runs as the baseline's LR sweep
+    tuned = [row for row in speedup.ROWS if not row.ablates]
+    for row in tuned:
+        candidates = row.candidates(ctx) + (row.second_round(ctx) if row.second_round else [])
+        runs = speedup.TUNING_RUNS * (2 if row.second_round else 1)
+        assert len(candidates) == runs, row.name  # equal tuning effort: as many runs as the baseline's LR sweep (and round)
         settings = [tuple(row.settings(ctx, k)) for k in candidates]
-        assert len(set(settings)) == speedup.TUNING_RUNS, f"{row.name}: two tuning runs are the same configuration"
+        assert len(set(settings)) == runs, f"{row.name}: two tuning runs are the same configuration"
         for knobs in candidates:
             spec = grid.spec(ctx, row, knobs, 0)
             cfg = load_config(spec.recipe_path, spec.overrides)
             assert cfg.train.max_tokens == ctx.budget and cfg.train.eval_sequences is None
             names.add(spec.name)
-    assert len(names) == speedup.TUNING_RUNS * len(speedup.ROWS)  # distinct run dirs
+    assert len(names) == speedup.TUNING_RUNS * (len(tuned) + sum(bool(r.second_round) for r in tuned))  # distinct run dirs
+    assert {r.name for r in speedup.ROWS if r.second_round} == {"baseline", "combined"}  # the same extra effort for both
+
+
+def test_ablations_drop_one_part_of_combined_and_keep_the_rest():
+    ctx, grid = _ctx(), speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    rows = {r.name: r for r in speedup.ROWS}
+    knobs = ctx.chosen["combined"]
+    full = load_config(*_args(grid.spec(ctx, rows["combined"], knobs, 1, dense=True)))
+    no_slw = load_config(*_args(grid.spec(ctx, rows["combined_no_slw"], knobs, 1, dense=True)))
+    no_muon = load_config(*_args(grid.spec(ctx, rows["combined_no_muon"], knobs, 1, dense=True)))
+    assert "seqlen_warmup" in full.methods and "seqlen_warmup" not in no_slw.methods and "seqlen_warmup" in no_muon.methods
+    assert full.optim.name == no_slw.optim.name == "muon" and no_muon.optim.name == "adamw"
+    assert full.optim.lr == no_slw.optim.lr and no_muon.optim.lr == pytest.approx(full.optim.lr / knobs["base"], rel=1e-3)
+    assert full.train.batch_size == no_slw.train.batch_size == no_muon.train.batch_size == 2 * ctx.batch
+    assert full.methods["lawa"] == no_slw.methods["lawa"] == no_muon.methods["lawa"]
+    assert full.methods["seqlen_warmup"] == no_muon.methods["seqlen_warmup"]
+
+
+def _args(spec):
+    return spec.recipe_path, spec.overrides
+
+
+def test_held_out_runs_of_crossing_rows_evaluate_every_2_percent_of_the_budget():
+    ctx, grid = _ctx(), speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    row = {r.name: r for r in speedup.ROWS}["combined"]
+    sparse = load_config(*_args(grid.spec(ctx, row, ctx.chosen["combined"], 1)))
+    dense = load_config(*_args(grid.spec(ctx, row, ctx.chosen["combined"], 1, dense=True)))
+    assert sparse.train.eval_every_tokens is None and dense.train.eval_every_tokens == ctx.budget // speedup.DENSE_EVALS
+    assert ctx.budget / dense.train.eval_every_tokens >= 50
+    # the tuning runs of the committed grid keep their names: the dense setting only enters held-out runs
+    assert grid.spec(ctx, row, ctx.chosen["combined"], 0).name != grid.spec(ctx, row, ctx.chosen["combined"], 0, dense=True).name
 
 
 def test_the_regime_is_20_tokens_per_parameter_inside_one_epoch():
@@ -85,9 +120,17 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     rows = {r["name"]: r for r in results["rows"]}
     tier = speedup.TIERS["smoke"]
     assert set(rows) >= set(tier.rows)
-    for name in tier.rows:  # every row ran on every paired seed, and was tuned with the same number of runs
-        assert rows[name]["seeds"] == list(range(tier.seeds)) and rows[name]["paired"]
-        assert len(results["tuning_rows"][name]["candidates"]) == tier.candidates
+    assert results["tuning_seed"] == 0 and results["held_out_seeds"] == list(tier.seeds)
+    for name in tier.rows:  # every row ran on every held-out paired seed, and was tuned with the same number of runs
+        assert rows[name]["seeds"] == list(tier.seeds) and rows[name]["paired"]
+        if not speedup.ROWS[[r.name for r in speedup.ROWS].index(name)].ablates:
+            extra = tier.candidates if name in ("baseline", "combined") else 0
+            assert len(results["tuning_rows"][name]["candidates"]) == tier.candidates + extra, name
+    for run in (out / "runs").iterdir():  # held-out runs of rows that cross evaluate densely; tuning runs never do
+        config = (run / "config.yaml").read_text()
+        if run.name.endswith("-seed0") or "-baseline-" in run.name:
+            assert "eval_every_tokens: null" in config, run.name
+    assert any("eval_every_tokens: 122" in (r / "config.yaml").read_text() for r in (out / "runs").iterdir())
     assert rows["muon"]["delta"]["low"] is not None and rows["lawa [lawa]"]["metric"] == "lawa/val_loss"
     assert set(results["ladder"]) == {tier.main, *tier.ladder}
     for name in ("ladder.png", "loss_vs_flops.png", "ladder-d48/report.md"):
@@ -106,7 +149,7 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     assert interim["interim"] and not (out / "runs" / gstack / "summary.json").exists()  # nothing was trained
     rows = {r["name"]: r for r in interim["rows"]}
     assert "gstack" not in rows and "muon_gstack" not in rows and "combined" not in rows  # still tuning, or built on a row that is
-    assert rows["muon"]["seeds"] == [0] and rows["baseline"]["seeds"] == [0, 1] and rows["lawa"]["seeds"] == [0, 1]
+    assert rows["muon"]["seeds"] == [2] and rows["baseline"]["seeds"] == [1, 2] and rows["lawa"]["seeds"] == [1, 2]
     assert interim["tuning_rows"]["gstack"]["chosen"] is None and interim["tuning_rows"]["gstack"]["unfinished"] == 1
     report = (out / "report.md").read_text()
     assert "## Interim" in report and "`gstack` (still tuning)" in report and "`muon` (1/2 seeds)" in report and "not run yet" in report

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from hasten.compare.metrics import (
+    MAX_RESOLUTION,
     Curve,
     cost_to_target,
+    crossing_bracket,
     curve_from_rows,
     mean_curve,
     paired_difference,
@@ -118,6 +120,67 @@ def test_welch_p_matches_scipy_and_edge_cases():
     assert welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0 and welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
 
 
+def test_crossing_bracket_is_the_pair_of_evaluations_around_the_first_crossing():
+    c = _curve([6.0, 5.0, 4.0, 3.0, 2.0])
+    assert crossing_bracket(c, 3.5) == (200.0, 300.0) and crossing_bracket(c, 3.5, "flops") == (600.0, 900.0)
+    assert crossing_bracket(c, 4.0) == (100.0, 200.0)  # at an evaluation: from the one before
+    assert crossing_bracket(c, 7.0) == (0.0, 0.0) and crossing_bracket(c, 1.0) is None
+
+
+def _run_dirs(tmp_path, curves: dict[str, list[list[float]]], tokens_per_eval: dict[str, int], optimizer_flops: bool = True):
+    runs = {}
+    for name, seeds in curves.items():
+        runs[name] = []
+        for seed, losses in enumerate(seeds):
+            d = tmp_path / "runs" / f"{name}-seed{seed}"
+            _write_run(d, losses, tokens_per_eval=tokens_per_eval[name])
+            if not optimizer_flops and name != "base":  # a run logged before optimizer FLOPs were recorded
+                rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+                (d / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "optimizer_flops"}) + "\n"
+                                                         for r in rows))
+            runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
+    return runs
+
+
+def test_a_crossing_between_evaluations_further_apart_than_allowed_is_refused(tmp_path):
+    """A row that crosses between evaluations 10 % of the budget apart gets no speedup (the interpolation would decide
+    it); the same row evaluated every 2 % gets one, with its resolution recorded; the report says why one is refused."""
+    base = [[6.0 - 3.0 * i / 50 for i in range(51)], [6.0 - 3.1 * i / 50 for i in range(51)]]  # 51 evals, 1000 tokens each
+    coarse = [[6.0 - 3.5 * i / 10 for i in range(11)], [6.0 - 3.6 * i / 10 for i in range(11)]]  # 10 evals of 5000 tokens
+    dense = [[6.0 - 3.5 * i / 50 for i in range(51)], [6.0 - 3.6 * i / 50 for i in range(51)]]
+    runs = _run_dirs(tmp_path, {"base": base, "coarse": coarse, "dense": dense}, {"base": 1000, "coarse": 5000, "dense": 1000})
+    opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=50_000)
+    res = build_results(opts, ["base", "coarse", "dense"], "base", runs, {}, None)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert res["max_resolution"] == MAX_RESOLUTION
+    assert rows["coarse"]["reached"]["tokens"] == 2 and rows["coarse"]["resolution"]["tokens"] == pytest.approx(0.1)
+    for axis in ("tokens", "model_flops", "flops"):
+        assert rows["coarse"]["speedup"][axis] is None and "unresolved" in rows["coarse"]["refused"][axis]
+        assert rows["dense"]["speedup"][axis] is not None and rows["dense"]["resolution"][axis] == pytest.approx(0.02)
+    assert rows["dense"]["speedup"]["tokens"]["value"] == pytest.approx(math.sqrt((3.5 / 3.0) * (3.6 / 3.1)), rel=1e-3)
+    text = render_report(res)
+    assert "unresolved: evaluations 10.0% of the budget apart" in text and "| 2.0% |" in text
+    # the same coarse row is accepted where a coarser resolution is allowed
+    loose = build_results(opts, ["base", "coarse"], "base", runs, {}, None, max_resolution=0.15)
+    assert next(r for r in loose["rows"] if r["name"] == "coarse")["speedup"]["tokens"] is not None
+
+
+def test_total_flops_add_the_optimizer_and_are_refused_where_not_recorded(tmp_path):
+    rows = [{"kind": "eval", "step": 0, "tokens": 0, "flops": 0.0, "optimizer_flops": 0.0, "val_loss": 6.0},
+            {"kind": "eval", "step": 5, "tokens": 50, "flops": 300.0, "optimizer_flops": 60.0, "val_loss": 5.0}]
+    curve = curve_from_rows(rows)
+    assert curve.flops == [0.0, 360.0] and curve.axis("model_flops") == [0.0, 300.0] and curve.optimizer_counted
+    old = curve_from_rows([{k: v for k, v in r.items() if k != "optimizer_flops"} for r in rows])
+    assert old.flops == [0.0, 300.0] and not old.optimizer_counted
+    base = [[6.0 - 3.0 * i / 50 for i in range(51)]] * 2
+    fast = [[6.0 - 3.5 * i / 50 for i in range(51)]] * 2
+    runs = _run_dirs(tmp_path, {"base": base, "fast": fast}, {"base": 1000, "fast": 1000}, optimizer_flops=False)
+    res = build_results(CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=50_000), ["base", "fast"], "base", runs, {}, None)
+    row = next(r for r in res["rows"] if r["name"] == "fast")
+    assert row["speedup"]["model_flops"] is not None and row["speedup"]["flops"] is None
+    assert row["refused"]["flops"] == "optimizer FLOPs not recorded" and "optimizer FLOPs not recorded" in render_report(res)
+
+
 def test_paired_speedups_use_each_seeds_own_target():
     base = [_curve([6.0, 5.0, 4.0, 3.0]), _curve([6.0, 5.0, 4.5, 3.5])]  # targets 3.0 and 3.5, budget 300 tokens
     row = [_curve([6.0, 4.0, 3.0, 2.5]), _curve([6.0, 4.0, 3.8, 3.6])]
@@ -134,7 +197,7 @@ def _write_run(run_dir: Path, losses, extra=None, tokens_per_eval=100, events=()
     rows = []
     for i, loss in enumerate(losses):
         row = {"kind": "eval", "step": 10 * i, "tokens": tokens_per_eval * i, "flops": 3.0 * tokens_per_eval * i,
-               "train_time": seconds_per_eval * i, "val_loss": loss}
+               "optimizer_flops": 0.0, "train_time": seconds_per_eval * i, "val_loss": loss}
         if extra is not None and i > 0:
             row["lawa/val_loss"] = extra[i]
         rows.append(row)
@@ -151,7 +214,8 @@ def test_one_seed_wallclock_speedup_from_a_faster_moment_is_flagged_as_noise(tmp
         d = tmp_path / "runs" / f"{name}-seed0"
         _write_run(d, [6.0, 5.0, 4.0, 3.0], seconds_per_eval=seconds)
         runs[name] = [(RunSpec(d.name, name, 0, Path("x.yaml"), [], d), d)]
-    res = build_results(CompareOptions(recipes=[], report_dir=tmp_path, seeds=1, budget=300), ["base", "same"], "base", runs, {}, None)
+    res = build_results(CompareOptions(recipes=[], report_dir=tmp_path, seeds=1, budget=300), ["base", "same"], "base", runs, {}, None,
+                        max_resolution=1.0)
     row = next(r for r in res["rows"] if r["name"] == "same")
     assert row["speedup"]["flops"]["value"] == pytest.approx(1.0) and row["speedup"]["train_time"]["value"] == pytest.approx(2.0)
     assert row["time_per_flop"]["value"] == pytest.approx(0.5) and row["time_per_flop"]["low"] is None
@@ -172,7 +236,7 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
             _write_run(d, losses, extra, events=(150,) if name == "slow" else ())
             runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
     opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=300)
-    res = build_results(opts, list(curves), "base", runs, {}, None)
+    res = build_results(opts, list(curves), "base", runs, {}, None, max_resolution=1.0)  # evaluations 1/3 of the budget apart
     rows = {r["name"]: r for r in res["rows"]}
     assert res["target_loss"] == pytest.approx(3.1)  # the seed mean, drawn in the plots
     assert rows["base"]["speedup"]["tokens"]["value"] == 1.0 and rows["base"]["delta"] is None

@@ -3,6 +3,9 @@
 Curves and costs are plain Python on lists of floats so they can be tested on synthetic curves; the
 statistics (paired t intervals, t-tests) come from scipy.
 
+A speedup is only as fine as the evaluations around its crossing: `crossing_bracket` gives the two evaluations the
+crossing lies between, and a report refuses a speedup whose bracket spans more than MAX_RESOLUTION of the budget.
+
 Seeds are *paired*: seed s gives every recipe the same data order (and the same initial weights
 where the shapes agree), so a recipe is compared with the baseline seed by seed. For seed s the
 target is the baseline's seed-s final val loss; the recipe's seed-s speedup on an axis is the
@@ -15,21 +18,31 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-AXES = ("tokens", "flops", "train_time")  # the three costs: training tokens, training FLOPs, wall-clock seconds
+AXES = ("tokens", "model_flops", "flops", "train_time")  # the costs: training tokens, model FLOPs, total FLOPs, wall-clock seconds
 CONFIDENCE = 0.95
+MAX_RESOLUTION = 0.03  # a speedup rests on two evaluations at most this fraction of the baseline's budget apart
 
 
 @dataclass
 class Curve:
-    """Val loss at each evaluation of one run (or the seed mean of a recipe), with its cost counters."""
+    """Val loss at each evaluation of one run (or the seed mean of a recipe), with its cost counters.
+
+    `flops` is the total compute: the model's forward and backward (`model_flops`, hasten.model.flops_per_token) plus
+    the optimizer's steps (hasten.optim.flops). A run logged before optimizer FLOPs were recorded has only the model's
+    (`optimizer_counted` False): its total is unknown, and no total-FLOPs speedup is computed from it.
+    """
 
     step: list[int]
     loss: list[float]
     tokens: list[float]
     flops: list[float]
     train_time: list[float]
+    model_flops: list[float] | None = None  # None: the same as flops (no optimizer FLOPs apart)
+    optimizer_counted: bool = True
 
     def axis(self, name: str) -> list[float]:
+        if name == "model_flops":
+            return self.flops if self.model_flops is None else self.model_flops
         return getattr(self, name)
 
     @property
@@ -47,12 +60,16 @@ def curve_from_rows(rows: list[dict], key: str = "val_loss") -> Curve:
     for row in evals:  # a resumed run may log the same step twice; the last one wins
         by_step[int(row["step"])] = row
     ordered = [by_step[s] for s in sorted(by_step)]
+    model = [float(r.get("flops", 0.0)) for r in ordered]
+    counted = all(isinstance(r.get("optimizer_flops"), (int, float)) for r in ordered)
     return Curve(
         step=[int(r["step"]) for r in ordered],
         loss=[float(r[key]) for r in ordered],
         tokens=[float(r.get("tokens", 0)) for r in ordered],
-        flops=[float(r.get("flops", 0.0)) for r in ordered],
+        flops=[m + float(r["optimizer_flops"]) for m, r in zip(model, ordered)] if counted else model,
         train_time=[float(r.get("train_time", 0.0)) for r in ordered],
+        model_flops=model,
+        optimizer_counted=counted,
     )
 
 
@@ -63,10 +80,16 @@ def mean_curve(curves: list[Curve]) -> Curve:
     common = sorted(set.intersection(*(set(c.step) for c in curves)))
     index = [{s: i for i, s in enumerate(c.step)} for c in curves]
 
-    def avg(attr: str) -> list[float]:
-        return [sum(getattr(c, attr)[ix[s]] for c, ix in zip(curves, index)) / len(curves) for s in common]
+    def avg(axis: str) -> list[float]:
+        return [sum(c.axis(axis)[ix[s]] for c, ix in zip(curves, index)) / len(curves) for s in common]
 
-    return Curve(step=common, loss=avg("loss"), tokens=avg("tokens"), flops=avg("flops"), train_time=avg("train_time"))
+    return Curve(step=common, loss=[sum(c.loss[ix[s]] for c, ix in zip(curves, index)) / len(curves) for s in common],
+                 tokens=avg("tokens"), flops=avg("flops"), train_time=avg("train_time"), model_flops=avg("model_flops"),
+                 optimizer_counted=all(c.optimizer_counted for c in curves))
+
+
+def _first_at_or_below(curve: Curve, target: float) -> int | None:
+    return next((i for i, loss in enumerate(curve.loss) if loss <= target), None)
 
 
 def cost_to_target(curve: Curve, target: float, axis: str = "tokens") -> float | None:
@@ -75,14 +98,25 @@ def cost_to_target(curve: Curve, target: float, axis: str = "tokens") -> float |
     Between eval i-1 (loss above target) and eval i (at or below) the loss is taken as linear in the
     cost, so the crossing is x[i-1] + (x[i] - x[i-1]) * (l[i-1] - target) / (l[i-1] - l[i]).
     """
+    i = _first_at_or_below(curve, target)
+    if i is None:
+        return None
     xs, ls = curve.axis(axis), curve.loss
-    for i, loss in enumerate(ls):
-        if loss <= target:
-            if i == 0:
-                return xs[0]
-            x0, x1, l0 = xs[i - 1], xs[i], ls[i - 1]
-            return x0 + (x1 - x0) * (l0 - target) / (l0 - loss)
-    return None
+    if i == 0:
+        return xs[0]
+    x0, x1, l0 = xs[i - 1], xs[i], ls[i - 1]
+    return x0 + (x1 - x0) * (l0 - target) / (l0 - ls[i])
+
+
+def crossing_bracket(curve: Curve, target: float, axis: str = "tokens") -> tuple[float, float] | None:
+    """The costs of the two evaluations between which the loss first reaches `target` (the last one above and the first
+    at or below; from 0 when the first evaluation already is); None if it never does. Its width is how finely the
+    crossing is known: interpolation decides everything inside it."""
+    i = _first_at_or_below(curve, target)
+    if i is None:
+        return None
+    xs = curve.axis(axis)
+    return (0.0, xs[0]) if i == 0 else (xs[i - 1], xs[i])
 
 
 def speedup(baseline_cost: float, cost: float | None) -> float | None:
@@ -171,3 +205,13 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 def paired_speedups(curves: list[Curve], base_curves: list[Curve], axis: str) -> list[float | None]:
     """Seed-by-seed speedups on `axis`: baseline seed s's budget over the cost for curve s to reach baseline s's final loss."""
     return [speedup(base.end(axis), cost_to_target(curve, base.final, axis)) for curve, base in zip(curves, base_curves)]
+
+
+def paired_resolutions(curves: list[Curve], base_curves: list[Curve], axis: str) -> list[float | None]:
+    """Seed by seed, the width of the crossing's bracket (crossing_bracket) as a fraction of baseline seed s's budget on
+    `axis`; None where the target is not reached."""
+    out: list[float | None] = []
+    for curve, base in zip(curves, base_curves):
+        bracket = crossing_bracket(curve, base.final, axis)
+        out.append(None if bracket is None or base.end(axis) <= 0 else (bracket[1] - bracket[0]) / base.end(axis))
+    return out

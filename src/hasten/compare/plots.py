@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hasten.compare.report import AXIS_LABEL  # noqa: E402
 
 FILES = {"tokens": "loss_vs_tokens.png", "flops": "loss_vs_flops.png", "train_time": "loss_vs_time.png"}
-XLABEL = {"tokens": "training tokens", "flops": "training FLOPs", "train_time": "training wall-clock (s)"}
+XLABEL = {"tokens": "training tokens", "flops": "training FLOPs (model + optimizer)", "train_time": "training wall-clock (s)"}
 
 
 def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:

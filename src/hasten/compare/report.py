@@ -27,15 +27,18 @@ import math
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hasten.compare.metrics import (
     AXES,
+    MAX_RESOLUTION,
     Curve,
     Estimate,
     mean_curve,
     mean_std,
     paired_difference,
+    paired_resolutions,
     paired_speedups,
     ratio_estimate,
     welch_p,
@@ -46,7 +49,7 @@ from hasten.errors import ConfigError
 from hasten.trainer.logger import read_metrics
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-AXIS_LABEL = {"tokens": "tokens", "flops": "FLOPs", "train_time": "wall-clock"}
+AXIS_LABEL = {"tokens": "tokens", "model_flops": "model FLOPs", "flops": "FLOPs", "train_time": "wall-clock"}
 NOISE_BAND = 0.05  # wall-clock vs FLOPs speedups closer than this are not flagged
 
 
@@ -63,9 +66,11 @@ def _markers(rows: list[dict]) -> list[dict]:
             i -= 1
         out.append({"kind": "seq_len_full", "tokens": float(lens[i][0]), "seq_len": int(full), "from": int(lens[0][1])})
     # map token positions to FLOPs and seconds through the train rows (both grow monotonically with tokens)
+    costs = {"model_flops": [r.get("flops", 0.0) for r in train], "train_time": [r.get("train_time", 0.0) for r in train],
+             "flops": [r.get("flops", 0.0) + r.get("optimizer_flops", 0.0) for r in train]}
     for marker in out:
-        for axis in ("flops", "train_time"):
-            marker[axis] = _interp(marker["tokens"], [r["tokens"] for r in train], [r.get(axis, 0.0) for r in train])
+        for axis, ys in costs.items():
+            marker[axis] = _interp(marker["tokens"], [r["tokens"] for r in train], ys)
     return out
 
 
@@ -81,11 +86,12 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float | None:
 
 
 def _curve_dict(c: Curve) -> dict:
-    return {"step": c.step, "loss": c.loss, "tokens": c.tokens, "flops": c.flops, "train_time": c.train_time}
+    return {"step": c.step, "loss": c.loss, "tokens": c.tokens, "flops": c.flops, "model_flops": c.axis("model_flops"),
+            "train_time": c.train_time, "optimizer_counted": c.optimizer_counted}
 
 
 def curve_from_dict(d: dict) -> Curve:
-    return Curve(**{k: d[k] for k in ("step", "loss", "tokens", "flops", "train_time")})
+    return Curve(**{k: d[k] for k in ("step", "loss", "tokens", "flops", "train_time", "model_flops", "optimizer_counted") if k in d})
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -96,8 +102,10 @@ def _run_info(run_dir: Path) -> dict:
         return {}
 
 
-def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], failed: dict[str, str], tuning: dict | None) -> dict:
-    """results.json content from the run dirs; `runs` maps recipe -> [(RunSpec, run_dir)] in seed order."""
+def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], failed: dict[str, str], tuning: dict | None,
+                  max_resolution: float = MAX_RESOLUTION) -> dict:
+    """results.json content from the run dirs; `runs` maps recipe -> [(RunSpec, run_dir)] in seed order. A speedup whose
+    crossing lies between evaluations further apart than `max_resolution` of the baseline's budget is refused."""
     series: dict[str, dict] = {}  # row name -> {recipe, metric, curves, seeds, markers, params}
     order: list[str] = []
     for name in names:
@@ -131,7 +139,7 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
     base_finals = [c.final for c in base["curves"]]
     target = sum(base_finals) / len(base_finals)
     base_cost = {axis: sum(c.end(axis) for c in base["curves"]) / len(base["curves"]) for axis in AXES}
-    rows = [_row(row_name, series[row_name], base, baseline, series) for row_name in order]
+    rows = [_row(row_name, series[row_name], base, baseline, series, max_resolution) for row_name in order]
     return {
         "format": "hasten-compare-2",
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -145,6 +153,7 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
         "recipe_overrides": dict(opts.recipe_overrides),
         "machine": _machine(),
         "baseline": baseline,
+        "max_resolution": max_resolution,
         "target_loss": target,
         "baseline_cost": base_cost,
         "tuning": tuning,
@@ -156,7 +165,7 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
     }
 
 
-def _row(name: str, s: dict, base: dict, baseline: str, series: dict) -> dict:
+def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolution: float) -> dict:
     curves: list[Curve] = s["curves"]
     row: dict = {"name": name, "recipe": s["recipe"], "metric": s["metric"], "seeds": s["seeds"], "failed_seeds": s["failed_seeds"],
                  "is_baseline": name == baseline, "params_non_embedding": s["params"]}
@@ -174,7 +183,7 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict) -> dict:
     if name == baseline:
         one = Estimate(1.0, 1.0, 1.0, None, len(curves)).to_dict()
         row.update(speedup=dict.fromkeys(AXES, one), reached=dict.fromkeys(AXES, len(curves)), gap=None, delta=None, p=None,
-                   paired=True, time_per_flop=None, wallclock_noise=False)
+                   paired=True, time_per_flop=None, wallclock_noise=False, resolution={}, refused={})
         return row
     if not finite:
         row.update(speedup={}, reached={}, gap=None, delta=None, p=None, paired=paired, time_per_flop=None, wallclock_noise=False)
@@ -183,12 +192,23 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict) -> dict:
         base_curves = [base_by_seed[seed] for seed in s["seeds"]]
         delta = paired_difference(finals, [b.final for b in base_curves])
         row.update(delta=delta.to_dict(), p=delta.p, paired=True)
-        speedups, reached = {}, {}
+        speedups, reached, resolution, refused = {}, {}, {}, {}
         for axis in AXES:
             per_seed = paired_speedups(curves, base_curves, axis)
+            widths = [w for w in paired_resolutions(curves, base_curves, axis) if w is not None]
             reached[axis] = sum(x is not None for x in per_seed)
-            speedups[axis] = ratio_estimate(per_seed).to_dict() if reached[axis] == len(per_seed) else None
+            resolution[axis] = max(widths) if widths else None
             row.setdefault("per_seed_speedup", {})[axis] = per_seed
+            speedups[axis] = None
+            if reached[axis] < len(per_seed):
+                continue
+            if axis == "flops" and not all(c.optimizer_counted and b.optimizer_counted for c, b in zip(curves, base_curves)):
+                refused[axis] = "optimizer FLOPs not recorded"
+            elif resolution[axis] is not None and resolution[axis] > max_resolution:
+                refused[axis] = f"unresolved: evaluations {resolution[axis]:.1%} of the budget apart"
+            else:
+                speedups[axis] = ratio_estimate(per_seed).to_dict()
+        row.update(resolution=resolution, refused=refused)
         gaps = [c.final - b.final for c, b in zip(curves, base_curves)]
         per_flop = [(c.end("train_time") / c.end("flops")) / (b.end("train_time") / b.end("flops")) for c, b in zip(curves, base_curves)
                     if c.end("flops") > 0 and b.end("flops") > 0 and b.end("train_time") > 0 and c.end("train_time") > 0]
@@ -200,13 +220,20 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict) -> dict:
         base_finals = [c.final for c in base["curves"]]
         target = sum(base_finals) / len(base_finals)
         mean_c, base_mean = mean_curve(curves), mean_curve(base["curves"])
-        per_axis = {axis: paired_speedups([mean_c], [Curve(base_mean.step, [target] * len(base_mean.step), base_mean.tokens,
-                                                            base_mean.flops, base_mean.train_time)], axis)[0] for axis in AXES}
+        flat_target = replace(base_mean, loss=[target] * len(base_mean.step))
+        per_axis = {axis: paired_speedups([mean_c], [flat_target], axis)[0] for axis in AXES}
+        widths = {axis: paired_resolutions([mean_c], [flat_target], axis)[0] for axis in AXES}
+        refused = {axis: f"unresolved: evaluations {w:.1%} of the budget apart" for axis, w in widths.items()
+                   if w is not None and w > max_resolution}
+        if not (mean_c.optimizer_counted and base_mean.optimizer_counted) and per_axis["flops"] is not None:
+            refused["flops"] = "optimizer FLOPs not recorded"
+        per_axis = {axis: None if axis in refused else x for axis, x in per_axis.items()}
         row.update(delta={"value": mean - target, "low": None, "high": None, "p": welch_p(finals, base_finals), "n": len(finals)},
                    p=welch_p(finals, base_finals), paired=False, time_per_flop=None, wallclock_noise=False,
                    speedup={axis: (Estimate(x, n=len(curves)).to_dict() if x is not None else None) for axis, x in per_axis.items()},
                    reached={axis: (len(curves) if x is not None else 0) for axis, x in per_axis.items()},
-                   gap=None if per_axis["tokens"] is not None else mean - target)
+                   gap=None if per_axis["tokens"] is not None or "tokens" in refused else mean - target,
+                   resolution=widths, refused=refused)
     if s["metric"] != "val_loss" and s["recipe"] in series and series[s["recipe"]]["curves"]:
         raw = [c.final for c in series[s["recipe"]]["curves"]]
         row["raw_final_mean"] = sum(raw) / len(raw)
@@ -245,6 +272,9 @@ def fmt_estimate(est: dict | None, unit: str = "×", digits: int = 2) -> str:
 
 def fmt_speedup(row: dict, axis: str) -> str:
     est = (row.get("speedup") or {}).get(axis)
+    refused = (row.get("refused") or {}).get(axis)
+    if est is None and refused:
+        return refused
     if est is None:
         n, k = len(row.get("seeds") or []), (row.get("reached") or {}).get(axis, 0)
         gap = row.get("gap")
@@ -282,6 +312,12 @@ def fmt_p(row: dict) -> str:
     return "n/a" if p is None else f"{p:.3g}"
 
 
+def fmt_resolution(row: dict, axis: str = "flops") -> str:
+    """The widest crossing bracket over the seeds, as a fraction of the baseline's budget (— when nothing crossed)."""
+    width = (row.get("resolution") or {}).get(axis)
+    return "—" if width is None or row.get("is_baseline") else f"{width:.1%}"
+
+
 def fmt_tokens_per_param(row: dict) -> str:
     x = row.get("tokens_per_param")
     return "—" if x is None else f"{x:.1f}"
@@ -289,15 +325,15 @@ def fmt_tokens_per_param(row: dict) -> str:
 
 def table(results: dict, compact: bool = False) -> str:
     if compact:
-        lines = ["| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens | speedup FLOPs | speedup wall-clock |",
+        lines = ["| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens | speedup total FLOPs | speedup wall-clock |",
                  "|---|---|---|---|---|---|"]
         for row in results["rows"]:
             lines.append(f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
                          f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} |")
         return "\n".join(lines)
     lines = ["| recipe | seeds | tokens/param | final val loss | Δ vs baseline [95% CI] | p (paired t) | speedup tokens [95% CI] | "
-             "speedup FLOPs [95% CI] | speedup wall-clock [95% CI] | time/FLOP vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "model FLOPs [95% CI] | total FLOPs [95% CI] | wall-clock [95% CI] | crossing resolution | time/FLOP vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         n = len(row["seeds"])
         seeds = f"{n}" + (f" ({len(row['failed_seeds'])} failed)" if row["failed_seeds"] else "")
@@ -305,7 +341,7 @@ def table(results: dict, compact: bool = False) -> str:
             seeds += " (unpaired)"
         cells = [row["name"] + (" (baseline)" if row["is_baseline"] and row["name"] != "baseline" else ""), seeds,
                  fmt_tokens_per_param(row), fmt_loss(row), fmt_delta(row), fmt_p(row),
-                 *(fmt_speedup(row, axis) for axis in AXES), fmt_estimate(row.get("time_per_flop"), unit="")]
+                 *(fmt_speedup(row, axis) for axis in AXES), fmt_resolution(row), fmt_estimate(row.get("time_per_flop"), unit="")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -350,13 +386,19 @@ def render_report(results: dict) -> str:
     out += [
         "How to read it: for each seed, the *target* is the baseline's final val loss of that seed; a row's *speedup* is the "
         "baseline's budget over the tokens / FLOPs / training seconds at which the row's curve of the same seed first reaches that "
-        "target (linear between evaluations); the table gives the geometric mean over seeds with a 95 % t interval, or how many "
-        "seeds reached it and the mean remaining gap. *Δ* is the paired difference of final val losses with its 95 % interval "
-        "and the paired t-test's p (scipy). FLOPs are charged at each step's model size and sequence length; wall-clock counts "
+        "target (linear between the two evaluations around the crossing); the table gives the geometric mean over seeds with a 95 % "
+        "t interval, or how many seeds reached it and the mean remaining gap. *Crossing resolution* is the widest gap, over the "
+        "seeds, between the two evaluations that bracket a crossing, as a fraction of the baseline's total-FLOPs budget; a speedup "
+        f"whose bracket is wider than {results.get('max_resolution', MAX_RESOLUTION):.0%} is refused (\"unresolved\"), so "
+        f"interpolation never decides more than that share of the budget. *Δ* is the paired difference of final val losses with its 95 % interval "
+        "and the paired t-test's p (scipy). *Model FLOPs* are 6 x (matmul parameters) + 12 x layers x d_model x seq_len per "
+        "token, forward and backward (PaLM, Chowdhery et al. 2022, appendix B: attention at full context, the causal mask not "
+        "credited), charged at each step's model size and sequence length; *total FLOPs* add every optimizer step's own work "
+        "(hasten.optim.flops: Muon's Newton-Schulz matmuls, the elementwise updates of AdamW and Adam-mini). Wall-clock counts "
         "training steps only (no evaluation or checkpointing)"
         + (" and is inflated for every recipe alike by running several jobs at once." if results["jobs"] > 1 else ".")
-        + " *time/FLOP* is the row's training seconds per FLOP over the baseline's; † marks a wall-clock speedup that differs from "
-        "the FLOPs speedup by more than 5 % while time/FLOP is not shown to differ from 1: that difference is machine noise.",
+        + " *time/FLOP* is the row's training seconds per total FLOP over the baseline's; † marks a wall-clock speedup that differs "
+        "from the total-FLOPs speedup by more than 5 % while time/FLOP is not shown to differ from 1: that difference is machine noise.",
         "",
     ]
     for section in results.get("sections") or []:  # added by callers such as benchmarks/speedup.py (tuning tables, ladder)

@@ -123,7 +123,8 @@ class TrainConfig:
     seq_len: int | None = None  # training context; None = the model's max_seq_len
     max_steps: int | None = None  # stop after this many optimizer steps ...
     max_tokens: int | None = None  # ... or after this many training tokens (whichever comes first)
-    eval_every: int = 100  # steps between validation evaluations (also at the end)
+    eval_every: int = 100  # steps between validation evaluations (also at the end) ...
+    eval_every_tokens: int | None = None  # ... or, when set, each time the training tokens pass a multiple of this
     eval_sequences: int | None = 64  # fixed held-out windows of full context used for val loss; null = the whole val split
     log_every: int = 10
     checkpoint_every: int = 200  # steps between checkpoints (also at the end); 0 = only at the end
@@ -159,7 +160,7 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"train.{key}={value} must be >= 1")
-        for key in ("eval_every", "eval_sequences", "log_every", "keep_checkpoints"):
+        for key in ("eval_every", "eval_every_tokens", "eval_sequences", "log_every", "keep_checkpoints"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
         if self.checkpoint_every < 0:

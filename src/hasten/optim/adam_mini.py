@@ -73,6 +73,7 @@ from hasten.optim.adam_mini_layout import (
     partition_for,
 )
 from hasten.optim.blocks import classify_param
+from hasten.optim.flops import adam_mini_step_flops
 
 
 class AdamMini(torch.optim.Optimizer):
@@ -204,6 +205,10 @@ class AdamMini(torch.optim.Optimizer):
     # -- update --------------------------------------------------------------------------------
 
     @torch.no_grad()
+    def step_flops(self) -> float:
+        """FLOPs of one step (hasten.optim.flops)."""
+        return adam_mini_step_flops([p for group in self.param_groups for p in group["params"] if p.requires_grad])
+
     def step(self, closure: Callable[[], float] | None = None):
         loss = None
         if closure is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from hasten.config import OptimConfig
+from hasten.optim.flops import optimizer_step_flops
 
 MUON_BLOCKS = ("qk", "vo", "ffn")  # hidden matrices: attention q/k/v/o and the MLP
 MUON_MOMENTUM = 0.95
@@ -62,6 +63,10 @@ class MuonAdamW:
         for opt in self.optimizers:
             opt.step()
         return loss
+
+    def step_flops(self) -> float:
+        """FLOPs of one step: Muon's (Newton-Schulz included) plus AdamW's (hasten.optim.flops)."""
+        return sum(optimizer_step_flops(opt) for opt in self.optimizers)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:

@@ -69,7 +69,7 @@ def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data:
     """
     st = trainer.state
     rollback = reason == "rollback"
-    spent, sampler = (st.progress.flops, st.progress.train_time), st.sampler.state_dict()
+    spent, sampler = (st.progress.flops, st.progress.optimizer_flops, st.progress.train_time), st.sampler.state_dict()
     if rollback and ckpt.model_config != st.model.config.to_dict():  # growth happened since: rebuild the earlier shape
         model = GPT(ModelConfig(**ckpt.model_config)).to(trainer.device)
         trainer.replace_state(model, build_optimizer(model, trainer.cfg.optim), reason="rollback")
@@ -90,7 +90,7 @@ def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data:
             method.load_state_dict(ckpt.methods[method.name])
     set_rng_state(ckpt.rng)
     if rollback:
-        st.progress.flops, st.progress.train_time = spent  # discarded steps still cost compute
+        st.progress.flops, st.progress.optimizer_flops, st.progress.train_time = spent  # discarded steps still cost compute
         if not replay_data:
             st.sampler.load_state_dict(sampler)
     else:

@@ -26,6 +26,7 @@ from hasten.data.shaping import BatchShape
 from hasten.data.tokens import TokenData
 from hasten.faults import fault_point
 from hasten.model import flops_per_token
+from hasten.optim.flops import optimizer_step_flops
 from hasten.parallel.strategy import SingleProcess
 from hasten.trainer import checkpoints
 from hasten.trainer.evaluation import autocast_for, mean_loss
@@ -57,6 +58,7 @@ class Trainer:
         self._clock = time.perf_counter()  # start of the current timing interval (ends at the next sync point)
         self._interval = [0, 0.0]  # tokens and FLOPs attempted in the current interval
         self._rates: dict[str, float | None] = {"tok_per_s": None, "mfu": None}  # of the last interval
+        self._optimizer_flops: tuple[int, float] | None = None  # (id of the optimizer, FLOPs of its step on all ranks)
 
     @property
     def stop_requested(self) -> bool:
@@ -81,6 +83,16 @@ class Trainer:
         self.logger.log("event", self.state.progress.step, event="state_replaced", reason=reason, tokens=self.state.progress.tokens)
         for method in self.methods:
             method.on_state_replaced(self.ctx, reason)
+
+    def optimizer_flops(self) -> float:
+        """FLOPs of one optimizer step summed over the ranks (a replicated optimizer runs on every rank; a sharded one
+        on its shard, and DTensor sizes are global). Cached per optimizer object, so growth's new one is counted anew."""
+        optimizer = self.state.optimizer
+        if self._optimizer_flops is None or self._optimizer_flops[0] != id(optimizer):
+            flops = optimizer_step_flops(optimizer) or 0.0
+            sharded = any(type(q).__name__ == "DTensor" for q in self.state.model.parameters())
+            self._optimizer_flops = (id(optimizer), flops * (1 if sharded else self.world_size))
+        return self._optimizer_flops[1]
 
     def evaluate(self, model: nn.Module | None = None) -> float:
         """Mean val loss over the fixed full-context windows (a collective: every rank calls it)."""
@@ -135,7 +147,8 @@ class Trainer:
         metrics = {"val_loss": self.evaluate()}
         for method in self.methods:
             metrics.update(method.after_eval(self.ctx, metrics["val_loss"]) or {})
-        self.logger.log("eval", p.step, tokens=p.tokens, flops=p.flops, train_time=p.train_time, **metrics)
+        self.logger.log("eval", p.step, tokens=p.tokens, flops=p.flops, optimizer_flops=p.optimizer_flops, train_time=p.train_time,
+                        **metrics)
         self.eval_metrics = metrics
         return metrics
 
@@ -148,7 +161,7 @@ class Trainer:
 
     def _sync_due(self) -> bool:
         t, step = self.cfg.train, self.state.progress.step
-        return (self.ctx.is_log_step() or step % t.eval_every == 0 or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+        return (self.ctx.is_log_step() or self.ctx.is_eval_step() or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
                 or self.done())
 
     def _sync(self) -> bool:
@@ -176,7 +189,8 @@ class Trainer:
         # every param group's LR, one per block type (groups of one block share it; blockwise LR differs per block)
         metrics.update({f"lr/{g['block']}": g["lr"] for g in self.state.optimizer.param_groups if "block" in g})
         metrics = dict(zip(metrics, read_scalars(list(metrics.values()))))
-        self.logger.log("train", p.step, tokens=p.tokens, flops=p.flops, train_time=p.train_time, **self._rates, **metrics)
+        self.logger.log("train", p.step, tokens=p.tokens, flops=p.flops, optimizer_flops=p.optimizer_flops, train_time=p.train_time,
+                        **self._rates, **metrics)
         return metrics
 
     def fit(self) -> dict[str, float]:
@@ -196,17 +210,19 @@ class Trainer:
                 tokens = out["rows"] * out["seq_len"] * self.world_size
                 step_flops = flops_per_token(self.state.model.config, out["seq_len"]) * tokens
                 p.flops += step_flops  # charged even if the guard discards the step (the compute was spent)
+                p.optimizer_flops += self.optimizer_flops()
                 self._interval[0] += tokens
                 self._interval[1] += step_flops
                 p.step += 1  # provisional until the guard has read this step's non-finite flag (next sync point)
                 p.tokens += tokens
+                self.ctx.step_tokens = tokens
                 self._after_step(out)
                 self.guard.record(p.step, tokens, self.step_metrics)
                 bar.update(1)
                 shown += 1
                 if not self._sync_due():
                     continue
-                due_step = p.step
+                due_step, eval_due = p.step, self.ctx.is_eval_step()
                 rolled_back = self._sync()
                 bar.update(p.step - shown)  # back by the steps the guard uncounted (or to the rollback's step)
                 shown = p.step
@@ -220,7 +236,7 @@ class Trainer:
                     bar.update(0, loss=_fmt(row.get("loss")), val=_fmt(self.eval_metrics.get("val_loss")),
                                tok_s=f"{self._rates['tok_per_s']:,.0f}", mfu=f"{self._rates['mfu']:.1%}" if self._rates["mfu"] is not None else None,
                                L=out["seq_len"], **self.guard.postfix())
-                if p.step % t.eval_every == 0 and not self.done():
+                if eval_due and not self.done():
                     self._eval_and_log()
                     self._restart_clock()
                 if t.checkpoint_every and p.step % t.checkpoint_every == 0 and not self.done():

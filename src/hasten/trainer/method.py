@@ -56,6 +56,7 @@ class RunContext:
     autocast: Callable[[], contextlib.AbstractContextManager]
     batch_shape: BatchShape
     step_metrics: Mapping[str, Any] = field(default_factory=dict)  # this step's loss, grad_norm, lr, ... (device tensors)
+    step_tokens: int = 0  # training tokens of the step just taken (all ranks)
     stop_requested: bool = False
 
     @property
@@ -73,6 +74,15 @@ class RunContext:
     def is_log_step(self) -> bool:
         step = self.state.progress.step
         return step % self.cfg.train.log_every == 0 or step == 1
+
+    def is_eval_step(self) -> bool:
+        """A scheduled evaluation is due after this step: every train.eval_every steps, or each time the training
+        tokens pass a multiple of train.eval_every_tokens when that is set (even cadence in tokens when steps differ
+        in length, e.g. under sequence length warmup)."""
+        t, p = self.cfg.train, self.state.progress
+        if t.eval_every_tokens:
+            return p.tokens // t.eval_every_tokens > (p.tokens - self.step_tokens) // t.eval_every_tokens
+        return p.step % t.eval_every == 0
 
 
 class Method:

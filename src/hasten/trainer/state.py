@@ -15,7 +15,8 @@ from hasten.optim.schedules import LRSchedule
 class Progress:
     step: int = 0  # completed optimizer steps
     tokens: int = 0  # training tokens consumed (targets), charged at the length actually trained
-    flops: float = 0.0  # training FLOPs charged at each step's model size and sequence length
+    flops: float = 0.0  # model FLOPs (forward + backward) charged at each step's model size and sequence length
+    optimizer_flops: float = 0.0  # FLOPs of the optimizer steps (hasten.optim.flops); total compute = flops + this
     train_time: float = 0.0  # seconds spent in training steps (evaluation and saving excluded)
     stage: int = 0  # model stage (incremented by growth)
 

@@ -106,7 +106,7 @@ class Growth(Method):
         p = ctx.state.progress
         # only scheduled evaluations count: a run stopped early evaluates at its stop step too, and a
         # resumed run must see the same points as an uninterrupted one
-        if (stage is not None and stage.at == "slope" and stage.slope_loss == "eval" and p.step % ctx.cfg.train.eval_every == 0
+        if (stage is not None and stage.at == "slope" and stage.slope_loss == "eval" and ctx.is_eval_step()
                 and self._slope_ready(p.step) and self.trigger is not None):
             slope = self.trigger.update(p.flops, val_loss)
             ctx.log("event", p.step, event="growth_slope", slope=slope, val_loss=val_loss, flops=p.flops)
