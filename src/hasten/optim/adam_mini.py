@@ -204,11 +204,11 @@ class AdamMini(torch.optim.Optimizer):
 
     # -- update --------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step_flops(self) -> float:
         """FLOPs of one step (hasten.optim.flops)."""
         return adam_mini_step_flops([p for group in self.param_groups for p in group["params"] if p.requires_grad])
 
+    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         loss = None
         if closure is not None:
