@@ -440,14 +440,13 @@ def readme_block(results: dict, report_path: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results: dict, report_path: str) -> None:
-    """Rewrite the block between the results markers of README.md (nothing else is touched)."""
+def update_readme(readme: Path, block: str) -> None:
+    """Rewrite the block between the results markers of README.md with `block` (nothing else is touched), atomically."""
     text = readme.read_text()
     if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
         raise ConfigError(f"{readme} has no '{BEGIN}' ... '{END}' block to rewrite; add the two markers where the table goes")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{readme_block(results, report_path)}\n{END}{tail}"
     tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(new)
+    tmp.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
     tmp.replace(readme)
