@@ -1,0 +1,223 @@
+"""Trust boundaries (issue 24): a checkpoint from elsewhere runs no code in any loader, checkpoints written before
+the change still load, and what comes from a user's files (a config.yaml, corpus.json, a run name, an output folder)
+is checked before it is used: one line naming the problem and the fix, exit 2, nothing outside the run dir changed.
+
+Most cases run `hasten.cli.main` in process on tiny models; the signal cases need real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hasten.checkpointing import MANIFEST_FILE, STATE_FILE, load_checkpoint
+from hasten.cli import main
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pre-trust"
+
+
+def _main(argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def _cli(capsys, argv) -> tuple[int, list[str], str]:
+    """(exit code, stderr lines that are not progress, notes or warnings, stdout); never a traceback."""
+    code = _main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Exception in thread" not in captured.err, captured.err
+    lines = [line for line in captured.err.splitlines() if line.strip() and "%|" not in line
+             and not line.startswith(("hasten: warning", "hasten: note", "run dir ", "train step "))]
+    return code, lines, captured.out
+
+
+def _one_line_error(capsys, argv, *fragments) -> str:
+    code, lines, _ = _cli(capsys, argv)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hasten: error:"), (code, lines)
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under root (run dir locks aside: a refused command may take and release one)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """The test's current folder: anything written outside the run dir (relative paths included) shows up here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def overrides(tiny_overrides) -> list[str]:
+    return [*tiny_overrides, "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, overrides) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "finished"
+    assert _main(["train", "--run-dir", run, *_sets(overrides)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, overrides) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "sharded"
+    assert _main(["train", "--run-dir", run, *_sets([*overrides, "train.checkpoint_format=sharded"])]) == 0
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- no code from data
+
+
+class _Payload:
+    """Pickles as a call of exec: whatever unpickles it with plain pickle creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def _rehash(checkpoint: Path) -> None:
+    """Rewrite a checkpoint's manifest for its current files, as an attacker would: it then passes verification."""
+    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    for name in manifest["files"]:
+        data = (checkpoint / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (checkpoint / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _newest(run: Path) -> Path:
+    return sorted((run / "checkpoints").glob("step_*"))[-1]
+
+
+def _plant_state_payload(run: Path, marker: Path) -> Path:
+    """Every checkpoint's state.pt of `run` gets a payload beside its real state; returns the newest state.pt."""
+    for checkpoint in (run / "checkpoints").glob("step_*"):
+        state = torch.load(checkpoint / STATE_FILE, weights_only=False)  # our own file, before the payload
+        state["progress"]["note"] = _Payload(marker)
+        torch.save(state, checkpoint / STATE_FILE)
+        _rehash(checkpoint)
+    return _newest(run) / STATE_FILE
+
+
+def _plant_metadata_payload(run: Path, marker: Path) -> Path:
+    """Every sharded checkpoint's DCP .metadata of `run` becomes a payload; returns the newest one."""
+    for checkpoint in (run / "checkpoints").glob("step_*"):
+        (checkpoint / "dcp" / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+        _rehash(checkpoint)
+    return _newest(run) / "dcp" / ".metadata"
+
+
+def _loaders(run: Path, out: Path, overrides: list[str]) -> dict[str, list]:
+    """The eight commands that load a checkpoint a user was given, each pointed at `run`."""
+    return {
+        "eval": ["eval", run],
+        "generate": ["generate", run, "--max-new-tokens", "2"],
+        "export": ["export", run, "--out", out / "hf"],
+        "train --resume": ["train", "--resume", "--run-dir", run],
+        "train --from": ["train", "--from", run, "--run-dir", out / "fork"],
+        "grow": ["grow", run, "--op", "stack", "--factor", "2", "--out", out / "grown"],
+        "sharpness": ["sharpness", run, "--batches", "1", "--out", out / "sharpness"],
+        "train.init_from": ["train", "--run-dir", out / "new", *_sets([*overrides, f"train.init_from={run}"])],
+    }
+
+
+@pytest.mark.parametrize("loader", ["eval", "generate", "export", "train --resume", "train --from", "grow", "sharpness",
+                                    "train.init_from"])
+def test_a_payload_checkpoint_runs_no_code_in_any_loader(capsys, workdir, finished, overrides, loader):
+    run, marker = workdir / "downloaded", workdir / "PWNED"
+    shutil.copytree(finished, run)
+    state = _plant_state_payload(run, marker)
+    torch.load(state, weights_only=False)  # the payload is real: plain unpickling runs it
+    assert marker.exists()
+    marker.unlink()
+    before = _digest(workdir)
+    _one_line_error(capsys, _loaders(run, workdir, overrides)[loader], str(state), "would run code", "builtins.exec")
+    assert not marker.exists()
+    assert _digest(workdir) == before  # nothing written: no fork, grown run, export, report, or changed run
+
+
+@pytest.mark.parametrize("loader", ["eval", "train --resume"])
+def test_a_payload_in_a_sharded_checkpoints_metadata_runs_no_code(capsys, workdir, sharded, overrides, loader):
+    run, marker = workdir / "downloaded", workdir / "PWNED"
+    shutil.copytree(sharded, run)
+    metadata = _plant_metadata_payload(run, marker)
+    before = _digest(workdir)
+    _one_line_error(capsys, _loaders(run, workdir, overrides)[loader], str(metadata), "would run code", "builtins.exec")
+    assert not marker.exists() and _digest(workdir) == before
+
+
+def test_a_clean_sharded_checkpoint_still_loads(capsys, sharded):
+    code, _, out = _cli(capsys, ["eval", sharded])
+    assert code == 0 and json.loads(out)["step"] == 4
+
+
+@pytest.fixture
+def old_runs(workdir) -> Path:
+    """The committed runs written before #24, in the test's folder (their corpus path is relative to it)."""
+    shutil.copytree(FIXTURE / "corpus", workdir / "corpus")
+    shutil.copytree(FIXTURE / "runs", workdir / "runs")
+    return workdir / "runs"
+
+
+def test_checkpoints_written_before_the_change_still_evaluate_generate_and_export(capsys, old_runs):
+    for run, average, step in ((old_runs / "growth-ema", "ema", 7), (old_runs / "lawa-swa", "lawa", 8)):
+        for weights in ("raw", average):
+            code, _, out = _cli(capsys, ["eval", run, "--weights", weights])
+            assert code == 0 and json.loads(out)["step"] == step, out
+        code, _, out = _cli(capsys, ["generate", run, "--prompt", "The ", "--max-new-tokens", "3"])
+        assert code == 0 and out.startswith("The ")
+    assert _main(["export", old_runs / "lawa-swa", "--out", old_runs.parent / "hf"]) == 0
+
+
+def test_checkpoints_written_before_the_change_still_resume(capsys, old_runs):
+    for run, step in ((old_runs / "growth-ema", 7), (old_runs / "lawa-swa", 8)):
+        rows = len((run / "metrics.jsonl").read_text().splitlines())
+        code, lines, _ = _cli(capsys, ["train", "--resume", "--run-dir", run])
+        assert code == 0, lines
+        state = load_checkpoint(run / "checkpoints")
+        assert state["progress"]["step"] == 12 and step < 12
+        assert len((run / "metrics.jsonl").read_text().splitlines()) > rows  # continued, not restarted
+    growth = load_checkpoint(old_runs / "growth-ema" / "checkpoints")
+    assert growth["model_config"]["d_model"] == 16 and growth["unit_masks"] is None  # the ramp, resumed mid-way, ended
+
+
+@pytest.fixture
+def exported(workdir, finished) -> Path:
+    assert _main(["export", finished, "--out", workdir / "hf"]) == 0
+    return workdir / "hf"
+
+
+def test_import_hf_of_a_truncated_safetensors_file_is_one_line(capsys, workdir, exported):
+    weights = exported / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    _one_line_error(capsys, ["import-hf", exported, "--out", workdir / "imported"], str(weights), "truncated or damaged")
+    assert not (workdir / "imported").exists()
+
+
+def test_import_hf_of_a_pickle_that_would_run_code_is_one_line(capsys, workdir, exported):
+    from safetensors.torch import load_file
+
+    tensors = load_file(exported / "model.safetensors")
+    (exported / "model.safetensors").unlink()
+    marker, weights = workdir / "PWNED", exported / "pytorch_model.bin"
+    torch.save({**tensors, "payload": _Payload(marker)}, weights)
+    _one_line_error(capsys, ["import-hf", exported, "--out", workdir / "imported"], str(weights), "would run code", "builtins.exec")
+    assert not marker.exists() and not (workdir / "imported").exists()
+    torch.save(tensors, weights)  # the same weights without the payload import as before
+    assert _main(["import-hf", exported, "--out", workdir / "imported"]) == 0
