@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -221,3 +222,80 @@ def test_import_hf_of_a_pickle_that_would_run_code_is_one_line(capsys, workdir, 
     assert not marker.exists() and not (workdir / "imported").exists()
     torch.save(tensors, weights)  # the same weights without the payload import as before
     assert _main(["import-hf", exported, "--out", workdir / "imported"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- resume keeps history
+
+
+@pytest.fixture
+def run_copy(workdir, finished) -> Path:
+    copy = workdir / "copy"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def test_resume_refuses_a_run_whose_checkpoints_are_gone_and_the_advice_works(capsys, workdir, run_copy):
+    shutil.rmtree(run_copy / "checkpoints")
+    before = _digest(workdir)
+    line = _one_line_error(capsys, ["train", "--resume", "--run-dir", run_copy], "no checkpoint", "checkpoints up to step 4",
+                           "restore checkpoints/", "start over in a new run dir")
+    assert _digest(workdir) == before  # metrics.jsonl and summary.json kept, nothing retrained
+    advice = line[line.index("hasten train "):].split()
+    assert _main([*advice[1:-1], workdir / "again"]) == 0  # `hasten train RUN/config.yaml --run-dir NEW_DIR` starts over
+
+
+def test_resume_and_fork_refuse_a_config_yaml_edited_against_the_checkpoint(capsys, workdir, run_copy):
+    config = run_copy / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("batch_size: 8", "batch_size: 4").replace("lr: 0.003", "lr: 0.001"))
+    before = _digest(workdir)
+    for argv in (["train", "--resume", "--run-dir", run_copy], ["train", "--from", run_copy, "--run-dir", workdir / "fork"]):
+        _one_line_error(capsys, argv, str(config), "train.batch_size 8 -> 4", "optim.lr 0.003 -> 0.001", "put the checkpoint's values back")
+        assert _digest(workdir) == before
+    config.write_text(original.replace("max_steps: 4", "max_steps: 6"))  # a budget: what a stopped continuation leaves behind
+    assert _main(["train", "--resume", "--run-dir", run_copy]) == 0
+    assert load_checkpoint(run_copy / "checkpoints")["progress"]["step"] == 6
+
+
+# ---------------------------------------------------------------------------------------------- paths stay where they belong
+
+
+def test_a_run_name_cannot_leave_the_runs_folder(capsys, workdir, overrides):
+    (workdir / "project").mkdir()
+    os.chdir(workdir / "project")  # the default run dir is runs/NAME-TIMESTAMP under the current folder
+    for name in ("../../escaped", "a/b", ".."):
+        _one_line_error(capsys, ["train", *_sets([*overrides, f"name={name}"])], f"name={name!r} must be a plain name", "--run-dir")
+    assert [p.name for p in workdir.rglob("*")] == ["project"]
+
+
+def test_export_and_import_refuse_any_folder_inside_a_run_even_with_force(capsys, workdir, run_copy, exported):
+    step = _newest(run_copy)
+    (run_copy / "tensorboard").mkdir()
+    before = _digest(workdir)
+    for out in (step, run_copy / "tensorboard", run_copy / "checkpoints", run_copy / "hf"):
+        for force in ([], ["--force"]):
+            _one_line_error(capsys, ["export", run_copy, "--out", out, *force], f"is inside the hasten run dir {run_copy}")
+            _one_line_error(capsys, ["import-hf", exported, "--out", out, *force], f"is inside the hasten run dir {run_copy}")
+    _one_line_error(capsys, ["export", run_copy, "--out", run_copy, "--force"], "is a hasten run dir")
+    assert _digest(workdir) == before and not (run_copy / "hf").exists()
+
+
+def test_grow_into_a_run_or_onto_a_full_disk_is_one_line_and_the_retry_works(capsys, workdir, monkeypatch, run_copy):
+    import errno
+
+    import hasten.checkpointing.files as files
+
+    grow = ["grow", run_copy, "--op", "stack", "--factor", "2", "--out"]
+    _one_line_error(capsys, [*grow, run_copy / "grown"], f"is inside the run dir {run_copy}")
+    before = _digest(workdir)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(files, "_write_file", full)  # the checkpoint, after metrics.jsonl, tokenizer and corpus were written
+        _one_line_error(capsys, [*grow, workdir / "grown"], "creating grown run dir", "No space left on device",
+                        "run the same command again")
+    assert _digest(workdir) == before and sorted(p.name for p in workdir.iterdir()) == ["copy"]  # no half-written --out
+    code, _, _ = _cli(capsys, [*grow, workdir / "grown"])
+    assert code == 0 and load_checkpoint(workdir / "grown" / "checkpoints")["model_config"]["n_layers"] == 4
