@@ -11,6 +11,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -299,3 +303,135 @@ def test_grow_into_a_run_or_onto_a_full_disk_is_one_line_and_the_retry_works(cap
     assert _digest(workdir) == before and sorted(p.name for p in workdir.iterdir()) == ["copy"]  # no half-written --out
     code, _, _ = _cli(capsys, [*grow, workdir / "grown"])
     assert code == 0 and load_checkpoint(workdir / "grown" / "checkpoints")["model_config"]["n_layers"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- one line for each
+
+
+def test_eval_of_a_run_with_a_corrupt_corpus_json_is_one_line(capsys, workdir, run_copy):
+    for garbage in ("{not json", "[1, 2]", '{"split_version": "two"}'):
+        (run_copy / "corpus.json").write_text(garbage)
+        _one_line_error(capsys, ["eval", run_copy], str(run_copy / "corpus.json"), "is unreadable", "restore it")
+
+
+def test_eval_of_a_run_without_a_checkpoint_yet_says_so(capsys, workdir, run_copy):
+    for checkpoint in _newest(run_copy).parent.iterdir():
+        shutil.rmtree(checkpoint)
+    for target in (run_copy, run_copy / "checkpoints"):
+        line = _one_line_error(capsys, ["eval", target], f"run {run_copy} has no checkpoint yet", "--resume")
+        assert "manifest" not in line
+    _one_line_error(capsys, ["eval", workdir], f"{workdir} is not a checkpoint")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--temperature", "nan"], "--temperature=nan must be a number >= 0"),
+    (["--temperature", "inf"], "--temperature=inf must be a number >= 0"),
+    (["--num-samples", "0"], "--num-samples=0 must be >= 1"),
+    (["--num-samples", "-2"], "--num-samples=-2 must be >= 1"),
+])
+def test_generate_refuses_values_it_cannot_use(capsys, finished, argv, fragment):
+    _one_line_error(capsys, ["generate", finished, *argv], fragment)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--nproc", "0"], "--nproc=0 must be >= 1"),
+    (["--nproc", "-1"], "--nproc=-1 must be >= 1"),
+    (["--stop-at-step", "0"], "--stop-at-step=0 must be >= 1"),
+    (["--stop-at-step", "-3"], "--stop-at-step=-3 must be >= 1"),
+])
+def test_train_refuses_unusable_process_counts_and_stop_steps(capsys, workdir, overrides, argv, fragment):
+    _one_line_error(capsys, ["train", "--run-dir", workdir / "run", *_sets(overrides), *argv], fragment)
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_stop_step_the_run_has_passed_is_refused_before_anything_is_written(capsys, workdir, run_copy):
+    before = _digest(workdir)
+    for argv in (["--resume", "--run-dir", run_copy], ["--from", run_copy, "--run-dir", workdir / "fork"]):
+        _one_line_error(capsys, ["train", *argv, "--stop-at-step", "3", "--set", "train.max_steps=8"], "--stop-at-step=3 must be above 4")
+        assert _digest(workdir) == before
+    assert _main(["train", "--resume", "--run-dir", run_copy, "--stop-at-step", "6", "--set", "train.max_steps=8"]) == 0
+    assert load_checkpoint(run_copy / "checkpoints")["progress"]["step"] == 6
+
+
+def test_a_model_too_large_to_allocate_is_one_line(capsys, workdir, overrides):
+    huge = "model={preset: tiny, vocab_size: 16777216, d_model: 16777216, n_heads: 1, d_ff: 1}"
+    _one_line_error(capsys, ["train", "--run-dir", workdir / "run", *_sets([*overrides, huge])], "parameters",
+                    "more than this machine can allocate", "pick a smaller model")
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_full_disk_in_the_tensorboard_writer_thread_is_one_line(capsys, workdir, monkeypatch, overrides):
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    real, writes = record_writer.RecordWriter.write, []
+
+    def nearly_full(self, data):  # room for the first few events only
+        writes.append(len(data))
+        if len(writes) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", nearly_full)  # called in TensorBoard's own writer thread
+    run = workdir / "run"
+    _one_line_error(capsys, ["train", "--run-dir", run, *_sets([*overrides, "train.tensorboard=true"])],
+                    f"TensorBoard events to {run / 'tensorboard'} failed", "No space left on device", "train.tensorboard=false")
+    monkeypatch.undo()
+    assert _main(["train", "--resume", "--run-dir", run, "--set", "train.tensorboard=false"]) == 0  # the advice works
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _trained(run: Path) -> bool:
+    return (run / "metrics.jsonl").is_file() and '"kind": "train"' in (run / "metrics.jsonl").read_text()
+
+
+@pytest.fixture
+def long_run(tiny_overrides) -> list[str]:
+    return [*tiny_overrides, "train.max_steps=100000", "train.log_every=1", "train.checkpoint_every=4", "train.eval_every=100000",
+            "train.device=cpu"]
+
+
+@pytest.mark.slow  # a launch of 2 ranks (~10 s on 2 cores)
+def test_a_worker_killed_under_nproc_is_named_by_rank_and_signal(workdir, long_run):
+    run = workdir / "ddp"
+    proc = subprocess.Popen([sys.executable, "-m", "hasten", "train", "--run-dir", str(run), *_sets(long_run), "--nproc", "2"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _trained(run), proc, 240, "training")
+        [rank1] = [pid for pid in _processes_mentioning(str(run)) if b"RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        os.kill(rank1, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert lines[-1].startswith("hasten: error: rank 1 was killed by SIGKILL") and "--resume" in lines[-1], err
+    deadline = time.time() + 10
+    while _processes_mentioning(str(run)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(run)) == []

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from hasten import plots
+from hasten.checkpointing import checkpoint_step, checkpoints_dir, latest_good_checkpoint
 from hasten.errors import ConfigError, HastenError
 from hasten.parallel.launch import launch, launched_worker, report_to_launcher
 from hasten.parallel.ranks import Distributed, broadcast_object, init_distributed
@@ -23,7 +24,11 @@ def cmd_train(args) -> int:
         raise ConfigError("--resume continues a run in place and --from forks one into a new run dir; give one of them")
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir RUN_DIR (the run to continue)")
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc={args.nproc} must be >= 1 (the number of local processes)")
     continued = args.run_dir if args.resume else args.from_run
+    if args.stop_at_step is not None:
+        _check_stop_step(args.stop_at_step, continued)
     # a continued run starts from its own config: a recipe or --set changes only what they name
     cfg = load_config(args.recipe, args.overrides, base=run_config_values(continued) if continued else None)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -57,6 +62,18 @@ def cmd_train(args) -> int:
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2), run_dir)
     print(f"done: val loss {final['val_loss']:.4f} after {trainer.state.progress.tokens:,} tokens; plot {plot}")
     return 0
+
+
+def _check_stop_step(step: int, continued: str | None) -> None:
+    """--stop-at-step must lie ahead of the run: a step already done would never be reached, so the run would not stop."""
+    done = 0
+    if continued is not None:
+        newest = latest_good_checkpoint(checkpoints_dir(continued), report=lambda message: None)
+        done = checkpoint_step(newest) if newest is not None else 0
+    if step < 1:
+        raise ConfigError(f"--stop-at-step={step} must be >= 1 (the number of completed steps to stop after)")
+    if step <= done:
+        raise ConfigError(f"--stop-at-step={step} must be above {done}, the step the run continues from; give a later step to stop after")
 
 
 class StopOnSignal:

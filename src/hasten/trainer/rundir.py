@@ -120,13 +120,24 @@ def _resolved(cfg: RunConfig) -> dict:
     return {**cfg.to_dict(), "model": cfg.model_config().to_dict()}
 
 
-def _read_corpus_record(run_dir: Path) -> dict | None:
+def read_corpus_record(run_dir: Path) -> dict | None:
+    """A run's corpus.json (None if it has none: started by an older hasten); one line if it is unusable."""
     path = run_dir / CORPUS_FILE
     if not path.exists():
+        return None
+    unusable = "is unreadable; restore it, or delete it to continue without the corpus check"
+    record = _read_mapping(path, json.loads, unusable)
+    if not isinstance(record.get("split_version", 1), int):
+        raise ConfigError(f"{path} {unusable}")
+    return record
+
+
+def _read_corpus_record(run_dir: Path) -> dict | None:
+    record = read_corpus_record(run_dir)
+    if record is None:
         print(f"hasten: warning: {run_dir} has no {CORPUS_FILE} (started by an older hasten): its corpus cannot be checked",
               file=sys.stderr)
-        return None
-    return _read_mapping(path, json.loads, "is unreadable; restore it, or delete it to continue without the corpus check")
+    return record
 
 
 def plan_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, fork_from: Path | None = None) -> RunDirPlan:
