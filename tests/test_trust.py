@@ -435,3 +435,160 @@ def test_a_worker_killed_under_nproc_is_named_by_rank_and_signal(workdir, long_r
     while _processes_mentioning(str(run)) and time.time() < deadline:
         time.sleep(0.2)
     assert _processes_mentioning(str(run)) == []
+
+
+# ---------------------------------------------------------------------------------------------- compare keeps train's contract
+
+
+def _recipes(folder: Path, cache_dir: str, source: str = "stdlib", steps: int = 4, names=("slow", "fast")) -> list[Path]:
+    """Tiny recipes for `hasten compare` (a long `steps` keeps them training until a signal)."""
+    folder.mkdir(exist_ok=True)
+    where = "" if source == "stdlib" else f", source: {source}"
+    data = f"{{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}{where}}}"
+    (folder / "_base.yaml").write_text(
+        f"model: tiny\ndata: {data}\nschedule: {{warmup_steps: 2}}\n"
+        f"train: {{batch_size: 4, max_steps: {steps}, eval_every: 100000, eval_sequences: 4, checkpoint_every: 4, log_every: 1,"
+        " tensorboard: false, peak_flops: 1.0e10, device: cpu}\n")
+    paths = []
+    for name, lr in zip(names, ("1.0e-3", "1.0e-2")):
+        (folder / f"{name}.yaml").write_text(f"base: _base.yaml\noptim: {{lr: {lr}}}\n")
+        paths.append(folder / f"{name}.yaml")
+    return paths
+
+
+def test_compare_refuses_an_out_folder_of_the_users_files_unless_forced(capsys, workdir, cache_dir):
+    from hasten.compare.runner import OUTPUT_MARKER, claim_report_dir
+
+    recipes = _recipes(workdir / "recipes", cache_dir)
+    mine = workdir / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report")
+    (mine / "results.json").write_text('{"mine": true}')
+    before = _digest(workdir)
+    _one_line_error(capsys, ["compare", *recipes, "--out", mine], "is not empty (holds report.md, results.json)",
+                    "not a hasten compare output", "--force")
+    assert _digest(workdir) == before
+    claim_report_dir(mine, force=True)  # what --force does before the runs: the folder is marked, the user's files stay
+    assert (mine / OUTPUT_MARKER).is_file() and _digest(workdir) == {**before, f"mine/{OUTPUT_MARKER}": _digest(mine)[OUTPUT_MARKER]}
+    claim_report_dir(mine)  # from now on it is compare's own: no --force needed
+
+
+def test_compare_never_writes_into_a_run_dir_or_a_compared_corpus(capsys, workdir, cache_dir, finished):
+    corpus = workdir / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"doc{i}.txt").write_text("the model reads data and learns to predict each next token\n" * 20)
+    recipes = _recipes(workdir / "recipes", cache_dir, source=str(corpus))
+    shutil.copytree(finished, workdir / "run")
+    before = _digest(workdir)
+    for force in ([], ["--force"]):
+        _one_line_error(capsys, ["compare", *recipes, "--out", workdir / "run", *force], "is a hasten run dir")
+        _one_line_error(capsys, ["compare", *recipes, "--out", workdir / "run" / "reports", *force], "is inside the hasten run dir")
+        for out in (corpus, corpus / "reports"):
+            _one_line_error(capsys, ["compare", *recipes, "--out", out, *force], "is inside the corpus of recipe slow", "outside it")
+    assert _digest(workdir) == before and not (corpus / "reports").exists()
+
+
+def test_compare_outputs_from_before_the_marker_are_its_own(workdir):
+    from hasten.compare.runner import OUTPUT_MARKER, _is_compare_output, claim_report_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    assert _is_compare_output(repo / "benchmarks" / "results" / "standard")  # benchmarks/speedup.py's records, read only
+    with_results = workdir / "reported"
+    with_results.mkdir()
+    (with_results / "results.json").write_text(json.dumps({"format": "hasten-compare-2"}))
+    interrupted = workdir / "interrupted"
+    (interrupted / "runs" / ".half-started.starting-x").mkdir(parents=True)  # a grid stopped before its first report
+    (interrupted / ".running").mkdir()
+    for folder in (with_results, interrupted):
+        claim_report_dir(folder)
+        assert (folder / OUTPUT_MARKER).is_file()
+    (interrupted / "notes.txt").write_text("mine")  # a folder with something else in it is not one
+    (interrupted / OUTPUT_MARKER).unlink()
+    assert not _is_compare_output(interrupted)
+
+
+def _workers(pid: int) -> list[int]:
+    """The pool workers among a process's children (multiprocessing's resource tracker aside)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            spawned = b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and spawned:  # the field after the state is the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pids: list[int], wait: float = 60) -> list[int]:
+    """Those of `pids` still running after up to `wait` seconds (zombies count as gone)."""
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.time() + wait
+    while any(map(running, pids)) and time.time() < deadline:
+        time.sleep(0.2)
+    return [pid for pid in pids if running(pid)]
+
+
+def _events(run: Path, event: str) -> int:
+    path = run / "metrics.jsonl"
+    return path.read_text().count(f'"event": "{event}"') if path.is_file() else 0
+
+
+@pytest.mark.slow  # three launches of a 2-worker grid (~1 min on 2 cores)
+def test_compare_workers_stop_with_a_checkpoint_die_with_it_and_the_rerun_resumes(workdir, cache_dir):
+    recipes = _recipes(workdir / "recipes", cache_dir, steps=100000)
+    out = workdir / "out"
+    runs = [out / "runs" / "slow-seed0", out / "runs" / "fast-seed0"]
+    command = [sys.executable, "-m", "hasten", "compare", *map(str, recipes), "--jobs", "2", "--out", str(out)]
+
+    def launch(ready) -> tuple[subprocess.Popen, list[int]]:
+        proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: all(ready(run) for run in runs), proc, 240, "both runs training")
+        return proc, _workers(proc.pid)
+
+    def steps() -> list[int]:
+        return [load_checkpoint(run / "checkpoints")["progress"]["step"] for run in runs]
+
+    proc, workers = launch(_trained)  # SIGTERM: the workers stop after their step with a checkpoint, the grid exits 143
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("hasten: stopped by SIGTERM") and _alive(workers) == []
+    first = steps()
+    assert all(step > 0 for step in first)
+
+    proc, workers = launch(lambda run: _events(run, "resumed") == 1)  # the rerun resumes; SIGKILL of the grid ends its workers
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _alive(workers) == []  # none left training (nor holding its run's lock)
+    second = steps()
+    assert all(b > a for a, b in zip(first, second))  # they checkpointed on their way out
+
+    proc, workers = launch(lambda run: _events(run, "resumed") == 2)  # and a Ctrl-C stops it as SIGTERM does
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+    assert _alive(workers) == [] and all(b >= a for a, b in zip(second, steps()))
+
+
+@pytest.mark.slow  # one launch of a grid run in process (~15 s on 2 cores)
+def test_compare_in_one_process_stops_its_run_with_a_checkpoint_and_starts_no_other(workdir, cache_dir):
+    recipes = _recipes(workdir / "recipes", cache_dir, steps=100000)
+    out = workdir / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "hasten", "compare", *map(str, recipes), "--out", str(out)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "runs" / "slow-seed0"
+    _wait_for(lambda: _trained(first), proc, 240, "the first run training")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert load_checkpoint(first / "checkpoints")["progress"]["step"] > 0 and not (first / "summary.json").exists()
+    assert not (out / "runs" / "fast-seed0").exists() and list((out / ".running").iterdir()) == []

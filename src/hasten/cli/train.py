@@ -1,4 +1,4 @@
-"""`hasten train`: a new run, `--resume`, `--from` a fork, `--nproc` ranks; stops cleanly on SIGTERM/SIGINT."""
+"""`hasten train`: a new run, `--resume`, `--from` a fork, `--nproc` ranks; stops cleanly on SIGTERM/SIGINT (StopOnSignal)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from hasten.errors import ConfigError, HastenError
 from hasten.parallel.launch import launch, launched_worker, report_to_launcher
 from hasten.parallel.ranks import Distributed, broadcast_object, init_distributed
 from hasten.recipes import build_trainer, load_config
-from hasten.trainer.method import AgreeOnStop, StopAt
+from hasten.trainer.method import StopAt
 from hasten.trainer.rundir import run_config_values
+from hasten.trainer.stopping import StopOnSignal
 
 
 def cmd_train(args) -> int:
@@ -74,41 +75,6 @@ def _check_stop_step(step: int, continued: str | None) -> None:
         raise ConfigError(f"--stop-at-step={step} must be >= 1 (the number of completed steps to stop after)")
     if step <= done:
         raise ConfigError(f"--stop-at-step={step} must be above {done}, the step the run continues from; give a later step to stop after")
-
-
-class StopOnSignal:
-    """SIGTERM / SIGINT (preemption, Ctrl-C) end the run at the next step boundary with the usual final evaluation
-    and checkpoint; a second Ctrl-C stops at once. With several ranks the stop is agreed at each step (one tiny
-    all-reduce on the CPU), so every rank stops after the same step."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, trainer):
-        self.trainer, self.signal, self.previous = trainer, None, {}
-        for sig in self.SIGNALS:
-            self.previous[sig] = signal.signal(sig, self._handle)
-        if trainer.world_size > 1:
-            trainer.methods.append(AgreeOnStop(lambda: self.signal is not None))
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            if signum == signal.SIGINT:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            return  # a repeated SIGTERM (e.g. one per thread from PR_SET_PDEATHSIG): already stopping
-        self.signal = signum
-        if self.trainer.world_size == 1:
-            self.trainer.stop_requested = True
-        if self.trainer.is_main:
-            try:
-                again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-                print(f"\nhasten: {signal.Signals(signum).name} received; stopping after this step with a checkpoint{again}",
-                      file=sys.stderr, flush=True)
-            except RuntimeError:  # a print interrupted by this handler
-                pass
-
-    def uninstall(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _stopped_code(stop: StopOnSignal) -> int:

@@ -1,8 +1,9 @@
 """`hasten train --nproc N` runs torch.distributed.run's agent in this process (no torchrun child), so
 its SIGTERM/SIGINT handling covers the workers directly: they get the signal and stop at the next
-step boundary with a checkpoint. Each worker dies with its launcher (PR_SET_PDEATHSIG), so not even a
-SIGKILL of the launcher leaves orphans. Workers report errors through files in REPORT_ENV instead of
-printing them, and the launcher prints the first user error once, without torchrun's traceback.
+step boundary with a checkpoint. Each worker dies with its launcher (PR_SET_PDEATHSIG, die_with_parent,
+which `hasten compare`'s worker processes use too), so not even a SIGKILL of the launcher leaves orphans.
+Workers report errors through files in REPORT_ENV instead of printing them, and the launcher prints the
+first user error once, without torchrun's traceback.
 """
 
 from __future__ import annotations
@@ -43,13 +44,20 @@ def launched_worker() -> bool:
 def die_with_launcher() -> None:
     """In a launched worker: ask Linux to send SIGTERM when the launcher (our parent) dies."""
     launcher = os.environ.get(LAUNCHER_ENV)
-    if launcher is None or not launched_worker() or not sys.platform.startswith("linux"):
+    if launcher is not None and launched_worker():
+        die_with_parent(int(launcher))
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to send this process SIGTERM when `parent` (the process that started it) dies, so that not even a
+    SIGKILL of the parent leaves it running (PR_SET_PDEATHSIG); used by --nproc's workers and compare's pool."""
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != int(launcher):  # it died before the prctl took effect
+    if os.getppid() != parent:  # it died before the prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
