@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from hasten.checkpointing import MANIFEST_FILE, STATE_FILE, load_checkpoint
+from hasten.checkpointing.files import read_state
 from hasten.cli import main
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pre-trust"
@@ -165,6 +166,22 @@ def test_a_payload_in_a_sharded_checkpoints_metadata_runs_no_code(capsys, workdi
     before = _digest(workdir)
     _one_line_error(capsys, _loaders(run, workdir, overrides)[loader], str(metadata), "would run code", "builtins.exec")
     assert not marker.exists() and _digest(workdir) == before
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("model_config", {"d_model": 32, "backdoor": 1}, "has a model config hasten cannot build"),
+    ("model_config", {"d_model": 2**40}, "has a model config hasten cannot build"),
+    ("progress", [1, 2, 3], "holds a list as its progress"),
+    ("config", "name: x", "holds a str as its config"),
+])
+def test_a_checkpoint_of_plain_values_that_hasten_cannot_use_is_one_line(capsys, workdir, finished, key, value, fragment):
+    run = workdir / "downloaded"
+    shutil.copytree(finished, run)
+    state = read_state(_newest(run) / STATE_FILE)
+    state[key] = value
+    torch.save(state, _newest(run) / STATE_FILE)
+    _rehash(_newest(run))
+    _one_line_error(capsys, ["eval", run], str(_newest(run)), fragment)
 
 
 def test_a_clean_sharded_checkpoint_still_loads(capsys, sharded):

@@ -97,6 +97,9 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
     _check_model_config(state["model_config"], path)
     if "config" not in state:
         return ModelCheckpoint(state["model_config"], state["model"], path)
+    for key in ("config", "progress", "schedule", "sampler", "rng"):  # mappings every loader reads into
+        if key in state and not isinstance(state[key], dict):
+            raise CheckpointError(f"checkpoint {path} holds a {type(state[key]).__name__} as its {key}; it was not written by hasten")
     try:
         return TrainCheckpoint(
             config=state["config"], model_config=state["model_config"], progress=state["progress"], schedule=state["schedule"],
