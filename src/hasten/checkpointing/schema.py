@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from hasten.checkpointing.files import load_checkpoint
-from hasten.config import RunConfig, config_from_dict
-from hasten.errors import CheckpointError
+from hasten.config import ModelConfig, RunConfig, config_from_dict
+from hasten.errors import CheckpointError, ConfigError
 
 TRAIN_FORMAT = "hasten-train-state"
 MODEL_FORMAT = "hasten-model"
@@ -94,8 +94,12 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
     path = Path(state["_path"]) if state.get("_path") else None
     if "model_config" not in state or ("model" not in state and not state.get("sharded")):
         raise CheckpointError(f"{path} holds no model (format {state.get('format')!r}); give a hasten run or checkpoint dir")
+    _check_model_config(state["model_config"], path)
     if "config" not in state:
         return ModelCheckpoint(state["model_config"], state["model"], path)
+    for key in ("config", "progress", "schedule", "sampler", "rng"):  # mappings every loader reads into
+        if key in state and not isinstance(state[key], dict):
+            raise CheckpointError(f"checkpoint {path} holds a {type(state[key]).__name__} as its {key}; it was not written by hasten")
     try:
         return TrainCheckpoint(
             config=state["config"], model_config=state["model_config"], progress=state["progress"], schedule=state["schedule"],
@@ -105,6 +109,15 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
             unit_masks=state.get("unit_masks"), path=path)
     except KeyError as err:
         raise CheckpointError(f"checkpoint {path} has no {err.args[0]!r}; it was not written by hasten train") from None
+
+
+def _check_model_config(values, path: Path | None) -> None:
+    """A checkpoint's model shape must be one hasten can build (checked before anything allocates it)."""
+    try:
+        ModelConfig(**values).validate()
+    except (TypeError, ConfigError) as err:
+        raise CheckpointError(f"checkpoint {path} has a model config hasten cannot build ({str(err)[:160]}); it was not written "
+                              "by this version of hasten") from None
 
 
 def checkpoints_dir(path: str | Path) -> Path:

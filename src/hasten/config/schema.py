@@ -217,6 +217,9 @@ class RunConfig:
         return self.train.max_tokens or self.planned_steps() * self.train.batch_size * self.seq_len
 
     def validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(f"name={self.name!r} must be a plain name (no '/', not '.' or '..'): a new run goes to runs/NAME-TIMESTAMP; "
+                              "give --run-dir to put it elsewhere")
         for part in (self.data, self.optim, self.schedule, self.train):
             part.validate()
         mcfg = self.model_config()

@@ -34,7 +34,15 @@ from hasten.trainer.checkpoints import restore
 from hasten.trainer.loop import Trainer
 from hasten.trainer.method import Method
 from hasten.trainer.monitor import StabilityMonitor
-from hasten.trainer.rundir import CORPUS_FILE, RunDirPlan, abandon, commit_run_dir, flatten, plan_run_dir
+from hasten.trainer.rundir import (
+    CORPUS_FILE,
+    RunDirPlan,
+    abandon,
+    check_checkpoint_config,
+    commit_run_dir,
+    flatten,
+    plan_run_dir,
+)
 from hasten.trainer.state import Progress, TrainState
 
 LoadInit = Callable[[str], nn.Module]  # train.init_from -> a model holding the starting weights
@@ -172,6 +180,8 @@ def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_pat
     seed_everything(cfg.train.seed)
     checkpoint = _open_resume_checkpoint(ckpt_path) if ckpt_path is not None else None
     if plan is not None:
+        if checkpoint is not None:
+            check_checkpoint_config(plan, checkpoint.run_config(), checkpoint.path)
         _check_budget(plan, cfg, checkpoint)
     if checkpoint is not None:
         model_cfg = ModelConfig(**checkpoint.model_config)  # the current stage's model (growth changes it)
