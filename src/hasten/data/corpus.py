@@ -25,8 +25,10 @@ import glob
 import hashlib
 import json
 import os
+import re
 import stat
 import sysconfig
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,26 +265,25 @@ def _load_failed(source: str, err: Exception) -> DataError:
                      "or save the dataset locally (datasets save_to_disk) and point data.source at that folder")
 
 
+_LINE_BREAK = re.compile(r"(?<=\S)\n(?=\S)")  # cut after it
+_WORD_BREAK = re.compile(r"(?<=\S) (?=\S)")  # cut before it
+
+
 def _cut(text: str, limit: int) -> int:
-    """Where to end a piece of at most `limit` characters: after a newline that a non-space follows (a byte-level
-    BPE splits there anyway), else after any newline, else after a space, else at the limit."""
-    head = text[:limit]
-    pos = len(head)
-    while True:
-        pos = head.rfind("\n", 0, pos)
-        if pos < 0 or pos + 1 >= len(text):
-            break
-        if not text[pos + 1].isspace():
-            return pos + 1
-    for sep in ("\n", " "):
-        pos = head.rfind(sep)
-        if pos >= 0:
-            return pos + 1
+    """Where to end a piece of at most `limit` characters: where a byte-level BPE (GPT-2's pre-tokenizer) splits
+    anyway, so the pieces encode to the same ids as the whole: after a newline between two non-spaces, else before
+    a space between two non-spaces; a text without either is cut at the limit."""
+    for window in (max(0, limit - (1 << 16)), 0):
+        for pattern, after in ((_LINE_BREAK, 1), (_WORD_BREAK, 0)):
+            last = deque(pattern.finditer(text, window, limit), maxlen=1)
+            if last and last[0].start() + after > 0:
+                return last[0].start() + after
     return limit
 
 
-def pieces(text: str, limit: int = PIECE_CHARS) -> Iterator[str]:
-    """A document as pieces of at most `limit` characters (one piece when it is that short)."""
+def pieces(text: str, limit: int | None = None) -> Iterator[str]:
+    """A document as pieces of at most `limit` characters (default PIECE_CHARS; one piece when it is that short)."""
+    limit = limit or PIECE_CHARS
     while len(text) > limit:
         cut = _cut(text, limit)
         yield text[:cut]

@@ -167,7 +167,8 @@ def prepare_tokens(
         directory = cache_root(cache_dir) / "tokens" / _dir_name(src, tokenizer_hash(tok_path), settings)
     manifest = _prepared(directory, src, wanted, tok, tok_path, settings, owned=out is None)
     shards = _prefix(manifest, expect)
-    return _token_data(directory, manifest, shards, tok_path, source, split_version, val_fraction, val_tokens, split_seed, expect)
+    return _token_data(directory, manifest, shards, tok_path, source, split_version, val_fraction, val_tokens, split_seed, expect,
+                       src.skipped)
 
 
 def _dir_name(src: Source, tok_sha: str, settings: _Settings) -> str:
@@ -552,8 +553,14 @@ def _prefix(manifest: dict, expect: dict | None) -> list[dict]:
 
 
 def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: Path, source: str, split_version: int,
-                val_fraction: float, val_tokens: int | None, split_seed: int, expect: dict | None) -> TokenData:
+                val_fraction: float, val_tokens: int | None, split_seed: int, expect: dict | None,
+                listing: Skipped | None = None) -> TokenData:
+    """The run's view of a token dir; `listing`: what the corpus's listing leaves out now (else as recorded)."""
     shards = ShardSet(directory, entries, manifest["dtype"])
+    skipped = Skipped(manifest["skipped"], manifest["skipped_examples"])
+    if listing is not None:
+        skipped = Skipped(manifest["read_skipped"]["counts"], manifest["read_skipped"]["examples"])
+        skipped.merge(listing)
     train, val, documents = split_view(shards, split_version, val_fraction, val_tokens, split_seed)
     files = None
     if manifest.get("files") is not None:
@@ -585,8 +592,8 @@ def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: 
         "tokens": split_tokens,
         "shards": len(entries),
         "bytes": manifest["bytes"],
-        "skipped": manifest["skipped"],
-        "skipped_examples": manifest["skipped_examples"],
+        "skipped": skipped.counts,
+        "skipped_examples": skipped.examples,
         "val_fraction": val_fraction,
         "val_tokens": val_tokens,
         "split_seed": split_seed,
