@@ -267,12 +267,12 @@ def check_tokens(expect: dict, data: TokenData) -> None:
 
 def data_difference(reference: dict, other: dict) -> str | None:
     """What differs between two ranks' corpus records (None: the same tokens), for the one line that refuses it."""
-    if reference.get("tokenizer_sha256") != other.get("tokenizer_sha256"):
-        return "its tokenizer differs"
-    if reference.get("files") is not None and other.get("files") is not None:
+    if reference.get("files") is not None and other.get("files") is not None:  # the cause first: a file that differs
         changes = corpus_changes(reference["files"], other["files"])
         if changes:
             return "its corpus differs: " + ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    if reference.get("tokenizer_sha256") != other.get("tokenizer_sha256"):
+        return "its tokenizer differs"
     for key in ("shards", "documents", "tokens"):
         if reference.get(key) != other.get(key):
             if key == "shards":
