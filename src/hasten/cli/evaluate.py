@@ -30,7 +30,7 @@ def cmd_eval(args) -> int:
     data_cfg = cfg.data if cfg is not None else DataConfig()
     split_version = _run_split_version(run_dir)
     if args.data is not None:
-        data_cfg = DataConfig(**{**vars(data_cfg), "source": args.data, "max_docs": None})
+        data_cfg = DataConfig(**{**vars(data_cfg), "source": args.data, "max_docs": None, "tokens": None})
         split_version = None  # other data: the windows are spread over all of it, so its split does not matter
     kwargs = {"split_version": split_version} if split_version is not None else {}
     if args.data is None and run_dir is not None and (run_dir / "corpus.json").is_file():
