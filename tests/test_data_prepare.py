@@ -73,6 +73,10 @@ def _expected_stream(docs: list[str], tokenizer: Path) -> list[int]:
     return [t for doc in docs for t in [*tok.encode(doc).ids, eos_id(tok)]]
 
 
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HASTEN_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
 def _shard_files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("shard_*"))}
 
@@ -112,7 +116,8 @@ def test_lazy_split_equals_the_split_of_random_sample():
             if sum(lengths) < 2:
                 continue
             for fraction in (0.01, 0.1, 0.45):
-                assert split_points(lengths, fraction, seed) == _split_before_shards(lengths, fraction, seed), (n, seed, fraction)
+                before = _split_before_shards(lengths, fraction, seed)
+                assert split_points(lengths, fraction, seed) == before, (n, seed, fraction)
                 assert split_documents(n, fraction, seed) == _coin_split_before_shards(n, fraction, seed)
 
 
@@ -125,11 +130,13 @@ def test_shards_hold_the_same_tokens_whatever_the_workers(tmp_path, cache, token
     layouts = []
     for workers, chunk_chars in ((1, None), (1, 3000), (2, 3000), (3, 700)):  # in-process, then 1-3 worker processes
         monkeypatch.setattr(encoding_module, "CHUNK_CHARS", chunk_chars or encoding_module.CHUNK_CHARS)
-        data = prepare_tokens(str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), shard_tokens=1500, num_workers=workers,
-                              val_fraction=0.1, progress=False, out=tmp_path / f"out-{workers}-{chunk_chars}")
+        data = prepare_tokens(str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), shard_tokens=1500,
+                              num_workers=workers, val_fraction=0.1, progress=False,
+                              out=tmp_path / f"out-{workers}-{chunk_chars}")
         layouts.append(_shard_files(data.directory))
         manifest = json.loads((data.directory / "hasten-tokens.json").read_text())
-        stream = np.concatenate([np.fromfile(data.directory / f"{s['name']}.bin", dtype="<u2") for s in manifest["shards"]])
+        stream = np.concatenate([np.fromfile(data.directory / f"{s['name']}.bin", dtype="<u2")
+                                 for s in manifest["shards"]])
         assert stream.tolist() == expected  # every document's ids and EOS, in corpus order
         ends = [np.load(data.directory / f"{s['name']}.idx.npy") for s in manifest["shards"]]
         assert [len(e) for e in ends] == [s["documents"] for s in manifest["shards"]] and sum(map(len, ends)) == 60
@@ -152,13 +159,15 @@ def test_a_long_document_is_encoded_in_pieces_that_give_the_same_ids(tmp_path, c
     monkeypatch.setattr(corpus_module, "PIECE_CHARS", 700)
     parts = list(pieces(book))
     assert len(parts) > 10 and "".join(parts) == book and max(map(len, parts)) <= 700
-    assert [i for p in parts for i in tok.encode(p).ids] == tok.encode(book).ids  # cut where the pre-tokenizer splits anyway
+    # cut where the pre-tokenizer splits anyway: the pieces' ids are the whole's
+    assert [i for p in parts for i in tok.encode(p).ids] == tok.encode(book).ids
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "book.txt").write_text(book)  # a long file is read in pieces too
     (tmp_path / "corpus" / "b.jsonl").write_text(json.dumps({"text": book}) + "\n")
     data = prepare_tokens(str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
     assert data.manifest["documents"]["total"] == 2  # one document each, EOS after the last piece only
-    assert np.concatenate([np.asarray(data.train), np.asarray(data.val)]).tolist() == _expected_stream([book, book], tokenizer_file)
+    stream = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+    assert stream.tolist() == _expected_stream([book, book], tokenizer_file)
 
 
 def test_a_killed_preparation_continues_to_the_same_files(tmp_path, tokenizer_file):
@@ -172,14 +181,12 @@ def test_a_killed_preparation_continues_to_the_same_files(tmp_path, tokenizer_fi
     corpus.mkdir()
     os.replace(corpus.with_suffix(".jsonl"), corpus / "a.jsonl")
     _folder(corpus, 30, words=2000, prefix="b")
-    argv = [sys.executable, "-m", "hasten", "prepare-data", "--set", f"data.source={corpus}", "--set", f"data.tokenizer={tokenizer_file}",
-            "--set", "data.shard_tokens=40000", "--set", "data.num_workers=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-
+    argv = [sys.executable, "-m", "hasten", "prepare-data", "--set", f"data.source={corpus}", "--set",
+            f"data.tokenizer={tokenizer_file}", "--set", "data.shard_tokens=40000", "--set", "data.num_workers=2"]
     def prepare(cache: Path, fault: str | None = None) -> tuple[int, str, int]:
         extra = {"HASTEN_FAULT_AT": fault} if fault else {}
-        proc = subprocess.Popen(argv, env={**env, "HASTEN_CACHE": str(cache), **extra}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(argv, env={**_env(cache), **extra}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
         _, err = proc.communicate(timeout=600)
         return proc.returncode, err, proc.pid  # its session id is its pid: every worker is in that session
 
@@ -202,8 +209,8 @@ def test_a_killed_preparation_continues_to_the_same_files(tmp_path, tokenizer_fi
     files = _shard_files(directory)
     assert len(files) > 12 and files == _shard_files(other)
     keep = ("name", "tokens", "documents", "sha256", "index_sha256", "end", "skipped")
-    shards = [[{k: s[k] for k in keep} for s in json.loads((d / "hasten-tokens.json").read_text())["shards"]] for d in (directory, other)]
-    assert shards[0] == shards[1]
+    shards = [json.loads((d / "hasten-tokens.json").read_text())["shards"] for d in (directory, other)]
+    assert [{k: s[k] for k in keep} for s in shards[0]] == [{k: s[k] for k in keep} for s in shards[1]]
     assert not list(directory.glob(".shard_*"))
 
 
@@ -213,7 +220,7 @@ def _session_alive(session: int) -> bool:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == session and fields[0] != "Z":  # (state, ppid, pgrp, session): a live process of that session
+        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session
             return True
     return False
 
@@ -221,7 +228,8 @@ def _session_alive(session: int) -> bool:
 def test_an_added_file_is_encoded_alone_and_appended(tmp_path, cache, tokenizer_file, monkeypatch):
     folder = tmp_path / "corpus"
     docs = _folder(folder, 12)
-    first = prepare_tokens(str(folder), tokenizer=str(tokenizer_file), shard_tokens=2000, val_fraction=0.1, progress=False)
+    settings = {"tokenizer": str(tokenizer_file), "shard_tokens": 2000, "val_fraction": 0.1, "progress": False}
+    first = prepare_tokens(str(folder), **settings)
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.directory.glob("shard_*")}
     added = _text(random.Random(7), 500)
     (folder / "a-new.txt").write_text(added)  # sorts first, read last: appended after what was prepared
@@ -233,18 +241,18 @@ def test_an_added_file_is_encoded_alone_and_appended(tmp_path, cache, tokenizer_
         return real(tokenizer, texts, last, eos, dtype)
 
     monkeypatch.setattr(encoding_module, "encode_pieces", spy)
-    second = prepare_tokens(str(folder), tokenizer=str(tokenizer_file), shard_tokens=2000, val_fraction=0.1, progress=False)
+    second = prepare_tokens(str(folder), **settings)
     assert encoded == [added]  # only the new file was read and encoded
     assert second.directory == first.directory
-    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.directory.glob("shard_*") if p.name in before} == before
+    kept = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.directory.glob("shard_*") if p.name in before}
+    assert kept == before
     assert len(list(second.directory.glob("shard_*.bin"))) > len([n for n in before if n.endswith(".bin")])
     total = len(second.train) + len(second.val)
     assert total == len(_expected_stream([*docs, added], tokenizer_file))
     assert [f["path"] for f in second.corpus["files"]][-1] == "a-new.txt"
     # a run that started before keeps its own documents and split
     encoded.clear()
-    again = prepare_tokens(str(folder), tokenizer=str(tokenizer_file), shard_tokens=2000, val_fraction=0.1, progress=False,
-                           expect=first.corpus)
+    again = prepare_tokens(str(folder), **settings, expect=first.corpus)
     assert encoded == [] and again.corpus == first.corpus
     assert np.array_equal(again.train, first.train) and np.array_equal(again.val, first.val)
 
@@ -255,7 +263,8 @@ def test_a_bpe_corpus_larger_than_its_sample_keeps_its_tokenizer_when_a_file_is_
     settings = {"vocab_size": 300, "tokenizer_sample_bytes": 4000, "val_fraction": 0.1, "progress": False}
     first = prepare_tokens(str(folder), **settings)
     sample = list(training_sample(resolve_source(str(folder)), 4000))
-    assert sum(len(s.encode()) for s in sample) == 4000 and "".join(sample) == (folder / "doc0000.txt").read_text()[:4000]
+    assert sum(len(s.encode()) for s in sample) == 4000
+    assert "".join(sample) == (folder / "doc0000.txt").read_text()[:4000]
     _folder(folder, 1, seed=3, prefix="z")  # after the sample: same tokenizer, so the file is appended
     second = prepare_tokens(str(folder), **settings)
     assert second.tokenizer_path == first.tokenizer_path and second.directory == first.directory
@@ -267,14 +276,14 @@ def test_a_warm_start_hashes_only_changed_files(tmp_path, cache, tokenizer_file,
     _folder(folder, 10)
     first = prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
     hashed: list[str] = []
-    real = tokens_module._file_sha256
+    real = tokens_module.file_sha256
 
     def spy(path):
         hashed.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(tokens_module, "_file_sha256", spy)
-    monkeypatch.setattr(corpus_module, "_file_sha256", spy)
+    monkeypatch.setattr(tokens_module, "file_sha256", spy)
+    monkeypatch.setattr(corpus_module, "file_sha256", spy)
     prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False, expect=first.corpus)
     assert hashed == []  # size and mtime unchanged: nothing read
     os.utime(folder / "doc0003.txt")  # touched, not changed
@@ -288,7 +297,8 @@ def test_a_warm_start_hashes_only_changed_files(tmp_path, cache, tokenizer_file,
     # an edited file: a new preparation encodes the corpus again; a run that started before is refused
     (folder / "doc0005.txt").write_text("edited\n")
     with pytest.raises(DataError, match=r"doc0005.txt edited"):
-        prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False, expect=first.corpus)
+        prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False,
+                       expect=first.corpus)
     fresh = prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
     assert fresh.corpus["shards"] != first.corpus["shards"]
 
@@ -314,7 +324,8 @@ def test_hf_names_are_streamed(tmp_path, cache, tokenizer_file, monkeypatch):
     data = prepare_tokens("hf:someone/corpus", tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
     assert calls == [("someone/corpus", "train", True)]
     assert data.manifest["documents"]["total"] == 30 and data.corpus["files"] is None
-    assert np.concatenate([np.asarray(data.train), np.asarray(data.val)]).size == len(_expected_stream(texts[:30], tokenizer_file))
+    stream = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+    assert stream.size == len(_expected_stream(texts[:30], tokenizer_file))
     prepare_tokens("hf:someone/corpus", tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
     assert len(calls) == 1  # prepared once: not streamed again
 
@@ -340,7 +351,8 @@ def test_a_prepared_token_dir_is_read_with_data_tokens(tmp_path, cache, tokenize
     out = tmp_path / "tokens"
     assert main(_prepare_argv(*sets, out=out)) == 0
     assert f"data.tokens={out}" in capsys.readouterr().out
-    reference = prepare_tokens(str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
+    reference = prepare_tokens(str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), val_fraction=0.1,
+                               progress=False)
     (tmp_path / "corpus" / "doc0001.txt").unlink()  # data.tokens never reads the corpus
     shared = prepare_tokens("stdlib", tokens=str(out), val_fraction=0.1, progress=False)
     assert np.array_equal(shared.train, reference.train) and np.array_equal(shared.val, reference.val)
@@ -371,7 +383,8 @@ def test_fifos_devices_and_sockets_are_skipped_and_named(tmp_path, capsys, cache
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(folder / "sock"))
     try:
-        assert main(_prepare_argv(f"data.source={folder}", f"data.tokenizer={tokenizer_file}", "data.val_fraction=0.1")) == 0
+        argv = _prepare_argv(f"data.source={folder}", f"data.tokenizer={tokenizer_file}", "data.val_fraction=0.1")
+        assert main(argv) == 0
     finally:
         server.close()
     out = capsys.readouterr().out
@@ -398,7 +411,8 @@ def test_a_long_line_without_whitespace_trains_the_tokenizer_quickly(tmp_path, c
 @pytest.mark.slow  # encodes a 24 MB line
 def test_a_huge_single_line_file_keeps_memory_bounded(tmp_path):
     """Issue 24 case 7: a 200 MB single-line file aborted the tokenizer (exit 134): encoding one document took ~165
-    bytes per character (3.3 GB for 20 MB). Read and encoded in 1 MiB pieces, a 24 MB line stays under 1 GB per process."""
+    bytes per character (3.3 GB for 20 MB). Read and encoded in 1 MiB pieces, a 24 MB line stays under 1 GB per
+    process."""
     folder = tmp_path / "corpus"
     _folder(folder, 5)
     rng = random.Random(3)
@@ -407,9 +421,9 @@ def test_a_huge_single_line_file_keeps_memory_bounded(tmp_path):
             f.write(" ".join(rng.choice(WORDS) for _ in range(200_000))[: 1 << 20])
     probe = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
              "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    argv = [sys.executable, "-c", probe, sys.executable, "-m", "hasten", "prepare-data", "--set", f"data.source={folder}",
-            "--set", "data.vocab_size=300", "--set", "data.num_workers=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HASTEN_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-c", probe, sys.executable, "-m", "hasten", "prepare-data",
+            "--set", f"data.source={folder}", "--set", "data.vocab_size=300", "--set", "data.num_workers=2"]
+    env = _env(tmp_path / "cache")
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     code, peak_kb = map(int, done.stdout.split()[-2:])
     assert code == 0, done.stderr[-2000:]
@@ -424,7 +438,8 @@ def test_a_run_dir_inside_its_own_corpus_is_not_read(tmp_path, monkeypatch, caps
     _folder(folder, 40, words=400)
     monkeypatch.chdir(folder)
     sets = [*[s for s in tiny_overrides if not s.startswith("data.max_docs")], "data.source=.", "data.vocab_size=300",
-            "data.val_fraction=0.2", "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2", "name=inside"]
+            "data.val_fraction=0.2", "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2",
+            "name=inside"]
     argv = [a for s in sets for a in ("--set", s)]
     assert main(["train", *argv]) == 0
     run = next(Path("runs").iterdir())
@@ -437,3 +452,30 @@ def test_a_run_dir_inside_its_own_corpus_is_not_read(tmp_path, monkeypatch, caps
     again = prepare_tokens(".", vocab_size=300, val_fraction=0.2, progress=False)
     assert again.manifest["documents"]["total"] == 40
     assert "hasten_output: 2 (runs/inside-" in tokens_module.skipped_summary(again.manifest)
+
+
+def test_a_local_datasets_folder_is_prepared_and_fingerprinted_by_its_files(tmp_path, cache, tokenizer_file):
+    datasets = pytest.importorskip("datasets")
+    texts = [_text(random.Random(i), 80) for i in range(25)]
+    datasets.Dataset.from_dict({"text": texts, "id": list(range(25))}).save_to_disk(str(tmp_path / "ds"))
+    data = prepare_tokens(str(tmp_path / "ds"), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
+    assert data.manifest["documents"]["total"] == 25 and data.corpus["files"]
+    stream = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+    assert stream.size == len(_expected_stream(texts, tokenizer_file))
+    again = prepare_tokens(f"hf:{tmp_path / 'ds'}", tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False,
+                           expect=data.corpus)
+    assert np.array_equal(again.train, data.train)
+
+
+def test_two_processes_preparing_one_corpus_share_the_work(tmp_path, tokenizer_file):
+    """The benchmark starts two jobs on one corpus at once: one prepares, the other waits, then reads the same dir."""
+    _folder(tmp_path / "corpus", 300, words=400)
+    code = ("import sys; from hasten.data.tokens import prepare_tokens; "
+            f"d = prepare_tokens({str(tmp_path / 'corpus')!r}, tokenizer={str(tokenizer_file)!r}, num_workers=1, "
+            "progress=True); print(d.directory, len(d.train), len(d.val))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(tmp_path / "cache"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[0][0] == outs[1][0]  # the same dir and split
+    assert sum("hasten: prepared" in err for _, err in outs) == 1  # encoded once

@@ -43,7 +43,7 @@ def _sha(view) -> str:
 
 
 @pytest.mark.slow  # tokenizes the whole stdlib twice (~1 min on 2 cores) unless cached
-@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the committed records were made on Python 3.11.7's stdlib")
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the records were made on Python 3.11.7's stdlib")
 def test_the_benchmark_corpus_gives_the_tokens_of_the_committed_records():
     regime = json.loads((ROOT / "benchmarks/results/standard/results.json").read_text())["regime"]
     bench = yaml.safe_load((ROOT / "benchmarks/recipes/_bench.yaml").read_text())["data"]
@@ -60,7 +60,8 @@ def _corpus(folder: Path, n: int = 40, seed: int = 0) -> Path:
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        (folder / f"doc{i:04d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(150 + rng.randrange(150))) + ".\n")
+        words = [rng.choice(WORDS) for _ in range(150 + rng.randrange(150))]
+        (folder / f"doc{i:04d}.txt").write_text(" ".join(words) + ".\n")
     return folder
 
 
@@ -73,7 +74,8 @@ def _train_losses(run_dir: Path) -> list[tuple[int, float]]:
 def folder_overrides(tmp_path, tiny_overrides) -> list[str]:
     corpus = _corpus(tmp_path / "corpus")
     keep = [s for s in tiny_overrides if not s.startswith(("data.max_docs", "train.max_steps", "train.log_every"))]
-    return [*keep, f"data.source={corpus}", "data.val_fraction=0.2", "train.max_steps=8", "train.log_every=1", "train.device=cpu"]
+    return [*keep, f"data.source={corpus}", "data.val_fraction=0.2", "train.max_steps=8", "train.log_every=1",
+            "train.device=cpu"]
 
 
 def test_a_run_recorded_before_token_shards_resumes_identically(tmp_path, folder_overrides, monkeypatch):
@@ -118,8 +120,10 @@ def _two_nodes(run_dir: Path, sets: list[str], homes: list[Path]) -> list[subpro
                "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "hasten", "train", "--run-dir", str(run_dir)]
         for item in sets:
             cmd += ["--set", item]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HASTEN_CACHE": str(home / "cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
-        procs.append(subprocess.Popen(cmd, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HASTEN_CACHE": str(home / "cache"),
+               "PYTHONPATH": os.pathsep.join(sys.path)}
+        procs.append(subprocess.Popen(cmd, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     out = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=600)
@@ -138,7 +142,8 @@ def test_two_nodes_train_like_one_process_on_shared_or_separately_prepared_shard
     homes = [tmp_path / "node0", tmp_path / "node1"]
     for home in homes:
         _corpus(home / "corpus")  # the same corpus on each node, read as data.source=corpus from its own folder
-    keep = [s for s in tiny_overrides if not s.startswith(("data.max_docs", "data.cache_dir", "train.max_steps", "train.log_every"))]
+    dropped = ("data.max_docs", "data.cache_dir", "train.max_steps", "train.log_every")
+    keep = [s for s in tiny_overrides if not s.startswith(dropped)]
     sets = [*keep, "data.val_fraction=0.2", "train.max_steps=8", "train.log_every=1", "train.device=cpu"]
     single = tmp_path / "single"
     build_trainer(load_config(None, [*sets, f"data.source={homes[0] / 'corpus'}"]), single, progress=False).fit()
@@ -166,6 +171,6 @@ def test_two_nodes_train_like_one_process_on_shared_or_separately_prepared_shard
     done = _two_nodes(refused, [*sets, "data.source=corpus"], homes)
     assert all(d.returncode != 0 for d in done)
     lines = [line for d in done for line in d.stderr.splitlines() if line.startswith("hasten: error:")]
-    assert lines and all("rank 1 on" in line and "has other token data than rank 0" in line and "doc0003.txt edited" in line
-                         and "data.tokens=DIR" in line for line in lines), lines
+    fragments = ("rank 1 on", "has other token data than rank 0", "doc0003.txt edited", "data.tokens=DIR")
+    assert lines and all(all(f in line for f in fragments) for line in lines), lines
     assert not refused.exists()

@@ -22,8 +22,9 @@ def cmd_prepare_data(args) -> int:
     m = data.manifest
     tokens, docs = m["tokens"], m["documents"]
     share = tokens["val"] / max(1, tokens["train"] + tokens["val"])
-    print(f"{m['corpus']}: {docs['total']:,} documents, {tokens['train']:,} train / {tokens['val']:,} val tokens ({share:.1%} val; "
-          f"{docs['val']:,} document(s) in val, {docs['cut']} cut), vocab {m['vocab_size']}, skipped {skipped_summary(m)}")
+    print(f"{m['corpus']}: {docs['total']:,} documents, {tokens['train']:,} train / {tokens['val']:,} val tokens "
+          f"({share:.1%} val; {docs['val']:,} document(s) in val, {docs['cut']} cut), vocab {m['vocab_size']}, "
+          f"skipped {skipped_summary(m)}")
     print(f"token dir: {data.directory} ({m['shards']} shard(s))")
     print(f"tokenizer: {data.tokenizer_path}")
     if args.out is not None:

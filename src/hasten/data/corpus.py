@@ -36,12 +36,12 @@ from pathlib import Path
 from hasten.errors import DataError
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__", "node_modules"}
-PIECE_CHARS = 1 << 20  # a document longer than this is read and encoded in pieces (the stdlib's largest file is 0.76 MB)
-MAX_RECORD_BYTES = 64 << 20  # a .jsonl line longer than this is skipped: its JSON cannot be parsed without holding all of it
+PIECE_CHARS = 1 << 20  # a longer document is read and encoded in pieces (the stdlib's largest file is 0.76 MB)
+MAX_RECORD_BYTES = 64 << 20  # a longer .jsonl line is skipped: its JSON cannot be parsed without holding all of it
 BLOCK = 1 << 20  # read size of whole-file hashing and of long plain-text files
 EXAMPLES = 3  # named examples kept per skip reason
 TOKEN_DIR_MARK = "hasten-tokens.json"  # the manifest of a prepared token dir (hasten.data.shards)
-RUN_DIR_MARKS = ("metrics.jsonl", "checkpoints", "corpus.json", "tokenizer.json")  # beside config.yaml: a hasten run dir
+RUN_DIR_MARKS = ("metrics.jsonl", "checkpoints", "corpus.json", "tokenizer.json")  # with config.yaml: a hasten run dir
 
 Position = tuple[int, int, int]  # (file index, byte offset or row of the next record, its line number - 1)
 
@@ -134,8 +134,8 @@ def _skipped_dir(folder: Path) -> bool:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
         if test(mode):
             return name
     return "not a regular file"
@@ -208,7 +208,8 @@ def _local_files(paths: list[Path], root: Path, skipped: Skipped) -> list[Corpus
 def resolve_source(source: str, text_field: str = "text") -> Source:
     """What data.source names: its files (listed and stat-ed, not read) or its dataset; one line if it names nothing."""
     if not source.strip():
-        raise DataError("data.source is empty; give a file, folder, glob, 'stdlib' or 'hf:NAME' (use '.' for the current folder)")
+        raise DataError("data.source is empty; give a file, folder, glob, 'stdlib' or 'hf:NAME' (use '.' for the "
+                        "current folder)")
     if source == "stdlib":
         root = stdlib_root()
         skipped = Skipped()
@@ -227,7 +228,8 @@ def resolve_source(source: str, text_field: str = "text") -> Source:
     if path.exists() and not path.is_dir():
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
-            raise DataError(f"data.source={source!r} is {_kind(mode)}, not a regular file; give a file, folder or glob of text files")
+            raise DataError(f"data.source={source!r} is {_kind(mode)}, not a regular file; give a file, folder or glob "
+                            "of text files")
         files, root = _local_files([path], path.parent, skipped), path.parent
     elif path.is_dir():
         root = path
@@ -237,7 +239,8 @@ def resolve_source(source: str, text_field: str = "text") -> Source:
         files = _local_files(_glob(path, root, skipped), root, skipped)
     if not files:
         detail = f" ({skipped.summary()})" if skipped.counts else ""
-        raise DataError(f"data.source={source!r} matches no files{detail}; give a file, folder, glob, 'stdlib' or 'hf:NAME'")
+        raise DataError(f"data.source={source!r} matches no files{detail}; give a file, folder, glob, 'stdlib' or "
+                        "'hf:NAME'")
     resolved = path.resolve() if path.exists() else Path(os.path.abspath(path))
     return Source(source, resolved.name or source, f"files:{resolved}", text_field, files=files, skipped=skipped)
 
@@ -261,8 +264,8 @@ def _import_datasets():
 
 def _load_failed(source: str, err: Exception) -> DataError:
     first = (str(err).splitlines() or [type(err).__name__])[0][:200]
-    return DataError(f"data.source={source!r} could not be loaded ({type(err).__name__}: {first}); check the name and split, "
-                     "or save the dataset locally (datasets save_to_disk) and point data.source at that folder")
+    return DataError(f"data.source={source!r} could not be loaded ({type(err).__name__}: {first}); check the name and "
+                     "split, or save the dataset locally (datasets save_to_disk) and point data.source at that folder")
 
 
 _LINE_BREAK = re.compile(r"(?<=\S)\n(?=\S)")  # cut after it
@@ -302,7 +305,7 @@ def _plain_text(data: bytes) -> tuple[str | None, str]:
     return (None if text.strip() else "empty"), text
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(BLOCK), b""):
@@ -416,7 +419,7 @@ class DocumentReader:
         yield buffer, end
 
     def _check_text(self, handle, index: int) -> str | None:
-        """Read a long file once: hash it and say why it is no plain-text document (binary, not UTF-8, empty), or None."""
+        """Read a long file once: hash it, and say why it is no plain-text document (binary, not UTF-8, empty)."""
         h = hashlib.sha256()
         decoder = codecs.getincrementaldecoder("utf-8")()
         problem, has_text, first = None, False, True
@@ -447,7 +450,8 @@ class DocumentReader:
         try:
             handle = open(f.path, "rb")
         except OSError as err:
-            raise DataError(f"{f.path} cannot be read ({err.strerror or err}); fix its permissions or remove it from data.source") from None
+            raise DataError(f"{f.path} cannot be read ({err.strerror or err}); fix its permissions or remove it from "
+                            "data.source") from None
         h = hashlib.sha256()
         with handle:
             while offset and handle.tell() < offset:  # continuing inside the file: hash what was read before
@@ -491,7 +495,7 @@ class DocumentReader:
                     yield from self._document(text, (index, pos, lineno))
                 else:
                     self.skip("empty", f"{f.name}:{lineno}")
-            for block in iter(lambda: handle.read(BLOCK), b""):  # max_docs reached inside the file: still hash all of it
+            for block in iter(lambda: handle.read(BLOCK), b""):  # max_docs reached inside the file: hash all of it
                 h.update(block)
         self.hashes[index] = h.hexdigest()
 
@@ -510,13 +514,14 @@ class DocumentReader:
             return DataError(f"{f.path} is not a readable parquet file ({detail}); re-export it or remove it")
 
         try:
-            self.hashes[index] = _file_sha256(f.path)
+            self.hashes[index] = file_sha256(f.path)
             parquet = pq.ParquetFile(f.path)
             columns = parquet.schema_arrow.names
         except (pa.ArrowException, OSError) as err:
             raise unreadable(err) from None
         if field_name not in columns:
-            raise DataError(f"{f.path} has no column {field_name!r} (columns: {', '.join(columns)}); set data.text_field")
+            raise DataError(f"{f.path} has no column {field_name!r} (columns: {', '.join(columns)}); set "
+                            "data.text_field")
         self.bytes_read += f.bytes
         groups, first_row = [], 0
         for g in range(parquet.num_row_groups):  # continuing: start at the row group that holds `row`
@@ -547,7 +552,7 @@ class DocumentReader:
         row = self.start[1]
         if source.files is not None:  # a local dir: hash its files, then read it memory-mapped
             for index, f in enumerate(source.files):
-                self.hashes[index] = _file_sha256(f.path)
+                self.hashes[index] = file_sha256(f.path)
         try:
             if source.files is not None:
                 ds = datasets.load_from_disk(source.dataset)
@@ -581,14 +586,15 @@ class DocumentReader:
         try:
             for batch in ds.iter(batch_size=256):
                 if field_name not in batch:
-                    raise DataError(f"dataset {self.source.dataset} has no column {field_name!r} (columns: {', '.join(batch)}); "
-                                    "set data.text_field")
+                    raise DataError(f"dataset {self.source.dataset} has no column {field_name!r} (columns: "
+                                    f"{', '.join(batch)}); set data.text_field")
                 yield batch[field_name]
         except DataError:
             raise
         except Exception as err:  # a network error mid-way: the preparation continues from its last shard when rerun
+            detail = (str(err).splitlines() or [""])[0][:160]
             raise DataError(f"streaming {self.source.spec} failed after {self.docs:,} documents ({type(err).__name__}: "
-                            f"{(str(err).splitlines() or [''])[0][:160]}); run the same command again to continue") from None
+                            f"{detail}); run the same command again to continue") from None
 
     def file_records(self, upto: int | None = None) -> list[dict]:
         """{path, bytes, sha256} of every file read whole so far (below index `upto`), in reading order."""
@@ -647,7 +653,9 @@ def load_corpus(source: str, text_field: str = "text", max_docs: int | None = No
     skipped.merge(reader.skips_before(reader.docs + 1))
     if not docs:
         raise empty_corpus_error(source, skipped)
-    files = [{k: v for k, v in r.items() if k != "mtime_ns"} for r in reader.file_records()] if not resolved.streamed else None
+    files = None
+    if not resolved.streamed:
+        files = [{k: v for k, v in r.items() if k != "mtime_ns"} for r in reader.file_records()]
     return Corpus(name=resolved.name, documents=docs, skipped=skipped.counts, files=files)
 
 

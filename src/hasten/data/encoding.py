@@ -53,7 +53,8 @@ class Encoded:
     peak_rss_kb: int = 0
 
 
-def chunks(pieces: Iterable[tuple[str, Position | None]], progress=lambda: 0, chunk_chars: int | None = None) -> Iterator[Chunk]:
+def chunks(pieces: Iterable[tuple[str, Position | None]], progress=lambda: 0,
+           chunk_chars: int | None = None) -> Iterator[Chunk]:
     """The pieces grouped into tasks of about `chunk_chars` characters (default CHUNK_CHARS)."""
     chunk_chars = chunk_chars or CHUNK_CHARS
     chunk = Chunk()
@@ -142,7 +143,8 @@ class Encoder:
             return
         second = next(stream, None)
         if second is None:
-            yield first, encode_pieces(self.tokenizer, first.texts, [e is not None for e in first.ends], self.eos, self.dtype)
+            last = [e is not None for e in first.ends]
+            yield first, encode_pieces(self.tokenizer, first.texts, last, self.eos, self.dtype)
             return
         # fork: no re-import of the caller's modules (a spawned worker of the `hasten` script would import torch)
         methods = multiprocessing.get_all_start_methods()
@@ -172,8 +174,8 @@ class Encoder:
         try:
             encoded = future.result()
         except BrokenProcessPool:
-            raise DataError(f"a tokenizer worker died (out of memory?); lower data.num_workers (now {self.workers}) and run "
-                            "again: it continues from the last complete shard") from None
+            raise DataError(f"a tokenizer worker died (out of memory?); lower data.num_workers (now {self.workers}) "
+                            "and run again: it continues from the last complete shard") from None
         self.peak_rss_kb[encoded.pid] = max(self.peak_rss_kb.get(encoded.pid, 0), encoded.peak_rss_kb)
         return chunk, encoded
 

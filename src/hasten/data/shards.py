@@ -141,7 +141,8 @@ class ShardWriter:
         os.replace(self.tmp, self.directory / f"{name}.bin")
         entry = {"name": name, "tokens": self.filled, "documents": len(ends), "sha256": self.hash.hexdigest(),
                  "index_sha256": sha256_of(self.directory / f"{name}.idx.npy"),
-                 "bin": file_state(self.directory / f"{name}.bin"), "idx": file_state(self.directory / f"{name}.idx.npy"),
+                 "bin": file_state(self.directory / f"{name}.bin"),
+                 "idx": file_state(self.directory / f"{name}.idx.npy"),
                  "end": list(end)}
         self.on_seal(entry, end)
         self.index += 1
@@ -277,4 +278,5 @@ def check_writable(directory: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise DataError(f"cannot write token shards in {directory} ({err.strerror or err}); free space or set HASTEN_CACHE") from None
+        raise DataError(f"cannot write token shards in {directory} ({err.strerror or err}); free space or set "
+                        "HASTEN_CACHE") from None

@@ -85,28 +85,32 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> list[bool]:
 
 
 def split_ranges(spans: np.ndarray, starts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and val token ranges from the validation documents' global spans (sorted) and where their val part starts."""
+    """Train and val token ranges, from the validation documents' spans (sorted) and where their val part starts."""
     val = np.stack([spans[:, 0] + starts, spans[:, 1]], axis=1) if len(spans) else np.zeros((0, 2), dtype=np.int64)
     val = val[val[:, 1] > val[:, 0]]
     if len(val):  # merge neighbours: consecutive held-out documents are one range
         breaks = np.flatnonzero(val[1:, 0] != val[:-1, 1]) + 1
-        val = np.stack([val[np.concatenate([[0], breaks]), 0], val[np.concatenate([breaks - 1, [len(val) - 1]]), 1]], axis=1)
+        firsts, lasts = np.concatenate([[0], breaks]), np.concatenate([breaks - 1, [len(val) - 1]])
+        val = np.stack([val[firsts, 0], val[lasts, 1]], axis=1)
     edges = np.concatenate([[0], val.reshape(-1), [total]]).reshape(-1, 2)
     train = edges[edges[:, 1] > edges[:, 0]]
     return train, val
 
 
-def split_view(shards: ShardSet, version: int, val_fraction: float, val_tokens: int | None, seed: int) -> tuple[TokenView, TokenView, dict]:
+def split_view(shards: ShardSet, version: int, val_fraction: float, val_tokens: int | None,
+               seed: int) -> tuple[TokenView, TokenView, dict]:
     """(train, val, document counts) of a shard set under a split version."""
     n_docs, total = shards.n_documents, shards.n_tokens
     if n_docs < 1 or total < 2:
-        raise DataError(f"the corpus has {total} token(s); it needs at least two (one for training, one for validation)")
+        raise DataError(f"the corpus has {total} token(s); it needs at least two (one for training, one for "
+                        "validation)")
     if version == 1:
         starts = {doc: 0 for doc in val_docs_v1(n_docs, val_fraction, seed)}
     elif version == 2:
         starts = val_starts_v2(n_docs, shards.document_length, validation_need(total, val_fraction, val_tokens), seed)
     else:
-        raise DataError(f"split version {version} is unknown to this hasten (it knows 1 and 2); use the hasten that made the run")
+        raise DataError(f"split version {version} is unknown to this hasten (it knows 1 and 2); use the hasten that "
+                        "made the run")
     docs = np.array(sorted(starts), dtype=np.int64)
     spans = shards.document_spans(docs)
     offsets = np.array([starts[d] for d in docs.tolist()], dtype=np.int64)

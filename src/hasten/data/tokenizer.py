@@ -114,7 +114,7 @@ def _store(path: Path, tok: Tokenizer) -> None:
 
 def load_tokenizer(spec: str, source: Source | None, vocab_size: int, cache_dir: str,
                    sample_bytes: int = TOKENIZER_SAMPLE_BYTES, max_docs: int | None = None) -> tuple[Tokenizer, Path]:
-    """The tokenizer and the path of its tokenizer.json (for "bpe": trained on the source's sample, cached by its hash)."""
+    """The tokenizer and the path of its tokenizer.json ("bpe": trained on the source's sample, cached by its hash)."""
     if spec == "bpe":
         if source is None:
             raise DataError("training a BPE tokenizer needs the corpus")

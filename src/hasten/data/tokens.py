@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock
 from tqdm.auto import tqdm
 
@@ -35,21 +34,30 @@ from hasten.data.corpus import (
     DocumentReader,
     Skipped,
     Source,
-    _file_sha256,
     corpus_changes,
     empty_corpus_error,
+    file_sha256,
     fingerprint,
     resolve_source,
 )
 from hasten.data.encoding import Encoder, chunks
-from hasten.data.shards import FORMAT, MANIFEST, ShardSet, ShardWriter, TokenView, read_manifest, shard_problem, write_manifest
+from hasten.data.shards import (
+    FORMAT,
+    MANIFEST,
+    ShardSet,
+    ShardWriter,
+    TokenView,
+    read_manifest,
+    shard_problem,
+    write_manifest,
+)
 from hasten.data.split import SPLIT_VERSION, split_documents, split_points, split_view
 from hasten.data.tokenizer import TOKENIZER_SAMPLE_BYTES, cache_root, eos_id, load_tokenizer, tokenizer_hash
 from hasten.errors import DataError
 
 SHARD_TOKENS = 1 << 26  # data.shard_tokens' default: 128 MiB of uint16 per shard
-__all__ = ["SHARD_TOKENS", "SPLIT_VERSION", "TokenData", "check_fits", "prepare_from_config", "prepare_tokens", "split_documents",
-           "split_points"]
+__all__ = ["SHARD_TOKENS", "SPLIT_VERSION", "TokenData", "check_fits", "prepare_from_config", "prepare_tokens",
+           "split_documents", "split_points"]
 
 
 @dataclass
@@ -142,15 +150,16 @@ def prepare_tokens(
     if tokens is not None:
         directory, manifest = _open_token_dir(Path(tokens).expanduser(), rehash)
         tok_path = directory / "tokenizer.json"
-        if tokenizer != "bpe" and Path(tokenizer).expanduser().is_file() and tokenizer_hash(Path(tokenizer)) != manifest["tokenizer_hash"]:
-            raise DataError(f"data.tokens={tokens} was encoded with another tokenizer than {tokenizer}; prepare it with this "
-                            "run's tokenizer (hasten prepare-data --out NEW_DIR --set data.tokenizer=...)")
+        own = Path(tokenizer).expanduser()
+        if tokenizer != "bpe" and own.is_file() and tokenizer_hash(own) != manifest["tokenizer_hash"]:
+            raise DataError(f"data.tokens={tokens} was encoded with another tokenizer than {tokenizer}; prepare it "
+                            "with this run's tokenizer (hasten prepare-data --out NEW_DIR --set data.tokenizer=...)")
         files = [r for r in manifest["files"] if r.get("sha256")] if manifest["files"] is not None else None
         if expect is not None and expect.get("files") is not None and files is not None:
             _refuse_changes(expect, files)
         shards = _prefix(manifest, expect)
-        return _token_data(directory, manifest, shards, tok_path, manifest["source"], split_version, val_fraction, val_tokens,
-                           split_seed, expect)
+        return _token_data(directory, manifest, shards, tok_path, manifest["source"], split_version, val_fraction,
+                           val_tokens, split_seed, expect)
 
     src = resolve_source(source, text_field)
     wanted = src.files if src.dataset is None else None
@@ -159,16 +168,17 @@ def prepare_tokens(
         wanted = run_files if src.dataset is None else None
     elif expect is not None and src.files is None and "format" not in expect:
         _check_legacy_fingerprint(expect, src, max_docs)
+    if out is not None:
+        _check_out_dir(Path(out).expanduser())  # before anything is written
     tok, tok_path = load_tokenizer(tokenizer, src, vocab_size, cache_dir, tokenizer_sample_bytes, max_docs)
     if out is not None:
         directory = Path(out).expanduser()
-        _check_out_dir(directory)
     else:
         directory = cache_root(cache_dir) / "tokens" / _dir_name(src, tokenizer_hash(tok_path), settings)
     manifest = _prepared(directory, src, wanted, tok, tok_path, settings, owned=out is None)
     shards = _prefix(manifest, expect)
-    return _token_data(directory, manifest, shards, tok_path, source, split_version, val_fraction, val_tokens, split_seed, expect,
-                       src.skipped)
+    return _token_data(directory, manifest, shards, tok_path, source, split_version, val_fraction, val_tokens,
+                       split_seed, expect, src.skipped)
 
 
 def _dir_name(src: Source, tok_sha: str, settings: _Settings) -> str:
@@ -196,7 +206,7 @@ def _hashes(files: list[CorpusFile], recorded: dict[str, dict], rehash: bool) ->
             out[f.name] = rec["sha256"]
             continue
         try:
-            out[f.name] = _file_sha256(f.path)
+            out[f.name] = file_sha256(f.path)
         except OSError:
             out[f.name] = None
     return out
@@ -207,15 +217,16 @@ def _refuse_changes(expect: dict, current: list[dict]) -> None:
     changes = [c for c in corpus_changes(recorded, current) if not c.endswith((" added", "files reordered"))]
     if changes:
         shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
-        raise DataError(f"the corpus {expect.get('source', '')!r} changed since this run started ({shown}); restore it to "
-                        "continue this run, or train a new run on the new corpus")
+        raise DataError(f"the corpus {expect.get('source', '')!r} changed since this run started ({shown}); restore it "
+                        "to continue this run, or train a new run on the new corpus")
     added = len({r["path"] for r in current} - {r["path"] for r in recorded})
     if added:
-        print(f"hasten: note: {added} file(s) were added to the corpus since this run started; it keeps training on its own "
-              "files (a new run reads them all)", file=sys.stderr)
+        print(f"hasten: note: {added} file(s) were added to the corpus since this run started; it keeps training on "
+              "its own files (a new run reads them all)", file=sys.stderr)
 
 
-def _check_expected_files(expect: dict, src: Source, tokenizer: str, settings: _Settings, cache_dir: str) -> list[CorpusFile]:
+def _check_expected_files(expect: dict, src: Source, tokenizer: str, settings: _Settings,
+                          cache_dir: str) -> list[CorpusFile]:
     """Refuse an edited or deleted file of the run (hashing only files whose size or mtime changed); the run's files."""
     directory = None
     tok_file = Path(tokenizer).expanduser()
@@ -245,19 +256,19 @@ def _check_legacy_fingerprint(expect: dict, src: Source, max_docs: int | None) -
                 parts = []
 
     if fingerprint(documents()) != expect["content_sha256"]:
-        raise DataError(f"the corpus {expect.get('source', '')!r} changed since this run started (its documents differ); "
-                        "restore it to continue this run, or train a new run on the new corpus")
+        raise DataError(f"the corpus {expect.get('source', '')!r} changed since this run started (its documents "
+                        "differ); restore it to continue this run, or train a new run on the new corpus")
 
 
 def check_tokens(expect: dict, data: TokenData) -> None:
     """The same corpus must also give the same token streams (tokenizer and split) as when the run started."""
     if expect.get("tokenizer_sha256") not in (None, data.corpus["tokenizer_sha256"]):
-        raise DataError(f"the tokenizer {data.tokenizer_path} is not the one this run started with; restore the run's tokenizer.json")
+        raise DataError(f"the tokenizer {data.tokenizer_path} is not the one this run started with; restore the run's "
+                        "tokenizer.json")
     if "shards" in expect and expect["shards"] != data.corpus["shards"]:
-        first = next((i for i, (a, b) in enumerate(zip(expect["shards"], data.corpus["shards"])) if a != b), None)
-        where = f"shard {first}" if first is not None else f"{len(data.corpus['shards'])} shards, the run had {len(expect['shards'])}"
-        raise DataError(f"the corpus {expect.get('source', '')!r} now encodes to other tokens than this run's ({where} differs); "
-                        "resume it with the hasten version, corpus and data settings that started it")
+        difference = _first_shard_difference(expect["shards"], data.corpus["shards"])
+        raise DataError(f"the corpus {expect.get('source', '')!r} now encodes to other tokens than this run's "
+                        f"({difference}); resume it with the hasten version, corpus and data settings that started it")
     if expect.get("tokens", data.corpus["tokens"]) != data.corpus["tokens"]:
         raise DataError(
             f"the corpus now splits into {data.corpus['tokens']} tokens but the run used {expect.get('tokens')}; "
@@ -270,17 +281,21 @@ def data_difference(reference: dict, other: dict) -> str | None:
     if reference.get("files") is not None and other.get("files") is not None:  # the cause first: a file that differs
         changes = corpus_changes(reference["files"], other["files"])
         if changes:
-            return "its corpus differs: " + ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            return "its corpus differs: " + ", ".join(changes[:3]) + more
     if reference.get("tokenizer_sha256") != other.get("tokenizer_sha256"):
         return "its tokenizer differs"
     for key in ("shards", "documents", "tokens"):
         if reference.get(key) != other.get(key):
             if key == "shards":
-                pairs = list(zip(reference["shards"], other["shards"]))
-                first = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
-                return f"its token shard {first} differs ({len(other['shards'])} shards, rank 0 has {len(reference['shards'])})"
+                return f"its token shards differ ({_first_shard_difference(reference['shards'], other['shards'])})"
             return f"its {key} differ ({other.get(key)} vs rank 0's {reference.get(key)})"
     return None
+
+
+def _first_shard_difference(reference: list[str], other: list[str]) -> str:
+    first = next((i for i, (a, b) in enumerate(zip(reference, other)) if a != b), None)
+    return f"shard {first} differs" if first is not None else f"{len(other)} shards, not {len(reference)}"
 
 
 # -- the token dir -----------------------------------------------------------------------------------
@@ -293,15 +308,16 @@ def _open_token_dir(directory: Path, rehash: bool) -> tuple[Path, dict]:
         raise DataError(f"data.tokens={directory} is not a prepared token dir (no readable {MANIFEST}); make one with "
                         f"hasten prepare-data RECIPE --out {directory}")
     if not manifest.get("complete"):
-        raise DataError(f"data.tokens={directory} is not finished (its preparation stopped); run hasten prepare-data with "
-                        f"--out {directory} again to finish it")
+        raise DataError(f"data.tokens={directory} is not finished (its preparation stopped); run hasten prepare-data "
+                        f"with --out {directory} again to finish it")
     if not (directory / "tokenizer.json").is_file():
-        raise DataError(f"data.tokens={directory} has no tokenizer.json; prepare it again with hasten prepare-data --out")
+        raise DataError(f"data.tokens={directory} has no tokenizer.json; prepare it again with hasten prepare-data "
+                        "--out")
     for entry in manifest["shards"]:
         problem = shard_problem(directory, entry, rehash)
         if problem is not None:
-            raise DataError(f"data.tokens={directory} is damaged ({problem}); run hasten prepare-data --out {directory} "
-                            "again to repair it")
+            raise DataError(f"data.tokens={directory} is damaged ({problem}); run hasten prepare-data --out "
+                            f"{directory} again to repair it")
     return directory, manifest
 
 
@@ -313,7 +329,8 @@ def _check_out_dir(directory: Path) -> None:
         entries = sorted(p.name for p in directory.iterdir() if p.name != ".lock")
         if entries:
             shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-            raise DataError(f"--out {directory} is not empty (holds {shown}) and is no token dir; give a new or empty folder")
+            raise DataError(f"--out {directory} is not empty (holds {shown}) and is no token dir; give a new or empty "
+                            "folder")
 
 
 def _file_entries(files: list[CorpusFile], hashes: dict[int, str | None], upto: int) -> list[dict]:
@@ -322,9 +339,9 @@ def _file_entries(files: list[CorpusFile], hashes: dict[int, str | None], upto: 
 
 
 def _other_settings(manifest: dict, src: Source, tok_sha: str, settings: _Settings) -> bool:
-    same = (manifest.get("identity"), manifest.get("text_field"), manifest.get("max_docs"), manifest.get("tokenizer_hash"),
-            manifest.get("shard_tokens"))
-    return same != (src.identity, settings.text_field, settings.max_docs, tok_sha, settings.shard_tokens)
+    keys = ("identity", "text_field", "max_docs", "tokenizer_hash", "shard_tokens")
+    return tuple(manifest.get(k) for k in keys) != (src.identity, settings.text_field, settings.max_docs, tok_sha,
+                                                     settings.shard_tokens)
 
 
 def _stale(directory: Path, manifest: dict, src: Source, rehash: bool) -> str | None:
@@ -345,15 +362,18 @@ def _stale(directory: Path, manifest: dict, src: Source, rehash: bool) -> str | 
     if edited is not None:
         return f"{edited} was edited"
     partial = manifest.get("partial")
-    if partial is not None and (current[partial["path"]].bytes, current[partial["path"]].mtime_ns) != (partial["bytes"], partial["mtime_ns"]):
-        return f"{partial['path']} changed while it was being read"
+    if partial is not None:
+        f = current[partial["path"]]
+        if (f.bytes, f.mtime_ns) != (partial["bytes"], partial["mtime_ns"]):
+            return f"{partial['path']} changed while it was being read"
     return None
 
 
 def _touched(manifest: dict, src: Source) -> bool:
     """A recorded file's mtime changed (its content may not have: then the new mtime is recorded)."""
     current = {f.name: f for f in src.files or []}
-    return any(r["path"] in current and current[r["path"]].mtime_ns != r.get("mtime_ns") for r in manifest["files"] or [])
+    return any(r["path"] in current and current[r["path"]].mtime_ns != r.get("mtime_ns")
+               for r in manifest["files"] or [])
 
 
 def _prepared(directory: Path, src: Source, wanted: list[CorpusFile] | None, tok, tok_path: Path, settings: _Settings,
@@ -364,23 +384,25 @@ def _prepared(directory: Path, src: Source, wanted: list[CorpusFile] | None, tok
     replaced by another corpus's tokens."""
     tok_sha = tokenizer_hash(tok_path)
     manifest = read_manifest(directory)
-    if manifest is not None and _other_settings(manifest, src, tok_sha, settings) and not owned:
-        raise DataError(f"--out {directory} holds the tokens of another corpus, tokenizer or shard size ({manifest.get('source')}); "
-                        "give another --out")
-    if (manifest is not None and manifest.get("complete") and not _other_settings(manifest, src, tok_sha, settings)
-            and _todo(manifest, wanted) == [] and not _touched(manifest, src) and _stale(directory, manifest, src, settings.rehash) is None):
-        return manifest
+    other = manifest is not None and _other_settings(manifest, src, tok_sha, settings)
+    if other and not owned:
+        raise DataError(f"--out {directory} holds the tokens of another corpus, tokenizer or shard size "
+                        f"({manifest.get('source')}); give another --out")
+    if (manifest is not None and not other and manifest.get("complete") and _todo(manifest, wanted) == []
+            and not _touched(manifest, src) and _stale(directory, manifest, src, settings.rehash) is None):
+        return manifest  # the usual case: stat calls only
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(directory / ".lock"):  # one process prepares; another waits, then finds it done
         manifest = read_manifest(directory)
         if manifest is None and (directory / MANIFEST).exists():
-            print(f"hasten: warning: token dir {directory} has an unreadable {MANIFEST}; preparing it again", file=sys.stderr)
+            print(f"hasten: warning: token dir {directory} has an unreadable {MANIFEST}; preparing it again",
+                  file=sys.stderr)
         if manifest is not None:
             problem = "it holds another corpus" if _other_settings(manifest, src, tok_sha, settings) else _stale(
                 directory, manifest, src, settings.rehash)
             if problem is not None:
-                print(f"hasten: warning: token dir {directory} no longer matches the corpus ({problem}); preparing it again",
-                      file=sys.stderr)
+                print(f"hasten: warning: token dir {directory} no longer matches the corpus ({problem}); preparing it "
+                      "again", file=sys.stderr)
                 manifest = None
         if manifest is None:
             _clear(directory)
@@ -419,21 +441,26 @@ def _clear(directory: Path) -> None:
     (directory / MANIFEST).unlink(missing_ok=True)
     for path in directory.iterdir():
         if path.name != ".lock":
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _new_manifest(src: Source, tok, tok_path: Path, settings: _Settings) -> dict:
     vocab = tok.get_vocab_size()
     return {
-        "format": FORMAT, "source": src.spec, "identity": src.identity, "corpus": src.name, "text_field": settings.text_field,
-        "max_docs": settings.max_docs, "tokenizer_hash": tokenizer_hash(tok_path), "vocab_size": vocab, "eos_id": eos_id(tok),
-        "dtype": "uint16" if vocab <= np.iinfo(np.uint16).max + 1 else "uint32", "shard_tokens": settings.shard_tokens,
-        "shards": [], "files": [] if src.files is not None else None, "partial": None, "complete": False,
-        "read_skipped": {"counts": {}, "examples": {}}, "skipped": {}, "skipped_examples": {}, "bytes": 0,
+        "format": FORMAT, "source": src.spec, "identity": src.identity, "corpus": src.name,
+        "text_field": settings.text_field, "max_docs": settings.max_docs, "tokenizer_hash": tokenizer_hash(tok_path),
+        "vocab_size": vocab, "eos_id": eos_id(tok), "dtype": "uint16" if vocab <= 1 << 16 else "uint32",
+        "shard_tokens": settings.shard_tokens, "shards": [], "files": [] if src.files is not None else None,
+        "partial": None, "complete": False, "bytes": 0,
+        "read_skipped": _skips(Skipped()), "skipped": {}, "skipped_examples": {},  # reading only / with the listing's
     }
 
 
-def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFile] | None, tok, settings: _Settings) -> None:
+def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFile] | None, tok,
+            settings: _Settings) -> None:
     """Read, encode and write what the dir lacks: continue after its last shard, then append files it has not read."""
     recorded, last = manifest["files"], (manifest["shards"][-1] if manifest["shards"] else None)
     order = None
@@ -449,9 +476,9 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
     if manifest["complete"]:  # extend a finished dir with new files (never a dataset: it is read once)
         if src.dataset is not None:
             return
-        start, base = (len(recorded), 0, 0), Skipped(manifest["read_skipped"]["counts"], manifest["read_skipped"]["examples"])
+        start, base = (len(recorded), 0, 0), _skipped(manifest["read_skipped"])
     elif last is not None:  # continue a stopped preparation after its last shard
-        start, base = tuple(last["end"]), Skipped(last["skipped"]["counts"], last["skipped"]["examples"])
+        start, base = tuple(last["end"]), _skipped(last["skipped"])
     else:
         start, base = (0, 0, 0), Skipped()
     for path in directory.glob(".shard_*"):  # what a stopped preparation left half-written
@@ -480,7 +507,8 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
 
     writer = ShardWriter(directory, manifest["dtype"], settings.shard_tokens, len(manifest["shards"]), on_seal)
     encoder = Encoder(tok, manifest["eos_id"], manifest["dtype"], settings.num_workers)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {src.name}", disable=not settings.progress, leave=False)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {src.name}", disable=not settings.progress,
+               leave=False)
     began, shown = time.perf_counter(), 0
     try:
         for chunk, encoded in encoder.map(chunks(reader, lambda: reader.bytes_read)):
@@ -490,8 +518,8 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
         writer.close((len(order), 0, 0) if order is not None else (0, reader.docs, 0))
     except OSError as err:
         writer.discard()
-        raise DataError(f"writing token shards in {directory} failed ({err.strerror or err}); free space (or set HASTEN_CACHE) "
-                        "and run again: it continues from the last complete shard") from None
+        raise DataError(f"writing token shards in {directory} failed ({err.strerror or err}); free space (or set "
+                        "HASTEN_CACHE) and run again: it continues from the last complete shard") from None
     except BaseException:
         writer.discard()
         raise
@@ -505,9 +533,10 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
         raise empty_corpus_error(src.spec, skipped)
     if order is not None:
         manifest["files"] = _file_entries(order, {**hashes, **reader.hashes}, len(order))
-    manifest.update(partial=None, complete=True, max_docs_reached=settings.max_docs is not None and reader.docs >= settings.max_docs,
-                    read_skipped=_skips(base), skipped=dict(skipped.counts), skipped_examples=_skips(skipped)["examples"],
-                    bytes=manifest["bytes"] + reader.bytes_read)
+    manifest.update(partial=None, complete=True, bytes=manifest["bytes"] + reader.bytes_read,
+                    max_docs_reached=settings.max_docs is not None and reader.docs >= settings.max_docs,
+                    read_skipped=_skips(base), skipped=dict(skipped.counts),
+                    skipped_examples=_skips(skipped)["examples"])
     write_manifest(directory, manifest)
     if settings.progress:
         _report(manifest, reader, encoder, time.perf_counter() - began, docs_before)
@@ -517,16 +546,22 @@ def _skips(skipped: Skipped) -> dict:
     return {"counts": dict(skipped.counts), "examples": {k: list(v) for k, v in skipped.examples.items()}}
 
 
+def _skipped(record: dict) -> Skipped:
+    return Skipped(record["counts"], record["examples"])
+
+
 def _report(manifest: dict, reader: DocumentReader, encoder: Encoder, seconds: float, docs_before: int) -> None:
     """The final line of a preparation: what it read, how fast, and the peak memory of its processes."""
     tokens = sum(s["tokens"] for s in manifest["shards"])
     main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = encoder.peak_rss_kb
-    memory = f"{main_mb:,.0f} MB" + (f" + {len(workers)} workers <= {max(workers.values()) / 1024:,.0f} MB each" if workers else "")
+    memory = f"{main_mb:,.0f} MB"
+    if workers:
+        memory += f" + {len(workers)} workers <= {max(workers.values()) / 1024:,.0f} MB each"
     mb = reader.bytes_read / 1e6
-    rate = max(seconds, 1e-9)
-    print(f"hasten: prepared {manifest['corpus']}: {reader.docs - docs_before:,} documents, {mb:,.1f} MB in {seconds:,.1f} s "
-          f"({mb / rate:,.2f} MB/s); {tokens:,} tokens in {len(manifest['shards'])} shard(s); peak RSS {memory}", file=sys.stderr)
+    print(f"hasten: prepared {manifest['corpus']}: {reader.docs - docs_before:,} documents, {mb:,.1f} MB in "
+          f"{seconds:,.1f} s ({mb / max(seconds, 1e-9):,.2f} MB/s); {tokens:,} tokens in {len(manifest['shards'])} "
+          f"shard(s); peak RSS {memory}", file=sys.stderr)
 
 
 # -- the view a run trains on ------------------------------------------------------------------------
@@ -547,25 +582,26 @@ def _prefix(manifest: dict, expect: dict | None) -> list[dict]:
                 if [r["path"] for r in read[:n_files]] == [r["path"] for r in expect["files"] if r.get("sha256")]:
                     return shards[: k + 1]
                 break
-        raise DataError(f"the token dir of {expect.get('source')!r} holds its files in another order than this run read them; "
-                        "prepare them again for this run by deleting that token dir (hasten rebuilds it)")
+        raise DataError(f"the token dir of {expect.get('source')!r} holds its files in another order than this run "
+                        "read them; prepare them again for this run by deleting that token dir (hasten rebuilds it)")
     return shards
 
 
-def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: Path, source: str, split_version: int,
-                val_fraction: float, val_tokens: int | None, split_seed: int, expect: dict | None,
+def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: Path, source: str,
+                split_version: int, val_fraction: float, val_tokens: int | None, split_seed: int, expect: dict | None,
                 listing: Skipped | None = None) -> TokenData:
     """The run's view of a token dir; `listing`: what the corpus's listing leaves out now (else as recorded)."""
     shards = ShardSet(directory, entries, manifest["dtype"])
     skipped = Skipped(manifest["skipped"], manifest["skipped_examples"])
     if listing is not None:
-        skipped = Skipped(manifest["read_skipped"]["counts"], manifest["read_skipped"]["examples"])
+        skipped = _skipped(manifest["read_skipped"])
         skipped.merge(listing)
     train, val, documents = split_view(shards, split_version, val_fraction, val_tokens, split_seed)
     files = None
     if manifest.get("files") is not None:
         upto = entries[-1]["end"][0] if entries else 0
-        files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for r in manifest["files"][:upto] if r.get("sha256")]
+        files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]}
+                 for r in manifest["files"][:upto] if r.get("sha256")]
     split_tokens = {"train": len(train), "val": len(val)}
     record = {
         "format": FORMAT,
@@ -599,7 +635,8 @@ def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: 
         "split_seed": split_seed,
         "split_version": split_version,
     }
-    data = TokenData(train=train, val=val, manifest=summary, directory=directory, tokenizer_path=tok_path, corpus=record)
+    data = TokenData(train=train, val=val, manifest=summary, directory=directory, tokenizer_path=tok_path,
+                     corpus=record)
     if expect is not None:
         check_tokens(expect, data)
     return data
@@ -619,8 +656,8 @@ def check_fits(data: TokenData, seq_len: int, batch_rows: int, eval_sequences: i
         )
     if (len(data.val) - 1) // seq_len < 1:
         raise DataError(
-            f"validation split has {len(data.val):,} tokens, less than one sequence of {seq_len}; raise data.val_fraction "
-            "or use a larger corpus"
+            f"validation split has {len(data.val):,} tokens, less than one sequence of {seq_len}; raise "
+            "data.val_fraction or use a larger corpus"
         )
 
 

@@ -149,9 +149,8 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, methods: list[Method], *,
     plan: RunDirPlan | None = main.get("plan")
     parallel = make_strategy(dist, device, cfg.train.parallelism, compile=cfg.train.compile, dynamic_shapes=dynamic_shapes)
     try:
-        data = _same_data_on_every_rank(
-            lambda: main.get("data") or prepare_from_config(cfg.data, progress=False, expect=expect, tokenizer=tokenizer,
-                                                            split_version=split_version), dist)
+        data = _same_data_on_every_rank(lambda: main.get("data") or prepare_from_config(
+            cfg.data, progress=False, expect=expect, tokenizer=tokenizer, split_version=split_version), dist)
         trainer = _assemble(cfg, run_dir, parallel, data, ckpt_path, plan, methods, load_init or _load_hasten_model)
     except BaseException:
         if plan is not None:
@@ -182,9 +181,9 @@ def _same_data_on_every_rank(prepare: Callable[[], TokenData], dist: Distributed
     for rank, (host, record, _) in enumerate(ranks[1:], 1):
         difference = data_difference(ranks[0][1], record)
         if difference is not None:
-            raise DataError(f"rank {rank} on {host} has other token data than rank 0 on {ranks[0][0]}: {difference}; give every "
-                            "node the same corpus and data settings, or prepare it once (hasten prepare-data RECIPE --out DIR) "
-                            "and train with data.tokens=DIR")
+            raise DataError(f"rank {rank} on {host} has other token data than rank 0 on {ranks[0][0]}: {difference}; "
+                            "give every node the same corpus and data settings, or prepare it once (hasten "
+                            "prepare-data RECIPE --out DIR) and train with data.tokens=DIR")
     return data
 
 
