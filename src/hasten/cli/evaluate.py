@@ -32,7 +32,7 @@ def cmd_eval(args) -> int:
     record = read_corpus_record(run_dir) if run_dir is not None else None
     split_version = _run_split_version(run_dir, record)
     if args.data is not None:
-        data_cfg = DataConfig(**{**vars(data_cfg), "source": args.data, "max_docs": None})
+        data_cfg = DataConfig(**{**vars(data_cfg), "source": args.data, "max_docs": None, "tokens": None})
         split_version = None  # other data: the windows are spread over all of it, so its split does not matter
     kwargs = {"split_version": split_version} if split_version is not None else {}
     if args.data is None and record is not None:

@@ -30,7 +30,8 @@ from hasten.trainer.logger import read_metrics
 # config keys that may differ between a run and its resume: they do not change the computation
 RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.log_every", "train.device", "train.peak_flops", "name",
                     "train.parallelism", "train.checkpoint_format",  # either checkpoint format resumes under ddp or fsdp
-                    "data.cache_dir"}
+                    "data.cache_dir", "data.num_workers", "data.rehash",  # the corpus check covers the data ones
+                    "data.tokens"}
 # keys a continued run (--resume, --from) may change, and says so: budget, evaluation/checkpoint cadence, retention.
 # They change what happens next, never the steps already trained. (Not free for `hasten compare`, which reuses runs.)
 RESUME_ADJUSTABLE_KEYS = {"train.max_steps", "train.max_tokens", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"}
