@@ -5,16 +5,16 @@ On disk a checkpoint's state.pt is the mapping `to_dict()` returns (files.py wri
 manifest). Everything that reads a checkpoint (resume, the guard's rollback, eval, export, generate,
 grow, the sharpness probe) goes through open_checkpoint, so the layout lives here only.
 
-Growth's MSG masks are a model-level field (`unit_masks`, the masks the saved model computes with at
-its step), so a loader rebuilds the model without knowing which method set them.
+What a method changes in the model's forward from outside it is part of that method's state (in `methods`), so
+the weights here are plain; loaders ask the method registry to give the change back (hasten.recipes). Checkpoints
+written before that held such a change in a `unit_masks` field, which is ignored: the same masks follow from the
+method's state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from hasten.checkpointing.files import load_checkpoint
 from hasten.config import RunConfig, config_from_dict
@@ -60,7 +60,6 @@ class TrainCheckpoint:
     model: dict | None = None  # consolidated weights; None in a sharded checkpoint ...
     optimizer: dict | None = None
     sharded: str | None = None  # ... whose DCP shards are in this sub-directory
-    unit_masks: dict[str, torch.Tensor] | None = None  # masks the model computes with at this step (see GPT.set_unit_masks)
     path: Path | None = None  # where it was read from (not saved)
 
     @property
@@ -83,7 +82,7 @@ class TrainCheckpoint:
         if self.sharded is None:
             out.update(model=self.model, optimizer=self.optimizer)
         out.update(schedule=self.schedule, sampler=self.sampler, progress=self.progress, rng=self.rng, methods=self.methods,
-                   guard=self.guard, unit_masks=self.unit_masks)
+                   guard=self.guard)
         if self.sharded is not None:
             out["sharded"] = self.sharded
         return out
@@ -102,7 +101,7 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
             sampler=state["sampler"], rng=state["rng"], guard=state.get("guard", {}),
             methods=state.get("methods", state.get("callbacks", {})),  # checkpoints before 0.2 named it `callbacks`
             model=state.get("model"), optimizer=state.get("optimizer"), sharded=state.get("sharded"),
-            unit_masks=state.get("unit_masks"), path=path)
+            path=path)
     except KeyError as err:
         raise CheckpointError(f"checkpoint {path} has no {err.args[0]!r}; it was not written by hasten train") from None
 

@@ -25,14 +25,13 @@ def capture(trainer, weights: bool = True) -> TrainCheckpoint:
     weights=False leaves model and optimizer out (a sharded checkpoint writes them with DCP).
     """
     st, parallel = trainer.state, trainer.parallel
-    masks = {k: v.detach().cpu() for k, v in st.model.unit_masks().items() if v is not None} if st.model.has_unit_masks() else None
     return TrainCheckpoint(
         config=trainer.cfg.to_dict(), model_config=st.model.config.to_dict(), progress=st.progress.to_dict(),
         schedule=st.schedule.state_dict(), sampler=st.sampler.state_dict(), rng=rng_state(), guard=trainer.guard.state_dict(),
         methods={m.name: m.state_dict() for m in trainer.methods},
         model=parallel.model_state(st.model) if weights else None,
         optimizer=parallel.optimizer_state(st.model, st.optimizer) if weights else None,
-        sharded=None if weights else DCP_DIR, unit_masks=masks)
+        sharded=None if weights else DCP_DIR)
 
 
 def save(trainer) -> Path | None:
@@ -63,14 +62,14 @@ def save(trainer) -> Path | None:
 def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data: bool = True) -> None:
     """Load every state of a checkpoint into a trainer and tell its methods (reason: resume or rollback).
 
-    A rollback (the spike guard, mid-run) may cross a growth, so the model is rebuilt in the checkpoint's
+    A rollback (the spike guard, mid-run) may cross a change of the model's shape, so the model is rebuilt in the checkpoint's
     shape first; it keeps the metrics written since the checkpoint (they are the record) and the FLOPs and
     time spent (they were spent), and with replay_data=False the data stream goes on where it was.
     """
     st = trainer.state
     rollback = reason == "rollback"
     spent, sampler = (st.progress.flops, st.progress.optimizer_flops, st.progress.train_time), st.sampler.state_dict()
-    if rollback and ckpt.model_config != st.model.config.to_dict():  # growth happened since: rebuild the earlier shape
+    if rollback and ckpt.model_config != st.model.config.to_dict():  # the shape changed since: rebuild the earlier one
         model = GPT(ModelConfig(**ckpt.model_config)).to(trainer.device)
         trainer.replace_state(model, build_optimizer(model, trainer.cfg.optim), reason="rollback")
     try:
@@ -80,7 +79,6 @@ def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data:
             trainer.parallel.load_state(st.model, st.optimizer, ckpt.model, ckpt.optimizer)
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model/optimizer ({str(err).splitlines()[0][:160]})") from None
-    st.model.set_unit_masks(**(ckpt.unit_masks or {}))
     st.schedule.load_state_dict(ckpt.schedule)
     st.sampler.load_state_dict(ckpt.sampler)
     vars(st.progress).update(vars(Progress(**ckpt.progress)))  # in place: the loop holds a reference to it

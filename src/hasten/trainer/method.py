@@ -1,6 +1,6 @@
 """The seam between the trainer and the methods: the Method hooks and the RunContext they are given.
 
-A method (sequence length warmup, growth, weight averaging, the sharpness probe ...) is any object with
+A method (hasten.methods: each folder's spec and its Method, built by the registry) is any object with
 a `name` and the hooks below; subclass Method to get no-op defaults. Methods never see the Trainer:
 every hook gets the RunContext, a narrow view of the run (config, state, budget, device and ranks, the
 event log, evaluate, replace_state, the batch shape). The lifecycle, in order:
@@ -10,7 +10,8 @@ event log, evaluate, replace_state, the batch shape). The lifecycle, in order:
     on_fit_start(ctx)             once per process, before the first step
     per step:  before_step(ctx) -> the step -> after_step(ctx) returns this step's metrics
     per eval:  after_eval(ctx, val_loss) returns extra metrics (it sees the val loss just computed)
-    on_state_replaced(ctx, why)   the model and optimizer were swapped (growth, or a rollback across a growth)
+    prepare_model(ctx, model)     another model is about to be evaluated as the live one (e.g. averaged weights)
+    on_state_replaced(ctx, why)   the model and optimizer were swapped (a new shape, or a rollback across one)
     load_state_dict + on_restore(ctx, "rollback")   the spike guard rolled the run back in process
     on_fit_end(ctx)               after the final evaluation and checkpoint
 
@@ -33,7 +34,7 @@ from torch.optim import Optimizer
 
 from hasten.config import RunConfig
 from hasten.data.shaping import BatchShape
-from hasten.parallel.strategy import SingleProcess
+from hasten.parallel.strategy import ParallelStrategy
 from hasten.trainer.state import TrainState
 
 
@@ -44,14 +45,15 @@ class RunContext:
 
     cfg: RunConfig
     state: TrainState  # model, optimizer, schedule, sampler, progress (replaced as a whole by replace_state)
-    parallel: SingleProcess  # single process, DDP or FSDP2: wrap, full copies, collectives
+    parallel: ParallelStrategy  # single process, DDP or FSDP2: wrap, full copies, collectives
     device: torch.device
     run_dir: Path  # for the method's own artifacts (plots, exported weights); rank 0 writes
     train_tokens: np.ndarray  # the train split (a probe draws its own fixed windows from it)
     seq_len: int  # the full training context (evaluation always runs at it)
     micro_rows: int  # sequences per forward on one rank at full length
-    evaluate: Callable[..., float]  # evaluate(model=None): mean val loss at full context (a collective)
-    replace_state: Callable[[nn.Module, Optimizer, str], None]  # swap in a new model and optimizer (growth)
+    evaluate: Callable[..., float]  # evaluate(model=None): mean val loss at full context (a collective); another model than the
+    # live one first gets, from every method's prepare_model, what the method changes in the live model's forward
+    replace_state: Callable[[nn.Module, Optimizer, str], None]  # swap in a new model and optimizer (e.g. of a new shape)
     log: Callable[..., None]  # log(kind, step, **values): a metrics.jsonl row (rank 0 writes)
     autocast: Callable[[], contextlib.AbstractContextManager]
     batch_shape: BatchShape
@@ -107,8 +109,12 @@ class Method:
         """After each evaluation, with its val loss; returns extra metrics for the eval row."""
         return None
 
+    def prepare_model(self, ctx: RunContext, model: nn.Module) -> None:
+        """`model` (not the live one: e.g. averaged weights) is about to be evaluated as the live model: give it what this
+        method changes in the live model's forward from outside (e.g. hooks it puts on the live model)."""
+
     def on_state_replaced(self, ctx: RunContext, reason: str) -> None:
-        """The model and optimizer were swapped (growth)."""
+        """The model and optimizer were swapped (e.g. for a model of a new shape)."""
 
     def on_fit_end(self, ctx: RunContext) -> None:
         """After the last step and the final evaluation and checkpoint."""

@@ -97,7 +97,7 @@ def grow_checkpoint(args) -> Path:
     dropped_states = sorted(name for name in ckpt.methods if name not in KEPT_METHOD_STATES)
     progress["stage"] = int(progress.get("stage", 0)) + 1
     state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), model=grown.model.state_dict(),
-                    optimizer=grown.optimizer.state_dict(), schedule=schedule.state_dict(), progress=progress, unit_masks=None,
+                    optimizer=grown.optimizer.state_dict(), schedule=schedule.state_dict(), progress=progress,
                     methods={name: ckpt.methods[name] for name in ckpt.methods if name in KEPT_METHOD_STATES})
 
     out.mkdir(parents=True, exist_ok=True)
