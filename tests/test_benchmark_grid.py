@@ -14,12 +14,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import speedup  # noqa: E402
 
+from hasten.compare import grid as engine  # noqa: E402
 from hasten.recipes import load_config  # noqa: E402
 
 
-def _ctx(preset: str = "bench-d64") -> speedup.Ctx:
+def _grid(tier: str = "standard", out: Path = ROOT / "benchmarks" / "runs" / "unused", **kwargs) -> engine.Grid:
+    return engine.Grid(speedup.TIERS[tier], speedup.ROWS, out, jobs=kwargs.pop("jobs", 2), command="x", **kwargs)
+
+
+def _ctx(preset: str = "bench-d64") -> engine.Ctx:
     tier = speedup.TIERS["standard"]
-    ctx = speedup.Ctx(preset, speedup.size_budget(tier, preset), tier.batch, tier.seq, lr=5e-3)
+    ctx = engine.Ctx(preset, engine.size_budget(tier, preset), tier.batch, tier.seq, lr=5e-3)
     # what the compositions build on: the parts' chosen knobs (first candidates stand in for the tuned ones)
     rows = {r.name: r for r in speedup.ROWS}
     for name in ("muon", "gstack", "slw", "lawa"):
@@ -33,12 +38,12 @@ def _ctx(preset: str = "bench-d64") -> speedup.Ctx:
 
 def test_every_row_gets_the_same_tuning_budget_and_every_candidate_loads():
     ctx = _ctx()
-    grid = speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    grid = _grid()
     names = set()
     tuned = [row for row in speedup.ROWS if not row.ablates]
     for row in tuned:
         candidates = row.candidates(ctx) + (row.second_round(ctx) if row.second_round else [])
-        runs = speedup.TUNING_RUNS * (2 if row.second_round else 1)
+        runs = engine.TUNING_RUNS * (2 if row.second_round else 1)
         assert len(candidates) == runs, row.name  # equal tuning effort: as many runs as the baseline's LR sweep (and round)
         settings = [tuple(row.settings(ctx, k)) for k in candidates]
         assert len(set(settings)) == runs, f"{row.name}: two tuning runs are the same configuration"
@@ -47,12 +52,12 @@ def test_every_row_gets_the_same_tuning_budget_and_every_candidate_loads():
             cfg = load_config(spec.recipe_path, spec.overrides)
             assert cfg.train.max_tokens == ctx.budget and cfg.train.eval_sequences is None
             names.add(spec.name)
-    assert len(names) == speedup.TUNING_RUNS * (len(tuned) + sum(bool(r.second_round) for r in tuned))  # distinct run dirs
+    assert len(names) == engine.TUNING_RUNS * (len(tuned) + sum(bool(r.second_round) for r in tuned))  # distinct run dirs
     assert {r.name for r in speedup.ROWS if r.second_round} == {"baseline", "combined"}  # the same extra effort for both
 
 
 def test_ablations_drop_one_part_of_combined_and_keep_the_rest():
-    ctx, grid = _ctx(), speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    ctx, grid = _ctx(), _grid()
     rows = {r.name: r for r in speedup.ROWS}
     knobs = ctx.chosen["combined"]
     full = load_config(*_args(grid.spec(ctx, rows["combined"], knobs, 1, dense=True)))
@@ -71,11 +76,11 @@ def _args(spec):
 
 
 def test_held_out_runs_of_crossing_rows_evaluate_every_2_percent_of_the_budget():
-    ctx, grid = _ctx(), speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    ctx, grid = _ctx(), _grid()
     row = {r.name: r for r in speedup.ROWS}["combined"]
     sparse = load_config(*_args(grid.spec(ctx, row, ctx.chosen["combined"], 1)))
     dense = load_config(*_args(grid.spec(ctx, row, ctx.chosen["combined"], 1, dense=True)))
-    assert sparse.train.eval_every_tokens is None and dense.train.eval_every_tokens == ctx.budget // speedup.DENSE_EVALS
+    assert sparse.train.eval_every_tokens is None and dense.train.eval_every_tokens == ctx.budget // engine.DENSE_EVALS
     assert ctx.budget / dense.train.eval_every_tokens >= 50
     # the tuning runs of the committed grid keep their names: the dense setting only enters held-out runs
     assert grid.spec(ctx, row, ctx.chosen["combined"], 0).name != grid.spec(ctx, row, ctx.chosen["combined"], 0, dense=True).name
@@ -83,9 +88,9 @@ def test_held_out_runs_of_crossing_rows_evaluate_every_2_percent_of_the_budget()
 
 def test_the_regime_is_20_tokens_per_parameter_inside_one_epoch():
     tier = speedup.TIERS["standard"]
-    budgets = {p: speedup.size_budget(tier, p) for p in [tier.main, *tier.ladder]}
+    budgets = {p: engine.size_budget(tier, p) for p in [tier.main, *tier.ladder]}
     for preset, budget in budgets.items():
-        ratio = budget / speedup.non_embedding_params(preset)
+        ratio = budget / engine.non_embedding_params(preset)
         assert 20.0 <= ratio < 20.1 and budget % (tier.batch * tier.seq) == 0
     assert budgets["bench-d32"] < budgets["bench-d48"] < budgets["bench-d64"] < 14_000_000  # the stdlib train split at vocab 512
 
@@ -94,7 +99,7 @@ def test_growth_rows_grow_into_the_baseline_model():
     from hasten.methods.growth.config import GrowthConfig, final_model_config
 
     ctx = _ctx("bench-d48")
-    grid = speedup.Grid("standard", ROOT / "benchmarks" / "runs" / "unused", jobs=2, command="x")
+    grid = _grid()
     rows = {r.name: r for r in speedup.ROWS}
     base = load_config(grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).recipe_path,
                        grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).overrides).model_config()
@@ -107,11 +112,20 @@ def test_growth_rows_grow_into_the_baseline_model():
         assert replace(final, dropout=0.0) == base, name
 
 
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
 def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     out = tmp_path / "smoke"
     out.mkdir()
     (out / "stale").write_text("a run from an earlier smoke")  # the smoke tier never reuses anything
+    src = _tree_digest(ROOT / "src")
     assert speedup.main(["--tier", "smoke", "--jobs", "1", "--out", str(out)]) == 0
+    assert _tree_digest(ROOT / "src") == src  # benchmark results live in benchmarks/results and the README block only
     assert not (out / "stale").exists()
     report = (out / "report.md").read_text()
     for section in ("## Regime", "## Tuning", "## Scale ladder", "## Results", "tokens per parameter"):
@@ -145,7 +159,7 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     muon_seed1 = next(r for r in runs if r.name.startswith("d32-muon-") and r.name.endswith("-seed1"))
     for run in (out / "runs" / gstack, muon_seed1):
         (run / "summary.json").unlink()
-    interim = speedup.run_grid(speedup.Grid("smoke", out, jobs=1, command="x", interim=True))
+    interim = engine.run_grid(_grid("smoke", out, jobs=1, interim=True))
     assert interim["interim"] and not (out / "runs" / gstack / "summary.json").exists()  # nothing was trained
     rows = {r["name"]: r for r in interim["rows"]}
     assert "gstack" not in rows and "muon_gstack" not in rows and "combined" not in rows  # still tuning, or built on a row that is
@@ -153,7 +167,7 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     assert interim["tuning_rows"]["gstack"]["chosen"] is None and interim["tuning_rows"]["gstack"]["unfinished"] == 1
     report = (out / "report.md").read_text()
     assert "## Interim" in report and "`gstack` (still tuning)" in report and "`muon` (1/2 seeds)" in report and "not run yet" in report
-    assert "Interim results" in speedup.results_block(interim, "report.md")
+    assert "Interim results" in engine.results_block(interim, "report.md")
 
 
 @pytest.mark.parametrize("bad", [["--tier", "nope"]])
@@ -170,7 +184,7 @@ def test_a_finished_run_of_an_edited_recipe_is_refused_not_reused(tmp_path):
     from hasten.errors import ConfigError
 
     ctx, rows = _ctx(), {r.name: r for r in speedup.ROWS}
-    grid = speedup.Grid("standard", tmp_path, jobs=1, command="x", interim=True)
+    grid = _grid("standard", tmp_path, jobs=1, interim=True)
     spec = grid.spec(ctx, rows["staged"], {"at": 0.25}, 0)
     saved = load_config(spec.recipe_path, spec.overrides).to_dict()
     spec.run_dir.mkdir(parents=True)

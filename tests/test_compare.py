@@ -24,7 +24,7 @@ from hasten.compare.metrics import (
     speedup,
     welch_p,
 )
-from hasten.compare.report import BEGIN, END, build_results, fmt_speedup, render_report, update_readme
+from hasten.compare.report import BEGIN, END, build_results, fmt_speedup, readme_block, render_report, update_readme
 from hasten.compare.runner import CompareOptions, RunSpec
 from hasten.errors import ConfigError
 
@@ -261,12 +261,12 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{BEGIN}\nold\n{END}\ntail\n")
-    update_readme(readme, res, "benchmarks/results/quick/report.md")
+    update_readme(readme, readme_block(res, "benchmarks/results/quick/report.md"))
     new = readme.read_text()
     assert "old" not in new and "| fast |" in new and new.endswith(f"{END}\ntail\n")
     readme.write_text("no markers\n")
     with pytest.raises(ConfigError, match="results:begin"):
-        update_readme(readme, res, "r.md")
+        update_readme(readme, readme_block(res, "r.md"))
 
 
 # --------------------------------------------------------------------------- end to end

@@ -134,3 +134,35 @@ def _zoom(ax, curves: dict, target: float | None) -> None:
     top, bottom = max(later), min(later + ([target] if target is not None else []))
     pad = 0.05 * max(1e-3, top - bottom)
     ax.set_ylim(bottom - pad, top + pad)
+
+
+def plot_ladder(ladder: dict[str, dict], names: list[str], path: Path) -> Path:
+    """Each row's total-FLOPs speedup (95 % CI) against model size, one results dict per size; names[0] is the baseline."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    order = sorted(ladder, key=lambda p: ladder[p]["regime"]["non_embedding_params"])
+    for name in names[1:]:
+        xs, ys, lo, hi = [], [], [], []
+        for preset in order:
+            row = next((r for r in ladder[preset]["rows"] if r["name"] in (f"{name} [lawa]", name) and (r["name"] != name or
+                        not any(x["name"] == f"{name} [lawa]" for x in ladder[preset]["rows"]))), None)
+            est = (row or {}).get("speedup", {}).get("flops") if row else None
+            if est is None:
+                continue
+            xs.append(ladder[preset]["regime"]["non_embedding_params"])
+            ys.append(est["value"])
+            lo.append(est["value"] - (est["low"] if est.get("low") is not None else est["value"]))
+            hi.append((est["high"] if est.get("high") is not None else est["value"]) - est["value"])
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=name)
+    ax.axhline(1.0, color="grey", lw=1, ls="--", label="baseline (tuned AdamW)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")  # speedups are ratios: 2x and 0.5x sit equally far from the baseline
+    ax.set_xlabel("non-embedding parameters (each at 20 tokens / parameter)")
+    ax.set_ylabel("total-FLOPs speedup to the baseline's loss")
+    ax.set_title("speedup vs model size (geometric mean over seeds, 95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -383,7 +383,8 @@ def render_report(results: dict) -> str:
         "t interval, or how many seeds reached it and the mean remaining gap. *Crossing resolution* is the widest gap, over the "
         "seeds, between the two evaluations that bracket a crossing, as a fraction of the baseline's total-FLOPs budget; a speedup "
         f"whose bracket is wider than {results.get('max_resolution', MAX_RESOLUTION):.0%} is refused (\"unresolved\"), so "
-        f"interpolation never decides more than that share of the budget. *Δ* is the paired difference of final val losses with its 95 % interval "
+        f"interpolation never decides more than that share of the budget (evaluate more often, e.g. `--set "
+        "train.eval_every_tokens=` 1/50 of the budget, to resolve one). *Δ* is the paired difference of final val losses with its 95 % interval "
         "and the paired t-test's p (scipy). *Model FLOPs* are 6 x (matmul parameters) + 12 x layers x d_model x seq_len per "
         "token, forward and backward (PaLM, Chowdhery et al. 2022, appendix B: attention at full context, the causal mask not "
         "credited), charged at each step's model size and sequence length; *total FLOPs* add every optimizer step's own work "
@@ -433,14 +434,13 @@ def readme_block(results: dict, report_path: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results: dict, report_path: str) -> None:
-    """Rewrite the block between the results markers of README.md (nothing else is touched)."""
+def update_readme(readme: Path, block: str) -> None:
+    """Rewrite the block between the results markers of README.md with `block` (nothing else is touched), atomically."""
     text = readme.read_text()
     if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
         raise ConfigError(f"{readme} has no '{BEGIN}' ... '{END}' block to rewrite; add the two markers where the table goes")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{readme_block(results, report_path)}\n{END}{tail}"
     tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(new)
+    tmp.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
     tmp.replace(readme)
