@@ -72,16 +72,14 @@ def full_optimizer_state(model: nn.Module, optimizer: Optimizer) -> dict:
     return {"state": {index[name]: value for name, value in named["state"].items()}, "param_groups": groups}
 
 
-def load_full_state(model: nn.Module, optimizer: Optimizer, model_state: dict, optimizer_state: dict) -> None:
-    """Load a consolidated (single-process format) model + optimizer state into a possibly sharded pair."""
+def load_full_model_state(model: nn.Module, model_state: dict) -> None:
+    """Load a consolidated (single-process format) model state into a possibly sharded model (a collective under FSDP)."""
     if not is_fsdp(model):
         model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     set_model_state_dict(model, model_state, options=_options(True))
-    load_full_optimizer_state(model, optimizer, optimizer_state)
 
 
 # torch optimizer group keys that say how a step runs on this device, not what it computes

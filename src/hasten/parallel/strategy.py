@@ -4,7 +4,8 @@ The trainer and the methods ask the strategy instead of testing what the model i
 
     wrap(model)                 the module the step calls (compiled; DDP-wrapped; FSDP2 shards in place)
     adopt(model, optimizer)     an optimizer built on full parameters re-pointed at the shards that replaced them
-    model_state / optimizer_state / load_state   consolidated (single-process format) state for checkpoints
+    model_state / optimizer_state / load_model_state / load_optimizer_state   consolidated (single-process format)
+                                state for checkpoints
     plain_model(model)          a plain model with the full weights (the model itself unless sharded)
     training_copy / reshard     a new model shape mid-run: a full copy to change, then sharded again
     save_shards / load_shards   DCP shards (train.checkpoint_format=sharded)
@@ -94,8 +95,10 @@ class ParallelStrategy:
     def optimizer_state(self, model: nn.Module, optimizer: Optimizer) -> dict:
         return optimizer.state_dict()
 
-    def load_state(self, model: nn.Module, optimizer: Optimizer, model_state: dict, optimizer_state: dict) -> None:
+    def load_model_state(self, model: nn.Module, model_state: dict) -> None:
         model.load_state_dict(model_state)
+
+    def load_optimizer_state(self, model: nn.Module, optimizer: Optimizer, optimizer_state: dict) -> None:
         optimizer.load_state_dict(optimizer_state)
 
     def training_copy(self, model: nn.Module, optimizer: Optimizer, build_optimizer: BuildOptimizer, with_state: bool):
@@ -192,8 +195,14 @@ class FullyShardedParallel(ParallelStrategy):
     def optimizer_state(self, model: nn.Module, optimizer: Optimizer) -> dict:
         return full.full_optimizer_state(model, optimizer)
 
-    def load_state(self, model: nn.Module, optimizer: Optimizer, model_state: dict, optimizer_state: dict) -> None:
-        full.load_full_state(model, optimizer, model_state, optimizer_state)
+    def load_model_state(self, model: nn.Module, model_state: dict) -> None:
+        full.load_full_model_state(model, model_state)
+
+    def load_optimizer_state(self, model: nn.Module, optimizer: Optimizer, optimizer_state: dict) -> None:
+        if not full.is_fsdp(model):
+            optimizer.load_state_dict(optimizer_state)
+            return
+        full.load_full_optimizer_state(model, optimizer, optimizer_state)
 
     def training_copy(self, model: nn.Module, optimizer: Optimizer, build_optimizer: BuildOptimizer, with_state: bool):
         """The full model on CPU and a plain optimizer over it (holding the full state if `with_state`), on every rank.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,6 +36,9 @@ from hasten.trainer.logger import MetricsLogger, ProgressBar
 from hasten.trainer.method import Method, RunContext
 from hasten.trainer.state import TrainState
 
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.stateful import Stateful
+
 
 class Trainer:
     def __init__(self, cfg: RunConfig, state: TrainState, data: TokenData, methods: list[Method], run_dir: Path,
@@ -49,6 +53,12 @@ class Trainer:
         self.val_rows = eval_windows(data.val, self.seq_len, cfg.train.eval_sequences)
         self.logger = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard)
         self.guard = Guard(cfg.train.guard)  # non-finite skip and spike rollback (hasten.trainer.guard)
+        # what a checkpoint holds of the trainer itself, by name (torch's Stateful protocol); the methods' states and the
+        # RNG join it in hasten.trainer.checkpoints.parts
+        self.stateful: dict[str, Stateful] = {}
+        for name, part in (("model", checkpoints.LiveModel(self)), ("optimizer", checkpoints.LiveOptimizer(self)),
+                           ("schedule", state.schedule), ("sampler", state.sampler), ("progress", state.progress), ("guard", self.guard)):
+            self.register_state(name, part)
         self.ctx = RunContext(cfg=cfg, state=state, parallel=parallel, device=self.device, run_dir=run_dir, train_tokens=data.train,
                               seq_len=self.seq_len, micro_rows=self.micro_rows, evaluate=self.evaluate, replace_state=self.replace_state,
                               log=self.logger.log, autocast=self.autocast,
@@ -59,6 +69,12 @@ class Trainer:
         self._interval = [0, 0.0]  # tokens and FLOPs attempted in the current interval
         self._rates: dict[str, float | None] = {"tok_per_s": None, "mfu": None}  # of the last interval
         self._optimizer_flops: tuple[int, float] | None = None  # (id of the optimizer, FLOPs of its step on all ranks)
+
+    def register_state(self, name: str, part: Stateful) -> None:
+        """Keep `part`'s state_dict in every checkpoint under `name`; a checkpoint without it is refused on restore."""
+        if name in self.stateful:
+            raise ValueError(f"a part named {name!r} is registered already")
+        self.stateful[name] = part
 
     @property
     def stop_requested(self) -> bool:

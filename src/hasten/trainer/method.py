@@ -15,7 +15,8 @@ event log, evaluate, replace_state, the batch shape). The lifecycle, in order:
     load_state_dict + on_restore(ctx, "rollback")   the spike guard rolled the run back in process
     on_fit_end(ctx)               after the final evaluation and checkpoint
 
-state_dict() goes into every checkpoint under the method's name. The trainer calls methods in one fixed
+state_dict() goes into every checkpoint under the method's name (`methods.<name>`; a checkpoint without it
+is refused), unless the method keeps no state of the run (checkpointed = False). The trainer calls methods in one fixed
 order, their specs' (hasten.methods.registry), whatever the order of a recipe's sections.
 """
 
@@ -91,6 +92,7 @@ class Method:
     """No-op defaults for every hook (see the module docstring for the order they run in)."""
 
     name: str = "method"
+    checkpointed: bool = True  # its state_dict goes into every checkpoint as `methods.<name>`, which must then hold it
 
     def on_restore(self, ctx: RunContext, reason: str) -> None:
         """Every state was just loaded from a checkpoint (reason: resume or rollback)."""
@@ -131,6 +133,7 @@ class StopAt(Method):
     changing the schedule: `hasten train --stop-at-step N` splits a long run into resumable chunks."""
 
     name = "stop_at"
+    checkpointed = False  # a command line's stop, not the run's state
 
     def __init__(self, step: int):
         self.step = step
@@ -144,6 +147,7 @@ class AgreeOnStop(Method):
     """Several ranks: a stop requested on any rank (a signal reaches one process first) stops all after the same step."""
 
     name = "agree_on_stop"
+    checkpointed = False
 
     def __init__(self, requested: Callable[[], bool]):
         self.requested = requested

@@ -23,6 +23,12 @@ class Progress:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def state_dict(self) -> dict:  # torch's Stateful protocol: the checkpointed part `progress`
+        return self.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(vars(Progress(**state)))  # in place: the loop holds a reference to this object
+
 
 @dataclass
 class TrainState:

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from hasten.checkpointing import CHECKPOINTS, checkpoint_name, open_train_checkpoint, save_checkpoint
+from hasten.checkpointing.schema import METHODS
 from hasten.errors import CheckpointError, ConfigError
 from hasten.methods.growth.config import GrowthStage
 from hasten.methods.growth.schedule import apply_schedule_policy
@@ -77,7 +78,7 @@ def grow_checkpoint(args) -> Path:
     optimizer = build_optimizer(model, cfg.optim)
     try:
         model.load_state_dict(ckpt.model)
-        optimizer.load_state_dict(ckpt.optimizer)
+        optimizer.load_state_dict(ckpt.parts["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{ckpt.path} does not fit its own model config ({str(err).splitlines()[0][:160]})") from None
     generator = torch.Generator().manual_seed(cfg.train.seed + step)  # fresh tensors of the random/zero operators
@@ -85,7 +86,7 @@ def grow_checkpoint(args) -> Path:
                                 build_optimizer=lambda m: build_optimizer(m, cfg.optim), moments=stage.moments, generator=generator)
 
     schedule = build_schedule(cfg)
-    schedule.load_state_dict(ckpt.schedule)
+    schedule.load_state_dict(ckpt.parts["schedule"])
     schedule_info = apply_schedule_policy(schedule, stage, stage.dim, step, tokens, cfg.planned_steps(), cfg.planned_tokens(),
                                           cfg.optim.min_lr_ratio, cfg.schedule.warmup_steps, cfg.schedule.decay_unit)
 
@@ -96,9 +97,10 @@ def grow_checkpoint(args) -> Path:
         del values["methods"][name]
     dropped_states = sorted(name for name in ckpt.methods if name not in KEPT_METHOD_STATES)
     progress["stage"] = int(progress.get("stage", 0)) + 1
-    state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), model=grown.model.state_dict(),
-                    optimizer=grown.optimizer.state_dict(), schedule=schedule.state_dict(), progress=progress,
-                    methods={name: ckpt.methods[name] for name in ckpt.methods if name in KEPT_METHOD_STATES})
+    parts = {**ckpt.parts, "model": grown.model.state_dict(), "optimizer": grown.optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "progress": progress}
+    parts.update({f"{METHODS}.{name}": None for name in dropped_states})  # reset on purpose: a resume starts them afresh
+    state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), parts=parts)
 
     out.mkdir(parents=True, exist_ok=True)
     run_dir = ckpt.run_dir
