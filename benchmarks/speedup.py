@@ -46,6 +46,7 @@ from pathlib import Path
 
 from hasten.compare.grid import LR_FACTORS, Ctx, Grid, Row, Tier, results_block, run_grid
 from hasten.compare.report import update_readme
+from hasten.compare.runner import claim_report_dir
 from hasten.errors import HastenError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,10 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (RESULTS / args.tier if tier.tracked else ROOT / "benchmarks" / "runs" / args.tier)
     if args.interim and not tier.tracked:
         parser.error("--interim reads a tracked tier's finished runs; the smoke tier always trains from scratch")
-    if not tier.tracked and out.exists():
-        shutil.rmtree(out)  # the smoke tier proves the pipeline: it always trains from scratch
     command = f"python benchmarks/speedup.py --tier {args.tier}" + (f" --jobs {args.jobs}" if args.jobs != 2 else "")
     try:
+        claim_report_dir(out)  # hasten compare's contract: a new or empty folder, or a comparison's own output
+        if not tier.tracked:  # the smoke tier proves the pipeline: it always trains from scratch
+            shutil.rmtree(out)
+            claim_report_dir(out)
         results = run_grid(Grid(tier, ROWS, out, args.jobs, command, interim=args.interim))
         if tier.tracked and not args.no_docs:  # the README's block is the only file outside the results dir written
             update_readme(ROOT / "README.md", results_block(results, str((out / "report.md").relative_to(ROOT))))

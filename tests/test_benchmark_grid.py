@@ -120,8 +120,10 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
+    from hasten.compare.runner import claim_report_dir
+
     out = tmp_path / "smoke"
-    out.mkdir()
+    claim_report_dir(out)  # an earlier smoke's output
     (out / "stale").write_text("a run from an earlier smoke")  # the smoke tier never reuses anything
     src = _tree_digest(ROOT / "src")
     assert speedup.main(["--tier", "smoke", "--jobs", "1", "--out", str(out)]) == 0
@@ -175,6 +177,16 @@ def test_bad_tier_is_rejected(bad):
     with pytest.raises(SystemExit) as err:
         speedup.main(bad)
     assert err.value.code == 2
+
+
+def test_a_folder_that_is_not_a_comparison_is_never_cleared_or_written(tmp_path, capsys):
+    """--out pointing at the user's files is refused with one line (the smoke tier used to clear its --out)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert speedup.main(["--tier", "smoke", "--jobs", "1", "--out", str(mine)]) == 2
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert "not a hasten compare output" in capsys.readouterr().err
 
 
 def test_a_finished_run_of_an_edited_recipe_is_refused_not_reused(tmp_path):

@@ -31,12 +31,13 @@ def test_prepare_data(capsys, tiny_overrides):
     assert main(["prepare-data", *[a for o in tiny_overrides for a in ("--set", o)]]) == 0
     out = capsys.readouterr().out
     assert "train /" in out and "val tokens" in out and "vocab 512" in out
-    token_dir = Path(out.split("token files:")[1].split("\n")[0].strip())
+    token_dir = Path(out.split("token dir:")[1].split("(")[0].strip())
     tokenizer = Path(out.split("tokenizer:")[1].split("\n")[0].strip())
-    assert (token_dir / "train.npy").is_file() and (token_dir / "manifest.json").is_file()
-    assert tokenizer.is_file()
-    manifest = json.loads((token_dir / "manifest.json").read_text())
-    assert f"{manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val tokens" in out
+    assert (token_dir / "shard_000000.bin").is_file() and (token_dir / "hasten-tokens.json").is_file()
+    assert tokenizer.is_file() and (token_dir / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
+    manifest = json.loads((token_dir / "hasten-tokens.json").read_text())
+    assert manifest["complete"]
+    assert f"{sum(s['documents'] for s in manifest['shards'])} documents" in out
 
 
 def test_train_then_eval(tmp_path, capsys, tiny_overrides):

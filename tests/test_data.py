@@ -17,7 +17,7 @@ from hasten.config import DataConfig
 from hasten.data import load_corpus, prepare_from_config, prepare_tokens
 from hasten.data.corpus import _stdlib_files, stdlib_root
 from hasten.data.tokenizer import eos_id
-from hasten.data.tokens import check_corpus, split_documents, split_points
+from hasten.data.tokens import split_documents, split_points
 from hasten.errors import DataError
 
 WORDS = "the model reads data and learns to predict each next token from the tokens before it in order".split()
@@ -158,19 +158,19 @@ def test_token_files_are_reused(tmp_path, isolated_cache, monkeypatch):
     folder = tmp_path / "corpus"
     _write_docs(folder, 30)
     first = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
-    files = [first.directory / name for name in ("train.npy", "val.npy", "manifest.json")]
+    files = sorted(first.directory.glob("shard_*")) + [first.directory / "hasten-tokens.json"]
     mtimes = [f.stat().st_mtime_ns for f in files]
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("the corpus was tokenized again although token files exist")
 
-    monkeypatch.setattr(tokens_module, "_tokenize_into", no_tokenizing)
+    monkeypatch.setattr(tokens_module, "_encode", no_tokenizing)
     second = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
     assert second.directory == first.directory
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     assert np.array_equal(second.train, first.train) and np.array_equal(second.val, first.val)
     assert second.manifest == first.manifest
-    assert not second.train.flags.writeable  # read-only memmap
+    assert not second.train[0:5].flags.writeable  # read-only memory maps of the shards
 
 
 def test_split_by_tokens_is_exact_deterministic_and_disjoint(tmp_path, isolated_cache):
@@ -221,7 +221,8 @@ def test_split_version_1_is_kept_for_runs_that_started_with_it(tmp_path, isolate
     encoded = [tok.encode(d).ids + [eos_id(tok)] for d in docs]
     assert data.train.tolist() == [t for ids, v in zip(encoded, is_val) if not v for t in ids]
     assert data.val.tolist() == [t for ids, v in zip(encoded, is_val) if v for t in ids]
-    assert "-t" not in data.directory.name  # the cache dir name of version 1, so caches made before are reused
+    # the split is a view of the token dir: version 2 reads the same shards
+    assert prepare_tokens(str(folder), vocab_size=300, val_fraction=0.25, split_seed=3, progress=False).directory == data.directory
 
 
 def test_hidden_folders_virtual_envs_and_empty_sources_are_never_read(tmp_path, monkeypatch):
@@ -244,15 +245,15 @@ def test_an_edited_corpus_is_named_file_by_file(tmp_path, isolated_cache):
     folder = tmp_path / "corpus"
     _write_docs(folder, 6)
     data = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
-    assert data.corpus["content_sha256"] == load_corpus(str(folder)).fingerprint()
     assert [f["bytes"] for f in data.corpus["files"]] == [(folder / f"doc{i:03d}.txt").stat().st_size for i in range(6)]
-    check_corpus(data.corpus, load_corpus(str(folder)))  # unchanged: fine
+    assert [f["sha256"] for f in data.corpus["files"]] == [f["sha256"] for f in load_corpus(str(folder)).files]
+    prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False, expect=data.corpus)  # unchanged: fine
     with open(folder / "doc001.txt", "a") as f:
         f.write("one more line\n")
     (folder / "doc004.txt").unlink()
-    (folder / "new.txt").write_text("a new file\n")
+    (folder / "new.txt").write_text("a new file\n")  # an added file alone is no reason to refuse (the run keeps its own)
     tokenizers = set((isolated_cache / "tokenizers").iterdir())
-    with pytest.raises(DataError, match=r"doc001.txt edited .* doc004.txt deleted, new.txt added"):
+    with pytest.raises(DataError, match=r"changed since this run started \(doc001.txt edited \(.*\), doc004.txt deleted\)"):
         prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False, expect=data.corpus)
     assert set((isolated_cache / "tokenizers").iterdir()) == tokenizers  # refused before any tokenizer was trained
 
@@ -263,7 +264,7 @@ def test_a_broken_token_cache_or_cached_tokenizer_is_rebuilt(tmp_path, isolated_
     good = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
     train, val = np.array(good.train), np.array(good.val)
     for damage in ("truncate", "flip", "manifest"):
-        target = good.directory / ("manifest.json" if damage == "manifest" else "train.npy")
+        target = good.directory / ("hasten-tokens.json" if damage == "manifest" else "shard_000000.bin")
         raw = bytearray(target.read_bytes())
         if damage == "truncate":
             raw = raw[: len(raw) // 2]
@@ -273,7 +274,7 @@ def test_a_broken_token_cache_or_cached_tokenizer_is_rebuilt(tmp_path, isolated_
             raw = bytearray(b"{not json")
         target.write_bytes(bytes(raw))
         again = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
-        assert "token cache" in capsys.readouterr().err
+        assert "token dir" in capsys.readouterr().err
         assert np.array_equal(again.train, train) and np.array_equal(again.val, val), damage
     tokenizer = good.tokenizer_path
     tokenizer.write_text(tokenizer.read_text().replace('"the"', '"teh"', 1) if '"the"' in tokenizer.read_text() else "{}")
@@ -289,7 +290,7 @@ def test_unreadable_parquet_and_unreachable_hf_dataset_are_data_errors(tmp_path,
         load_corpus(str(bad))
     datasets = pytest.importorskip("datasets")
 
-    def offline(name, split=None):  # what datasets raises offline (HF_HUB_OFFLINE=1 is read when it is first imported)
+    def offline(name, split=None, **kwargs):  # what datasets raises offline (HF_HUB_OFFLINE=1 is read when it is first imported)
         raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
@@ -303,7 +304,7 @@ def test_small_vocab_uses_uint16(tmp_path, isolated_cache):
     data = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
     assert data.train.dtype == np.uint16 and data.val.dtype == np.uint16
     assert data.manifest["dtype"] == "uint16"
-    assert int(data.train.max()) < data.vocab_size <= 300
+    assert int(np.asarray(data.train).max()) < data.vocab_size <= 300
     assert data.manifest["eos_id"] == eos_id(Tokenizer.from_file(str(data.tokenizer_path)))
 
 

@@ -81,7 +81,7 @@ def _train_tokenizer(corpus: Path, cache_dir: str) -> None:
     from hasten.data.tokenizer import train_bpe
 
     ASSETS.mkdir(exist_ok=True)
-    TOKENIZER.write_text(train_bpe(load_corpus(str(corpus)), 512).to_str())
+    TOKENIZER.write_text(train_bpe(load_corpus(str(corpus)).documents, 512).to_str())
 
 
 def run_golden(tmp_path: Path, cache_dir: str) -> dict:

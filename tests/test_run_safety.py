@@ -40,7 +40,7 @@ def _cli(capsys, argv: list[str]) -> tuple[int, list[str], str]:
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     lines = [line for line in captured.err.splitlines() if line.strip() and "%|" not in line
-             and not line.startswith(("hasten: warning", "hasten: note", "run dir ", "train step "))]
+             and not line.startswith(("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step "))]
     return code, lines, captured.out
 
 

@@ -5,6 +5,7 @@ Set HASTEN_FAULT_AT to one or more comma-separated `KIND:STEP[@N]` points (tests
 - `step:S`  during optimizer step S, after its backward pass and before the weight update;
 - `save:S`  while checkpoint S is half-written (state.pt in the temp dir, no manifest, not renamed);
 - `saved:S` right after checkpoint S is renamed into place, before retention runs;
+- `shard:K` while token shard K of a data preparation is half-written (its first chunk is in the temp file);
 - `@N` kills the N-th time this process reaches the point (e.g. step 14 again after a rollback); default 1.
 
 Unset (normal use) it costs one environment lookup per call. It is a test hook, not a feature.

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hasten.config.model import FAMILIES, MAX_SIZE, PRESETS, ModelConfig, model_config
+from hasten.errors import ConfigError
 
 __all__ = ["FAMILIES", "MAX_SIZE", "PRESETS", "GPT", "ModelConfig", "ModelInfo", "count_params", "flops_per_token", "model_config"]
 
@@ -122,6 +123,17 @@ class GPT(nn.Module):
         super().__init__()
         cfg.validate()
         self.config = cfg
+        try:
+            self._build(cfg)
+        except (MemoryError, RuntimeError) as err:  # the allocator's failure, worded for the one who chose the shape
+            if not isinstance(err, MemoryError) and "alloc" not in str(err).lower() and "out of memory" not in str(err).lower():
+                raise
+            with torch.device("meta"):
+                n = count_params(GPT(cfg))["total"]
+            raise ConfigError(f"model ({cfg.n_layers} layers x {cfg.d_model} wide, vocab {cfg.vocab_size:,}) has {n:,} parameters, "
+                              f"{n * 4 / 2**30:,.1f} GiB in float32: more than this machine can allocate; pick a smaller model") from None
+
+    def _build(self, cfg: ModelConfig) -> None:
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.family == "gpt2":
             self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)

@@ -5,6 +5,9 @@ step, sha256 and size of every file). It is written into a hidden temp dir, fsyn
 into place, so a crash mid-save never leaves a half checkpoint under a real name. Loading verifies
 the checksums; a corrupt latest checkpoint is reported and the previous good one is used.
 Retention deletes old checkpoints only after the new one is in place and verified.
+
+The manifest's sha256 proves integrity, not authorship, so state.pt is read with torch's weights-only
+unpickler: tensors, plain Python values and containers, and numpy's RNG state array, nothing that runs code.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hasten.errors import CheckpointError
@@ -28,6 +33,17 @@ STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 TMP_PREFIX = ".tmp-"  # a save in progress (a leftover one is a crash mid-save; removed by the next save)
 OLD_PREFIX = ".old-"  # the previous copy of a step being re-saved; stands in for it if a crash hits the swap
+
+
+def _numpy_array_globals() -> list:
+    """What pickling numpy's RNG state (a uint32 array) refers to, for torch's weights-only unpickler: the array
+    rebuilder under its numpy 2 and numpy 1 names, the array and dtype types. None of them runs code."""
+    rebuild = np.zeros(1, np.uint32).__reduce__()[0]
+    return [(rebuild, "numpy._core.multiarray._reconstruct"), (rebuild, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]
+
+
+SAFE_GLOBALS = _numpy_array_globals()
 
 
 def warn(message: str) -> None:
@@ -210,12 +226,56 @@ def load_checkpoint(path: str | Path) -> dict:
         path = found
     problem = verify_checkpoint(path)
     if problem is not None:
-        raise CheckpointError(f"checkpoint {path} is unusable: {problem}")
-    try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-    except Exception as err:  # verified bytes that still do not unpickle: written by an incompatible version
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict")
+        raise CheckpointError(_unusable(path, problem))
+    state = read_state(path / STATE_FILE)
     state["_path"] = str(path)
     return state
+
+
+def read_state(file: Path, writer: str = "hasten") -> dict:
+    """A torch-pickled dict (a verified state.pt, or a transformers pytorch_model.bin written by `writer`), unpickled
+    with torch's weights-only unpickler: a payload is refused, never run."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        foreign = _foreign_globals(file) if isinstance(err, pickle.UnpicklingError) else []
+        if foreign:  # globals outside the allowlist: the weights-only unpickler refused to build them
+            raise CheckpointError(f"{file} would run code to load (it names {', '.join(foreign[:3])}); hasten loads only tensors "
+                                  f"and plain values from a checkpoint, so it was not loaded (it was not written by {writer}, or was "
+                                  "altered)") from None
+        # verified bytes that still do not unpickle: written by an incompatible version
+        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {_reason(err)}); it is damaged or was not written by "
+                              f"{'this version of ' if writer == 'hasten' else ''}{writer}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} does not hold a state dict")
+    return state
+
+
+def _foreign_globals(file: Path) -> list[str]:
+    """The globals outside the allowlist that a refused pickle names (read without running it)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except Exception:  # not a torch zip at all: it names nothing
+        return []
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    return [name for name in names if name not in allowed]
+
+
+def _reason(err: Exception) -> str:
+    """The telling line of an unpickling error (torch's weights-only errors put it after several lines of advice)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith(("Weights only load failed", "(1)", "(2)", "In PyTorch", "Check the doc",
+                                                                "Please file an issue", "WeightsUnpickler error"))]
+    return (telling or lines or [""])[0][:120]
+
+
+def _unusable(path: Path, problem: str) -> str:
+    """Why `path` cannot be loaded, in words that fit what it is: a checkpoint, a run without one yet, or another folder."""
+    if not problem.startswith("no manifest.json") or (path / STATE_FILE).exists() or path.name.startswith("step_"):
+        return f"checkpoint {path} is unusable: {problem}"
+    run = path.parent if path.name == "checkpoints" else path
+    if (run / "config.yaml").is_file():
+        return (f"run {run} has no checkpoint yet (it writes one every train.checkpoint_every steps and at the end); "
+                f"wait for it, or continue it with hasten train --resume --run-dir {run}")
+    return f"{path} is not a checkpoint (no manifest.json); give a run dir or a checkpoint dir (step_XXXXXXXX)"

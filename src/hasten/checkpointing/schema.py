@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hasten.checkpointing.files import load_checkpoint
-from hasten.config import RunConfig, config_from_dict
-from hasten.errors import CheckpointError
+from hasten.config import ModelConfig, RunConfig, config_from_dict
+from hasten.errors import CheckpointError, ConfigError
 
 TRAIN_FORMAT = "hasten-train-state"
 MODEL_FORMAT = "hasten-model"
@@ -114,10 +114,16 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
     path = Path(state["_path"]) if state.get("_path") else None
     if "model_config" not in state or ("model" not in state and not state.get("sharded")):
         raise CheckpointError(f"{path} holds no model (format {state.get('format')!r}); give a hasten run or checkpoint dir")
+    _check_model_config(state["model_config"], path)
     if "config" not in state:
         return ModelCheckpoint(state["model_config"], state["model"], path)
-    version = int(state.get("version", 1))
-    missing = [name for name in ("progress", *(LEGACY_PARTS if version < 2 else ())) if name not in state]
+    for key in ("config", "progress", "schedule", "sampler", "rng", METHODS):  # mappings every loader reads into
+        if key in state and not isinstance(state[key], dict):
+            raise CheckpointError(f"checkpoint {path} holds a {type(state[key]).__name__} as its {key}; it was not written by hasten")
+    version = state.get("version", 1)
+    if not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path} holds a {type(version).__name__} as its version; it was not written by hasten")
+    missing = [name for name in ("config", "progress", *(LEGACY_PARTS if version < 2 else ())) if name not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} has no {missing[0]!r}; it was not written by hasten train")
     parts = {name: value for name, value in state.items() if name not in NOT_PARTS}
@@ -125,6 +131,15 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
     parts.update({f"{METHODS}.{name}": value for name, value in methods.items()})
     return TrainCheckpoint(config=state["config"], model_config=state["model_config"], parts=parts, sharded=state.get("sharded"),
                            version=version, path=path)
+
+
+def _check_model_config(values, path: Path | None) -> None:
+    """A checkpoint's model shape must be one hasten can build (checked before anything allocates it)."""
+    try:
+        ModelConfig(**values).validate()
+    except (TypeError, ConfigError) as err:
+        raise CheckpointError(f"checkpoint {path} has a model config hasten cannot build ({str(err)[:160]}); it was not written "
+                              "by this version of hasten") from None
 
 
 def checkpoints_dir(path: str | Path) -> Path:

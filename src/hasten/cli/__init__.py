@@ -67,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's or the checkpoint's own)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("prepare-data", help="build the tokenizer and token files of a recipe's corpus")
+    p = sub.add_parser("prepare-data", help="build the tokenizer and token shards of a recipe's corpus (resumable)")
     _common_config_args(p)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write the token dir here instead of the cache (new or empty, or a token dir to continue or "
+                        "extend); train on it from any node with --set data.tokens=DIR")
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("info", help="the presets (no argument), or one model's parameters and training FLOPs per token")

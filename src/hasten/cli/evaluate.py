@@ -14,6 +14,7 @@ from hasten.data.tokens import prepare_from_config
 from hasten.errors import ConfigError, DataError
 from hasten.interop.cli import run_tokenizer
 from hasten.trainer.evaluation import autocast_for, mean_loss
+from hasten.trainer.rundir import read_corpus_record
 from hasten.trainer.setup import resolve_device
 
 
@@ -28,13 +29,14 @@ def cmd_eval(args) -> int:
     if tokenizer is None and (cfg is None or cfg.data.tokenizer == "bpe"):
         raise ConfigError(f"{args.checkpoint} has no tokenizer.json beside it; pass the model's tokenizer with --tokenizer FILE")
     data_cfg = cfg.data if cfg is not None else DataConfig()
-    split_version = _run_split_version(run_dir)
+    record = read_corpus_record(run_dir) if run_dir is not None else None
+    split_version = _run_split_version(run_dir, record)
     if args.data is not None:
-        data_cfg = DataConfig(**{**vars(data_cfg), "source": args.data, "max_docs": None})
+        data_cfg = DataConfig(**{**vars(data_cfg), "source": args.data, "max_docs": None, "tokens": None})
         split_version = None  # other data: the windows are spread over all of it, so its split does not matter
     kwargs = {"split_version": split_version} if split_version is not None else {}
-    if args.data is None and run_dir is not None and (run_dir / "corpus.json").is_file():
-        kwargs["expect"] = json.loads((run_dir / "corpus.json").read_text())  # its own val split, or one line
+    if args.data is None and record is not None:
+        kwargs["expect"] = record  # its own val split, or one line
     try:
         data = prepare_from_config(data_cfg, progress=False, tokenizer=tokenizer, **kwargs)
     except DataError as err:
@@ -70,14 +72,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _run_split_version(run_dir: Path | None) -> int | None:
+def _run_split_version(run_dir: Path | None, record: dict | None) -> int | None:
     """How the run split its corpus (its corpus.json); runs from before corpus.json used split version 1."""
-    if run_dir is None:
-        return None
-    path = run_dir / "corpus.json"
-    if not path.is_file():
-        return 1 if (run_dir / "config.yaml").is_file() else None
-    try:
-        return int(json.loads(path.read_text()).get("split_version", 1))
-    except (OSError, ValueError, AttributeError):
-        return None
+    if record is not None:
+        return int(record.get("split_version", 1))
+    return 1 if run_dir is not None and (run_dir / "config.yaml").is_file() else None

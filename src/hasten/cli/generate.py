@@ -8,6 +8,8 @@ recomputed every token (no KV cache), cropped to the model's context length.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tokenizers import Tokenizer
 
@@ -45,10 +47,12 @@ def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 0.
 def cmd_generate(args) -> int:
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature={args.temperature} must be >= 0 (0 = greedy)")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ConfigError(f"--temperature={args.temperature} must be a number >= 0 (0 = greedy)")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k={args.top_k} must be >= 1")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples={args.num_samples} must be >= 1")
     model, ckpt, run_dir = args.load_model(args.source, args.weights)
     path = args.tokenizer or run_tokenizer(args.source, ckpt, run_dir)
     if path is None:

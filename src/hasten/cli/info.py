@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from hasten.config import checked_model_fields, suggest
-from hasten.data.tokens import prepare_from_config
+from hasten.data.tokens import prepare_from_config, skipped_summary
 from hasten.errors import ConfigError
 from hasten.model import GPT, PRESETS, ModelInfo, count_params, flops_per_token, model_config
 from hasten.recipes import load_config
@@ -16,14 +16,19 @@ from hasten.recipes import load_config
 
 def cmd_prepare_data(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
-    data = prepare_from_config(cfg.data, progress=True)
+    if args.out is not None and cfg.data.tokens is not None:
+        raise ConfigError("--out writes a token dir from data.source, but data.tokens reads one; give only one of them")
+    data = prepare_from_config(cfg.data, progress=True, out=args.out)
     m = data.manifest
     tokens, docs = m["tokens"], m["documents"]
     share = tokens["val"] / max(1, tokens["train"] + tokens["val"])
-    print(f"{m['corpus']}: {docs['total']} documents, {tokens['train']:,} train / {tokens['val']:,} val tokens ({share:.1%} val; "
-          f"{docs['val']} document(s) in val, {docs['cut']} cut), vocab {m['vocab_size']}, skipped {m['skipped'] or 'none'}")
-    print(f"token files: {data.directory}")
-    print(f"tokenizer:   {data.tokenizer_path}")
+    print(f"{m['corpus']}: {docs['total']:,} documents, {tokens['train']:,} train / {tokens['val']:,} val tokens "
+          f"({share:.1%} val; {docs['val']:,} document(s) in val, {docs['cut']} cut), vocab {m['vocab_size']}, "
+          f"skipped {skipped_summary(m)}")
+    print(f"token dir: {data.directory} ({m['shards']} shard(s))")
+    print(f"tokenizer: {data.tokenizer_path}")
+    if args.out is not None:
+        print(f"train on it from any node with: --set data.tokens={data.directory}")
     return 0
 
 

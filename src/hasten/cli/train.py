@@ -1,4 +1,4 @@
-"""`hasten train`: a new run, `--resume`, `--from` a fork, `--nproc` ranks; stops cleanly on SIGTERM/SIGINT."""
+"""`hasten train`: a new run, `--resume`, `--from` a fork, `--nproc` ranks; stops cleanly on SIGTERM/SIGINT (StopOnSignal)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 from hasten import plots
+from hasten.checkpointing import checkpoint_step, checkpoints_dir, latest_good_checkpoint
 from hasten.errors import ConfigError, HastenError
 from hasten.parallel.launch import launch, launched_worker, report_to_launcher
 from hasten.parallel.ranks import Distributed, broadcast_object, init_distributed
 from hasten.recipes import build_trainer, load_config
-from hasten.trainer.method import AgreeOnStop, StopAt
+from hasten.trainer.method import StopAt
 from hasten.trainer.rundir import run_config_values
+from hasten.trainer.stopping import StopOnSignal
 
 
 def cmd_train(args) -> int:
@@ -23,7 +25,11 @@ def cmd_train(args) -> int:
         raise ConfigError("--resume continues a run in place and --from forks one into a new run dir; give one of them")
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir RUN_DIR (the run to continue)")
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc={args.nproc} must be >= 1 (the number of local processes)")
     continued = args.run_dir if args.resume else args.from_run
+    if args.stop_at_step is not None:
+        _check_stop_step(args.stop_at_step, continued)
     # a continued run starts from its own config: a recipe or --set changes only what they name
     cfg = load_config(args.recipe, args.overrides, base=run_config_values(continued) if continued else None)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -59,39 +65,16 @@ def cmd_train(args) -> int:
     return 0
 
 
-class StopOnSignal:
-    """SIGTERM / SIGINT (preemption, Ctrl-C) end the run at the next step boundary with the usual final evaluation
-    and checkpoint; a second Ctrl-C stops at once. With several ranks the stop is agreed at each step (one tiny
-    all-reduce on the CPU), so every rank stops after the same step."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, trainer):
-        self.trainer, self.signal, self.previous = trainer, None, {}
-        for sig in self.SIGNALS:
-            self.previous[sig] = signal.signal(sig, self._handle)
-        if trainer.world_size > 1:
-            trainer.methods.append(AgreeOnStop(lambda: self.signal is not None))
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            if signum == signal.SIGINT:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            return  # a repeated SIGTERM (e.g. one per thread from PR_SET_PDEATHSIG): already stopping
-        self.signal = signum
-        if self.trainer.world_size == 1:
-            self.trainer.stop_requested = True
-        if self.trainer.is_main:
-            try:
-                again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-                print(f"\nhasten: {signal.Signals(signum).name} received; stopping after this step with a checkpoint{again}",
-                      file=sys.stderr, flush=True)
-            except RuntimeError:  # a print interrupted by this handler
-                pass
-
-    def uninstall(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+def _check_stop_step(step: int, continued: str | None) -> None:
+    """--stop-at-step must lie ahead of the run: a step already done would never be reached, so the run would not stop."""
+    done = 0
+    if continued is not None:
+        newest = latest_good_checkpoint(checkpoints_dir(continued), report=lambda message: None)
+        done = checkpoint_step(newest) if newest is not None else 0
+    if step < 1:
+        raise ConfigError(f"--stop-at-step={step} must be >= 1 (the number of completed steps to stop after)")
+    if step <= done:
+        raise ConfigError(f"--stop-at-step={step} must be above {done}, the step the run continues from; give a later step to stop after")
 
 
 def _stopped_code(stop: StopOnSignal) -> int:

@@ -30,7 +30,7 @@ def _lrs(text: str | None) -> list[float] | None:
 
 
 def cmd_compare(args) -> int:
-    from hasten.compare.runner import CompareOptions, run_compare
+    from hasten.compare.runner import CompareOptions, GridStopped, run_compare
 
     opts = CompareOptions(
         recipes=[Path(p) for p in args.recipes],
@@ -45,9 +45,14 @@ def cmd_compare(args) -> int:
         overrides=args.overrides,
         recipe_overrides=_recipe_overrides(args.set_for),
         keep_checkpoints=args.keep_checkpoints,
+        force=args.force,
         command="hasten " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.command_line is None else args.command_line,
     )
-    results = run_compare(opts)
+    try:
+        results = run_compare(opts)
+    except GridStopped as stopped:  # a requested stop, not an error
+        print(f"hasten: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     print((Path(args.out) / "report.md").read_text())
     print(f"report: {Path(args.out) / 'report.md'}  results: {Path(args.out) / 'results.json'}", file=sys.stderr)
     return 0 if results["rows"] else 1
@@ -68,7 +73,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("recipes", nargs="+", help="recipe YAML files; each row is named by its file stem")
     p.add_argument("--seeds", type=int, default=1, help="seeds per recipe (0..N-1)")
     p.add_argument("--budget", type=_int_tokens, default=None, help="training tokens per run (2e6, 2M); default: each recipe's own length")
-    p.add_argument("--out", default="reports/compare", help="report dir; finished runs in it are reused, unfinished ones resumed")
+    p.add_argument("--out", default="reports/compare",
+                   help="report dir (new, empty or a compare output); finished runs in it are reused, unfinished ones resumed")
     p.add_argument("--baseline", default=None, help="the recipe (file stem) every other is measured against; default: the first")
     p.add_argument("--tune-baseline", action="store_true", help="sweep the baseline's optim.lr at the same budget and use the best")
     p.add_argument("--tune-lrs", default=None, help="comma-separated LR grid for --tune-baseline (default: recipe LR x 1/4..4, 5 values)")
@@ -78,6 +84,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set-for", dest="set_for", action="append", default=[], metavar="RECIPE:KEY=VALUE",
                    help="override for one recipe, e.g. --set-for baseline:optim.lr=3e-3 (repeatable)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of finished runs (deleted by default)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that is not a compare output (replaces report.md, results.json and plots there)")
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)  # benchmarks/speedup.py records its own command
     p.set_defaults(func=cmd_compare)
 

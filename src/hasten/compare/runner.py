@@ -13,6 +13,12 @@ one torch.compile cache.
 
 A long grid can be paused between runs: while REPORT_DIR/PAUSE exists no new run starts (runs in flight
 finish); REPORT_DIR/.running/ holds one file per run in flight, so a quiet machine is one where it is empty.
+
+REPORT_DIR is compare's own (claim_report_dir): new, empty, or marked by OUTPUT_MARKER (or a compare output from
+before the marker), never a run dir or a folder inside a compared corpus; anything else needs --force. SIGTERM /
+SIGINT stop the grid like `hasten train`: no new run starts, the runs in flight stop after their step with a
+checkpoint (the pool forwards the signal to its workers) and the same command resumes them. A worker dies with
+the compare process (die_with_parent), so not even a SIGKILL of it leaves a run training.
 """
 
 from __future__ import annotations
@@ -22,17 +28,37 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from hasten.checkpointing.dirs import enclosing_run_dir, is_run_dir
 from hasten.errors import ConfigError, HastenError
 
 DEFAULT_TUNE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the recipe's LR: 5 log-spaced values (factor 2 apart)
+OUTPUT_MARKER = ".hasten-compare"  # in a report dir: this folder is hasten compare's output
+LEGACY_ENTRIES = {"runs", ".running", "PAUSE"}  # all that an interrupted compare from before OUTPUT_MARKER left
+
+# A SIGTERM / SIGINT received in this process while no run was training: no run starts any more (during a run,
+# the trainer's StopOnSignal handles them). In a pool worker, _parent_pid is the compare process.
+_stop_signal: int | None = None
+_parent_pid: int | None = None
+
+
+class GridStopped(HastenError):
+    """SIGTERM / SIGINT stopped the grid; the runs in flight saved a checkpoint and the same command resumes them."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}: the runs in flight saved a checkpoint; run the same command "
+                         "again to resume them")
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -76,6 +102,7 @@ class CompareOptions:
     tier: str | None = None  # benchmark tier label, recorded in the report
     keep_checkpoints: bool = False
     quiet: bool = False
+    force: bool = False  # write into a non-empty --out that is not a compare output (its other files are kept)
 
     def threads_per_job(self) -> int:
         return max(1, available_cores() // self.jobs)
@@ -173,8 +200,8 @@ def _in_flight(spec: RunSpec):
     pause = spec.report_dir / "PAUSE"
     if pause.exists():
         print(f"{spec.name}: waiting, {pause} exists (remove it to continue)", file=sys.stderr, flush=True)
-        while pause.exists():
-            time.sleep(5)
+        while pause.exists() and _stop_signal is None:
+            time.sleep(1)
     marker = spec.report_dir / ".running" / spec.name
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{os.getpid()}\n")
@@ -209,8 +236,12 @@ def _torch_threads(threads: int | None):
 
 
 def _execute(spec: RunSpec) -> dict:
+    global _stop_signal
     from hasten.checkpointing import latest_good_checkpoint
 
+    stopped = {"name": spec.name, "status": "stopped", "val_loss": None, "seconds": 0.0}
+    if _stop_signal is not None:
+        return stopped
     cfg = refuse_stale(spec)
     run_dir = spec.run_dir
     summary_path = run_dir / "summary.json"
@@ -225,12 +256,24 @@ def _execute(spec: RunSpec) -> dict:
             resume = True
     from hasten.recipes import build_trainer
     from hasten.trainer.guard import DivergenceError
+    from hasten.trainer.stopping import StopOnSignal
 
     start = time.perf_counter()
     try:
         with _in_flight(spec):
+            if _stop_signal is not None:  # arrived while PAUSE held the run back
+                return stopped
             trainer = build_trainer(cfg, run_dir, resume=resume, progress=False)
-            final = trainer.fit()
+            stop = StopOnSignal(trainer)
+            try:
+                if _stop_signal is not None:  # arrived while the run was being set up
+                    stop.request(_stop_signal)
+                final = trainer.fit()
+            finally:
+                stop.uninstall()
+        if stop.signal is not None:  # stopped after a step with a checkpoint: unfinished, resumed by the next call
+            _stop_signal = _stop_signal or stop.signal
+            return {**stopped, "seconds": time.perf_counter() - start}
     except DivergenceError as err:  # the spike/NaN guard stopped a diverged run: a result to report, not a usage error
         return {"name": spec.name, "status": "failed", "val_loss": None, "seconds": time.perf_counter() - start, "error": str(err)}
     except HastenError:
@@ -253,30 +296,104 @@ def _execute(spec: RunSpec) -> dict:
 
 
 def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[dict]:
-    """Execute the specs in order (sequentially, or `jobs` worker processes), printing one line per run."""
+    """Execute the specs in order (sequentially, or `jobs` worker processes), printing one line per run.
+
+    SIGTERM / SIGINT start no further run and stop the runs in flight with a checkpoint, then raise GridStopped.
+    """
+    global _stop_signal
     if not specs:
         return []
     for spec in specs:  # fail fast on a bad recipe before hours of training
         load_spec_config(spec)
     outcomes: list[dict] = []
+    futures: list[Future] = []
+    _stop_signal = None
 
     def note(i: int, out: dict) -> None:
         outcomes.append(out)
-        if quiet:
+        if quiet or out["status"] == "stopped":
             return
         loss = f"val {out['val_loss']:.4f}" if isinstance(out.get("val_loss"), float) else "no val loss"
         extra = f" ({out['error']})" if out.get("error") else ""
         print(f"[{i + 1}/{len(specs)}] {out['name']}: {out['status']}, {loss}, {out['seconds']:.0f}s{extra}", file=sys.stderr, flush=True)
 
-    if jobs <= 1:
-        for i, spec in enumerate(specs):
-            note(i, execute(spec))
-        return outcomes
-    with _worker_environment(specs[0].threads), ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(execute, spec) for spec in specs]
-        for i, future in enumerate(futures):
-            note(i, future.result())
+    with _stop_requests(futures):
+        if jobs <= 1:
+            for i, spec in enumerate(specs):
+                if _stop_signal is not None:
+                    break
+                note(i, execute(spec))
+        else:
+            with _worker_environment(specs[0].threads), ProcessPoolExecutor(
+                    max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                    initargs=(os.getpid(),)) as pool:
+                futures += [pool.submit(_pool_execute, spec) for spec in specs]
+                for i, future in enumerate(futures):
+                    try:
+                        note(i, future.result())
+                    except CancelledError:  # not started when the stop came
+                        continue
+                    except BrokenProcessPool:
+                        raise HastenError("a worker process of hasten compare died (killed from outside, e.g. by the OOM killer); "
+                                          "the runs in flight keep their last checkpoint, so run the same command again to resume") from None
+    if _stop_signal is not None:
+        raise GridStopped(_stop_signal)
     return outcomes
+
+
+@contextlib.contextmanager
+def _stop_requests(futures: list[Future]):
+    """While the grid runs, SIGTERM / SIGINT start no new run: pending runs are cancelled and the workers told (they stop
+    after their step with a checkpoint); a second Ctrl-C stops at once. A run in this process handles them itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame) -> None:
+        global _stop_signal
+        if _stop_signal is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        _stop_signal = signum
+        print(f"hasten: {signal.Signals(signum).name} received; no new run starts, the runs in flight stop after their step "
+              "with a checkpoint", file=sys.stderr, flush=True)
+        for future in futures:
+            future.cancel()
+        for worker in multiprocessing.active_children():  # a Ctrl-C on a terminal reached them already; a repeat is harmless
+            os.kill(worker.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker_init(parent: int) -> None:
+    """A pool worker: remember a stop signal while idle, and die with the compare process (even on its SIGKILL)."""
+    global _parent_pid
+    from hasten.parallel.launch import die_with_parent
+
+    _parent_pid = parent
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _remember_stop)
+    die_with_parent(parent)
+
+
+def _remember_stop(signum, frame) -> None:
+    global _stop_signal
+    if _parent_pid is not None and os.getppid() != _parent_pid:  # the compare process is gone: nobody waits for this worker
+        os._exit(128 + signum)
+    _stop_signal = _stop_signal or signum
+
+
+def _pool_execute(spec: RunSpec) -> dict:
+    out = execute(spec)
+    if _parent_pid is not None and os.getppid() != _parent_pid:  # the run stopped because the compare process died
+        os._exit(128 + (_stop_signal or signal.SIGTERM))
+    return out
 
 
 @contextlib.contextmanager
@@ -319,6 +436,64 @@ def pick_baseline(recipes: list[Recipe], name: str | None) -> Recipe:
     raise ConfigError(f"--baseline {name!r} is not one of the compared recipes ({', '.join(r.name for r in recipes)})")
 
 
+def claim_report_dir(report_dir: Path, force: bool = False, corpora: dict[str, str] | None = None) -> None:
+    """Check that `report_dir` may hold compare's output, then mark it so (OUTPUT_MARKER); refused, it writes nothing.
+
+    It must be new, empty or a compare output already (marked, or from before the marker: a results.json of format
+    hasten-compare-*, or nothing but runs/ of run dirs, .running/ and PAUSE); another folder needs `force`. Never a run
+    dir or inside one, nor inside a compared corpus (`corpora`: recipe name -> data.source), force or not.
+    """
+    report_dir = Path(report_dir)
+    run = enclosing_run_dir(report_dir)
+    if run is not None:
+        where = "is a hasten run dir" if run == report_dir.expanduser().absolute() else f"is inside the hasten run dir {run}"
+        raise ConfigError(f"--out {report_dir} {where}; hasten compare writes its report and runs into a folder of its own")
+    for recipe, source in (corpora or {}).items():
+        root = _corpus_folder(source)
+        if root is not None and (report_dir.resolve() == root or root in report_dir.resolve().parents):
+            raise ConfigError(f"--out {report_dir} is inside the corpus of recipe {recipe} (data.source={source}), so its report and "
+                              "runs would become training data; put --out outside it")
+    if report_dir.exists() and not report_dir.is_dir():
+        raise ConfigError(f"--out {report_dir} is a file; give a new or empty folder")
+    entries = sorted(p.name for p in report_dir.iterdir()) if report_dir.is_dir() else []
+    if entries and not force and not _is_compare_output(report_dir):
+        shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+        raise ConfigError(f"--out {report_dir} is not empty (holds {shown}) and is not a hasten compare output; give a new or empty "
+                          "folder, or --force to write into it (report.md, results.json and the plots there are replaced)")
+    if not (report_dir / OUTPUT_MARKER).is_file():
+        from hasten.data.tokenizer import atomic_write_text
+
+        try:
+            atomic_write_text(report_dir / OUTPUT_MARKER, json.dumps({"written_by": "hasten compare", "holds": "report.md, "
+                              "results.json, plots and runs/ of one comparison"}) + "\n")
+        except OSError as err:
+            raise ConfigError(f"cannot write into --out {report_dir} ({err.strerror or err}); give a writable folder") from None
+
+
+def _is_compare_output(folder: Path) -> bool:
+    if (folder / OUTPUT_MARKER).is_file():
+        return True
+    try:
+        written = json.loads((folder / "results.json").read_text()).get("format", "")
+    except (OSError, ValueError, AttributeError):
+        written = ""
+    if isinstance(written, str) and written.startswith("hasten-compare"):
+        return True
+    entries = {p.name for p in folder.iterdir()}
+    runs = [] if not (folder / "runs").is_dir() else list((folder / "runs").iterdir())
+    return entries <= LEGACY_ENTRIES and "runs" in entries and all(is_run_dir(r) or r.name.startswith(".") for r in runs)
+
+
+def _corpus_folder(source: str) -> Path | None:
+    """The folder a local data.source reads (a folder, or a glob's fixed part); None for stdlib, hf: and single files."""
+    if source == "stdlib" or source.startswith("hf:"):
+        return None
+    parts = Path(source).expanduser().parts
+    glob_at = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    folder = Path(*parts[:glob_at]) if glob_at else Path(".")
+    return folder.resolve() if folder.is_dir() else None
+
+
 def run_compare(opts: CompareOptions) -> dict:
     """The whole `hasten compare`: (tune the baseline LR,) run everything, write report.md, results.json and plots."""
     from hasten.compare.plots import plot_comparison
@@ -328,6 +503,8 @@ def run_compare(opts: CompareOptions) -> dict:
         raise ConfigError("--seeds, --jobs and --tune-seeds must be >= 1")
     recipes = recipes_from_paths(opts.recipes, opts.recipe_overrides)
     baseline = pick_baseline(recipes, opts.baseline)
+    corpora = {recipe.name: load_spec_config(run_spec(opts, recipe, 0)).data.source for recipe in recipes}
+    claim_report_dir(opts.report_dir, opts.force, corpora)
     opts.report_dir.mkdir(parents=True, exist_ok=True)
     seeds = range(opts.seeds)
     tuning = None

@@ -21,14 +21,20 @@ from hasten.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    source: str = "stdlib"  # "stdlib" | file, folder or glob of .txt/.jsonl/.parquet | "hf:NAME[:SPLIT]"
+    source: str = "stdlib"  # "stdlib" | file, folder or glob of .txt/.jsonl/.parquet | "hf:NAME[:SPLIT]" (streamed)
     text_field: str = "text"  # field holding the text in .jsonl / .parquet / HF datasets
-    tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE on the corpus; or a tokenizer.json path / HF tokenizer name
+    tokenizer: str = "bpe"  # "bpe" = a byte-level BPE trained on the corpus; or a tokenizer.json / HF tokenizer name
     vocab_size: int = 4096  # for "bpe"
-    val_fraction: float = 0.02  # share of documents held out for validation
+    val_fraction: float = 0.02  # share of all tokens held out for validation
     split_seed: int = 1234
     max_docs: int | None = None  # cap on documents read (fast tests)
     cache_dir: str = "~/.cache/hasten"  # tokenizers and token files; HASTEN_CACHE overrides
+    val_tokens: int | None = None  # exact validation tokens instead of val_fraction
+    tokens: str | None = None  # a token dir made by `hasten prepare-data --out DIR`: read it (not data.source)
+    num_workers: int | None = None  # processes encoding the corpus; None = every core
+    tokenizer_sample_bytes: int = 128 * 2**20  # "bpe" trains on the corpus's first this many bytes
+    shard_tokens: int = 2**26  # tokens per token shard (a killed preparation continues from its last complete shard)
+    rehash: bool = False  # re-hash every corpus file and token shard instead of trusting unchanged size and mtime
 
     def validate(self) -> None:
         if not 0.0 < self.val_fraction < 0.5:
@@ -37,6 +43,14 @@ class DataConfig:
             raise ConfigError(f"data.vocab_size={self.vocab_size} is too small; byte-level BPE needs at least 260")
         if self.max_docs is not None and self.max_docs < 2:
             raise ConfigError(f"data.max_docs={self.max_docs} must be at least 2 (one train and one val document)")
+        minimum = {"val_tokens": 1, "num_workers": 1, "tokenizer_sample_bytes": 1 << 10, "shard_tokens": 1 << 10}
+        for key, low in minimum.items():
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ConfigError(f"data.{key}={value} must be at least {low}")
+        if self.tokens is not None and not str(self.tokens).strip():
+            raise ConfigError("data.tokens is empty; give the folder `hasten prepare-data --out DIR` wrote, or "
+                              "leave it unset")
 
 
 @dataclass
@@ -217,6 +231,9 @@ class RunConfig:
         return self.train.max_tokens or self.planned_steps() * self.train.batch_size * self.seq_len
 
     def validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(f"name={self.name!r} must be a plain name (no '/', not '.' or '..'): a new run goes to runs/NAME-TIMESTAMP; "
+                              "give --run-dir to put it elsewhere")
         for part in (self.data, self.optim, self.schedule, self.train):
             part.validate()
         mcfg = self.model_config()

@@ -1,7 +1,26 @@
-"""Offline-first data: corpus sources, local BPE tokenizers, cached token files, resumable sampling."""
+"""Offline-first data: corpus sources, local BPE tokenizers, token shards prepared once, resumable sampling.
 
-from hasten.data.corpus import Corpus, load_corpus
-from hasten.data.sampler import WindowSampler, eval_windows
-from hasten.data.tokens import TokenData, check_fits, prepare_from_config, prepare_tokens
+Names are imported on first use, so a worker process that encodes text (hasten.data.encoding) loads
+neither torch nor the sampler."""
 
-__all__ = ["Corpus", "TokenData", "WindowSampler", "check_fits", "eval_windows", "load_corpus", "prepare_from_config", "prepare_tokens"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Corpus": "hasten.data.corpus",
+    "load_corpus": "hasten.data.corpus",
+    "WindowSampler": "hasten.data.sampler",
+    "eval_windows": "hasten.data.sampler",
+    "TokenData": "hasten.data.tokens",
+    "check_fits": "hasten.data.tokens",
+    "prepare_from_config": "hasten.data.tokens",
+    "prepare_tokens": "hasten.data.tokens",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hasten.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from hasten.checkpointing import ModelCheckpoint, TrainCheckpoint, open_checkpoint, save_checkpoint
+from hasten.checkpointing.dirs import enclosing_run_dir
 from hasten.checkpointing.weights import RAW, WEIGHTS_HELP, load_model
 from hasten.errors import CheckpointError, ConfigError
 from hasten.interop.hf import export_hf, hf_tokenizer_file, import_hf
@@ -45,15 +46,18 @@ def run_tokenizer(spec: str | Path, ckpt: TrainCheckpoint | ModelCheckpoint | No
 
 
 def check_output_dir(out: Path, force: bool, what: str) -> None:
-    """Refuse to write into a folder that already holds anything, unless --force (then only our files are replaced)."""
+    """Refuse to write into a folder that already holds anything, unless --force (then only our files are replaced),
+    and into any folder inside a run dir (retention and --resume rewrite a run's files), --force or not."""
+    run = enclosing_run_dir(out)
+    if run is not None:
+        where = "is a hasten run dir" if run == out.expanduser().absolute() else f"is inside the hasten run dir {run}"
+        raise ConfigError(f"--out {out} {where}; even with --force, {what} goes into a folder of its own outside any run")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a new or empty folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and not force:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise ConfigError(f"--out {out} is not empty (holds {shown}); give a new or empty folder, or --force to replace the {what} files in it")
-    if force and ((out / "config.yaml").is_file() or (out / "metrics.jsonl").is_file()):
-        raise ConfigError(f"--out {out} is a hasten run dir; even with --force, {what} goes into a folder of its own")
 
 
 def cmd_export(args) -> int:

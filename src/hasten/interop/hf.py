@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from hasten.checkpointing.files import read_state
 from hasten.errors import CheckpointError, ConfigError
 from hasten.interop.hf_config import (
     _check_exportable,
@@ -304,28 +305,42 @@ def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"hf: {path} not found; point at a transformers checkpoint directory (with {what})")
     try:
-        return json.loads(path.read_text())
+        values = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"hf: {path} is not valid JSON ({err.msg} at line {err.lineno}); re-export the checkpoint") from err
+        raise CheckpointError(f"hf: {path} is not valid JSON ({err.msg} at line {err.lineno}); re-export the checkpoint") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"hf: {path} cannot be read ({type(err).__name__}); re-export the checkpoint") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"hf: {path} is not a JSON object; re-export the checkpoint")
+    return values
 
 
 def _load_hf_weights(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint dir: model.safetensors, its sharded index, or pytorch_model.bin."""
-    from safetensors.torch import load_file
-
+    """All tensors of a checkpoint dir: model.safetensors, its sharded index, or pytorch_model.bin (tensors only: a
+    pickle that would run code is refused)."""
     if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
+        return _read_safetensors(path / "model.safetensors")
     if (path / "model.safetensors.index.json").is_file():
         index = _read_json(path / "model.safetensors.index.json", what="model.safetensors.index.json")
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(index.get("weight_map", {}).values())):
-            tensors.update(load_file(str(path / shard)))
+            tensors.update(_read_safetensors(path / shard))
         return tensors
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return read_state(path / "pytorch_model.bin", writer="transformers")
     raise CheckpointError(
         f"hf: no model.safetensors or pytorch_model.bin in {path}; point at a transformers checkpoint directory"
     )
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as err:  # safetensors raises its own SafetensorError (truncated, garbled header); OSError if missing
+        raise CheckpointError(f"hf: {file} cannot be read ({str(err).splitlines()[0][:120]}); it is truncated or damaged, so "
+                              "save or download it again") from None
 
 
 def _copy_tokenizer(tokenizer_file: Path, out: Path, cfg: ModelConfig) -> int | None:

@@ -1,8 +1,9 @@
 """`hasten train --nproc N` runs torch.distributed.run's agent in this process (no torchrun child), so
 its SIGTERM/SIGINT handling covers the workers directly: they get the signal and stop at the next
-step boundary with a checkpoint. Each worker dies with its launcher (PR_SET_PDEATHSIG), so not even a
-SIGKILL of the launcher leaves orphans. Workers report errors through files in REPORT_ENV instead of
-printing them, and the launcher prints the first user error once, without torchrun's traceback.
+step boundary with a checkpoint. Each worker dies with its launcher (PR_SET_PDEATHSIG, die_with_parent,
+which `hasten compare`'s worker processes use too), so not even a SIGKILL of the launcher leaves orphans.
+Workers report errors through files in REPORT_ENV instead of printing them, and the launcher prints the
+first user error once, without torchrun's traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from hasten.errors import ConfigError
 
 REPORT_ENV = "HASTEN_LAUNCH_REPORTS"  # folder where each worker writes rank<R>.json when it fails or stops
 LAUNCHER_ENV = "HASTEN_LAUNCHER_PID"
@@ -45,13 +44,20 @@ def launched_worker() -> bool:
 def die_with_launcher() -> None:
     """In a launched worker: ask Linux to send SIGTERM when the launcher (our parent) dies."""
     launcher = os.environ.get(LAUNCHER_ENV)
-    if launcher is None or not launched_worker() or not sys.platform.startswith("linux"):
+    if launcher is not None and launched_worker():
+        die_with_parent(int(launcher))
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to send this process SIGTERM when `parent` (the process that started it) dies, so that not even a
+    SIGKILL of the parent leaves it running (PR_SET_PDEATHSIG); used by --nproc's workers and compare's pool."""
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != int(launcher):  # it died before the prctl took effect
+    if os.getppid() != parent:  # it died before the prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -77,8 +83,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    if nproc < 1:
-        raise ConfigError(f"--nproc={nproc} must be >= 1")
     for name in list(logging.root.manager.loggerDict):  # the outcome is reported below, once (torch sets levels per logger)
         if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -87,18 +91,23 @@ def launch(nproc: int, argv: list[str]) -> int:
         env = {REPORT_ENV: reports, LAUNCHER_ENV: str(os.getpid()), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         args = torchrun.get_args_parser().parse_args(
             ["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.1", "-m", "hasten", *argv])
-        code = 0
+        code, killed = 0, {}
         with environment(env):
             try:
                 torchrun.run(args)
             except ChildFailedError as err:
                 code = max((f.exitcode for f in err.failures.values()), default=1) or 1
+                killed = {rank: -f.exitcode for rank, f in err.failures.items() if f.exitcode < 0}  # rank -> signal number
             except SignalException as err:
                 code = 128 + int(err.sigval)
-        return _launch_outcome(Path(reports), code)
+        return _launch_outcome(Path(reports), code, killed)
 
 
-def _launch_outcome(reports: Path, code: int) -> int:
+def _launch_outcome(reports: Path, code: int, killed: dict[int, int] | None = None) -> int:
+    """The exit code, with the cause printed once: a user error, a rank killed from outside, or the first traceback.
+
+    A rank killed by a signal leaves no report; the ranks that lost it then fail in a collective, so their
+    tracebacks are consequences and the killed rank is named instead."""
     records = []
     for path in reports.glob("rank*.json"):
         try:
@@ -106,15 +115,21 @@ def _launch_outcome(reports: Path, code: int) -> int:
         except (OSError, ValueError):
             continue
     records.sort(key=lambda r: (r["time"], r["rank"]))
-    for kind in ("error", "crash"):
-        first = next((r for r in records if r["kind"] == kind), None)
-        if first is not None:
-            if kind == "crash":
-                print(first["message"].rstrip(), file=sys.stderr)
-                print(f"hasten: error: rank {first['rank']} crashed (traceback above)", file=sys.stderr)
-                return 1
-            print(f"hasten: error: {first['message']}", file=sys.stderr)
-            return first["code"]
+    error = next((r for r in records if r["kind"] == "error"), None)
+    if error is not None:
+        print(f"hasten: error: {error['message']}", file=sys.stderr)
+        return error["code"]
+    silent = sorted(set(killed or {}) - {r["rank"] for r in records})
+    if silent:
+        rank, name = silent[0], signal.Signals(killed[silent[0]]).name
+        print(f"hasten: error: rank {rank} was killed by {name} from outside hasten (the OOM killer, a kill command); "
+              "the other ranks stopped with it, so --resume continues from the last checkpoint", file=sys.stderr)
+        return 1
+    crash = next((r for r in records if r["kind"] == "crash"), None)
+    if crash is not None:
+        print(crash["message"].rstrip(), file=sys.stderr)
+        print(f"hasten: error: rank {crash['rank']} crashed (traceback above)", file=sys.stderr)
+        return 1
     stopped = next((r for r in records if r["kind"] == "stopped"), None)
     if stopped is not None:
         return stopped["code"]

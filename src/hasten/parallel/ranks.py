@@ -107,6 +107,15 @@ def broadcast_object(value: T, src: int = 0) -> T:
     return box[0]
 
 
+def gather_objects(value: T) -> list[T]:
+    """Every rank's value (any picklable object), in rank order, on every rank; [value] in a single process."""
+    if not active():
+        return [value]
+    out: list = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, value)
+    return out
+
+
 @torch.no_grad()
 def broadcast_tensors_(tensors: list[torch.Tensor], src: int = 0) -> None:
     """Overwrite each tensor in place with rank `src`'s values (e.g. freshly initialised weights)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,10 +47,13 @@ class MetricsLogger:
         self.writer = None
         self.lock = None  # set by setup: released on close
         if enabled and tensorboard:
+            _quiet_writer_thread()
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except OSError as err:  # it writes its first event at once (a full disk, a read-only folder)
+                raise self._tensorboard_error(err, "at the start") from None
             except Exception:  # tensorboard is optional at run time
                 self.writer = None
 
@@ -81,16 +85,48 @@ class MetricsLogger:
             raise HastenError(f"writing {self.path} failed at step {step} ({err.strerror or err}); free space, then "
                               f"hasten train --resume --run-dir {self.path.parent} continues from the last checkpoint") from None
         if self.writer is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+            try:
+                for key, value in values.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                        self.writer.add_scalar(f"{kind}/{key}", value, step)
+            except OSError as err:  # its writer thread failed (a full disk): it raises here, in the next call
+                self.writer = None  # given up: close() must not flush it again
+                raise self._tensorboard_error(err, f"at step {step}") from None
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        writer, self.writer, failure = self.writer, None, None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError as err:
+                failure = err
         if self.lock is not None:  # the run dir's writer lock (hasten.trainer.setup) ends with the run's logging
             self.lock.release()
             self.lock = None
+        if failure is not None and sys.exc_info()[1] is None:  # the error already on its way out is the one to report
+            raise self._tensorboard_error(failure, "at the end")
+
+    def _tensorboard_error(self, err: OSError, when: str) -> HastenError:
+        run_dir = self.path.parent
+        return HastenError(f"writing TensorBoard events to {run_dir / 'tensorboard'} failed {when} ({err.strerror or err}); free space "
+                           f"(or set train.tensorboard=false), then hasten train --resume --run-dir {run_dir} continues from the last "
+                           "checkpoint")
+
+
+def _quiet_writer_thread() -> None:
+    """TensorBoard's writer thread stores a failed write (a full disk) for the training thread to raise, then re-raises
+    it, which would print its traceback too; MetricsLogger reports it once, so that thread's OSErrors are not printed."""
+    previous = threading.excepthook
+    if getattr(previous, "hasten_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    hook.hasten_quiet = True
+    threading.excepthook = hook
 
 
 def _clean(value):

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from hasten.checkpointing import CHECKPOINTS, checkpoint_name, checkpoint_step, latest_good_checkpoint, list_checkpoints
+from hasten.checkpointing.dirs import check_new_dir, staged_dir
 from hasten.config import RunConfig, config_from_dict
 from hasten.data.tokenizer import atomic_write_text
 from hasten.data.tokens import SPLIT_VERSION, TokenData
@@ -30,7 +30,8 @@ from hasten.trainer.logger import read_metrics
 # config keys that may differ between a run and its resume: they do not change the computation
 RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.log_every", "train.device", "train.peak_flops", "name",
                     "train.parallelism", "train.checkpoint_format",  # either checkpoint format resumes under ddp or fsdp
-                    "data.cache_dir"}
+                    "data.cache_dir", "data.num_workers", "data.rehash",  # the corpus check covers the data ones
+                    "data.tokens"}
 # keys a continued run (--resume, --from) may change, and says so: budget, evaluation/checkpoint cadence, retention.
 # They change what happens next, never the steps already trained. (Not free for `hasten compare`, which reuses runs.)
 RESUME_ADJUSTABLE_KEYS = {"train.max_steps", "train.max_tokens", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"}
@@ -97,25 +98,9 @@ def lock_run_dir(run_dir: Path):
 
 def check_new_run_dir(run_dir: Path) -> None:
     """Refuse a run dir that holds anything (a run, or the user's own files) or cannot be written; writes nothing."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run dir {run_dir} is a file; pick another --run-dir")
-    if run_dir.is_dir():
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir())
-        if "config.yaml" in entries:
-            raise ConfigError(f"run dir {run_dir} already holds a run; use --resume to continue it, --from to fork it, or pick another --run-dir")
-        if entries:
-            shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-            raise ConfigError(f"run dir {run_dir} is not empty (holds {shown}); hasten writes a new run only into a new or empty "
-                              "folder, so pick another --run-dir")
-    ancestor = run_dir
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(f"cannot create run dir {run_dir}: {ancestor} is a file; pick another --run-dir")
-    try:  # the one sure test of writability: make (and remove) a folder there
-        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".hasten-probe-"))
-    except OSError as err:
-        raise ConfigError(f"cannot create run dir {run_dir} ({err.strerror or err} in {ancestor}); pick a writable --run-dir") from None
+    if (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"run dir {run_dir} already holds a run; use --resume to continue it, --from to fork it, or pick another --run-dir")
+    check_new_dir(run_dir, "run dir", "--run-dir")
 
 
 def _continued_config(saved: RunConfig, cfg: RunConfig, how: str) -> list[str]:
@@ -136,13 +121,24 @@ def _resolved(cfg: RunConfig) -> dict:
     return {**cfg.to_dict(), "model": cfg.model_config().to_dict()}
 
 
-def _read_corpus_record(run_dir: Path) -> dict | None:
+def read_corpus_record(run_dir: Path) -> dict | None:
+    """A run's corpus.json (None if it has none: started by an older hasten); one line if it is unusable."""
     path = run_dir / CORPUS_FILE
     if not path.exists():
+        return None
+    unusable = "is unreadable; restore it, or delete it to continue without the corpus check"
+    record = _read_mapping(path, json.loads, unusable)
+    if not isinstance(record.get("split_version", 1), int):
+        raise ConfigError(f"{path} {unusable}")
+    return record
+
+
+def _read_corpus_record(run_dir: Path) -> dict | None:
+    record = read_corpus_record(run_dir)
+    if record is None:
         print(f"hasten: warning: {run_dir} has no {CORPUS_FILE} (started by an older hasten): its corpus cannot be checked",
               file=sys.stderr)
-        return None
-    return _read_mapping(path, json.loads, "is unreadable; restore it, or delete it to continue without the corpus check")
+    return record
 
 
 def plan_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, fork_from: Path | None = None) -> RunDirPlan:
@@ -174,15 +170,35 @@ def plan_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, fork_from: Path | 
             plan.checkpoint = latest_good_checkpoint(run_dir / CHECKPOINTS)
             if plan.checkpoint is None:
                 raise CheckpointError(f"--resume: every checkpoint under {run_dir / 'checkpoints'} is broken; start a new run dir")
+        else:
+            _refuse_lost_checkpoints(run_dir)
     except BaseException:
         plan.lock.release()
         raise
     return plan
 
 
-def _staging_dir(run_dir: Path) -> Path:
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.starting-"))
+def _refuse_lost_checkpoints(run_dir: Path) -> None:
+    """A run with no checkpoint restarts from step 0 only if it never wrote one: otherwise its history would be retrained over."""
+    saved = [r.get("step", 0) for r in read_metrics(run_dir) if r.get("kind") == "event" and r.get("event") == "checkpoint"]
+    if not saved and not (run_dir / "summary.json").exists():
+        return  # stopped before its first checkpoint: nothing to lose
+    record = f"checkpoints up to step {max(saved)}" if saved else "a finished run"
+    raise CheckpointError(f"--resume: {run_dir} has no checkpoint, but its metrics.jsonl records {record} ({run_dir / CHECKPOINTS} "
+                          f"is missing or emptied), so resuming would retrain its history from step 0; restore {CHECKPOINTS}/ to "
+                          f"continue it, or start over in a new run dir: hasten train {run_dir / 'config.yaml'} --run-dir NEW_DIR")
+
+
+def check_checkpoint_config(plan: RunDirPlan, trained: RunConfig, checkpoint: Path) -> None:
+    """The run's config.yaml must agree with the config its checkpoint trained with (a hand edit would change the
+    trajectory unseen); budget and cadence may differ (a continuation that stopped before its next checkpoint)."""
+    saved, actual = flatten(_resolved(plan.saved)), flatten(_resolved(trained))
+    edited = [k for k in config_differences(_resolved(trained), _resolved(plan.saved)) if k not in RESUME_ADJUSTABLE_KEYS]
+    if edited:
+        shown = ", ".join(f"{k} {actual.get(k)} -> {saved.get(k)}" for k in edited[:6]) + (f" and {len(edited) - 6} more" if len(edited) > 6 else "")
+        raise ConfigError(f"{plan.source / 'config.yaml'} differs from the config checkpoint {checkpoint} trained with in {shown} "
+                          "(edited by hand?), which would change the run's trajectory; put the checkpoint's values back "
+                          "(a continued run may change only its budget and cadence, with --set)")
 
 
 def _fork_metrics(source: Path, step: int, checkpoint: Path) -> str:
@@ -218,9 +234,7 @@ def commit_run_dir(plan: RunDirPlan, cfg: RunConfig, data: TokenData) -> None:
         except OSError as err:
             raise ConfigError(f"updating run dir {run_dir} failed ({err.strerror or err}); free space and resume again") from None
         return
-    staging = None
-    try:
-        staging = _staging_dir(run_dir)
+    with staged_dir(run_dir, "run dir", "--run-dir") as staging:
         (staging / "config.yaml").write_text(config_text)
         shutil.copyfile(plan.tokenizer or data.tokenizer_path, staging / "tokenizer.json")  # self-contained for export and resume
         if plan.mode == "fork":
@@ -230,16 +244,6 @@ def commit_run_dir(plan: RunDirPlan, cfg: RunConfig, data: TokenData) -> None:
             _link_or_copy_tree(plan.checkpoint, staging / CHECKPOINTS / checkpoint_name(step))
         else:
             (staging / CORPUS_FILE).write_text(json.dumps(data.corpus, indent=1))
-        os.replace(staging, run_dir)  # onto a missing or empty folder; fails if another process filled it meanwhile
-        staging = None
-    except OSError as err:
-        if run_dir.is_dir() and any(run_dir.iterdir()) and staging is not None:
-            raise ConfigError(f"run dir {run_dir} was filled by another process while this run was starting; pick another --run-dir") from None
-        raise ConfigError(f"creating run dir {run_dir} failed ({err.strerror or err}); nothing was written, so free space "
-                          "(or pick a writable --run-dir) and run the same command again") from None
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
     plan.created = True
     if plan.mode == "fork":
         plan.checkpoint = run_dir / CHECKPOINTS / checkpoint_name(checkpoint_step(plan.checkpoint))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -23,18 +24,26 @@ from hasten.checkpointing.weights import load_model
 from hasten.config import ModelConfig, RunConfig
 from hasten.data.sampler import WindowSampler
 from hasten.data.tokenizer import atomic_write_text
-from hasten.data.tokens import TokenData, check_fits, prepare_from_config
-from hasten.errors import CheckpointError, ConfigError
+from hasten.data.tokens import TokenData, check_fits, data_difference, prepare_from_config
+from hasten.errors import CheckpointError, ConfigError, DataError, HastenError
 from hasten.model import GPT
 from hasten.optim.builder import build_optimizer, check_fsdp_optimizer
 from hasten.optim.schedules import build_schedule
-from hasten.parallel.ranks import Distributed, run_on_main
+from hasten.parallel.ranks import Distributed, gather_objects, run_on_main
 from hasten.parallel.strategy import make_strategy
 from hasten.trainer.checkpoints import restore
 from hasten.trainer.loop import Trainer
 from hasten.trainer.method import Method
 from hasten.trainer.monitor import StabilityMonitor
-from hasten.trainer.rundir import CORPUS_FILE, RunDirPlan, abandon, commit_run_dir, flatten, plan_run_dir
+from hasten.trainer.rundir import (
+    CORPUS_FILE,
+    RunDirPlan,
+    abandon,
+    check_checkpoint_config,
+    commit_run_dir,
+    flatten,
+    plan_run_dir,
+)
 from hasten.trainer.state import Progress, TrainState
 
 LoadInit = Callable[[str], nn.Module]  # train.init_from -> a model holding the starting weights
@@ -142,13 +151,14 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, methods: list[Method], *,
         except BaseException:
             abandon(plan)
             raise
-        return plan.checkpoint, plan.tokenizer, plan.split_version
+        return plan.checkpoint, plan.tokenizer, plan.split_version, plan.corpus
 
-    ckpt_path, tokenizer, split_version = run_on_main(plan_on_main)
+    ckpt_path, tokenizer, split_version, expect = run_on_main(plan_on_main)
     plan: RunDirPlan | None = main.get("plan")
     parallel = make_strategy(dist, device, cfg.train.parallelism, compile=cfg.train.compile, dynamic_shapes=dynamic_shapes)
     try:
-        data = main.get("data") or prepare_from_config(cfg.data, progress=False, tokenizer=tokenizer, split_version=split_version)
+        data = _same_data_on_every_rank(lambda: main.get("data") or prepare_from_config(
+            cfg.data, progress=False, expect=expect, tokenizer=tokenizer, split_version=split_version), dist)
         trainer = _assemble(cfg, run_dir, parallel, data, ckpt_path, plan, methods, load_init or _load_hasten_model)
     except BaseException:
         if plan is not None:
@@ -158,6 +168,31 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, methods: list[Method], *,
         for line in _notes(plan, cfg, trainer):
             print(line, file=sys.stderr)
     return trainer
+
+
+def _same_data_on_every_rank(prepare: Callable[[], TokenData], dist: Distributed) -> TokenData:
+    """Each rank's token data (rank 0's was prepared first; a rank on another node prepares its own, or reads
+    data.tokens): every rank must have the same tokens, else every rank stops with one line naming the difference."""
+    try:
+        data, outcome = prepare(), None
+    except HastenError as err:
+        data, outcome = None, err
+    mine = (socket.gethostname(), data.corpus if data is not None else None,
+            (type(outcome), str(outcome)) if outcome is not None else None)
+    ranks = gather_objects(mine)
+    if outcome is not None:
+        raise outcome
+    for rank, (host, _, error) in enumerate(ranks):
+        if error is not None:
+            cls, message = error
+            raise cls(f"rank {rank} on {host}: {message}")
+    for rank, (host, record, _) in enumerate(ranks[1:], 1):
+        difference = data_difference(ranks[0][1], record)
+        if difference is not None:
+            raise DataError(f"rank {rank} on {host} has other token data than rank 0 on {ranks[0][0]}: {difference}; "
+                            "give every node the same corpus and data settings, or prepare it once (hasten "
+                            "prepare-data RECIPE --out DIR) and train with data.tokens=DIR")
+    return data
 
 
 def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_path: Path | None, plan: RunDirPlan | None,
@@ -172,6 +207,8 @@ def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_pat
     seed_everything(cfg.train.seed)
     checkpoint = _open_resume_checkpoint(ckpt_path) if ckpt_path is not None else None
     if plan is not None:
+        if checkpoint is not None:
+            check_checkpoint_config(plan, checkpoint.run_config(), checkpoint.path)
         _check_budget(plan, cfg, checkpoint)
     if checkpoint is not None:
         model_cfg = ModelConfig(**checkpoint.model_config)  # the current stage's model (a method may change its shape)

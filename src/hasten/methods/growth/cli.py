@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from hasten.checkpointing import CHECKPOINTS, checkpoint_name, open_train_checkpoint, save_checkpoint
+from hasten.checkpointing.dirs import check_new_dir, enclosing_run_dir, staged_dir
 from hasten.checkpointing.schema import METHODS
 from hasten.errors import CheckpointError, ConfigError
 from hasten.methods.growth.config import GrowthStage
@@ -61,8 +62,10 @@ def _print_guideline(n_params: float, tokens: float) -> int:
 def grow_checkpoint(args) -> Path:
     """Grow the training state of args.source into the new run dir args.out; returns it."""
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out} exists and is not empty; give a new run dir")
+    inside = enclosing_run_dir(out)
+    if inside is not None:
+        raise ConfigError(f"--out {out} is inside the run dir {inside}; a grown run is a run dir of its own, so put it outside")
+    check_new_dir(out, "grown run dir", "--out")
     ckpt = open_train_checkpoint(args.source, "hasten grow")
     if ckpt.sharded:
         raise CheckpointError(f"{ckpt.path} is a sharded checkpoint; save it consolidated (train.checkpoint_format=consolidated) to grow it")
@@ -102,22 +105,20 @@ def grow_checkpoint(args) -> Path:
     parts.update({f"{METHODS}.{name}": None for name in dropped_states})  # reset on purpose: a resume starts them afresh
     state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), parts=parts)
 
-    out.mkdir(parents=True, exist_ok=True)
     run_dir = ckpt.run_dir
-    for name in ("tokenizer.json", "corpus.json"):  # the grown run resumes on the same tokens, and checks its corpus
-        if run_dir is not None and (run_dir / name).exists():
-            shutil.copyfile(run_dir / name, out / name)
     rows = _metrics_until(run_dir, step) if run_dir is not None else []
     summary = grown.plan.summary()
     rows.append({"kind": "event", "step": step, "event": "state_replaced", "reason": summary, "tokens": tokens})
     rows.append({"kind": "event", "step": step, "event": "growth", "stage": progress["stage"] - 1, "summary": summary, "notes": grown.notes,
                  "tokens": tokens, "flops": progress["flops"], "model_config": grown.model.config.to_dict(), "offline": str(ckpt.path)})
     rows.append({"kind": "event", "step": step, "event": "growth_schedule", "policy": stage.schedule, **schedule_info})
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    save_checkpoint(out / CHECKPOINTS, step, state.to_dict(), keep=cfg.train.keep_checkpoints)
-    tmp = out / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(values, sort_keys=False))
-    tmp.replace(out / "config.yaml")  # last: a run dir with config.yaml is complete
+    with staged_dir(out, "grown run dir", "--out") as staging:  # the grown run appears whole, or not at all (a full disk: one line)
+        for name in ("tokenizer.json", "corpus.json"):  # the grown run resumes on the same tokens, and checks its corpus
+            if run_dir is not None and (run_dir / name).exists():
+                shutil.copyfile(run_dir / name, staging / name)
+        (staging / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        save_checkpoint(staging / CHECKPOINTS, step, state.to_dict(), keep=cfg.train.keep_checkpoints)
+        (staging / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
 
     print(f"{ckpt.path} (step {step}, {tokens:,} tokens) -> {out / CHECKPOINTS / checkpoint_name(step)}")
     print(f"  {summary}")
