@@ -36,7 +36,7 @@ class Counter:
 
 
 def _rewrite(checkpoint: Path, edit) -> None:
-    """Re-save a checkpoint with `edit` applied to its state.pt mapping (a new manifest: it is not damaged, only different)."""
+    """Re-save a checkpoint with `edit` applied to its state.pt mapping (a new manifest: not damaged, only edited)."""
     state = load_checkpoint(checkpoint)
     state.pop("_path")
     edit(state)
@@ -51,12 +51,13 @@ def test_every_registered_part_is_in_the_checkpoint_and_comes_back(tmp_path, tin
     trainer.register_state("counter", counter)
     with pytest.raises(ValueError, match="registered already"):
         trainer.register_state("counter", Counter())
-    assert list(parts(trainer)) == ["model", "optimizer", "schedule", "sampler", "progress", "guard", "counter", "methods.stability",
-                                    "methods.lawa", "rng"]  # the restore order: the RNG last
+    assert list(parts(trainer)) == ["model", "optimizer", "schedule", "sampler", "progress", "guard", "counter",
+                                    "methods.stability", "methods.lawa", "rng"]  # the restore order: the RNG last
     counter.count = 41
     trainer.fit()
     state = load_checkpoint(tmp_path / "run" / "checkpoints")
-    assert state["version"] == FORMAT_VERSION and state["counter"] == {"count": 41} and set(state["methods"]) == {"stability", "lawa"}
+    assert state["version"] == FORMAT_VERSION and state["counter"] == {"count": 41}
+    assert set(state["methods"]) == {"stability", "lawa"}
 
     other = build_trainer(load_config(None, overrides), tmp_path / "other", progress=False)
     again = Counter()
@@ -78,7 +79,8 @@ def test_a_checkpoint_that_lacks_a_registered_part_is_refused_with_one_line(tmp_
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("hasten: note:")]
     name = f"methods.{missing}" if missing == "lawa" else missing
-    assert len(err) == 1 and f"lacks the state of {name} that this run keeps" in err[0] and "train.init_from=" in err[0], err
+    assert len(err) == 1 and f"lacks the state of {name} that this run keeps" in err[0], err
+    assert "train.init_from=" in err[0]  # the fix: another checkpoint, or a new run from its weights
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # nothing was written
 
 
@@ -86,15 +88,18 @@ def test_a_part_reset_on_purpose_starts_afresh(tmp_path, tiny_overrides):
     overrides = [*tiny_overrides, "train.max_steps=8", "methods.lawa={k: 2, interval: 2}"]
     run_training(tmp_path / "run", overrides)
     _rewrite(tmp_path / "run" / "checkpoints" / "step_00000008", lambda state: state["methods"].update(lawa=None))
-    trainer = build_trainer(load_config(None, [*overrides, "train.max_steps=10"]), tmp_path / "run", resume=True, progress=False)
+    cfg = load_config(None, [*overrides, "train.max_steps=10"])
+    trainer = build_trainer(cfg, tmp_path / "run", resume=True, progress=False)
     lawa = next(m for m in trainer.methods if m.name == "lawa")
     assert not lawa.averager.ready and trainer.state.progress.step == 8  # the average starts over; the rest resumed
 
 
 def test_grow_resets_the_states_of_the_small_model_and_the_grown_run_resumes(tmp_path, tiny_overrides, capsys):
-    overrides = [*tiny_overrides, "model={preset: tiny, n_layers: 1}", "train.max_steps=12", "methods.lawa={k: 2, interval: 2}"]
+    overrides = [*tiny_overrides, "model={preset: tiny, n_layers: 1}", "train.max_steps=12",
+                 "methods.lawa={k: 2, interval: 2}"]
     run_training(tmp_path / "small", overrides, stop_at=6)
-    assert main(["grow", str(tmp_path / "small"), "--op", "stack", "--factor", "2", "--out", str(tmp_path / "grown")]) == 0
+    assert main(["grow", str(tmp_path / "small"), "--op", "stack", "--factor", "2", "--out", str(tmp_path / "grown")
+                 ]) == 0
     grown = load_checkpoint(tmp_path / "grown" / "checkpoints")
     assert grown["methods"]["lawa"] is None and grown["methods"]["stability"] is not None
     assert main(["train", "--resume", "--run-dir", str(tmp_path / "grown")]) == 0
@@ -107,10 +112,11 @@ def test_a_version_1_checkpoint_still_resumes_its_missing_parts_fresh(tmp_path, 
     monkeypatch.chdir(tmp_path / "pre-methods")
     checkpoint = Path("runs/msg-lawa/checkpoints/step_00000007")
     assert "version" not in load_checkpoint(checkpoint)  # written before the format named its parts
-    _rewrite(checkpoint, lambda state: (state.pop("guard"), state["methods"].pop("lawa")))  # as a checkpoint from before either
+    # as a checkpoint from before the guard and LAWA had states
+    _rewrite(checkpoint, lambda state: (state.pop("guard"), state["methods"].pop("lawa")))
     assert open_checkpoint(checkpoint).version == 1
     assert main(["train", "--resume", "--run-dir", "runs/msg-lawa"]) == 0
-    assert load_checkpoint(Path("runs/msg-lawa/checkpoints"))["version"] == FORMAT_VERSION  # what it writes now names them all
+    assert load_checkpoint(Path("runs/msg-lawa/checkpoints"))["version"] == FORMAT_VERSION  # what it writes now
 
 
 def test_a_checkpoint_without_progress_is_one_line(tmp_path, tiny_overrides):

@@ -201,7 +201,8 @@ def _write_run(run_dir: Path, losses, extra=None, tokens_per_eval=100, events=()
         rows.append(row)
         rows.append({"kind": "train", "step": 10 * i + 1, "tokens": tokens_per_eval * i + 10, "flops": 3.0 * (tokens_per_eval * i + 10),
                      "train_time": seconds_per_eval * (i + 0.1), "seq_len": 64 if i > 1 else 16, "loss": loss})
-    rows += [{"kind": "event", "step": 1, "event": event, "tokens": tok} for tok in events for event in ("state_replaced", "growth")]  # as a growth
+    rows += [{"kind": "event", "step": 1, "event": event, "tokens": tok}  # what a growth logs
+             for tok in events for event in ("state_replaced", "growth")]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

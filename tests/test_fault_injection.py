@@ -26,7 +26,7 @@ from tests.method_grid import cases
 STEPS = 16  # checkpoints every 4 steps: 4, 8, 12, final 16
 RUN = [f"train.max_steps={STEPS}", "train.checkpoint_every=4", "train.eval_every=8", "train.log_every=4", "train.keep_checkpoints=2"]
 
-# name -> (extra overrides, kill points in order) of the runs that are no method; the methods' rows come from their specs
+# name -> (extra overrides, kill points in order) of the runs that are no method; the methods' come from their specs
 RECIPES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "baseline": ([], ("step:3", "save:8")),  # before any checkpoint, then mid-save (the last run resumes from step 4)
     "baseline_later": ([], ("saved:8", "step:14")),  # right after a save, then mid-step with checkpoints behind it
@@ -47,7 +47,8 @@ def _cases():
         yield pytest.param(name, overrides, chain, id=name, marks=marks)
 
 
-def _cli(run_dir: Path, overrides: list[str], fault: str | None, resume: bool, hasten: list[str]) -> subprocess.CompletedProcess:
+def _cli(run_dir: Path, overrides: list[str], fault: str | None, resume: bool,
+         hasten: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same thread count as the reference (conftest)
     env.pop("HASTEN_FAULT_AT", None)
     if fault:

@@ -79,7 +79,8 @@ def test_ramp_goes_axis_by_axis_and_ends_without_masks():
     assert ramp.apply(big, 17) and has_unit_masks(big)
     hidden = unit_masks(big)["hidden"]
     assert hidden[: big.config.d_model // 2].eq(1).all() and hidden[big.config.d_model // 2:].eq(0.75).all()
-    assert unit_masks(big)["ffn"].min() == 1 and unit_masks(big)["heads"].max() == 1 and unit_masks(big)["heads"].min() == 0
+    masked = unit_masks(big)
+    assert masked["ffn"].min() == 1 and masked["heads"].max() == 1 and masked["heads"].min() == 0
     assert not ramp.apply(big, 22) and not has_unit_masks(big)
 
 

@@ -33,7 +33,8 @@ def fixture_copy(tmp_path, monkeypatch) -> Path:
 def _losses(run_dir: Path) -> tuple[dict[str, float], dict[str, dict]]:
     rows = read_metrics(run_dir)
     train = {str(r["step"]): r["loss"] for r in rows if r["kind"] == "train"}
-    evals = {str(r["step"]): {k: r[k] for k in ("val_loss", "lawa/val_loss") if k in r} for r in rows if r["kind"] == "eval"}
+    evals = {str(r["step"]): {k: r[k] for k in ("val_loss", "lawa/val_loss") if k in r}
+             for r in rows if r["kind"] == "eval"}
     return train, evals
 
 
@@ -43,8 +44,9 @@ def test_the_old_checkpoint_resumes_to_the_numbers_of_an_uninterrupted_run_of_th
     assert main(["train", "--resume", "--run-dir", str(RUN)]) == 0
     train, evals = _losses(RUN)
     straight = EXPECTED["straight_run"]
-    assert evals.pop("7") == {"val_loss": EXPECTED["eval_raw"], "lawa/val_loss": EXPECTED["eval_lawa"]}  # where it had stopped
-    assert train == straight["train_loss"] and evals == straight["eval"]  # steps 8-12 resumed here, 1-7 the old code's own
+    # the evaluation where it had stopped; then steps 8-12 resumed here, 1-7 the old code's own
+    assert evals.pop("7") == {"val_loss": EXPECTED["eval_raw"], "lawa/val_loss": EXPECTED["eval_lawa"]}
+    assert train == straight["train_loss"] and evals == straight["eval"]
 
 
 def test_todays_code_trains_the_fixtures_config_to_the_old_codes_numbers(fixture_copy):

@@ -83,7 +83,8 @@ class Attention(nn.Module):
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        return _dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)), self.dropout, self.training)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return _dropout(self.o_proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):

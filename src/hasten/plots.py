@@ -1,4 +1,4 @@
-"""Plots of a run: train and val loss against tokens, with the points the methods' specs mark (e.g. a new model shape)."""
+"""Plots of a run: train and val loss against tokens, with the points the methods' specs mark (e.g. a new shape)."""
 
 from __future__ import annotations
 

@@ -41,10 +41,10 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False, dis
 
 def load_checkpoint_model(source: str | Path, weights: str = "raw", plain: bool = False
                           ) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
-    """(model, its checkpoint or None for hf:DIR, the run dir or None) of a run dir, checkpoint dir, import-hf checkpoint or
-    hf:DIR, computing as its run did at the checkpoint: the run's methods give back what they changed in the model's
-    forward (e.g. hooks a method puts on the model). `plain` (an export to plain weights): a change that cannot be
-    folded into the weights is refused with one line."""
+    """(model, its checkpoint or None for hf:DIR, the run dir or None) of a run dir, checkpoint dir, import-hf
+    checkpoint or hf:DIR, computing as its run did at the checkpoint: the run's methods give back what they changed
+    in the model's forward (e.g. hooks a method puts on the model). `plain` (an export to plain weights): a change
+    that cannot be folded into the weights is refused with one line."""
     model, ckpt, run_dir = load_model_and_checkpoint(source, weights)
     if isinstance(ckpt, TrainCheckpoint):
         restore_model(model, ckpt, plain=plain)

@@ -95,7 +95,8 @@ class TrainCheckpoint:
         return config_from_dict(self.config)
 
     def to_dict(self) -> dict:
-        out = {"format": TRAIN_FORMAT, "version": self.version, "config": self.config, "model_config": self.model_config}
+        out = {"format": TRAIN_FORMAT, "version": self.version, "config": self.config,
+               "model_config": self.model_config}
         out.update({name: state for name, state in self.parts.items() if not name.startswith(f"{METHODS}.")})
         out[METHODS] = self.methods
         if self.sharded is not None:
@@ -122,15 +123,16 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
             raise CheckpointError(f"checkpoint {path} holds a {type(state[key]).__name__} as its {key}; it was not written by hasten")
     version = state.get("version", 1)
     if not isinstance(version, int):
-        raise CheckpointError(f"checkpoint {path} holds a {type(version).__name__} as its version; it was not written by hasten")
+        raise CheckpointError(f"checkpoint {path} holds a {type(version).__name__} as its version; it was not "
+                              "written by hasten")
     missing = [name for name in ("config", "progress", *(LEGACY_PARTS if version < 2 else ())) if name not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} has no {missing[0]!r}; it was not written by hasten train")
     parts = {name: value for name, value in state.items() if name not in NOT_PARTS}
     methods = state.get(METHODS, state.get("callbacks", {}))
     parts.update({f"{METHODS}.{name}": value for name, value in methods.items()})
-    return TrainCheckpoint(config=state["config"], model_config=state["model_config"], parts=parts, sharded=state.get("sharded"),
-                           version=version, path=path)
+    return TrainCheckpoint(config=state["config"], model_config=state["model_config"], parts=parts,
+                           sharded=state.get("sharded"), version=version, path=path)
 
 
 def _check_model_config(values, path: Path | None) -> None:

@@ -22,7 +22,8 @@ from hasten.methods.registry import commands as method_commands
 from hasten.parallel.launch import die_with_launcher, launched_worker, report_to_launcher
 from hasten.recipes import load_checkpoint_model
 
-COMMANDS = (generate.add_parser, interop_cli.add_parser, compare_cli.add_parser, methods.add_parser)  # and the methods' own
+# the tools' commands; the methods' own come from their specs
+COMMANDS = (generate.add_parser, interop_cli.add_parser, compare_cli.add_parser, methods.add_parser)
 __all__ = ["StopOnSignal", "build_parser", "main"]
 
 
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add_parser in (*COMMANDS, *method_commands()):  # tools' commands, and the methods' own (their specs name them)
         add_parser(sub)
-    # a command that loads a checkpoint's model (eval, generate, export, a method's) gets it as its run computed with it:
-    # what a method changed in the forward comes back through the method registry, which their own layers may not import
+    # a command that loads a checkpoint's model (eval, generate, export, a method's) gets it as its run computed
+    # with it: what a method changed in the forward comes back through the method registry, which their own layers
+    # may not import
     parser.set_defaults(load_model=load_checkpoint_model)
     return parser
 

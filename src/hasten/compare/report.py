@@ -55,7 +55,8 @@ NOISE_BAND = 0.05  # wall-clock vs FLOPs speedups closer than this are not flagg
 
 
 def _markers(rows: list[dict]) -> list[dict]:
-    """The points of one run that the methods' specs mark (hasten.methods.registry.plot_markers), each with its line style."""
+    """The points of one run that the methods' specs mark (hasten.methods.registry.plot_markers), each with its line
+    style."""
     train = [r for r in rows if r.get("kind") == "train" and isinstance(r.get("tokens"), (int, float))]
     out = [{**point, "style": marker.linestyle} for marker in plot_markers() for point in marker.find(rows)]
     # map token positions to FLOPs and seconds through the train rows (both grow monotonically with tokens)

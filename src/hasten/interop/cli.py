@@ -23,7 +23,8 @@ def load_model_from(spec: str | Path, weights: str = RAW) -> GPT:
     return load_model_and_checkpoint(spec, weights)[0]
 
 
-def load_model_and_checkpoint(spec: str | Path, weights: str = RAW) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
+def load_model_and_checkpoint(spec: str | Path, weights: str = RAW
+                              ) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
     """(model, its checkpoint or None for hf:DIR, the run dir it belongs to or None)."""
     spec = str(spec)
     if spec.startswith("hf:"):
@@ -64,7 +65,8 @@ def cmd_export(args) -> int:
     if args.to != "hf":
         raise ConfigError(f"--to {args.to!r} is unknown; only hf is supported")
     check_output_dir(Path(args.out), args.force, "export")
-    model, ckpt, run_dir = args.load_model(args.source, args.weights, plain=True)  # a method's change to the forward: refused
+    # plain: a method's change to the model's forward that the weights cannot hold is refused
+    model, ckpt, run_dir = args.load_model(args.source, args.weights, plain=True)
     tokenizer = run_tokenizer(args.source, ckpt, run_dir)
     out = export_hf(model, args.out, tokenizer_file=tokenizer, dtype=args.dtype, overwrite=args.force)
     print(f"exported {args.weights} weights to {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))")

@@ -39,8 +39,9 @@ def method_config(run_cfg: RunConfig, name: str):
     sections = {n for n, spec in specs.items() if spec.config_cls is not None}
     if name not in sections:
         if name in specs:
-            raise ConfigError(f"methods.{name}: {name} is switched on by {specs[name].switched_on_by.strip('`')}, not by a methods "
-                              "section; set that instead")
+            switch = specs[name].switched_on_by.strip("`")
+            raise ConfigError(f"methods.{name}: {name} is switched on by {switch}, not by a methods section; set that "
+                              "instead")
         close = difflib.get_close_matches(name, sorted(sections), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known methods: {', '.join(sorted(sections)) or 'none'}"
         raise ConfigError(f"unknown method methods.{name}: {hint}")
@@ -80,9 +81,9 @@ def varies_seq_len(run_cfg: RunConfig) -> bool:
 
 
 def restore_model(model: nn.Module, ckpt: TrainCheckpoint, plain: bool = False) -> None:
-    """Give a model loaded from `ckpt` what its run's methods had changed in its forward at the checkpoint's step (growth:
-    the MSG masks), from their checkpointed states. `plain` (an export to plain weights): refused with one line by a
-    method whose change cannot be folded into the weights."""
+    """Give a model loaded from `ckpt` what its run's methods had changed in its forward at the checkpoint's step
+    (growth: the MSG masks), from their checkpointed states. `plain` (an export to plain weights): refused with one line
+    by a method whose change cannot be folded into the weights."""
     for spec in registered().values():
         state = ckpt.methods.get(spec.name)
         if spec.restore_model is not None and state is not None:
@@ -90,7 +91,7 @@ def restore_model(model: nn.Module, ckpt: TrainCheckpoint, plain: bool = False) 
 
 
 def commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """The add_parser functions of the methods' own commands (growth: `hasten grow`; blockwise LR: `hasten sharpness`)."""
+    """The add_parser functions of the methods' own commands (e.g. `hasten grow`, `hasten sharpness`)."""
     return [add for spec in registered().values() for add in spec.commands]
 
 
@@ -110,5 +111,6 @@ def method_table(root: Path | None = None) -> str:
         card = Path(spec.card)
         if root is not None and card.is_relative_to(root):
             card = card.relative_to(root)
-        lines.append(f"| `{spec.name}` | {spec.summary} | {spec.switched_on_by} | {spec.paper} | [{card.parent}]({card}) |")
+        cells = (f"`{spec.name}`", spec.summary, spec.switched_on_by, spec.paper, f"[{card.parent}]({card})")
+        lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines)

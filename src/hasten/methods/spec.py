@@ -57,10 +57,10 @@ class PlotMarker:
     def find(self, rows: list[dict]) -> list[dict]:
         """This marker's points in a run's metrics.jsonl rows: {"kind", "tokens", ...} each."""
         if self.event is not None:
-            return [{"kind": self.name, "tokens": float(r["tokens"])} for r in rows
-                    if r.get("kind") == "event" and r.get("event") == self.event and isinstance(r.get("tokens"), (int, float))]
-        values = [(r["tokens"], r[self.settles]) for r in rows if r.get("kind") == "train" and isinstance(r.get("tokens"), (int, float))
-                  and isinstance(r.get(self.settles), (int, float))]
+            return [{"kind": self.name, "tokens": float(r["tokens"])} for r in rows if r.get("kind") == "event"
+                    and r.get("event") == self.event and isinstance(r.get("tokens"), (int, float))]
+        values = [(r["tokens"], r[self.settles]) for r in rows if r.get("kind") == "train"
+                  and isinstance(r.get("tokens"), (int, float)) and isinstance(r.get(self.settles), (int, float))]
         if len({value for _, value in values}) < 2:
             return []
         final, i = values[-1][1], len(values) - 1
@@ -78,7 +78,7 @@ class MethodSpec:
     summary: str  # one line: what it is, for the method table
     paper: str  # the paper(s) it implements, e.g. "arXiv 2405.15319"
     card: Path  # its method card (README.md in its folder)
-    config_cls: type | None = None  # the section's dataclass; `validate()` and `validate_run(run_cfg)` are called when present
+    config_cls: type | None = None  # the section's dataclass (its `validate()`, `validate_run(run_cfg)` are called)
     build: Callable[[Any, RunConfig], Method] | None = None  # (its config, the run config) -> the method in the trainer
     order: int = 0  # hooks run in ascending order, whatever the recipe's order of sections
     switch: tuple[str, Any] | None = None  # (config key, value) that switches it on instead of a methods section

@@ -73,7 +73,8 @@ def full_optimizer_state(model: nn.Module, optimizer: Optimizer) -> dict:
 
 
 def load_full_model_state(model: nn.Module, model_state: dict) -> None:
-    """Load a consolidated (single-process format) model state into a possibly sharded model (a collective under FSDP)."""
+    """Load a consolidated (single-process format) model state into a possibly sharded model (a collective under
+    FSDP)."""
     if not is_fsdp(model):
         model.load_state_dict(model_state)
         return
@@ -86,7 +87,8 @@ def load_full_model_state(model: nn.Module, model_state: dict) -> None:
 IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
 
 
-def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict, mapped: bool = False) -> None:
+def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict,
+                              mapped: bool = False) -> None:
     """Load a full (single-process format, id-keyed) optimizer state into an optimizer over FSDP2 shards.
 
     Every rank passes the same full state; DCP's set_optimizer_state_dict shards each tensor like its
@@ -153,8 +155,8 @@ def full_optimizer_state_by_name(optimizer: Optimizer, device: torch.device | st
     for group in optimizer.param_groups:
         names = group.get("param_names")
         if names is None:
-            raise ConfigError("a new model shape under FSDP needs optimizer param groups with param_names; build it with "
-                              "hasten.optim.build_optimizer")
+            raise ConfigError("a new model shape under FSDP needs optimizer param groups with param_names; build it "
+                              "with hasten.optim.build_optimizer")
         for name, param in zip(names, group["params"]):
             state = optimizer.state.get(param)
             if state:
@@ -198,6 +200,6 @@ def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
         group["params"] = new_params
     optimizer.state.clear()
     optimizer.state.update(new_state)
-    if hasattr(optimizer, "adopt_sharded_state"):  # an optimizer whose state is not elementwise re-lays it for the shards
+    if hasattr(optimizer, "adopt_sharded_state"):  # state that is not elementwise is re-laid for the shards
         optimizer.adopt_sharded_state()
     return optimizer

@@ -30,7 +30,7 @@ SHARDED_PARTS = ("model", "optimizer")  # a sharded checkpoint holds these as DC
 
 
 class LiveModel:
-    """The trainer's current model (growth may replace it) as a part: its full weights in single-process form."""
+    """The trainer's current model (a change of shape replaces it) as a part: its full weights, single-process form."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -69,7 +69,8 @@ def capture(trainer, weights: bool = True) -> TrainCheckpoint:
     """
     registered = {name: part for name, part in parts(trainer).items() if weights or name not in SHARDED_PARTS}
     return TrainCheckpoint(config=trainer.cfg.to_dict(), model_config=trainer.state.model.config.to_dict(),
-                           parts={name: part.state_dict() for name, part in registered.items()}, sharded=None if weights else DCP_DIR)
+                           parts={name: part.state_dict() for name, part in registered.items()},
+                           sharded=None if weights else DCP_DIR)
 
 
 def save(trainer) -> Path | None:
@@ -100,8 +101,8 @@ def save(trainer) -> Path | None:
 def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data: bool = True) -> None:
     """Load every state of a checkpoint into a trainer and tell its methods (reason: resume or rollback).
 
-    A rollback (the spike guard, mid-run) may cross a change of the model's shape, so the model is rebuilt in the checkpoint's
-    shape first; it keeps the metrics written since the checkpoint (they are the record) and the FLOPs and
+    A rollback (the spike guard, mid-run) may cross a change of the model's shape, so the model is rebuilt in the
+    checkpoint's shape first; it keeps the metrics written since the checkpoint (they are the record) and the FLOPs and
     time spent (they were spent), and with replay_data=False the data stream goes on where it was.
     """
     st = trainer.state
@@ -116,10 +117,11 @@ def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data:
         try:
             trainer.parallel.load_shards(st.model, st.optimizer, Path(ckpt.path) / ckpt.sharded)
         except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model/optimizer ({str(err).splitlines()[0][:160]})") from None
+            raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model/optimizer "
+                                  f"({str(err).splitlines()[0][:160]})") from None
     for name, part in registered.items():
         state = ckpt.parts.get(name)
-        if state is None:  # in the shards, reset on purpose (None), or absent from a lenient (version 1) checkpoint: fresh
+        if state is None:  # in the shards, reset on purpose (None), or absent from a version-1 checkpoint: fresh
             continue
         try:
             part.load_state_dict(state)
@@ -143,6 +145,6 @@ def _check_parts(ckpt: TrainCheckpoint, registered: dict[str, Stateful]) -> None
     held = set(ckpt.parts) | (set(SHARDED_PARTS) if ckpt.sharded else set())
     missing = [name for name in registered if name not in held]
     if missing and ckpt.version >= 2:
-        raise CheckpointError(f"checkpoint {ckpt.path} lacks the state of {', '.join(missing)} that this run keeps (it holds "
-                              f"{', '.join(sorted(held))}); continue from a checkpoint of this run, or start a new run from its "
-                              f"weights with train.init_from={ckpt.path}")
+        raise CheckpointError(f"checkpoint {ckpt.path} lacks the state of {', '.join(missing)} that this run keeps "
+                              f"(it holds {', '.join(sorted(held))}); continue from a checkpoint of this run, or start "
+                              f"a new run from its weights with train.init_from={ckpt.path}")

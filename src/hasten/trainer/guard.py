@@ -6,7 +6,7 @@ Two mechanisms (config `train.guard`, hasten.config.GuardConfig):
   whether the (global) loss or gradient norm is NaN/Inf (`nonfinite`), and `apply_update` discards that
   step's update without a host sync: the flag goes to the optimizer as `found_inf` (the protocol of
   torch's GradScaler), which torch's fused Adam/AdamW (the CUDA default) and hasten's AdamMini honour
-  on the device. Optimizers without it (foreach/for AdamW, torch's Muon) read the flag on the host first,
+  on the device. Optimizers without it (foreach/for AdamW, and any other) read the flag on the host first,
   one sync per step, as GradScaler does for them. Either way the weights and optimizer state are
   untouched by a non-finite step.
   The host learns of a skip at the next sync point (a log, eval or checkpoint step, or the end of the

@@ -53,11 +53,12 @@ class Trainer:
         self.val_rows = eval_windows(data.val, self.seq_len, cfg.train.eval_sequences)
         self.logger = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard)
         self.guard = Guard(cfg.train.guard)  # non-finite skip and spike rollback (hasten.trainer.guard)
-        # what a checkpoint holds of the trainer itself, by name (torch's Stateful protocol); the methods' states and the
-        # RNG join it in hasten.trainer.checkpoints.parts
+        # what a checkpoint holds of the trainer itself, by name (torch's Stateful protocol); the methods' states
+        # and the RNG join it in hasten.trainer.checkpoints.parts
         self.stateful: dict[str, Stateful] = {}
         for name, part in (("model", checkpoints.LiveModel(self)), ("optimizer", checkpoints.LiveOptimizer(self)),
-                           ("schedule", state.schedule), ("sampler", state.sampler), ("progress", state.progress), ("guard", self.guard)):
+                           ("schedule", state.schedule), ("sampler", state.sampler), ("progress", state.progress),
+                           ("guard", self.guard)):
             self.register_state(name, part)
         self.ctx = RunContext(cfg=cfg, state=state, parallel=parallel, device=self.device, run_dir=run_dir, train_tokens=data.train,
                               seq_len=self.seq_len, micro_rows=self.micro_rows, evaluate=self.evaluate, replace_state=self.replace_state,
@@ -102,7 +103,8 @@ class Trainer:
 
     def optimizer_flops(self) -> float:
         """FLOPs of one optimizer step summed over the ranks (a replicated optimizer runs on every rank; a sharded one
-        on its shard, and DTensor sizes are global). Cached per optimizer object, so a replaced one (a new model shape) is counted anew."""
+        on its shard, and DTensor sizes are global). Cached per optimizer object, so a replaced one (a new model shape)
+        is counted anew."""
         optimizer = self.state.optimizer
         if self._optimizer_flops is None or self._optimizer_flops[0] != id(optimizer):
             flops = optimizer_step_flops(optimizer) or 0.0

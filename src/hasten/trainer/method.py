@@ -52,9 +52,10 @@ class RunContext:
     train_tokens: np.ndarray  # the train split (a probe draws its own fixed windows from it)
     seq_len: int  # the full training context (evaluation always runs at it)
     micro_rows: int  # sequences per forward on one rank at full length
-    evaluate: Callable[..., float]  # evaluate(model=None): mean val loss at full context (a collective); another model than the
-    # live one first gets, from every method's prepare_model, what the method changes in the live model's forward
-    replace_state: Callable[[nn.Module, Optimizer, str], None]  # swap in a new model and optimizer (e.g. of a new shape)
+    # evaluate(model=None): mean val loss at full context (a collective); another model than the live one first gets,
+    # from every method's prepare_model, what the method changes in the live model's forward
+    evaluate: Callable[..., float]
+    replace_state: Callable[[nn.Module, Optimizer, str], None]  # swap in a new model and optimizer (e.g. a new shape)
     log: Callable[..., None]  # log(kind, step, **values): a metrics.jsonl row (rank 0 writes)
     autocast: Callable[[], contextlib.AbstractContextManager]
     batch_shape: BatchShape
@@ -112,8 +113,8 @@ class Method:
         return None
 
     def prepare_model(self, ctx: RunContext, model: nn.Module) -> None:
-        """`model` (not the live one: e.g. averaged weights) is about to be evaluated as the live model: give it what this
-        method changes in the live model's forward from outside (e.g. hooks it puts on the live model)."""
+        """`model` (not the live one: e.g. averaged weights) is about to be evaluated as the live model: give it what
+        this method changes in the live model's forward from outside (e.g. hooks it puts on the live model)."""
 
     def on_state_replaced(self, ctx: RunContext, reason: str) -> None:
         """The model and optimizer were swapped (e.g. for a model of a new shape)."""

@@ -26,11 +26,12 @@ SPECS = (
                switch=("optim.name", "adam_mini"),
                test_runs={"default": TinyRun(("optim.name=adam_mini",)),
                           "blockwise": TinyRun(("optim.name=adam_mini", "optim.blockwise=true"), tests=("grid",))}),
-    MethodSpec("sharpness", "per-block sharpness probe; sets the blockwise LR ratios from it (auto_ratios)", "arXiv 2502.19002", CARD,
-               SharpnessConfig, hooks.build, order=20, commands=(cli.add_parser,),
+    MethodSpec("sharpness", "per-block sharpness probe; sets the blockwise LR ratios from it (auto_ratios)",
+               "arXiv 2502.19002", CARD, SharpnessConfig, hooks.build, order=20, commands=(cli.add_parser,),
                # probes at step 4 and sets the blockwise ratios from it: killed right after the optimizer groups change
-               test_runs={"auto_ratios": TinyRun(("optim.blockwise=true", "methods.sharpness={at_fraction: 0.25, batches: 2, auto_ratios: true}"),
-                                                 kill_at=("step:5", "save:8"))}),
+               test_runs={"auto_ratios": TinyRun(
+                   ("optim.blockwise=true", "methods.sharpness={at_fraction: 0.25, batches: 2, auto_ratios: true}"),
+                   kill_at=("step:5", "save:8"))}),
 )
 
 __all__ = ["DEFAULT_RATIOS", "SPECS", "AdamMini", "SharpnessConfig", "blockwise_param_groups", "classify_model", "block_sharpness", "plot_sharpness", "ratios_from_sharpness", "tensor_sharpness"]

@@ -49,8 +49,8 @@ def cmd_sharpness(args) -> int:
         raise ConfigError("hasten sharpness needs a hasten run dir or training checkpoint (it reads the run's data config), not hf:")
     model, ckpt, _ = args.load_model(args.source, args.weights)  # as its run computed with it (hasten.recipes)
     if not isinstance(ckpt, TrainCheckpoint):
-        raise CheckpointError(f"{ckpt.path} holds a model without a run config (import-hf?); hasten sharpness needs a run dir or a "
-                              "training checkpoint")
+        raise CheckpointError(f"{ckpt.path} holds a model without a run config (import-hf?); hasten sharpness needs a "
+                              "run dir or a training checkpoint")
     ckpt_path, cfg, step = str(ckpt.path), ckpt.run_config(), ckpt.step
     data = prepare_from_config(cfg.data, progress=False)
     rows = args.rows or cfg.train.micro_batch_size or min(cfg.train.batch_size, 16)

@@ -100,9 +100,9 @@ def grow_checkpoint(args) -> Path:
         del values["methods"][name]
     dropped_states = sorted(name for name in ckpt.methods if name not in KEPT_METHOD_STATES)
     progress["stage"] = int(progress.get("stage", 0)) + 1
-    parts = {**ckpt.parts, "model": grown.model.state_dict(), "optimizer": grown.optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "progress": progress}
-    parts.update({f"{METHODS}.{name}": None for name in dropped_states})  # reset on purpose: a resume starts them afresh
+    parts = {**ckpt.parts, "model": grown.model.state_dict(), "optimizer": grown.optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "progress": progress}
+    parts.update({f"{METHODS}.{name}": None for name in dropped_states})  # reset on purpose: a resume starts afresh
     state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), parts=parts)
 
     run_dir = ckpt.run_dir

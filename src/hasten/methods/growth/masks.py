@@ -105,6 +105,7 @@ def restore_ramp(model: GPT, state: dict, step: int, plain: bool = False) -> Non
     if masks is None:
         return
     if plain:
-        raise ConfigError("the checkpoint is inside growth's MSG mask ramp (masked units), which plain weights (a transformers "
-                          "checkpoint) cannot express; export a checkpoint saved after the ramp ended (the growth_mask_ramp_end event)")
+        raise ConfigError("the checkpoint is inside growth's MSG mask ramp (masked units), which plain weights (a "
+                          "transformers checkpoint) cannot express; export a checkpoint saved after the ramp ended "
+                          "(the growth_mask_ramp_end event)")
     set_unit_masks(model, **masks)

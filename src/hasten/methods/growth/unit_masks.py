@@ -103,7 +103,8 @@ def set_unit_masks(model: GPT, hidden: torch.Tensor | None = None, heads: torch.
     if not hasattr(model.blocks[0], MASK):
         _install(model)
     device = model.embed_tokens.weight.device
-    masks = {axis: None if mask is None else mask.detach().to(device) for axis, mask in (("hidden", hidden), ("ffn", ffn))}
+    masks = {axis: None if mask is None else mask.detach().to(device)
+             for axis, mask in (("hidden", hidden), ("ffn", ffn))}
     masks["heads"] = None if heads is None else heads.detach().to(device).repeat_interleave(cfg.head_dim)
     for module, axis in _hooked(model):
         setattr(module, MASK, masks[axis])
