@@ -16,12 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hasten.errors import ConfigError
-
-RUN_MARKS = ("metrics.jsonl", "checkpoints", "corpus.json", "tokenizer.json")  # beside config.yaml: what a run dir holds
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and any((path / name).exists() for name in RUN_MARKS)
+from hasten.layout import is_run_dir
 
 
 def enclosing_run_dir(path: str | Path) -> Path | None:

@@ -39,11 +39,12 @@ from pathlib import Path
 
 import yaml
 
-from hasten.checkpointing.dirs import enclosing_run_dir, is_run_dir
+from hasten.checkpointing.dirs import enclosing_run_dir
 from hasten.errors import ConfigError, HastenError
+from hasten.layout import COMPARE_MARKER, is_run_dir
 
 DEFAULT_TUNE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the recipe's LR: 5 log-spaced values (factor 2 apart)
-OUTPUT_MARKER = ".hasten-compare"  # in a report dir: this folder is hasten compare's output
+OUTPUT_MARKER = COMPARE_MARKER  # in a report dir: this folder is hasten compare's output
 LEGACY_ENTRIES = {"runs", ".running", "PAUSE"}  # all that an interrupted compare from before OUTPUT_MARKER left
 
 # A SIGTERM / SIGINT received in this process while no run was training: no run starts any more (during a run,

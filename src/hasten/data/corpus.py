@@ -34,14 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hasten.errors import DataError
+from hasten.layout import is_hasten_output
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__", "node_modules"}
 PIECE_CHARS = 1 << 20  # a longer document is read and encoded in pieces (the stdlib's largest file is 0.76 MB)
 MAX_RECORD_BYTES = 64 << 20  # a longer .jsonl line is skipped: its JSON cannot be parsed without holding all of it
 BLOCK = 1 << 20  # read size of whole-file hashing and of long plain-text files
 EXAMPLES = 3  # named examples kept per skip reason
-TOKEN_DIR_MARK = "hasten-tokens.json"  # the manifest of a prepared token dir (hasten.data.shards)
-RUN_DIR_MARKS = ("metrics.jsonl", "checkpoints", "corpus.json", "tokenizer.json")  # with config.yaml: a hasten run dir
 
 Position = tuple[int, int, int]  # (file index, byte offset or row of the next record, its line number - 1)
 
@@ -117,15 +116,6 @@ def _stdlib_files() -> list[Path]:
         dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages")]
         files.extend(Path(folder) / name for name in names if name.endswith(".py"))
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def is_hasten_output(folder: Path) -> bool:
-    """A hasten run dir, a `hasten compare` output or a prepared token dir: never part of a corpus."""
-    if (folder / "config.yaml").is_file() and any((folder / name).exists() for name in RUN_DIR_MARKS):
-        return True
-    if (folder / TOKEN_DIR_MARK).is_file() or (folder / ".running").is_dir():
-        return True
-    return (folder / "results.json").is_file() and (folder / "report.md").is_file()
 
 
 def _skipped_dir(folder: Path) -> bool:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hasten.data.corpus import TOKEN_DIR_MARK, Position
+from hasten.data.corpus import Position
 from hasten.data.encoding import Chunk, Encoded
 from hasten.errors import DataError
 from hasten.faults import fault_point
+from hasten.layout import TOKEN_DIR_MARK
 
 FORMAT = 3  # token data format (1: train.npy/val.npy without checksums, 2: with checksums, 3: shards)
 MANIFEST = TOKEN_DIR_MARK
