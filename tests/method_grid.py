@@ -1,23 +1,45 @@
-"""The method grid: recipe overrides that turn each method on for the tiny test run.
+"""The registry-built tests' cases: every method's tiny test runs, declared once in its spec (MethodSpec.test_runs).
 
-Adding a method to every train/resume test is one line here (Composer's algorithm_settings idea).
+The method grid (tests/test_method_grid.py), fault injection (tests/test_fault_injection.py) and the host-sync
+count (tests/test_host_syncs.py) take their method rows from here, so a registered method is in all three unless
+its spec says, with a reason (`not_tested`), why a test does not apply to it; `uncovered` names what is neither.
 """
 
-METHOD_OVERRIDES: dict[str, list[str]] = {
-    "baseline": [],
-    "seqlen_warmup_truncate": ["methods.seqlen_warmup={min_len: 16, total_steps: 12, step: 8}", "schedule.decay_unit=tokens"],
-    "seqlen_warmup_reshape": ["methods.seqlen_warmup={min_len: 16, total_steps: 12, step: 8, mode: reshape}"],
-    "lawa": ["methods.lawa={k: 3, interval: 3}"],
-    "ema": ["methods.ema={decay: 0.9}"],
-    "swa": ["methods.swa={start_fraction: 0.25, every: 2}"],
-    "blockwise": ["optim.blockwise=true"],
-    "adam_mini": ["optim.name=adam_mini"],
-    "adam_mini_blockwise": ["optim.name=adam_mini", "optim.blockwise=true"],
-    "growth_stack": ["model={preset: tiny, n_layers: 1}", "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, lr: 1.0e-3}]}"],
-    # MSG ramp steps 5-11 (ffn, hidden, heads: 2 steps each), so the resume at step 7 lands inside it
-    "growth_msg": ["methods.growth={stages: [{dim: width, op: random, factor: 2, at_steps: 5, mask_ramp_steps: 2, moments: map, schedule: continue}]}"],
-    "growth_staged": ["methods.growth={stages: [{dim: width, op: staged, factor: 2, at_steps: 7, moments: map, schedule: jump, rewarmup_steps: 2}]}"],
-    "growth_slope_eval": ["model={preset: tiny, n_layers: 1}", "train.eval_every=2", "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at: slope, slope_loss: eval, slope_window: 3, slope_threshold: -5.0, slope_min_steps: 0}]}"],
-    "growth_slope_adam_mini": ["optim.name=adam_mini", "model={preset: tiny, n_layers: 1}", "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at: slope, slope_window: 3, slope_threshold: -5.0, moments: map, schedule: continue}]}"],
-    "sharpness_auto": ["optim.blockwise=true", "methods.sharpness={at_fraction: 0.25, batches: 2, auto_ratios: true}"],
-}
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from hasten.methods.registry import registered
+from hasten.methods.spec import TEST_KINDS, MethodSpec, TinyRun
+
+
+def cases(kind: str, specs: Mapping[str, MethodSpec] | None = None) -> dict[str, TinyRun]:
+    """`<method>-<variant>` -> its test run, for every registered method's runs that take part in test `kind`."""
+    specs = registered() if specs is None else specs
+    return {f"{name}-{variant}": run for name, spec in specs.items() for variant, run in spec.test_runs.items()
+            if kind in run.tests}
+
+
+def uncovered(specs: Mapping[str, MethodSpec] | None = None) -> list[str]:
+    """One line per registered method and test it is neither in nor excused from (with a reason), or names wrongly."""
+    specs = registered() if specs is None else specs
+    problems = []
+    for name, spec in specs.items():
+        for variant, run in spec.test_runs.items():
+            unknown = sorted(set(run.tests) - set(TEST_KINDS))
+            if unknown:
+                problems.append(f"{name}-{variant}: unknown test kind(s) {', '.join(unknown)}; use "
+                                f"{', '.join(TEST_KINDS)}")
+        for kind in TEST_KINDS:
+            tested = any(kind in run.tests for run in spec.test_runs.values())
+            if not tested and not spec.not_tested.get(kind):
+                problems.append(f"{name}: no test run of its spec takes part in the {kind} test; add one "
+                                "(MethodSpec.test_runs) or say in not_tested why it does not apply")
+            if tested and kind in spec.not_tested:
+                problems.append(f"{name}: runs in the {kind} test although not_tested excuses it; drop one of the two")
+    return problems
+
+
+# the grid's rows: the baseline and every method's grid runs (train and resume bit-exactly mid-run)
+METHOD_OVERRIDES: dict[str, list[str]] = {"baseline": [],
+                                          **{name: list(run.overrides) for name, run in cases("grid").items()}}

@@ -50,7 +50,7 @@ def test_every_parameter_lands_in_its_block(preset, overrides):
 
 
 def test_llama_counts_match_spec():
-    # spec §1.9.1: for an L-layer LLaMA, embed 1, head 1, norm 2L+1, qk 2L, vo 2L, mlp 3L
+    # for an L-layer LLaMA, embed 1, head 1, norm 2L+1, qk 2L, vo 2L, mlp 3L
     L = 3
     model = GPT(model_config("tiny-llama", n_layers=L, n_kv_heads=1))
     assert model.config.n_kv_heads != model.config.n_heads and not model.config.tie_embeddings
@@ -184,7 +184,7 @@ def test_unknown_ratio_key_lists_allowed_blocks():
 
 
 def test_group_lrs_follow_ratios():
-    # spec §2.5.5 / §1.9.2 at the end of warmup: lr_b / lr_norm is the ratio
+    # at the end of warmup: lr_b / lr_norm is the ratio
     model = GPT(model_config("tiny-llama"))
     opt = torch.optim.AdamW(blockwise_param_groups(model, 0.1, DEFAULT_RATIOS, base_lr=1e-3), lr=123.0)
     assert {g["block"]: g["lr"] for g in opt.param_groups} == {

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from hasten.compare.metrics import (
     MAX_RESOLUTION,
@@ -71,7 +72,6 @@ def test_curve_from_rows_skips_missing_keys_and_dedups_resumed_steps():
 
 
 def test_paired_difference_is_scipys_paired_t():
-    stats = pytest.importorskip("scipy.stats")
     rng = random.Random(0)
     for _ in range(20):
         n = rng.randint(2, 7)
@@ -98,7 +98,6 @@ def test_paired_difference_edge_cases():
 
 
 def test_ratio_estimate_is_a_geometric_mean_with_a_log_t_interval():
-    stats = pytest.importorskip("scipy.stats")
     ratios = [1.2, 1.5, 1.3, 1.1]
     est = ratio_estimate(ratios)
     logs = [math.log(r) for r in ratios]
@@ -113,7 +112,6 @@ def test_ratio_estimate_is_a_geometric_mean_with_a_log_t_interval():
 
 
 def test_welch_p_matches_scipy_and_edge_cases():
-    stats = pytest.importorskip("scipy.stats")
     a, b = [3.1, 3.3, 3.2], [3.6, 3.5, 3.9, 3.7]
     assert welch_p(a, b) == pytest.approx(float(stats.ttest_ind(a, b, equal_var=False).pvalue))
     assert welch_p([1.0], [1.0, 2.0]) is None
@@ -203,7 +201,8 @@ def _write_run(run_dir: Path, losses, extra=None, tokens_per_eval=100, events=()
         rows.append(row)
         rows.append({"kind": "train", "step": 10 * i + 1, "tokens": tokens_per_eval * i + 10, "flops": 3.0 * (tokens_per_eval * i + 10),
                      "train_time": seconds_per_eval * (i + 0.1), "seq_len": 64 if i > 1 else 16, "loss": loss})
-    rows += [{"kind": "event", "step": 1, "event": "state_replaced", "tokens": tok} for tok in events]
+    rows += [{"kind": "event", "step": 1, "event": event, "tokens": tok}  # what a growth logs
+             for tok in events for event in ("state_replaced", "growth")]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

@@ -1,4 +1,4 @@
-"""EMA and SWA baselines (spec §2.4, §2.7.5): recurrences, exact resume, no feedback, fp32 averaging, eval parity."""
+"""EMA and SWA baselines: recurrences, exact resume, no feedback, fp32 averaging, eval parity."""
 
 from __future__ import annotations
 

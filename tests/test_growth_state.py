@@ -11,6 +11,7 @@ from hasten.errors import ConfigError
 from hasten.methods.growth import grow_training_state
 from hasten.methods.growth.operators import DEPTH_OPS, WIDTH_OPS
 from hasten.model import GPT, model_config
+from hasten.optim import adam_mini, blockwise
 
 
 def make_model(preset: str, seed: int = 0) -> GPT:
@@ -154,8 +155,6 @@ def test_state_not_shaped_like_the_parameter_is_reset_on_width_and_copied_on_dep
 
 
 def test_adam_mini_state_carries_over_depth_growth():
-    adam_mini = pytest.importorskip("hasten.optim.adam_mini")
-    blockwise = pytest.importorskip("hasten.optim.blockwise")
 
     def build(model: GPT):
         groups = blockwise.blockwise_param_groups(model, 0.0, None)

@@ -11,6 +11,7 @@ import yaml
 
 from hasten.cli import main
 from hasten.errors import ConfigError
+from hasten.methods.growth import has_unit_masks, unit_masks
 from hasten.model import flops_per_token
 from hasten.recipes import build_trainer, load_config
 from hasten.trainer.method import Method
@@ -147,17 +148,16 @@ def test_random_width_growth_ramps_its_msg_masks(tmp_path, tiny_overrides):
         name, rows = "mask_trace", []
 
         def before_step(self, ctx) -> None:
-            model = ctx.state.model
-            mlp, attn = model.blocks[0].mlp, model.blocks[0].attn
-            self.rows.append(None if not model.has_unit_masks() else
-                             (mlp.act_mask.min().item(), model.embed_mask.min().item(), attn.head_mask.min().item()))
+            masks = unit_masks(ctx.state.model)
+            self.rows.append(None if not has_unit_masks(ctx.state.model) else
+                             (masks["ffn"].min().item(), masks["hidden"].min().item(), masks["heads"].min().item()))
 
     trace = MaskTrace()
     trainer = build_trainer(load_config(None, overrides), tmp_path / "run", progress=False)
     trainer.methods[:0] = [before]
     trainer.methods += [after, trace]
     trainer.fit()
-    assert trainer.state.model.config.d_model == 64 and not trainer.state.model.has_unit_masks()
+    assert trainer.state.model.config.d_model == 64 and not has_unit_masks(trainer.state.model)
     assert after.value == pytest.approx(before.value, abs=1e-5)  # mask 0: the grown model computes the small one
     # steps 0-3 small; FFN ramps over steps 4-5, hidden 6-7, heads 8-9; masks removed from step 10 on
     assert trace.rows == [None] * 4 + [(0, 0, 0), (0.5, 0, 0), (1, 0, 0), (1, 0.5, 0), (1, 1, 0), (1, 1, 0.5), None, None]

@@ -2,12 +2,16 @@
 
 On a GPU every read of a device value on the host (`.item()`, `float(t)`, `if t:`, `.tolist()`,
 `.cpu()`, `torch.cuda.synchronize()`) stalls the device. Here, on CPU, we count those calls during a
-tiny run with every method on, attributed to the step they happen in, and require none on the steps
+tiny run of each method, attributed to the step they happen in, and require none on the steps
 that are not sync points. Reads are caught where torch turns a tensor into a host number
 (`aten::_local_scalar_dense`, which item/float/bool/int and torch's C++ Scalar conversions all go
 through, seen by a TorchDispatchMode) and at the Python methods that copy whole tensors to the host.
 Plain host-side copies of weights (LAWA's CPU snapshots) are indistinguishable from no-ops on a CPU-only
-machine, so the LAWA interval is a multiple of log_every in this run.
+machine, so the LAWA interval is a multiple of log_every in its test run.
+
+The method rows are the host-sync runs of every registered method's spec (MethodSpec.test_runs,
+tests/method_grid.py), each alone beside the baseline, with the guard's spike check on and AdamW's fused
+kernel, which takes the guard's non-finite skip on the device (as on CUDA, where it is the default).
 """
 
 from __future__ import annotations
@@ -21,21 +25,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hasten.recipes import build_trainer, load_config
 from hasten.trainer.method import Method
+from tests.method_grid import cases
 
 LOG_EVERY, STEPS = 4, 16
-METHODS = [
-    "optim.name=adam_mini",
-    "optim.blockwise=true",
-    "methods.seqlen_warmup.min_len=16",
-    "methods.seqlen_warmup.total_steps=10",
-    "methods.growth.stages=[{dim: depth, op: stack, factor: 2, at_steps: 8, moments: reset, schedule: restart}]",
-    "train.guard.spike_ratio=3",  # the spike check too (the non-finite skip is on by default)
-]
-AVERAGING = {  # one weight averager per run: LAWA, and its EMA and SWA baselines (both update on every step here)
-    "lawa": ["methods.lawa.k=2", "methods.lawa.interval=4"],
-    "ema": ["methods.ema.decay=0.9"],
-    "swa": ["methods.swa.start_step=2"],
-}
+RUN = [f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}", "train.eval_every=8", "train.checkpoint_every=8",
+       "train.guard.spike_ratio=3",  # the spike check too (the non-finite skip is on by default)
+       "optim.implementation=fused"]  # AdamW's device-side non-finite skip (found_inf), the CUDA default, on CPU too
+CASES = {"baseline": [], **{name: list(run.overrides) for name, run in cases("host_syncs").items()}}
 
 
 class StepLabel(Method):
@@ -70,28 +66,29 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def fit_counting_host_reads(trainer, monkeypatch) -> HostReads:
+    """Run a trainer's fit() with the host reads counted per step."""
+    label = StepLabel()
+    trainer.methods.insert(0, label)
+    mode = HostReads(label)
+    for name in ("tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def patched(self, *args, _original=original, _name=name, **kwargs):
+            mode.hit(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, patched)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: mode.hit("cuda.synchronize"))
+    with mode:
+        trainer.fit()
+    return mode
+
+
 @pytest.fixture
 def counted(monkeypatch):
     """Yields a function that runs a trainer's fit() with host reads counted."""
-
-    def run(trainer):
-        label = StepLabel()
-        trainer.methods.insert(0, label)
-        mode = HostReads(label)
-        for name in ("tolist", "cpu", "numpy"):
-            original = getattr(torch.Tensor, name)
-
-            def patched(self, *args, _original=original, _name=name, **kwargs):
-                mode.hit(_name)
-                return _original(self, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, name, patched)
-        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: mode.hit("cuda.synchronize"))
-        with mode:
-            trainer.fit()
-        return mode
-
-    return run
+    return lambda trainer: fit_counting_host_reads(trainer, monkeypatch)
 
 
 def _sync_steps(cfg) -> set[int]:
@@ -100,20 +97,23 @@ def _sync_steps(cfg) -> set[int]:
             or (t.checkpoint_every and s % t.checkpoint_every == 0) or s == STEPS}
 
 
-@pytest.mark.parametrize("averaging", sorted(AVERAGING))
-def test_no_host_sync_between_log_steps_with_every_method_on(tmp_path, tiny_overrides, counted, averaging):
-    overrides = [*tiny_overrides, f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}", "train.eval_every=8",
-                 "train.checkpoint_every=8", *METHODS, *AVERAGING[averaging]]
-    cfg = load_config(None, overrides)
+def check_no_host_sync_between_sync_points(tmp_path, tiny_overrides, counted, method: list[str]) -> None:
+    """A 16-step run with the `method` overrides reads no device value on the host on a step that is no sync point."""
+    cfg = load_config(None, [*tiny_overrides, *RUN, *method])
     trainer = build_trainer(cfg, tmp_path / "run", progress=False)
     reads = counted(trainer)
-    assert trainer.state.progress.step == STEPS and trainer.state.progress.stage == 1  # the growth happened
+    assert trainer.state.progress.step == STEPS
     quiet = [s for s in range(1, STEPS + 1) if s not in _sync_steps(cfg)]
     assert quiet == [2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15]
     found = {s: reads.where[s] for s in quiet if reads.counts[s]}
     assert not found, f"host reads on steps that are not sync points: {found}"
     # the counter does see the reads the loop makes where it may: once per log step
     assert all(reads.counts[s] > 0 for s in (1, 4, 8, 12, 16))
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_no_host_sync_between_sync_points(tmp_path, tiny_overrides, counted, method):
+    check_no_host_sync_between_sync_points(tmp_path, tiny_overrides, counted, CASES[method])
 
 
 def test_the_counter_sees_a_hidden_read(tmp_path, tiny_overrides, counted):

@@ -1,4 +1,4 @@
-"""LAWA checks from spec §2.7: exact mean, queue semantics, no feedback, no aliasing, resume, prefixes, eval parity."""
+"""LAWA checks: exact mean, queue semantics, no feedback, no aliasing, resume, prefixes, eval parity."""
 
 from __future__ import annotations
 

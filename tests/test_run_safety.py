@@ -310,7 +310,7 @@ def test_generate_greedy_and_seeded_sampling_also_from_averaged_weights(capsys, 
     assert generate("--temperature", "1.0", "--top-k", "50", "--seed", "2") != sample
     assert generate("--weights", "lawa").startswith("def _main(")
     _one_line_error(capsys, ["generate", finished, "--max-new-tokens", "0"], "--max-new-tokens=0 must be >= 1")
-    _one_line_error(capsys, ["generate", finished, "--weights", "ema"], "no ema_weights.safetensors")
+    _one_line_error(capsys, ["generate", finished, "--weights", "ema"], "no weight average 'ema'")
 
 
 # ---------------------------------------------------------------------------------------------- signals and processes

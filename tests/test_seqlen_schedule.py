@@ -1,4 +1,4 @@
-"""Sequence-length warmup schedule: DeepSpeed parity (spec §1.7), step convention, validation, tokens."""
+"""Sequence-length warmup schedule: DeepSpeed parity, step convention, validation, tokens."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def test_token_accounting_equals_bruteforce(kind, mode):
 def test_truncation_token_budget_is_about_half_during_linear_warmup():
     sched = linear()
     warm = tokens_for_steps(sched, 1, sched.full_length_from)
-    # spec §1.1: warmup consumes ~ B*T*(L_min+L_max)/2 tokens
+    # the paper (arXiv 2108.06084): warmup consumes ~ B*T*(L_min+L_max)/2 tokens
     assert abs(warm - 15000 * (8 + 1024) / 2) / warm < 0.01
 
 

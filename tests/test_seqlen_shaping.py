@@ -1,4 +1,4 @@
-"""Truncate / reshape of packed rows (spec §1.7 check 4): order kept, drops bounded, labels aligned."""
+"""Truncate / reshape of packed rows: order kept, drops bounded, labels aligned."""
 
 from __future__ import annotations
 

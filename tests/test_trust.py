@@ -216,7 +216,8 @@ def test_checkpoints_written_before_the_change_still_resume(capsys, old_runs):
         assert state["progress"]["step"] == 12 and step < 12
         assert len((run / "metrics.jsonl").read_text().splitlines()) > rows  # continued, not restarted
     growth = load_checkpoint(old_runs / "growth-ema" / "checkpoints")
-    assert growth["model_config"]["d_model"] == 16 and growth["unit_masks"] is None  # the ramp, resumed mid-way, ended
+    # the ramp, resumed mid-way, ended
+    assert growth["model_config"]["d_model"] == 16 and growth["methods"]["growth"]["ramp"] is None
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Decoder-only transformer in one file: GPT-2 and LLaMA families chosen by config.
 
-Parameter names make the block type evident, because blockwise LR, Adam-mini and the growth
-operators classify parameters by name:
+Parameter names make the block type evident, because the optimizer's param groups and the training
+methods classify parameters by name (the model itself knows no training method):
 
     embed_tokens.weight                      token embedding (tied to the output head for gpt2)
     embed_positions.weight                   learned positions (gpt2 only)
@@ -28,36 +28,18 @@ from hasten.errors import ConfigError
 __all__ = ["FAMILIES", "MAX_SIZE", "PRESETS", "GPT", "ModelConfig", "ModelInfo", "count_params", "flops_per_token", "model_config"]
 
 class Norm(nn.Module):
-    """LayerNorm (gpt2) or RMSNorm (llama), one class so growth code sees one parameter layout.
-
-    With a `unit_mask` (MSG width growth, see GPT.set_unit_masks) the statistics are weighted by the
-    mask, so units at mask 0 are left out exactly, and the output is multiplied by the mask.
-    """
+    """LayerNorm (gpt2) or RMSNorm (llama), one class so code that maps parameters sees one layout."""
 
     def __init__(self, dim: int, kind: str, eps: float, bias: bool):
         super().__init__()
         self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if (bias and kind == "layernorm") else None
-        self.register_buffer("unit_mask", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.unit_mask is not None:
-            return self._masked(x, self.unit_mask.to(x.dtype))
         if self.kind == "layernorm":
             return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-    def _masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # mean/variance (or mean square) over the live units: with a 0/1 mask this is exactly the small
-        # model's norm; for RMSNorm it is MSG's rescaling by sqrt(mask.sum() / dim)
-        count = mask.sum()
-        if self.kind == "layernorm":
-            x = x - (x * mask).sum(-1, keepdim=True) / count
-        y = x * torch.rsqrt((x.square() * mask).sum(-1, keepdim=True) / count + self.eps) * self.weight
-        if self.bias is not None:
-            y = y + self.bias
-        return y * mask
 
 
 def rope_tables(head_dim: int, seq_len: int, theta: float, device=None, dtype=torch.float32):
@@ -89,8 +71,6 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kv, bias=cfg.bias)
         self.o_proj = nn.Linear(d, d, bias=cfg.bias)
         self.dropout = cfg.dropout
-        self.register_buffer("head_mask", None, persistent=False)  # (n_heads,) MSG masks, see GPT.set_unit_masks
-        self.register_buffer("out_mask", None, persistent=False)  # (d_model,)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -103,10 +83,8 @@ class Attention(nn.Module):
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        if self.head_mask is not None:
-            y = y * self.head_mask.to(y.dtype).view(1, -1, 1, 1)
-        y = _dropout(self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)), self.dropout, self.training)
-        return y if self.out_mask is None else y * self.out_mask.to(y.dtype)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return _dropout(self.o_proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -118,18 +96,13 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
-        self.register_buffer("act_mask", None, persistent=False)  # (d_ff,) MSG masks, see GPT.set_unit_masks
-        self.register_buffer("out_mask", None, persistent=False)  # (d_model,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
             act = F.silu(self.gate_proj(x)) * self.up_proj(x)
         else:
             act = F.gelu(self.up_proj(x), approximate="tanh")
-        if self.act_mask is not None:
-            act = act * self.act_mask.to(act.dtype)
-        y = _dropout(self.down_proj(act), self.dropout, self.training)
-        return y if self.out_mask is None else y * self.out_mask.to(y.dtype)
+        return _dropout(self.down_proj(act), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -175,7 +148,6 @@ class GPT(nn.Module):
             # not persistent: derived from config, so checkpoints and HF exports stay pure weights
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("embed_mask", None, persistent=False)  # (d_model,) MSG mask, see set_unit_masks
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -190,40 +162,6 @@ class GPT(nn.Module):
                 scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
                 with torch.no_grad():
                     p.normal_(0.0, std * scale, generator=generator)
-
-    def set_unit_masks(self, hidden: torch.Tensor | None = None, heads: torch.Tensor | None = None,
-                       ffn: torch.Tensor | None = None) -> None:
-        """Masks of masked structural growth (MSG): per-unit factors in [0, 1] on the width axes.
-
-        hidden (d_model) multiplies the embedding output, every residual-branch output and every norm's
-        output, and weights the norms' statistics; heads (n_heads) multiplies each head's attention
-        output before o_proj; ffn (d_ff) multiplies the MLP activation before down_proj. With new units
-        at 0 the grown model computes exactly what the small one did. None removes a mask, and with no
-        masks the forward pass is the plain one (no extra work). Masks are moved to the model's device, so
-        `other.set_unit_masks(**model.unit_masks())` copies them between models on any devices.
-        """
-        cfg = self.config
-        for name, mask, size in (("hidden", hidden, cfg.d_model), ("heads", heads, cfg.n_heads), ("ffn", ffn, cfg.d_ff)):
-            if mask is not None and tuple(mask.shape) != (size,):
-                raise ConfigError(f"unit mask {name!r} has shape {tuple(mask.shape)}; this model needs ({size},)")
-        device = self.embed_tokens.weight.device
-        hidden, heads, ffn = (None if mask is None else mask.detach().to(device) for mask in (hidden, heads, ffn))
-        self.embed_mask = hidden
-        for module in self.modules():
-            if isinstance(module, Norm):
-                module.unit_mask = hidden
-            elif isinstance(module, Attention):
-                module.head_mask, module.out_mask = heads, hidden
-            elif isinstance(module, MLP):
-                module.act_mask, module.out_mask = ffn, hidden
-
-    def unit_masks(self) -> dict[str, torch.Tensor | None]:
-        """The masks set by set_unit_masks (None where unset)."""
-        attn, mlp = (self.blocks[0].attn, self.blocks[0].mlp) if len(self.blocks) else (None, None)
-        return {"hidden": self.embed_mask, "heads": getattr(attn, "head_mask", None), "ffn": getattr(mlp, "act_mask", None)}
-
-    def has_unit_masks(self) -> bool:
-        return any(mask is not None for mask in self.unit_masks().values())
 
     def output_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
@@ -240,8 +178,6 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[:T], self.rope_sin[:T])
         x = _dropout(x, self.config.dropout, self.training)
-        if self.embed_mask is not None:
-            x = x * self.embed_mask.to(x.dtype)
         for block in self.blocks:
             x = block(x, rope)
         logits = F.linear(self.final_norm(x), self.output_weight())

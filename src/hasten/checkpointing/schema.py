@@ -2,19 +2,21 @@
 (weights only, written by `hasten import-hf`), and `open_checkpoint`, the one way to read either.
 
 On disk a checkpoint's state.pt is the mapping `to_dict()` returns (files.py writes it atomically with a
-manifest). Everything that reads a checkpoint (resume, the guard's rollback, eval, export, generate,
+manifest): the run's config and model shape, and one entry per part the run registered (the methods' under
+`methods`, by name). Everything that reads a checkpoint (resume, the guard's rollback, eval, export, generate,
 grow, the sharpness probe) goes through open_checkpoint, so the layout lives here only.
 
-Growth's MSG masks are a model-level field (`unit_masks`, the masks the saved model computes with at
-its step), so a loader rebuilds the model without knowing which method set them.
+What a method changes in the model's forward from outside it is part of that method's state (in `methods`), so
+the weights here are plain; loaders ask the method registry to give the change back (hasten.recipes). Checkpoints
+written before that held such a change in a `unit_masks` field, which is ignored: the same masks follow from the
+method's state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from hasten.checkpointing.files import load_checkpoint
 from hasten.config import ModelConfig, RunConfig, config_from_dict
@@ -45,23 +47,37 @@ class ModelCheckpoint:
         return {"format": MODEL_FORMAT, "model_config": self.model_config, "model": self.model}
 
 
+METHODS = "methods"  # parts named "methods.<name>" are kept in this one mapping on disk, by method name
+FORMAT_VERSION = 2  # 2: every part the run registers is in the checkpoint; 1 (before #23, no `version`): lenient
+
+
 @dataclass
 class TrainCheckpoint:
-    """Everything a resume needs, in single-process form (any number of ranks can load it)."""
+    """Everything a resume needs, in single-process form (any number of ranks can load it): the run's config, the
+    model's shape, and the state of every part the run registered by name (hasten.trainer.checkpoints: model,
+    optimizer, schedule, sampler, progress, guard, rng and `methods.<name>` for each method). A part held as None was
+    reset on purpose (e.g. by `hasten grow`): it starts afresh."""
 
     config: dict  # the run's RunConfig.to_dict()
-    model_config: dict  # the saved model's shape (after growth: the current stage's)
-    progress: dict  # hasten.trainer.state.Progress
-    schedule: dict
-    sampler: dict
-    rng: dict
-    guard: dict = field(default_factory=dict)
-    methods: dict[str, dict] = field(default_factory=dict)  # each method's state_dict, by name
-    model: dict | None = None  # consolidated weights; None in a sharded checkpoint ...
-    optimizer: dict | None = None
-    sharded: str | None = None  # ... whose DCP shards are in this sub-directory
-    unit_masks: dict[str, torch.Tensor] | None = None  # masks the model computes with at this step (see GPT.set_unit_masks)
+    model_config: dict  # the saved model's shape (after a change of shape: the current one)
+    parts: dict[str, Any] = field(default_factory=dict)  # part name -> its state_dict()
+    sharded: str | None = None  # model and optimizer are DCP shards in this sub-directory, not parts
+    version: int = FORMAT_VERSION
     path: Path | None = None  # where it was read from (not saved)
+
+    @property
+    def progress(self) -> dict:
+        return self.parts["progress"]
+
+    @property
+    def model(self) -> dict | None:
+        return self.parts.get("model")
+
+    @property
+    def methods(self) -> dict[str, Any]:
+        """Each method's state, by method name."""
+        prefix = f"{METHODS}."
+        return {name.removeprefix(prefix): state for name, state in self.parts.items() if name.startswith(prefix)}
 
     @property
     def step(self) -> int:
@@ -79,14 +95,19 @@ class TrainCheckpoint:
         return config_from_dict(self.config)
 
     def to_dict(self) -> dict:
-        out = {"format": TRAIN_FORMAT, "config": self.config, "model_config": self.model_config}
-        if self.sharded is None:
-            out.update(model=self.model, optimizer=self.optimizer)
-        out.update(schedule=self.schedule, sampler=self.sampler, progress=self.progress, rng=self.rng, methods=self.methods,
-                   guard=self.guard, unit_masks=self.unit_masks)
+        out = {"format": TRAIN_FORMAT, "version": self.version, "config": self.config,
+               "model_config": self.model_config}
+        out.update({name: state for name, state in self.parts.items() if not name.startswith(f"{METHODS}.")})
+        out[METHODS] = self.methods
         if self.sharded is not None:
             out["sharded"] = self.sharded
         return out
+
+
+LEGACY_PARTS = ("progress", "schedule", "sampler", "rng")  # what every checkpoint before format version 2 held
+NOT_PARTS = ("format", "version", "config", "model_config", "sharded", "_path", METHODS,
+             "callbacks",  # checkpoints before 0.2 named the methods' states `callbacks`
+             "unit_masks")  # before #23: growth's MSG masks; the growth method's state holds the same
 
 
 def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
@@ -97,18 +118,21 @@ def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
     _check_model_config(state["model_config"], path)
     if "config" not in state:
         return ModelCheckpoint(state["model_config"], state["model"], path)
-    for key in ("config", "progress", "schedule", "sampler", "rng"):  # mappings every loader reads into
+    for key in ("config", "progress", "schedule", "sampler", "rng", METHODS):  # mappings every loader reads into
         if key in state and not isinstance(state[key], dict):
             raise CheckpointError(f"checkpoint {path} holds a {type(state[key]).__name__} as its {key}; it was not written by hasten")
-    try:
-        return TrainCheckpoint(
-            config=state["config"], model_config=state["model_config"], progress=state["progress"], schedule=state["schedule"],
-            sampler=state["sampler"], rng=state["rng"], guard=state.get("guard", {}),
-            methods=state.get("methods", state.get("callbacks", {})),  # checkpoints before 0.2 named it `callbacks`
-            model=state.get("model"), optimizer=state.get("optimizer"), sharded=state.get("sharded"),
-            unit_masks=state.get("unit_masks"), path=path)
-    except KeyError as err:
-        raise CheckpointError(f"checkpoint {path} has no {err.args[0]!r}; it was not written by hasten train") from None
+    version = state.get("version", 1)
+    if not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path} holds a {type(version).__name__} as its version; it was not "
+                              "written by hasten")
+    missing = [name for name in ("config", "progress", *(LEGACY_PARTS if version < 2 else ())) if name not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has no {missing[0]!r}; it was not written by hasten train")
+    parts = {name: value for name, value in state.items() if name not in NOT_PARTS}
+    methods = state.get(METHODS, state.get("callbacks", {}))
+    parts.update({f"{METHODS}.{name}": value for name, value in methods.items()})
+    return TrainCheckpoint(config=state["config"], model_config=state["model_config"], parts=parts,
+                           sharded=state.get("sharded"), version=version, path=path)
 
 
 def _check_model_config(values, path: Path | None) -> None:

@@ -10,19 +10,20 @@ import sys
 import traceback
 
 from hasten import __version__
-from hasten.checkpointing.weights import WEIGHTS
-from hasten.cli import generate
+from hasten.checkpointing.weights import RAW, WEIGHTS_HELP
+from hasten.cli import generate, methods
 from hasten.cli.evaluate import cmd_eval
 from hasten.cli.info import cmd_info, cmd_prepare_data
 from hasten.cli.train import StopOnSignal, cmd_train
 from hasten.compare import cli as compare_cli
 from hasten.errors import HastenError
 from hasten.interop import cli as interop_cli
-from hasten.methods.blockwise_lr import cli as sharpness_cli
-from hasten.methods.growth import cli as growth_cli
+from hasten.methods.registry import commands as method_commands
 from hasten.parallel.launch import die_with_launcher, launched_worker, report_to_launcher
+from hasten.recipes import load_checkpoint_model
 
-COMMANDS = (generate, interop_cli, compare_cli, sharpness_cli, growth_cli)
+# the tools' commands; the methods' own come from their specs
+COMMANDS = (generate.add_parser, interop_cli.add_parser, compare_cli.add_parser, methods.add_parser)
 __all__ = ["StopOnSignal", "build_parser", "main"]
 
 
@@ -36,7 +37,8 @@ class Parser(argparse.ArgumentParser):
 def _common_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/); omitted = the defaults (or the run's own config with --resume/--from)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.max_steps=100 or methods.growth.stages.0.at_tokens=5e5 (repeatable)")
+                   help="override a config value, e.g. --set train.max_steps=100; a number picks a list element: "
+                        "section.list.0.key=5e5 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run dir, checkpoint dir, model checkpoint (import-hf) or hf:DIR")
     p.add_argument("--sequences", type=int, default=None, help="number of full-context windows (default: the run's train.eval_sequences)")
     p.add_argument("--data", default=None, metavar="SOURCE", help="evaluate on other data (file, folder, glob, hf:NAME): windows over all of it")
-    p.add_argument("--weights", default="raw", choices=WEIGHTS, help="raw weights or a run's weight average")
+    p.add_argument("--weights", default=RAW, help=WEIGHTS_HELP)
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's or the checkpoint's own)")
     p.set_defaults(func=cmd_eval)
 
@@ -78,8 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None)
     p.set_defaults(func=cmd_info)
 
-    for command in COMMANDS:  # the commands of tools and methods (grow, sharpness, export, compare, generate)
-        command.add_parser(sub)
+    for add_parser in (*COMMANDS, *method_commands()):  # tools' commands, and the methods' own (their specs name them)
+        add_parser(sub)
+    # a command that loads a checkpoint's model (eval, generate, export, a method's) gets it as its run computed
+    # with it: what a method changed in the forward comes back through the method registry, which their own layers
+    # may not import
+    parser.set_defaults(load_model=load_checkpoint_model)
     return parser
 
 

@@ -12,7 +12,7 @@ from hasten.config import DataConfig
 from hasten.data.sampler import eval_windows
 from hasten.data.tokens import prepare_from_config
 from hasten.errors import ConfigError, DataError
-from hasten.interop.cli import load_model_and_checkpoint, run_tokenizer
+from hasten.interop.cli import run_tokenizer
 from hasten.trainer.evaluation import autocast_for, mean_loss
 from hasten.trainer.rundir import read_corpus_record
 from hasten.trainer.setup import resolve_device
@@ -21,7 +21,7 @@ from hasten.trainer.setup import resolve_device
 def cmd_eval(args) -> int:
     if args.sequences is not None and args.sequences < 1:
         raise ConfigError(f"--sequences={args.sequences} must be >= 1")
-    model, ckpt, run_dir = load_model_and_checkpoint(args.checkpoint, args.weights)
+    model, ckpt, run_dir = args.load_model(args.checkpoint, args.weights)
     cfg = ckpt.run_config() if isinstance(ckpt, TrainCheckpoint) else None
     if cfg is None and args.data is None:
         raise ConfigError(f"{args.checkpoint} holds a model without a training config; say what to evaluate on with --data SOURCE")

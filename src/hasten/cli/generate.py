@@ -2,7 +2,7 @@
 
 Greedy by default (temperature 0); `--temperature T` samples from softmax(logits / T), restricted to
 the `--top-k` most likely tokens if given, with a seeded generator so a seed gives the same text.
-`--weights lawa|ema|swa` uses a run's averaged weights. Like nanoGPT's sampler, the full context is
+`--weights NAME` uses a weight average the run wrote. Like nanoGPT's sampler, the full context is
 recomputed every token (no KV cache), cropped to the model's context length.
 """
 
@@ -13,10 +13,10 @@ import math
 import torch
 from tokenizers import Tokenizer
 
-from hasten.checkpointing.weights import WEIGHTS
+from hasten.checkpointing.weights import RAW, WEIGHTS_HELP
 from hasten.data.tokenizer import EOS
 from hasten.errors import ConfigError, DataError
-from hasten.interop.cli import load_model_and_checkpoint, run_tokenizer
+from hasten.interop.cli import run_tokenizer
 from hasten.trainer.setup import resolve_device
 
 
@@ -53,7 +53,7 @@ def cmd_generate(args) -> int:
         raise ConfigError(f"--top-k={args.top_k} must be >= 1")
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples={args.num_samples} must be >= 1")
-    model, ckpt, run_dir = load_model_and_checkpoint(args.source, args.weights)
+    model, ckpt, run_dir = args.load_model(args.source, args.weights)
     path = args.tokenizer or run_tokenizer(args.source, ckpt, run_dir)
     if path is None:
         raise ConfigError(f"{args.source} has no tokenizer.json beside it; pass the model's tokenizer with --tokenizer FILE")
@@ -88,7 +88,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed gives the same text)")
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--weights", default="raw", choices=WEIGHTS, help="raw weights or a run's weight average")
+    p.add_argument("--weights", default=RAW, help=WEIGHTS_HELP)
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's or the checkpoint's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="keep going past the end-of-text token")

@@ -82,7 +82,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, in separate processes (threads are split among them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe (repeatable)")
     p.add_argument("--set-for", dest="set_for", action="append", default=[], metavar="RECIPE:KEY=VALUE",
-                   help="override for one recipe, e.g. --set-for slw:methods.seqlen_warmup.total_steps=200 (repeatable)")
+                   help="override for one recipe, e.g. --set-for baseline:optim.lr=3e-3 (repeatable)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of finished runs (deleted by default)")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty --out that is not a compare output (replaces report.md, results.json and plots there)")

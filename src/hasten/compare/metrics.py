@@ -54,7 +54,8 @@ class Curve:
 
 
 def curve_from_rows(rows: list[dict], key: str = "val_loss") -> Curve:
-    """The eval curve of `key` from metrics.jsonl rows (evals without the key, e.g. LAWA before its first snapshot, are skipped)."""
+    """The eval curve of `key` from metrics.jsonl rows (evals without the key, e.g. a weight average before its first
+    snapshot, are skipped)."""
     evals = [r for r in rows if r.get("kind") == "eval" and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     by_step: dict[int, dict] = {}
     for row in evals:  # a resumed run may log the same step twice; the last one wins

@@ -1,7 +1,7 @@
 """Comparison plots: val loss against tokens, FLOPs and wall-clock, one line per row (seed mean) with a min-max band.
 
-Stage changes are marked on each row's line in its colour: growth with a dashed vertical line, the
-end of sequence-length warmup (first step at full length) with a dotted one. The baseline's target
+The points the methods' specs mark (hasten.methods.registry.plot_markers) are vertical lines on
+each row's curve in its colour, in the marker's line style (named in the title). The baseline's target
 loss is a horizontal grey line, so where each curve crosses it is the cost the report tabulates.
 """
 
@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hasten.compare.report import AXIS_LABEL  # noqa: E402
+from hasten.methods.registry import plot_markers  # noqa: E402
 
 FILES = {"tokens": "loss_vs_tokens.png", "flops": "loss_vs_flops.png", "train_time": "loss_vs_time.png"}
 XLABEL = {"tokens": "training tokens", "flops": "training FLOPs (model + optimizer)", "train_time": "training wall-clock (s)"}
@@ -44,7 +45,7 @@ def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
                 x = marker.get(axis)
                 if x is None:
                     continue
-                ax.axvline(x, color=color, lw=1, alpha=0.7, ls="--" if marker["kind"] == "growth" else ":")
+                ax.axvline(x, color=color, lw=1, alpha=0.7, ls=marker.get("style", ":"))
         target = results.get("target_loss")
         if target is not None:
             ax.axhline(target, color="grey", lw=1, alpha=0.8, label=f"target {target:.3f} ({results['baseline']} final)")
@@ -52,7 +53,7 @@ def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
         ax.set_xlabel(XLABEL[axis])
         ax.set_ylabel("val loss (nats/token)")
         title = f"val loss vs {AXIS_LABEL[axis]}" + (f" ({results['tier']} tier)" if results.get("tier") else "")
-        ax.set_title(title + "  [-- growth, : seq-len warmup end]")
+        ax.set_title(title + f"  [{', '.join(f'{m.linestyle} {m.label}' for m in plot_markers())}]")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

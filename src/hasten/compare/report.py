@@ -46,6 +46,7 @@ from hasten.compare.metrics import (
 from hasten.compare.metrics import curve_from_rows as curve_from_rows
 from hasten.compare.stability import render_stability, stability_summary
 from hasten.errors import ConfigError
+from hasten.methods.registry import plot_markers
 from hasten.trainer.logger import read_metrics
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -54,17 +55,10 @@ NOISE_BAND = 0.05  # wall-clock vs FLOPs speedups closer than this are not flagg
 
 
 def _markers(rows: list[dict]) -> list[dict]:
-    """Stage changes of one run: growth (state_replaced events) and the step where seq_len first reaches its final value."""
+    """The points of one run that the methods' specs mark (hasten.methods.registry.plot_markers), each with its line
+    style."""
     train = [r for r in rows if r.get("kind") == "train" and isinstance(r.get("tokens"), (int, float))]
-    out = [{"kind": "growth", "tokens": float(r["tokens"])} for r in rows
-           if r.get("kind") == "event" and r.get("event") == "state_replaced" and r.get("reason") != "rollback" and isinstance(r.get("tokens"), (int, float))]
-    lens = [(r["tokens"], r["seq_len"]) for r in train if isinstance(r.get("seq_len"), (int, float))]
-    if lens and len({length for _, length in lens}) > 1:
-        full = lens[-1][1]
-        i = len(lens) - 1
-        while i > 0 and lens[i - 1][1] == full:  # earliest logged step from which the length stays at its final value
-            i -= 1
-        out.append({"kind": "seq_len_full", "tokens": float(lens[i][0]), "seq_len": int(full), "from": int(lens[0][1])})
+    out = [{**point, "style": marker.linestyle} for marker in plot_markers() for point in marker.find(rows)]
     # map token positions to FLOPs and seconds through the train rows (both grow monotonically with tokens)
     costs = {"model_flops": [r.get("flops", 0.0) for r in train], "train_time": [r.get("train_time", 0.0) for r in train],
              "flops": [r.get("flops", 0.0) + r.get("optimizer_flops", 0.0) for r in train]}

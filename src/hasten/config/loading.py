@@ -59,8 +59,8 @@ def merge_layer(values: dict, extra: dict) -> dict:
 def parse_override(text: str) -> dict:
     """`train.max_steps=100` -> {"train": {"max_steps": 100}} (the value is parsed as YAML).
 
-    A numeric part addresses a list element: `methods.growth.stages.0.at_tokens=5e5` changes that field of
-    the first stage and keeps the rest of the list."""
+    A numeric part addresses a list element: `section.list.0.key=5e5` (e.g. a method's list of stages) changes that
+    field of the first stage and keeps the rest of the list."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r} must look like key.path=value, e.g. --set train.max_steps=100")
     path, raw = text.split("=", 1)
@@ -72,7 +72,8 @@ def parse_override(text: str) -> dict:
     if not keys:
         raise ConfigError(f"--set {text!r} has an empty key")
     if _is_index(keys[0]):
-        raise ConfigError(f"--set {text!r} starts with a list index; name the section first, e.g. methods.growth.stages.0.at_tokens=...")
+        raise ConfigError(f"--set {text!r} starts with a list index; name the section first, e.g. "
+                          "section.list.0.key=...")
     for key in reversed(keys):  # built from the leaf up; a numeric part indexes the list above it
         value = ListItems({int(key): value}) if _is_index(key) else {key: value}
     return value

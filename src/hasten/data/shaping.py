@@ -35,7 +35,7 @@ def target_tokens_per_row(seq_len: int, max_len: int, mode: str) -> int:
         return seq_len
     if mode == "reshape":
         return (max_len // seq_len) * seq_len
-    raise ConfigError(f"seqlen_warmup: mode={mode!r} is unknown; use one of {', '.join(MODES)}")
+    raise ConfigError(f"batch shape: mode={mode!r} is unknown; use one of {', '.join(MODES)}")
 
 
 def rows_after_shaping(batch_size: int, seq_len: int, max_len: int, mode: str) -> int:
@@ -52,7 +52,7 @@ def _check_rows(rows: torch.Tensor, seq_len: int) -> int:
     max_len = rows.shape[1] - 1
     if not 1 <= seq_len <= max_len:
         raise ConfigError(
-            f"seqlen_warmup: seq_len={seq_len} is outside [1, {max_len}] for rows of {max_len + 1} tokens; "
+            f"batch shape: seq_len={seq_len} is outside [1, {max_len}] for rows of {max_len + 1} tokens; "
             f"keep max_len <= the sampler's sequence length"
         )
     return max_len

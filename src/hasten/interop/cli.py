@@ -8,26 +8,27 @@ import yaml
 
 from hasten.checkpointing import ModelCheckpoint, TrainCheckpoint, open_checkpoint, save_checkpoint
 from hasten.checkpointing.dirs import enclosing_run_dir
-from hasten.checkpointing.weights import WEIGHTS, load_model
+from hasten.checkpointing.weights import RAW, WEIGHTS_HELP, load_model
 from hasten.errors import CheckpointError, ConfigError
 from hasten.interop.hf import export_hf, hf_tokenizer_file, import_hf
 from hasten.model import GPT
 
 
-def load_model_from(spec: str | Path, weights: str = "raw") -> GPT:
+def load_model_from(spec: str | Path, weights: str = RAW) -> GPT:
     """A GPT from a run dir, a checkpoint dir, a model checkpoint written by import-hf, or `hf:DIR`.
 
-    `weights` picks the raw weights or a weight average the run exported (lawa, ema, swa). A training
-    checkpoint saved inside growth's MSG mask ramp gets the masks it was saved with (see GPT.set_unit_masks).
+    `weights` picks the raw weights or a weight average the run exported, by its name. The weights only: what a
+    method changed in the model's forward comes back through hasten.recipes.load_checkpoint_model.
     """
     return load_model_and_checkpoint(spec, weights)[0]
 
 
-def load_model_and_checkpoint(spec: str | Path, weights: str = "raw") -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
+def load_model_and_checkpoint(spec: str | Path, weights: str = RAW
+                              ) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
     """(model, its checkpoint or None for hf:DIR, the run dir it belongs to or None)."""
     spec = str(spec)
     if spec.startswith("hf:"):
-        if weights != "raw":
+        if weights != RAW:
             raise ConfigError(f"{spec} is a transformers checkpoint: it has raw weights only (drop --weights {weights})")
         return import_hf(spec[3:]), None, None
     ckpt = open_checkpoint(spec)
@@ -64,7 +65,8 @@ def cmd_export(args) -> int:
     if args.to != "hf":
         raise ConfigError(f"--to {args.to!r} is unknown; only hf is supported")
     check_output_dir(Path(args.out), args.force, "export")
-    model, ckpt, run_dir = load_model_and_checkpoint(args.source, args.weights)
+    # plain: a method's change to the model's forward that the weights cannot hold is refused
+    model, ckpt, run_dir = args.load_model(args.source, args.weights, plain=True)
     tokenizer = run_tokenizer(args.source, ckpt, run_dir)
     out = export_hf(model, args.out, tokenizer_file=tokenizer, dtype=args.dtype, overwrite=args.force)
     print(f"exported {args.weights} weights to {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
@@ -92,7 +94,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("source", help="run dir, checkpoint dir")
     p.add_argument("--to", default="hf", help="target format (hf)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--weights", default="raw", choices=WEIGHTS, help="raw weights or a weight average")
+    p.add_argument("--weights", default=RAW, help=WEIGHTS_HELP)
     p.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces the exported files, keeps others)")
     p.set_defaults(func=cmd_export)

@@ -210,9 +210,6 @@ def export_hf(
     from safetensors.torch import save_file
 
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    if model.has_unit_masks():
-        raise ConfigError("the model is inside growth's MSG mask ramp (masked units), which transformers cannot express; "
-                          "export a checkpoint saved after the ramp ended (the growth_mask_ramp_end event)")
     cfg: ModelConfig = model.config
     _check_exportable(cfg)
     target_dtype = _resolve_dtype(dtype)

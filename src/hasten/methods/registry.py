@@ -1,22 +1,30 @@
-"""The methods hasten knows, listed explicitly: recipe section name -> MethodSpec (config dataclass, builder, hook order).
+"""The methods hasten knows, listed explicitly: one line per method folder, whose `SPECS` declare each method once.
 
 A recipe's `methods:` mapping is validated here, so unknown method names and unknown keys inside a
 method's section fail with one line that names them. Methods are built (and their hooks run) in the
-order of their specs, whatever the order of the recipe's sections.
+order of their specs, whatever the order of the recipe's sections. Everything else that needs to know the
+methods asks here too: a checkpoint's model (restore_model), the command line (commands), the comparison
+plots (plot_markers), the README's method table (method_table) and the registry-built tests.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
+from collections.abc import Callable
+from pathlib import Path
 
+from torch import nn
+
+from hasten.checkpointing import TrainCheckpoint
 from hasten.config import RunConfig, build_dataclass
 from hasten.errors import ConfigError
-from hasten.methods import averaging, blockwise_lr, growth, seqlen_warmup
-from hasten.methods.spec import MethodSpec
+from hasten.methods import averaging, blockwise_lr, growth, muon, seqlen_warmup
+from hasten.methods.spec import MethodSpec, PlotMarker
 from hasten.trainer.method import Method
 
-# one entry per method folder (averaging holds three: lawa, ema, swa)
-FOLDERS = (seqlen_warmup, blockwise_lr, growth, averaging)
+# one entry per method folder (averaging holds three: lawa, ema, swa; blockwise_lr: blockwise, adam_mini, sharpness)
+FOLDERS = (seqlen_warmup, blockwise_lr, muon, growth, averaging)
 
 
 def registered() -> dict[str, MethodSpec]:
@@ -28,9 +36,14 @@ def registered() -> dict[str, MethodSpec]:
 def method_config(run_cfg: RunConfig, name: str):
     """The validated config dataclass of one method section of the run config."""
     specs = registered()
-    if name not in specs:
-        close = difflib.get_close_matches(name, list(specs), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known methods: {', '.join(sorted(specs)) or 'none'}"
+    sections = {n for n, spec in specs.items() if spec.config_cls is not None}
+    if name not in sections:
+        if name in specs:
+            switch = specs[name].switched_on_by.strip("`")
+            raise ConfigError(f"methods.{name}: {name} is switched on by {switch}, not by a methods section; set that "
+                              "instead")
+        close = difflib.get_close_matches(name, sorted(sections), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known methods: {', '.join(sorted(sections)) or 'none'}"
         raise ConfigError(f"unknown method methods.{name}: {hint}")
     section = run_cfg.methods.get(name) or {}
     cfg = build_dataclass(specs[name].config_cls, section, f"methods.{name}.")
@@ -65,3 +78,39 @@ def varies_seq_len(run_cfg: RunConfig) -> bool:
     """Whether an enabled method changes the sequence length between steps (compile one dynamic graph)."""
     specs = registered()
     return any(specs[name].varies_seq_len for name in enabled_methods(run_cfg))
+
+
+def restore_model(model: nn.Module, ckpt: TrainCheckpoint, plain: bool = False) -> None:
+    """Give a model loaded from `ckpt` what its run's methods had changed in its forward at the checkpoint's step
+    (growth: the MSG masks), from their checkpointed states. `plain` (an export to plain weights): refused with one line
+    by a method whose change cannot be folded into the weights."""
+    for spec in registered().values():
+        state = ckpt.methods.get(spec.name)
+        if spec.restore_model is not None and state is not None:
+            spec.restore_model(model, state, ckpt.step, plain)
+
+
+def commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """The add_parser functions of the methods' own commands (e.g. `hasten grow`, `hasten sharpness`)."""
+    return [add for spec in registered().values() for add in spec.commands]
+
+
+def plot_markers() -> list[PlotMarker]:
+    """The points of a run that comparison plots mark (growth, the end of sequence length warmup, ...), each once."""
+    out: list[PlotMarker] = []
+    for spec in registered().values():
+        out.extend(marker for marker in spec.markers if marker not in out)
+    return out
+
+
+def method_table(root: Path | None = None) -> str:
+    """The README's method table: one row per method, how a recipe switches it on, its paper and its card (a link
+    relative to `root`, the repository, when the card lies inside it)."""
+    lines = ["| method | what it is | switched on by | paper | method card |", "|---|---|---|---|---|"]
+    for spec in registered().values():
+        card = Path(spec.card)
+        if root is not None and card.is_relative_to(root):
+            card = card.relative_to(root)
+        cells = (f"`{spec.name}`", spec.summary, spec.switched_on_by, spec.paper, f"[{card.parent}]({card})")
+        lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines)

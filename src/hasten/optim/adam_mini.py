@@ -11,7 +11,7 @@ Every parameter keeps AdamW's full first moment m, but the second moment v is a 
 The bias corrections and the eps placement are torch AdamW's, so a partition of one coordinate per
 block reproduces torch.optim.AdamW.
 
-Partition (the same as the adam-mini 1.1.1 package for LLaMA-style names; see spec §2.2), decided
+Partition (Zhang et al. 2024, arXiv 2406.16793; the same as the adam-mini 1.1.1 package for LLaMA-style names), decided
 from hasten's block classification (hasten.optim.blocks) plus the tensor's shape, never from
 substring guesses, so an unknown parameter is a ConfigError instead of a silent one-scalar fallback:
 

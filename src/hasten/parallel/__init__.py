@@ -10,12 +10,13 @@ from hasten.parallel.ranks import (
     is_main,
     run_on_main,
 )
-from hasten.parallel.strategy import DataParallel, FullyShardedParallel, SingleProcess, make_strategy
+from hasten.parallel.strategy import DataParallel, FullyShardedParallel, ParallelStrategy, SingleProcess, make_strategy
 
 __all__ = [
     "DataParallel",
     "Distributed",
     "FullyShardedParallel",
+    "ParallelStrategy",
     "SingleProcess",
     "all_reduce_mean_",
     "all_reduce_sum",

@@ -3,8 +3,8 @@
 Under FSDP2 (`fully_shard`) every parameter and optimizer state is a DTensor shard, so
 `model.state_dict()` is not something a single process can load. A consolidated checkpoint gathers
 full tensors to CPU (rank 0 writes them) in exactly the format of a single-process run, so any number
-of ranks (one included) can resume it. Growth gathers the same way, grows one plain copy on every
-rank and shards the result again. hasten.parallel.strategy picks these for FSDP and the plain
+of ranks (one included) can resume it. A change of the model's shape mid-run gathers the same way, changes one
+plain copy on every rank and shards the result again. hasten.parallel.strategy picks these for FSDP and the plain
 state dicts otherwise.
 """
 
@@ -72,29 +72,29 @@ def full_optimizer_state(model: nn.Module, optimizer: Optimizer) -> dict:
     return {"state": {index[name]: value for name, value in named["state"].items()}, "param_groups": groups}
 
 
-def load_full_state(model: nn.Module, optimizer: Optimizer, model_state: dict, optimizer_state: dict) -> None:
-    """Load a consolidated (single-process format) model + optimizer state into a possibly sharded pair."""
+def load_full_model_state(model: nn.Module, model_state: dict) -> None:
+    """Load a consolidated (single-process format) model state into a possibly sharded model (a collective under
+    FSDP)."""
     if not is_fsdp(model):
         model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     set_model_state_dict(model, model_state, options=_options(True))
-    load_full_optimizer_state(model, optimizer, optimizer_state)
 
 
 # torch optimizer group keys that say how a step runs on this device, not what it computes
 IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
 
 
-def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict, growth: bool = False) -> None:
+def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict,
+                              mapped: bool = False) -> None:
     """Load a full (single-process format, id-keyed) optimizer state into an optimizer over FSDP2 shards.
 
     Every rank passes the same full state; DCP's set_optimizer_state_dict shards each tensor like its
-    parameter. growth=True keeps the live groups' fused/foreach flags (growth maps a state built on a
-    CPU copy into a GPU optimizer) and allows parameters without state (new tensors; DCP then gives
-    them a zero-lr step's state, which the caller drops). A collective: every rank calls it.
+    parameter. mapped=True (a state mapped onto a model of a new shape, built on a CPU copy, into a GPU
+    optimizer) keeps the live groups' fused/foreach flags and allows parameters without state (new tensors;
+    DCP then gives them a zero-lr step's state, which the caller drops). A collective: every rank calls it.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -107,11 +107,11 @@ def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_
     groups = []
     for live_group, saved in zip(optimizer.param_groups, optimizer_state["param_groups"]):
         group = {k: v for k, v in saved.items() if k != "params"}
-        if growth:
+        if mapped:
             group.update({k: live_group[k] for k in IMPLEMENTATION_KEYS if k in live_group})
         groups.append({**group, "params": list(live_group["param_names"])})
     state = {order[int(i)]: value for i, value in optimizer_state["state"].items()}
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, strict=not growth)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, strict=not mapped)
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=options)
 
 
@@ -141,8 +141,6 @@ def unsharded_copy(model: nn.Module, device: torch.device | str = "cpu", into: n
     for name, buffer in model.named_buffers():  # RoPE tables: not sharded, not persistent (to_empty left them garbage)
         if name in target_buffers:
             target_buffers[name].copy_(buffer.detach())
-    if hasattr(model, "unit_masks"):  # growth's MSG masks, live during a ramp
-        into.set_unit_masks(**model.unit_masks())
     into.requires_grad_(True)
     return into.train(model.training)
 
@@ -151,13 +149,14 @@ def full_optimizer_state_by_name(optimizer: Optimizer, device: torch.device | st
     """Every parameter's optimizer state with full tensors on `device`, keyed by parameter name, on every rank.
 
     DTensor shards are all-gathered (a collective under FSDP: every rank calls it, in step);
-    growth maps this state onto the grown model on every rank identically.
+    a change of the model's shape maps this state onto the new model on every rank identically.
     """
     out: dict[str, dict] = {}
     for group in optimizer.param_groups:
         names = group.get("param_names")
         if names is None:
-            raise ConfigError("growth under FSDP needs optimizer param groups with param_names; build it with hasten.optim.build_optimizer")
+            raise ConfigError("a new model shape under FSDP needs optimizer param groups with param_names; build it "
+                              "with hasten.optim.build_optimizer")
         for name, param in zip(names, group["params"]):
             state = optimizer.state.get(param)
             if state:
@@ -168,7 +167,7 @@ def full_optimizer_state_by_name(optimizer: Optimizer, device: torch.device | st
 def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
     """Point an optimizer built on a model's full parameters at the FSDP2 shards that replaced them.
 
-    Growth builds the new optimizer (with its mapped state) on the unsharded grown model, then the
+    A new model shape gets its optimizer (with its mapped state) built on the unsharded model, then the
     trainer wraps it; `fully_shard` swaps every parameter for a DTensor, so the optimizer's params
     and state are re-keyed by the names in its groups (`param_names`) and the state is sharded the
     same way as each parameter. A no-op when the optimizer already holds the model's parameters.
@@ -201,6 +200,6 @@ def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
         group["params"] = new_params
     optimizer.state.clear()
     optimizer.state.update(new_state)
-    if hasattr(optimizer, "adopt_sharded_state"):  # Adam-mini: per-block v in its sharded layout
+    if hasattr(optimizer, "adopt_sharded_state"):  # state that is not elementwise is re-laid for the shards
         optimizer.adopt_sharded_state()
     return optimizer

@@ -4,9 +4,10 @@ The trainer and the methods ask the strategy instead of testing what the model i
 
     wrap(model)                 the module the step calls (compiled; DDP-wrapped; FSDP2 shards in place)
     adopt(model, optimizer)     an optimizer built on full parameters re-pointed at the shards that replaced them
-    model_state / optimizer_state / load_state   consolidated (single-process format) state for checkpoints
+    model_state / optimizer_state / load_model_state / load_optimizer_state   consolidated (single-process format)
+                                state for checkpoints
     plain_model(model)          a plain model with the full weights (the model itself unless sharded)
-    training_copy / reshard     growth's round trip: a full copy to grow, then sharded again
+    training_copy / reshard     a new model shape mid-run: a full copy to change, then sharded again
     save_shards / load_shards   DCP shards (train.checkpoint_format=sharded)
     any_rank(flag), sum, mean_, broadcast, barrier   the collectives
 """
@@ -37,10 +38,12 @@ from hasten.parallel.ranks import (
 BuildOptimizer = Callable[[nn.Module], Optimizer]
 
 
-class SingleProcess:
-    """One process: the model is what it is, states are plain state dicts, collectives are the identity."""
+class ParallelStrategy:
+    """How a run uses its ranks: the interface every strategy has. Its own behaviour is one process's (the model is
+    what it is, states are plain state dicts, collectives reduce over the ranks there are), which the strategies below
+    change where they differ."""
 
-    name = "single"
+    name = "base"
     shards_in_place = False
 
     def __init__(self, dist: Distributed | None = None, device: torch.device | None = None, *, compile: bool = False,
@@ -92,16 +95,18 @@ class SingleProcess:
     def optimizer_state(self, model: nn.Module, optimizer: Optimizer) -> dict:
         return optimizer.state_dict()
 
-    def load_state(self, model: nn.Module, optimizer: Optimizer, model_state: dict, optimizer_state: dict) -> None:
+    def load_model_state(self, model: nn.Module, model_state: dict) -> None:
         model.load_state_dict(model_state)
+
+    def load_optimizer_state(self, model: nn.Module, optimizer: Optimizer, optimizer_state: dict) -> None:
         optimizer.load_state_dict(optimizer_state)
 
     def training_copy(self, model: nn.Module, optimizer: Optimizer, build_optimizer: BuildOptimizer, with_state: bool):
-        """(model, optimizer) as one process holds them, to grow; the live pair here."""
+        """(model, optimizer) as one process holds them, to change the model's shape; the live pair here."""
         return model, optimizer
 
     def reshard(self, model: nn.Module, optimizer: Optimizer, build_optimizer: BuildOptimizer, fresh: bool):
-        """A grown (model, optimizer) laid out for training; unchanged here."""
+        """A (model, optimizer) of a new shape laid out for training; unchanged here."""
         return model, optimizer
 
     def save_shards(self, model: nn.Module, optimizer: Optimizer, directory: Path) -> None:
@@ -137,7 +142,13 @@ class SingleProcess:
         barrier()
 
 
-class DataParallel(SingleProcess):
+class SingleProcess(ParallelStrategy):
+    """One process: the model is what it is, states are plain state dicts, collectives are the identity."""
+
+    name = "single"
+
+
+class DataParallel(ParallelStrategy):
     """DDP: every rank holds the whole model; the step calls a DistributedDataParallel wrapper around it."""
 
     name = "ddp"
@@ -149,7 +160,7 @@ class DataParallel(SingleProcess):
         return DistributedDataParallel(super().wrap(model), device_ids=device_ids)
 
 
-class FullyShardedParallel(SingleProcess):
+class FullyShardedParallel(ParallelStrategy):
     """FSDP2: `fully_shard` splits every parameter (and so the optimizer state) by rows across the ranks.
 
     wrap() shards the model in place, each Block as its own unit and then the root (embeddings, final norm,
@@ -184,14 +195,20 @@ class FullyShardedParallel(SingleProcess):
     def optimizer_state(self, model: nn.Module, optimizer: Optimizer) -> dict:
         return full.full_optimizer_state(model, optimizer)
 
-    def load_state(self, model: nn.Module, optimizer: Optimizer, model_state: dict, optimizer_state: dict) -> None:
-        full.load_full_state(model, optimizer, model_state, optimizer_state)
+    def load_model_state(self, model: nn.Module, model_state: dict) -> None:
+        full.load_full_model_state(model, model_state)
+
+    def load_optimizer_state(self, model: nn.Module, optimizer: Optimizer, optimizer_state: dict) -> None:
+        if not full.is_fsdp(model):
+            optimizer.load_state_dict(optimizer_state)
+            return
+        full.load_full_optimizer_state(model, optimizer, optimizer_state)
 
     def training_copy(self, model: nn.Module, optimizer: Optimizer, build_optimizer: BuildOptimizer, with_state: bool):
         """The full model on CPU and a plain optimizer over it (holding the full state if `with_state`), on every rank.
 
-        A collective (all ranks grow on the same step). The copy is what a single process would hold, so the
-        growth operator and the moment mapping run unchanged on it.
+        A collective (all ranks change the shape on the same step). The copy is what a single process would hold, so
+        the operator that changes the model and the moment mapping run unchanged on it.
         """
         full_state = full.full_optimizer_state_by_name(optimizer) if with_state else {}
         copy = full.unsharded_copy(model, "cpu")
@@ -203,21 +220,21 @@ class FullyShardedParallel(SingleProcess):
         return copy, plain
 
     def reshard(self, model: nn.Module, optimizer: Optimizer, build_optimizer: BuildOptimizer, fresh: bool):
-        """Shard a grown model, build its optimizer on the shards and load the mapped state into it.
+        """Shard a model of a new shape, build its optimizer on the shards and load the mapped state into it.
 
         The mapped state goes through DCP's set_optimizer_state_dict (the resume path); parameters with no
         mapped state (new tensors) are left without state so the optimizer initialises them lazily, as it
         does in one process. Fresh tensors (random / zero operators) come from rank 0, so every rank shards
-        the same grown weights whatever its RNG state.
+        the same new weights whatever its RNG state.
         """
         if fresh:
             broadcast_tensors_(list(model.parameters()))
-        mapped = optimizer.state_dict()
+        mapped_state = optimizer.state_dict()
         self.wrap(model)  # fully_shard in place (the trainer's own wrap then leaves the shards alone)
         sharded = build_optimizer(model)
-        if mapped["state"]:
-            full.load_full_optimizer_state(model, sharded, mapped, growth=True)
-            with_state = set(mapped["state"])
+        if mapped_state["state"]:
+            full.load_full_optimizer_state(model, sharded, mapped_state, mapped=True)
+            with_state = set(mapped_state["state"])
             flat = [p for group in sharded.param_groups for p in group["params"]]
             for i, param in enumerate(flat):  # DCP initialised every state with a zero-lr step: drop the unmapped ones
                 if i not in with_state:
@@ -226,7 +243,7 @@ class FullyShardedParallel(SingleProcess):
 
 
 def make_strategy(dist: Distributed, device: torch.device, parallelism: str = "ddp", *, compile: bool = False,
-                  dynamic_shapes: bool = False) -> SingleProcess:
+                  dynamic_shapes: bool = False) -> ParallelStrategy:
     """The strategy for this process: single unless launched on several ranks, then DDP or FSDP2 by `parallelism`."""
     if dist.world_size <= 1:
         cls = SingleProcess

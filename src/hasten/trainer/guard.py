@@ -6,7 +6,7 @@ Two mechanisms (config `train.guard`, hasten.config.GuardConfig):
   whether the (global) loss or gradient norm is NaN/Inf (`nonfinite`), and `apply_update` discards that
   step's update without a host sync: the flag goes to the optimizer as `found_inf` (the protocol of
   torch's GradScaler), which torch's fused Adam/AdamW (the CUDA default) and hasten's AdamMini honour
-  on the device. Optimizers without it (foreach/for AdamW, Muon) read the flag on the host first,
+  on the device. Optimizers without it (foreach/for AdamW, and any other) read the flag on the host first,
   one sync per step, as GradScaler does for them. Either way the weights and optimizer state are
   untouched by a non-finite step.
   The host learns of a skip at the next sync point (a log, eval or checkpoint step, or the end of the
@@ -78,7 +78,7 @@ def _found_inf_optimizers(optimizer) -> list | None:
     """The optimizers that take a device-side skip flag (`found_inf`), or None if any part of `optimizer` does not.
 
     torch marks such optimizers with `_step_supports_amp_scaling` (fused Adam/AdamW); so does hasten's AdamMini.
-    Wrappers that step several optimizers (MuonAdamW) expose them as `optimizers`.
+    Wrappers that step several optimizers expose them as `optimizers`.
     """
     parts = list(getattr(optimizer, "optimizers", None) or [optimizer])
     return parts if all(getattr(opt, "_step_supports_amp_scaling", False) for opt in parts) else None

@@ -1,7 +1,7 @@
 """The training loop: reads like nanoGPT's, built from the components in TrainState.
 
 Methods hook in through the Method hooks (hasten.trainer.method) and see the run through a RunContext,
-never the Trainer; the state can be swapped mid-run (growth) with `replace_state`, and the per-step
+never the Trainer; the state can be swapped mid-run (a new model shape) with `replace_state`, and the per-step
 batch shape (sequence length warmup) is pushed into the data stream through `ctx.batch_shape`.
 
 No host sync between sync points: a step leaves its loss, gradient norm and the guard's non-finite
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from hasten.data.tokens import TokenData
 from hasten.faults import fault_point
 from hasten.model import flops_per_token
 from hasten.optim.flops import optimizer_step_flops
-from hasten.parallel.strategy import SingleProcess
+from hasten.parallel.strategy import ParallelStrategy
 from hasten.trainer import checkpoints
 from hasten.trainer.evaluation import autocast_for, mean_loss
 from hasten.trainer.guard import Guard, read_scalars
@@ -35,10 +36,13 @@ from hasten.trainer.logger import MetricsLogger, ProgressBar
 from hasten.trainer.method import Method, RunContext
 from hasten.trainer.state import TrainState
 
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.stateful import Stateful
+
 
 class Trainer:
     def __init__(self, cfg: RunConfig, state: TrainState, data: TokenData, methods: list[Method], run_dir: Path,
-                 parallel: SingleProcess, *, peak_flops: float | None = None):
+                 parallel: ParallelStrategy, *, peak_flops: float | None = None):
         self.cfg, self.state, self.data, self.methods = cfg, state, data, methods
         self.run_dir, self.parallel, self.device = run_dir, parallel, parallel.device
         self.rank, self.world_size, self.is_main = parallel.rank, parallel.world_size, parallel.is_main
@@ -49,6 +53,13 @@ class Trainer:
         self.val_rows = eval_windows(data.val, self.seq_len, cfg.train.eval_sequences)
         self.logger = MetricsLogger(run_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard)
         self.guard = Guard(cfg.train.guard)  # non-finite skip and spike rollback (hasten.trainer.guard)
+        # what a checkpoint holds of the trainer itself, by name (torch's Stateful protocol); the methods' states
+        # and the RNG join it in hasten.trainer.checkpoints.parts
+        self.stateful: dict[str, Stateful] = {}
+        for name, part in (("model", checkpoints.LiveModel(self)), ("optimizer", checkpoints.LiveOptimizer(self)),
+                           ("schedule", state.schedule), ("sampler", state.sampler), ("progress", state.progress),
+                           ("guard", self.guard)):
+            self.register_state(name, part)
         self.ctx = RunContext(cfg=cfg, state=state, parallel=parallel, device=self.device, run_dir=run_dir, train_tokens=data.train,
                               seq_len=self.seq_len, micro_rows=self.micro_rows, evaluate=self.evaluate, replace_state=self.replace_state,
                               log=self.logger.log, autocast=self.autocast,
@@ -59,6 +70,12 @@ class Trainer:
         self._interval = [0, 0.0]  # tokens and FLOPs attempted in the current interval
         self._rates: dict[str, float | None] = {"tok_per_s": None, "mfu": None}  # of the last interval
         self._optimizer_flops: tuple[int, float] | None = None  # (id of the optimizer, FLOPs of its step on all ranks)
+
+    def register_state(self, name: str, part: Stateful) -> None:
+        """Keep `part`'s state_dict in every checkpoint under `name`; a checkpoint without it is refused on restore."""
+        if name in self.stateful:
+            raise ValueError(f"a part named {name!r} is registered already")
+        self.stateful[name] = part
 
     @property
     def stop_requested(self) -> bool:
@@ -75,7 +92,7 @@ class Trainer:
         return self.stop_requested or (t.max_steps is not None and p.step >= t.max_steps) or (t.max_tokens is not None and p.tokens >= t.max_tokens)
 
     def replace_state(self, model: nn.Module, optimizer, reason: str) -> None:
-        """Swap in a new model and optimizer (growth); methods are told so they can follow."""
+        """Swap in a new model and optimizer (e.g. of a new shape); methods are told so they can follow."""
         self.state.model = model
         self.state.forward_model = self.parallel.wrap(model)
         self.state.optimizer = self.parallel.adopt(model, optimizer)  # FSDP2 replaced the parameters with shards
@@ -86,7 +103,8 @@ class Trainer:
 
     def optimizer_flops(self) -> float:
         """FLOPs of one optimizer step summed over the ranks (a replicated optimizer runs on every rank; a sharded one
-        on its shard, and DTensor sizes are global). Cached per optimizer object, so growth's new one is counted anew."""
+        on its shard, and DTensor sizes are global). Cached per optimizer object, so a replaced one (a new model shape)
+        is counted anew."""
         optimizer = self.state.optimizer
         if self._optimizer_flops is None or self._optimizer_flops[0] != id(optimizer):
             flops = optimizer_step_flops(optimizer) or 0.0
@@ -95,8 +113,13 @@ class Trainer:
         return self._optimizer_flops[1]
 
     def evaluate(self, model: nn.Module | None = None) -> float:
-        """Mean val loss over the fixed full-context windows (a collective: every rank calls it)."""
-        model = model if model is not None else self.state.model
+        """Mean val loss over the fixed full-context windows (a collective: every rank calls it). Another model than the
+        live one is first given what the methods change in the live model's forward (Method.prepare_model)."""
+        if model is None or model is self.state.model:
+            model = self.state.model
+        else:
+            for method in self.methods:
+                method.prepare_model(self.ctx, model)
         return mean_loss(model, self.val_rows, self.micro_rows, self.device, autocast=self.autocast, parallel=self.parallel)
 
     def next_batch(self) -> torch.Tensor:

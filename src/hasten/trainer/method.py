@@ -1,6 +1,6 @@
 """The seam between the trainer and the methods: the Method hooks and the RunContext they are given.
 
-A method (sequence length warmup, growth, weight averaging, the sharpness probe ...) is any object with
+A method (hasten.methods: each folder's spec and its Method, built by the registry) is any object with
 a `name` and the hooks below; subclass Method to get no-op defaults. Methods never see the Trainer:
 every hook gets the RunContext, a narrow view of the run (config, state, budget, device and ranks, the
 event log, evaluate, replace_state, the batch shape). The lifecycle, in order:
@@ -10,11 +10,13 @@ event log, evaluate, replace_state, the batch shape). The lifecycle, in order:
     on_fit_start(ctx)             once per process, before the first step
     per step:  before_step(ctx) -> the step -> after_step(ctx) returns this step's metrics
     per eval:  after_eval(ctx, val_loss) returns extra metrics (it sees the val loss just computed)
-    on_state_replaced(ctx, why)   the model and optimizer were swapped (growth, or a rollback across a growth)
+    prepare_model(ctx, model)     another model is about to be evaluated as the live one (e.g. averaged weights)
+    on_state_replaced(ctx, why)   the model and optimizer were swapped (a new shape, or a rollback across one)
     load_state_dict + on_restore(ctx, "rollback")   the spike guard rolled the run back in process
     on_fit_end(ctx)               after the final evaluation and checkpoint
 
-state_dict() goes into every checkpoint under the method's name. The trainer calls methods in one fixed
+state_dict() goes into every checkpoint under the method's name (`methods.<name>`; a checkpoint without it
+is refused), unless the method keeps no state of the run (checkpointed = False). The trainer calls methods in one fixed
 order, their specs' (hasten.methods.registry), whatever the order of a recipe's sections.
 """
 
@@ -33,7 +35,7 @@ from torch.optim import Optimizer
 
 from hasten.config import RunConfig
 from hasten.data.shaping import BatchShape
-from hasten.parallel.strategy import SingleProcess
+from hasten.parallel.strategy import ParallelStrategy
 from hasten.trainer.state import TrainState
 
 
@@ -44,14 +46,16 @@ class RunContext:
 
     cfg: RunConfig
     state: TrainState  # model, optimizer, schedule, sampler, progress (replaced as a whole by replace_state)
-    parallel: SingleProcess  # single process, DDP or FSDP2: wrap, full copies, collectives
+    parallel: ParallelStrategy  # single process, DDP or FSDP2: wrap, full copies, collectives
     device: torch.device
     run_dir: Path  # for the method's own artifacts (plots, exported weights); rank 0 writes
     train_tokens: np.ndarray  # the train split (a probe draws its own fixed windows from it)
     seq_len: int  # the full training context (evaluation always runs at it)
     micro_rows: int  # sequences per forward on one rank at full length
-    evaluate: Callable[..., float]  # evaluate(model=None): mean val loss at full context (a collective)
-    replace_state: Callable[[nn.Module, Optimizer, str], None]  # swap in a new model and optimizer (growth)
+    # evaluate(model=None): mean val loss at full context (a collective); another model than the live one first gets,
+    # from every method's prepare_model, what the method changes in the live model's forward
+    evaluate: Callable[..., float]
+    replace_state: Callable[[nn.Module, Optimizer, str], None]  # swap in a new model and optimizer (e.g. a new shape)
     log: Callable[..., None]  # log(kind, step, **values): a metrics.jsonl row (rank 0 writes)
     autocast: Callable[[], contextlib.AbstractContextManager]
     batch_shape: BatchShape
@@ -89,6 +93,7 @@ class Method:
     """No-op defaults for every hook (see the module docstring for the order they run in)."""
 
     name: str = "method"
+    checkpointed: bool = True  # its state_dict goes into every checkpoint as `methods.<name>`, which must then hold it
 
     def on_restore(self, ctx: RunContext, reason: str) -> None:
         """Every state was just loaded from a checkpoint (reason: resume or rollback)."""
@@ -107,8 +112,12 @@ class Method:
         """After each evaluation, with its val loss; returns extra metrics for the eval row."""
         return None
 
+    def prepare_model(self, ctx: RunContext, model: nn.Module) -> None:
+        """`model` (not the live one: e.g. averaged weights) is about to be evaluated as the live model: give it what
+        this method changes in the live model's forward from outside (e.g. hooks it puts on the live model)."""
+
     def on_state_replaced(self, ctx: RunContext, reason: str) -> None:
-        """The model and optimizer were swapped (growth)."""
+        """The model and optimizer were swapped (e.g. for a model of a new shape)."""
 
     def on_fit_end(self, ctx: RunContext) -> None:
         """After the last step and the final evaluation and checkpoint."""
@@ -125,6 +134,7 @@ class StopAt(Method):
     changing the schedule: `hasten train --stop-at-step N` splits a long run into resumable chunks."""
 
     name = "stop_at"
+    checkpointed = False  # a command line's stop, not the run's state
 
     def __init__(self, step: int):
         self.step = step
@@ -138,6 +148,7 @@ class AgreeOnStop(Method):
     """Several ranks: a stop requested on any rank (a signal reaches one process first) stops all after the same step."""
 
     name = "agree_on_stop"
+    checkpointed = False
 
     def __init__(self, requested: Callable[[], bool]):
         self.requested = requested

@@ -9,7 +9,7 @@ A step whose update the guard discarded (non-finite) is not counted, as if it ha
 from __future__ import annotations
 
 from hasten.metrics.stability import LossSpikeTracker, moment_stat_tensors
-from hasten.optim.adam_mini import state_bytes
+from hasten.optim import state_bytes
 from hasten.trainer.method import Method, RunContext
 
 
@@ -18,7 +18,7 @@ class StabilityMonitor(Method):
 
     def __init__(self, spike_threshold: float = 1.5):
         self.spikes = LossSpikeTracker(threshold=spike_threshold)
-        self._state_bytes_logged = False  # per process: logged after the first step of a fit and after growth
+        self._state_bytes_logged = False  # per process: logged after the first step of a fit and after a new optimizer
 
     def after_step(self, ctx: RunContext) -> dict:
         if not self._state_bytes_logged:
@@ -39,7 +39,7 @@ class StabilityMonitor(Method):
         self._state_bytes_logged = True
 
     def on_state_replaced(self, ctx: RunContext, reason: str) -> None:
-        self._state_bytes_logged = False  # a grown model has a new optimizer
+        self._state_bytes_logged = False  # a replaced model has a new optimizer
 
     def state_dict(self) -> dict:
         return self.spikes.state_dict()

@@ -211,7 +211,7 @@ def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_pat
             check_checkpoint_config(plan, checkpoint.run_config(), checkpoint.path)
         _check_budget(plan, cfg, checkpoint)
     if checkpoint is not None:
-        model_cfg = ModelConfig(**checkpoint.model_config)  # the current stage's model (growth changes it)
+        model_cfg = ModelConfig(**checkpoint.model_config)  # the current stage's model (a method may change its shape)
     model = GPT(model_cfg).to(parallel.device)
     if checkpoint is None and cfg.train.init_from:
         init_weights(model, cfg.train.init_from, load_init)

@@ -18,15 +18,21 @@ class Progress:
     flops: float = 0.0  # model FLOPs (forward + backward) charged at each step's model size and sequence length
     optimizer_flops: float = 0.0  # FLOPs of the optimizer steps (hasten.optim.flops); total compute = flops + this
     train_time: float = 0.0  # seconds spent in training steps (evaluation and saving excluded)
-    stage: int = 0  # model stage (incremented by growth)
+    stage: int = 0  # model stage (incremented each time the model is replaced, e.g. grown)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def state_dict(self) -> dict:  # torch's Stateful protocol: the checkpointed part `progress`
+        return self.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(vars(Progress(**state)))  # in place: the loop holds a reference to this object
+
 
 @dataclass
 class TrainState:
-    model: nn.Module  # the raw model (state dicts, growth, averaging read this one)
+    model: nn.Module  # the raw model (state dicts and the methods read this one)
     optimizer: Optimizer
     schedule: LRSchedule
     sampler: WindowSampler

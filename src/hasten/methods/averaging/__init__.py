@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from hasten.errors import ConfigError
@@ -30,14 +31,22 @@ from hasten.methods.averaging.base import (
 from hasten.methods.averaging.config import EMAConfig, LAWAConfig, SWAConfig
 from hasten.methods.averaging.ema import EMA, SWA, ema_decay_from_half_life, swa_start_step
 from hasten.methods.averaging.lawa import LAWA, interval_steps
-from hasten.methods.spec import MethodSpec
+from hasten.methods.spec import MethodSpec, TinyRun
 
 CONFIGS: dict[str, type] = {"lawa": LAWAConfig, "ema": EMAConfig, "swa": SWAConfig}
 
+CARD = Path(__file__).with_name("README.md")
 SPECS = (
-    MethodSpec("lawa", LAWAConfig, hooks.build_lawa, order=40, summary="latest weight averaging of k checkpoints (arXiv 2306.03241)"),
-    MethodSpec("ema", EMAConfig, hooks.build_ema, order=41, summary="exponential moving average of weights (baseline for LAWA)"),
-    MethodSpec("swa", SWAConfig, hooks.build_swa, order=42, summary="stochastic weight averaging (baseline for LAWA)"),
+    # LAWA's snapshots are host copies of the weights: every 4 steps, on the host-sync test's log steps
+    MethodSpec("lawa", "latest weight averaging of k checkpoints", "arXiv 2306.03241, 2209.14981", CARD, LAWAConfig,
+               hooks.build_lawa, order=40,
+               test_runs={"k2_every4": TinyRun(("methods.lawa={k: 2, interval: 4}",), kill_at=("step:5", "save:12"))}),
+    MethodSpec("ema", "exponential moving average of the weights (LAWA's baseline)", "arXiv 2306.03241", CARD,
+               EMAConfig, hooks.build_ema, order=41, test_runs={"decay0.9": TinyRun(("methods.ema={decay: 0.9}",))}),
+    # torch's SWA average reads its count on the host at each update: every 4 steps, on the host-sync test's log steps
+    MethodSpec("swa", "stochastic weight averaging (LAWA's baseline)", "arXiv 2306.03241", CARD, SWAConfig,
+               hooks.build_swa, order=42,
+               test_runs={"from_quarter": TinyRun(("methods.swa={start_fraction: 0.25, every: 4}",))}),
 )
 
 

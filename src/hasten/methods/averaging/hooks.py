@@ -34,11 +34,9 @@ class WeightAveraging(Method):
     def after_eval(self, ctx: RunContext, val_loss: float) -> dict[str, float]:
         if not self.averager.ready:
             return {}
-        live = ctx.state.model
         template = self._mirror if self._mirror is not None else self._full_weights(ctx)
-        averaged = self.averager.averaged_model(template).to(ctx.device)  # evaluate() all-reduces the ranks' shares
-        if live.has_unit_masks() or averaged.has_unit_masks():  # growth's MSG masks change every step: evaluate under the live ones
-            averaged.set_unit_masks(**live.unit_masks())
+        # evaluate() all-reduces the ranks' shares, and gives the copy what methods change in the live model's forward
+        averaged = self.averager.averaged_model(template).to(ctx.device)
         metrics = {f"{self.name}/val_loss": ctx.evaluate(averaged)}
         metrics.update({k if k.startswith(f"{self.name}/") else f"{self.name}/{k}": v for k, v in self.averager.stats().items()})
         return metrics

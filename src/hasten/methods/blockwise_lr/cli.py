@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from hasten.checkpointing import open_train_checkpoint
-from hasten.checkpointing.weights import WEIGHTS, load_model
+from hasten.checkpointing import TrainCheckpoint
+from hasten.checkpointing.weights import RAW, WEIGHTS_HELP
 from hasten.data.sampler import eval_windows
 from hasten.data.tokens import prepare_from_config
-from hasten.errors import ConfigError
+from hasten.errors import CheckpointError, ConfigError
 from hasten.methods.blockwise_lr.sharpness import block_sharpness, plot_sharpness, ratios_from_sharpness
 from hasten.optim.blocks import classify_model
 
@@ -47,9 +47,11 @@ def cmd_sharpness(args) -> int:
         raise ConfigError("--batches and --rows must be >= 1")
     if args.source.startswith("hf:"):
         raise ConfigError("hasten sharpness needs a hasten run dir or training checkpoint (it reads the run's data config), not hf:")
-    ckpt = open_train_checkpoint(args.source, "hasten sharpness")
+    model, ckpt, _ = args.load_model(args.source, args.weights)  # as its run computed with it (hasten.recipes)
+    if not isinstance(ckpt, TrainCheckpoint):
+        raise CheckpointError(f"{ckpt.path} holds a model without a run config (import-hf?); hasten sharpness needs a "
+                              "run dir or a training checkpoint")
     ckpt_path, cfg, step = str(ckpt.path), ckpt.run_config(), ckpt.step
-    model = load_model(ckpt, args.weights)
     data = prepare_from_config(cfg.data, progress=False)
     rows = args.rows or cfg.train.micro_batch_size or min(cfg.train.batch_size, 16)
     windows = eval_windows(data.val, cfg.seq_len, args.batches * rows)
@@ -92,7 +94,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batches", type=int, default=8, help="val batches to average over (10-50 recommended; default 8)")
     p.add_argument("--rows", type=int, default=None, help="windows per batch (default: the run's micro-batch, at most 16)")
     p.add_argument("--out", default=None, help="directory for the chart and JSON (default: the run dir)")
-    p.add_argument("--weights", default="raw", choices=WEIGHTS, help="raw weights or a weight average of the run")
+    p.add_argument("--weights", default=RAW, help=WEIGHTS_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled labels")
     p.add_argument("--true-labels", action="store_true", help="use the data's next tokens instead of sampled labels (biased)")
     p.set_defaults(func=cmd_sharpness)

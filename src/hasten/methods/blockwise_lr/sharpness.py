@@ -1,4 +1,4 @@
-"""Per-block-type sharpness probe (Blockwise LR, arXiv 2502.19002 §3; spec §1.7).
+"""Per-block-type sharpness probe (Blockwise LR, arXiv 2502.19002 §3).
 
 Average sharpness of block type b is S(b) = Tr(H_bb) / #params(b). We estimate Tr(H_bb) with the
 Gauss-Newton / Fisher diagonal, which needs only one mini-batch gradient: with labels *sampled from

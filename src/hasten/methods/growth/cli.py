@@ -27,6 +27,7 @@ import yaml
 
 from hasten.checkpointing import CHECKPOINTS, checkpoint_name, open_train_checkpoint, save_checkpoint
 from hasten.checkpointing.dirs import check_new_dir, enclosing_run_dir, staged_dir
+from hasten.checkpointing.schema import METHODS
 from hasten.errors import CheckpointError, ConfigError
 from hasten.methods.growth.config import GrowthStage
 from hasten.methods.growth.schedule import apply_schedule_policy
@@ -80,7 +81,7 @@ def grow_checkpoint(args) -> Path:
     optimizer = build_optimizer(model, cfg.optim)
     try:
         model.load_state_dict(ckpt.model)
-        optimizer.load_state_dict(ckpt.optimizer)
+        optimizer.load_state_dict(ckpt.parts["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{ckpt.path} does not fit its own model config ({str(err).splitlines()[0][:160]})") from None
     generator = torch.Generator().manual_seed(cfg.train.seed + step)  # fresh tensors of the random/zero operators
@@ -88,7 +89,7 @@ def grow_checkpoint(args) -> Path:
                                 build_optimizer=lambda m: build_optimizer(m, cfg.optim), moments=stage.moments, generator=generator)
 
     schedule = build_schedule(cfg)
-    schedule.load_state_dict(ckpt.schedule)
+    schedule.load_state_dict(ckpt.parts["schedule"])
     schedule_info = apply_schedule_policy(schedule, stage, stage.dim, step, tokens, cfg.planned_steps(), cfg.planned_tokens(),
                                           cfg.optim.min_lr_ratio, cfg.schedule.warmup_steps, cfg.schedule.decay_unit)
 
@@ -99,9 +100,10 @@ def grow_checkpoint(args) -> Path:
         del values["methods"][name]
     dropped_states = sorted(name for name in ckpt.methods if name not in KEPT_METHOD_STATES)
     progress["stage"] = int(progress.get("stage", 0)) + 1
-    state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), model=grown.model.state_dict(),
-                    optimizer=grown.optimizer.state_dict(), schedule=schedule.state_dict(), progress=progress, unit_masks=None,
-                    methods={name: ckpt.methods[name] for name in ckpt.methods if name in KEPT_METHOD_STATES})
+    parts = {**ckpt.parts, "model": grown.model.state_dict(), "optimizer": grown.optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "progress": progress}
+    parts.update({f"{METHODS}.{name}": None for name in dropped_states})  # reset on purpose: a resume starts afresh
+    state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), parts=parts)
 
     run_dir = ckpt.run_dir
     rows = _metrics_until(run_dir, step) if run_dir is not None else []

@@ -23,7 +23,7 @@ Schedule policies:
             rewarmup_steps to the schedule's value at R + w. R is the step at which a large model trained
             from scratch would reach the current loss; that is unknown during the run, so R =
             restart_step if given, else round(step / constant_op) with the cheatsheet's operator constants
-            (width 1.776, depth 1.412, depth+width 2.455; spec growth.md section 2.5). The schedule is laid
+            (width 1.776, depth 1.412, depth+width 2.455; Shen et al. 2022, arXiv 2203.06211). The schedule is laid
             out so that it ends with the run: its length is R + the remaining steps.
   continue  the schedule goes on unchanged (a new `lr` only rescales its peak).
 
@@ -50,6 +50,7 @@ from hasten.methods.growth.operators import growth_plan
 from hasten.methods.growth.schedule import apply_schedule_policy
 from hasten.methods.growth.state import grow_training_state
 from hasten.methods.growth.timing import SlopeTrigger
+from hasten.methods.growth.unit_masks import has_unit_masks, remove_unit_masks
 from hasten.optim.builder import build_optimizer
 from hasten.trainer.method import Method, RunContext
 
@@ -74,6 +75,8 @@ class Growth(Method):
 
     def on_restore(self, ctx: RunContext, reason: str) -> None:
         self._masked_step = None
+        if self.ramp is None:  # a rollback to a checkpoint past the ramp leaves no masks behind
+            remove_unit_masks(ctx.state.model)
         self._apply_masks(ctx)  # a run restored inside a ramp gets the masks of its step back
 
     def on_fit_start(self, ctx: RunContext) -> None:
@@ -113,6 +116,10 @@ class Growth(Method):
 
     def before_step(self, ctx: RunContext) -> None:
         self._apply_masks(ctx)  # also right after anything that restored the training state (e.g. a spike rollback)
+
+    def prepare_model(self, ctx: RunContext, model) -> None:
+        if self.ramp is not None:  # another model evaluated as the live one (e.g. averaged weights): this step's masks
+            self.ramp.apply(model, ctx.state.progress.step)
 
     def after_step(self, ctx: RunContext) -> dict:
         self._apply_masks(ctx)  # the masks of the next step, so an evaluation after this step sees them
@@ -168,7 +175,7 @@ class Growth(Method):
             ctx.log("event", p.step, event="growth_mask_ramp_end", stage=self.ramp_stage, reason="cut short by the next growth",
                     values=self.ramp.values(p.step))
             self.ramp = self.ramp_stage = None
-            model.set_unit_masks()
+            remove_unit_masks(model)
         for index in indices:
             stage = self.stages[index]
             # a sharded model is grown as one plain copy on every rank, then sharded again (a no-op in one process)
@@ -217,7 +224,7 @@ class Growth(Method):
         if self.ramp is None:
             return
         step, model = ctx.state.progress.step, ctx.state.model
-        if step == self._masked_step and model.has_unit_masks():
+        if step == self._masked_step and has_unit_masks(model):
             return
         self._masked_step = step
         if not self.ramp.apply(model, step):

@@ -3,12 +3,13 @@
 After a width growth with fresh units (`random`), the new units' outputs are multiplied by
 a mask that ramps linearly from 0 to 1, one axis after the other: first the FFN units, then the
 hidden width, then the attention heads, `steps` optimizer steps each (the reference's order). At mask
-0 the grown model computes exactly what the small model did (GPT.set_unit_masks weights the norms'
-statistics by the mask); at the end the masks are removed and the model is the plain grown model.
+0 the grown model computes exactly what the small model did (unit_masks.py puts the masks on the model
+with forward hooks and weights the norms' statistics by them); at the end the masks are removed and the
+model is the plain grown model.
 
-The mask values are a function of the optimizer step only, so a resumed run sets the same masks as
-an uninterrupted one. A checkpoint also stores the masks themselves with the model (TrainCheckpoint.unit_masks),
-so eval and export rebuild the model without knowing about growth.
+The mask values are a function of the optimizer step only, so the ramp's state_dict (part of the growth
+method's state in every checkpoint) gives a resumed run, and eval, generate and export of a checkpoint
+(restore_ramp, through the method registry), the masks the run computed with at that step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hasten.errors import ConfigError
 from hasten.methods.growth.operators import GrowthPlan
+from hasten.methods.growth.unit_masks import remove_unit_masks, set_unit_masks
 from hasten.model import GPT
 
 # MSG's order: FFN first, then the hidden width, then the attention heads
@@ -87,7 +90,22 @@ class MaskRamp:
         """Set the masks for `step` on `model` (removed when the ramp is over); True while the ramp is active."""
         masks = self.masks(step)
         if masks is None:
-            model.set_unit_masks()
+            remove_unit_masks(model)
             return False
-        model.set_unit_masks(**masks)
+        set_unit_masks(model, **masks)
         return True
+
+
+def restore_ramp(model: GPT, state: dict, step: int, plain: bool = False) -> None:
+    """Give a model loaded from a checkpoint at `step` the masks its run computed with there, from the growth
+    method's checkpointed `state` (nothing once the ramp is over). `plain` (a transformers export) cannot hold
+    masks: a model inside the ramp is refused with one line."""
+    ramp = state.get("ramp")
+    masks = MaskRamp.from_state_dict(ramp).masks(step) if ramp else None
+    if masks is None:
+        return
+    if plain:
+        raise ConfigError("the checkpoint is inside growth's MSG mask ramp (masked units), which plain weights (a "
+                          "transformers checkpoint) cannot express; export a checkpoint saved after the ramp ended "
+                          "(the growth_mask_ramp_end event)")
+    set_unit_masks(model, **masks)

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from hasten.errors import ConfigError
+from hasten.methods.growth.unit_masks import has_unit_masks
 from hasten.model import GPT, ModelConfig
 
 DEPTH_OPS = ("stack", "interpolate", "zero", "random")
@@ -386,9 +387,9 @@ def apply_plan(plan: GrowthPlan, model: GPT, generator: torch.Generator | None =
     `generator` seeds the fresh tensors of the random/zero operators; without it they draw from the
     global RNG, exactly like GPT.reset_parameters(). Operators that need no fresh tensors use no RNG.
     """
-    if model.has_unit_masks():
+    if has_unit_masks(model):
         raise ConfigError("growth: the model still has MSG unit masks from an earlier growth; finish the ramp "
-                          "(model.set_unit_masks()) before growing again")
+                          "(remove_unit_masks(model)) before growing again")
     if model.config.to_dict() != plan.source_config.to_dict():
         raise ConfigError("growth: the plan was made for a different model config; build it from model.config")
     source = dict(model.named_parameters())

@@ -1,10 +1,9 @@
-"""When to grow: the G_stack token guideline, the staged-training slope trigger and Kaplan-curve helpers.
+"""When to grow: the G_stack token guideline and the staged-training slope trigger, and the LR after staged growth.
 
 * gstack_growth_tokens: Du et al. 2024 (arXiv 2405.15319) README fit for the growth timing d (tokens
   spent on the small model) given the target's parameters N and token budget D.
 * SlopeTrigger: Shen et al. 2022 (arXiv 2203.06211) grow when the small model's loss curve flattens:
   the log-log slope d ln L / d ln C rises above a (negative) threshold (cheatsheet constants below).
-* kaplan_*: the Kaplan et al. (2020) curves the staged-training notebook simulates stages with.
 * restart_warmup_multiplier: the staged-training LR schedule after growth (restart at step R with a
   short linear re-warmup onto the large model's schedule).
 """
@@ -18,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from hasten.errors import ConfigError
 
-# log-log slope thresholds of the staged-training cheatsheet (spec growth.md section 2.5)
+# log-log slope thresholds of the staged-training cheatsheet (Shen et al. 2022, arXiv 2203.06211)
 SLOPE_THRESHOLDS: dict[str, float] = {"depth": -0.0575, "width": -0.0475, "depth+width": -0.03, "optimality": -0.052}
 # compute ratio constants `constant_op` of the same cheatsheet (meaning unconfirmed; exported for reference)
 OPERATOR_CONSTANTS: dict[str, float] = {"width": 1.776, "depth": 1.412, "depth+width": 2.455}
@@ -113,42 +112,6 @@ def _least_squares_slope(points) -> float:
     sxx = sum((x - mean_x) ** 2 for x, _ in points)
     sxy = sum((x - mean_x) * (y - mean_y) for x, y in points)
     return sxy / sxx if sxx > 0 else 0.0
-
-
-# --- Kaplan et al. (2020) curves used by the staged-training notebook (spec section 2.5) -------------
-
-PFDAY = 8.64e19  # FLOPs in one PetaFLOP/s-day
-
-
-def kaplan_loss(n_params: float, min_steps: float) -> float:
-    """L(N, S_min) = (6.5e13 / N)^0.077 + (2.1e3 / S_min)^0.76 (nats, Kaplan's non-embedding N)."""
-    return (6.5e13 / n_params) ** 0.077 + (2.1e3 / min_steps) ** 0.76
-
-
-def kaplan_critical_batch(loss: float) -> float:
-    """B_crit(L) = 2e8 / L^(1 / 0.21) tokens."""
-    return 2e8 / loss ** (1 / 0.21)
-
-
-def kaplan_frontier_loss(compute_flops: float) -> float:
-    """Compute-efficient frontier L(C) = (2.3e8 / C_PFday)^0.05."""
-    return (2.3e8 / (compute_flops / PFDAY)) ** 0.05
-
-
-def kaplan_optimal_params(compute_flops: float) -> float:
-    """N_opt = 1.3e9 * C_PFday^0.73."""
-    return 1.3e9 * (compute_flops / PFDAY) ** 0.73
-
-
-def kaplan_converged_loss(n_params: float) -> float:
-    """Converged loss (8.8e13 / N)^0.076."""
-    return (8.8e13 / n_params) ** 0.076
-
-
-def kaplan_compute(n_params: float, min_steps: float) -> float:
-    """Training FLOPs to reach S_min steps at the critical batch: C = 6 N B_crit S with S = 2 S_min."""
-    loss = kaplan_loss(n_params, min_steps)
-    return 6.0 * n_params * kaplan_critical_batch(loss) * 2.0 * min_steps
 
 
 def restart_warmup_multiplier(step: int, restart_step: int, warmup_steps: int, base: Callable[[int], float]) -> float:
