@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import BareLoop, machine_state, matmul_peak  # noqa: E402
+from throughput import BareLoop, machine_state  # noqa: E402
+
+from hasten.metrics.peak import matmul_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,21 +68,6 @@ def vendor_peak(name: str) -> float | None:
         if all(w in name for w in words):
             return peak
     return None
-
-
-def cuda_matmul_peak(n: int = 8192, repeats: int = 10) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 class Check:
@@ -141,14 +128,14 @@ class Check:
     def device(self) -> None:
         if self.cuda:
             name = torch.cuda.get_device_name()
-            measured = cuda_matmul_peak()
+            measured = matmul_peak("cuda", torch.bfloat16, max_n=8192, repeats=10)["flops_per_s"]
             vendor = vendor_peak(name)
             self.peak = vendor or measured
             self.record["device"] = {"name": name, "bf16_peak_vendor": vendor, "bf16_matmul_measured": measured,
                                      "mfu_denominator": "vendor datasheet" if vendor else "measured matmul (device not in the table)",
                                      "memory_total": torch.cuda.get_device_properties(0).total_memory}
         else:
-            measured = matmul_peak(torch.bfloat16, min_seconds=0.02, max_n=1024, repeats=3)["flops_per_s"]
+            measured = matmul_peak("cpu", torch.bfloat16, min_seconds=0.02, max_n=1024, repeats=3)["flops_per_s"]
             self.peak = measured
             self.record["device"] = {"name": "CPU (dry run)", "bf16_peak_vendor": None, "bf16_matmul_measured": measured,
                                      "mfu_denominator": "measured matmul", "state": machine_state()}

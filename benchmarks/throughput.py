@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from hasten.metrics.peak import matmul_peak
+
 ROOT = Path(__file__).resolve().parent.parent
 GRID_DIR = ROOT / "benchmarks" / "results" / "standard"  # a long benchmark grid may share the machine
 METHODS: dict[str, list[str]] = {
@@ -94,26 +96,6 @@ def machine_state() -> dict:
     running = sorted(p.name for p in (GRID_DIR / ".running").iterdir()) if (GRID_DIR / ".running").is_dir() else []
     return {"load_average": [round(x, 2) for x in os.getloadavg()], "grid_paused": (GRID_DIR / "PAUSE").exists(),
             "grid_runs_in_flight": running, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def matmul_peak(dtype: torch.dtype, min_seconds: float = 0.15, max_n: int = 4096, repeats: int = 5) -> dict:
-    """Best dense-matmul FLOP/s for `dtype`: n doubles until one matmul takes >= min_seconds (or max_n), then the
-    fastest of `repeats` timed matmuls counts."""
-    n, best = 256, float("inf")
-    while True:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b  # warm up
-        start = time.perf_counter()
-        a @ b
-        once = time.perf_counter() - start
-        if once >= min_seconds or n >= max_n:
-            break
-        n *= 2
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return {"flops_per_s": 2 * n**3 / best, "n": n}
 
 
 # --------------------------------------------------------------------------- one measurement each
@@ -288,12 +270,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"}),
                                  "state_at_start": machine_state()},
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "models": {}}
-    peaks = {name: [matmul_peak(dtype)] for name, dtype in DTYPES.items()}
+    peaks = {name: [matmul_peak("cpu", dtype, min_seconds=0.15)] for name, dtype in DTYPES.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             results["models"][model] = measure_model(model, args, Path(tmp))
     for name, dtype in DTYPES.items():
-        peaks[name].append(matmul_peak(dtype))
+        peaks[name].append(matmul_peak("cpu", dtype, min_seconds=0.15))
     results["machine"]["state_at_end"] = machine_state()
     results["peak_flops"] = {name: {"flops_per_s": max(p["flops_per_s"] for p in ps), "n": ps[0]["n"],
                                     "start": ps[0]["flops_per_s"], "end": ps[1]["flops_per_s"],

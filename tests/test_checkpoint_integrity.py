@@ -21,6 +21,7 @@ from hasten.checkpointing import (
     verify_checkpoint,
 )
 from hasten.errors import CheckpointError
+from hasten.files import sha256_file
 
 
 def _state(step: int) -> dict:
@@ -116,7 +117,7 @@ def test_verified_bytes_that_do_not_unpickle_are_a_checkpoint_error(tmp_path):
     (path,) = _save(tmp_path, 5)
     ck._write_file(path / STATE_FILE, b"not a pickle at all")
     manifest = json.loads((path / MANIFEST_FILE).read_text())
-    manifest["files"][STATE_FILE] = {"sha256": ck._sha256(path / STATE_FILE), "bytes": (path / STATE_FILE).stat().st_size}
+    manifest["files"][STATE_FILE] = {"sha256": sha256_file(path / STATE_FILE), "bytes": (path / STATE_FILE).stat().st_size}
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert verify_checkpoint(path) is None
     with pytest.raises(CheckpointError, match="cannot be read"):

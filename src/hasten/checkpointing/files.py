@@ -27,6 +27,7 @@ import torch
 
 from hasten.errors import CheckpointError
 from hasten.faults import fault_point
+from hasten.files import sha256_file
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -49,14 +50,6 @@ SAFE_GLOBALS = _numpy_array_globals()
 def warn(message: str) -> None:
     """Report a skipped checkpoint on one stderr line (warnings.warn would add a second, source line)."""
     print(f"hasten: warning: {message}", file=sys.stderr)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,7 +79,7 @@ def _put_file(target: Path, data: bytes | Path) -> dict:
     shutil.move(data, target)
     with open(target, "rb+") as f:
         os.fsync(f.fileno())
-    return {"sha256": _sha256(target), "bytes": target.stat().st_size}
+    return {"sha256": sha256_file(target), "bytes": target.stat().st_size}
 
 
 def checkpoint_name(step: int) -> str:
@@ -160,7 +153,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != info["bytes"]:
             return f"{name} has {file.stat().st_size} bytes, expected {info['bytes']}"
-        if _sha256(file) != info["sha256"]:
+        if sha256_file(file) != info["sha256"]:
             return f"{name} checksum mismatch"
     return None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from hasten import plots
 from hasten.checkpointing import checkpoint_step, checkpoints_dir, latest_good_checkpoint
 from hasten.errors import ConfigError, HastenError
+from hasten.files import atomic_write, atomic_write_text
 from hasten.parallel.launch import launch, launched_worker, report_to_launcher
 from hasten.parallel.ranks import Distributed, broadcast_object, init_distributed
 from hasten.recipes import build_trainer, load_config
@@ -87,24 +88,18 @@ def _stopped_code(stop: StopOnSignal) -> int:
 
 
 def _write_atomic(path: Path, text: str, run_dir: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise HastenError(f"writing {path} failed ({err.strerror or err}); the run and its checkpoint are saved, so free space "
                           f"and run hasten train --resume --run-dir {run_dir} to write it") from None
 
 
 def _write_plot(run_dir: Path) -> Path:
     path = run_dir / "loss.png"
-    tmp = run_dir / ".loss.tmp.png"
     try:
-        plots.plot_run(run_dir, out=tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: plots.plot_run(run_dir, out=tmp))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise HastenError(f"writing {path} failed ({err.strerror or err}); the run and its checkpoint are saved, so free space "
                           f"and run hasten train --resume --run-dir {run_dir} to write it") from None
     return path

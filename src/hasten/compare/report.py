@@ -46,6 +46,7 @@ from hasten.compare.metrics import (
 from hasten.compare.metrics import curve_from_rows as curve_from_rows
 from hasten.compare.stability import render_stability, stability_summary
 from hasten.errors import ConfigError
+from hasten.files import atomic_write_text
 from hasten.methods.registry import plot_markers
 from hasten.trainer.logger import read_metrics
 
@@ -409,9 +410,7 @@ def render_report(results: dict) -> str:
 def write_report(results: dict, report_dir: Path) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.json", json.dumps(results, indent=1, default=str)), ("report.md", render_report(results))):
-        tmp = report_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(report_dir / name)
+        atomic_write_text(report_dir / name, text)
 
 
 def readme_block(results: dict, report_path: str) -> str:
@@ -442,6 +441,4 @@ def update_readme(readme: Path, block: str) -> None:
         raise ConfigError(f"{readme} has no '{BEGIN}' ... '{END}' block to rewrite; add the two markers where the table goes")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
-    tmp.replace(readme)
+    atomic_write_text(readme, f"{head}{BEGIN}\n{block}\n{END}{tail}")

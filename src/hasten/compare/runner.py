@@ -41,6 +41,7 @@ import yaml
 
 from hasten.checkpointing.dirs import enclosing_run_dir
 from hasten.errors import ConfigError, HastenError
+from hasten.files import atomic_write_text
 from hasten.layout import COMPARE_MARKER, is_run_dir
 
 DEFAULT_TUNE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the recipe's LR: 5 log-spaced values (factor 2 apart)
@@ -287,9 +288,7 @@ def _execute(spec: RunSpec) -> dict:
     params = count_params(trainer.state.model)
     summary = {"run_dir": str(run_dir), **trainer.state.progress.to_dict(), **final,
                "params": params["total"], "params_non_embedding": params["non_embedding"]}
-    tmp = summary_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(summary_path)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
     if not spec.keep_checkpoints:  # a finished run is reused from metrics.jsonl + summary.json; checkpoints only cost disk
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return {"name": spec.name, "status": "resumed" if resume else "trained", "val_loss": final.get("val_loss"),
@@ -462,8 +461,6 @@ def claim_report_dir(report_dir: Path, force: bool = False, corpora: dict[str, s
         raise ConfigError(f"--out {report_dir} is not empty (holds {shown}) and is not a hasten compare output; give a new or empty "
                           "folder, or --force to write into it (report.md, results.json and the plots there are replaced)")
     if not (report_dir / OUTPUT_MARKER).is_file():
-        from hasten.data.tokenizer import atomic_write_text
-
         try:
             atomic_write_text(report_dir / OUTPUT_MARKER, json.dumps({"written_by": "hasten compare", "holds": "report.md, "
                               "results.json, plots and runs/ of one comparison"}) + "\n")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hasten.errors import DataError
+from hasten.files import sha256_file
 from hasten.layout import is_hasten_output
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__", "node_modules"}
@@ -295,14 +296,6 @@ def _plain_text(data: bytes) -> tuple[str | None, str]:
     return (None if text.strip() else "empty"), text
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class DocumentReader:
     """The documents of a source, in order from `start`, as (piece, end) pairs: `end` is the reading position
     after the document on its last piece and None on the others.
@@ -504,7 +497,7 @@ class DocumentReader:
             return DataError(f"{f.path} is not a readable parquet file ({detail}); re-export it or remove it")
 
         try:
-            self.hashes[index] = file_sha256(f.path)
+            self.hashes[index] = sha256_file(f.path)
             parquet = pq.ParquetFile(f.path)
             columns = parquet.schema_arrow.names
         except (pa.ArrowException, OSError) as err:
@@ -542,7 +535,7 @@ class DocumentReader:
         row = self.start[1]
         if source.files is not None:  # a local dir: hash its files, then read it memory-mapped
             for index, f in enumerate(source.files):
-                self.hashes[index] = file_sha256(f.path)
+                self.hashes[index] = sha256_file(f.path)
         try:
             if source.files is not None:
                 ds = datasets.load_from_disk(source.dataset)

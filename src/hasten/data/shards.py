@@ -27,6 +27,7 @@ from hasten.data.corpus import Position
 from hasten.data.encoding import Chunk, Encoded
 from hasten.errors import DataError
 from hasten.faults import fault_point
+from hasten.files import atomic_write_text, sha256_file
 from hasten.layout import TOKEN_DIR_MARK
 
 FORMAT = 3  # token data format (1: train.npy/val.npy without checksums, 2: with checksums, 3: shards)
@@ -48,25 +49,12 @@ def read_manifest(directory: Path) -> dict | None:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    tmp = directory / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def file_state(path: Path) -> dict:
     info = path.stat()
     return {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard_problem(directory: Path, entry: dict, rehash: bool) -> str | None:
@@ -80,7 +68,7 @@ def shard_problem(directory: Path, entry: dict, rehash: bool) -> str | None:
         recorded = entry[state_key]
         if state["bytes"] != recorded["bytes"]:
             return f"{path.name} has {state['bytes']:,} bytes, expected {recorded['bytes']:,}"
-        if (rehash or state["mtime_ns"] != recorded["mtime_ns"]) and sha256_of(path) != entry[hash_key]:
+        if (rehash or state["mtime_ns"] != recorded["mtime_ns"]) and sha256_file(path) != entry[hash_key]:
             return f"{path.name} checksum mismatch"
     return None
 
@@ -141,7 +129,7 @@ class ShardWriter:
         os.replace(index_tmp, self.directory / f"{name}.idx.npy")
         os.replace(self.tmp, self.directory / f"{name}.bin")
         entry = {"name": name, "tokens": self.filled, "documents": len(ends), "sha256": self.hash.hexdigest(),
-                 "index_sha256": sha256_of(self.directory / f"{name}.idx.npy"),
+                 "index_sha256": sha256_file(self.directory / f"{name}.idx.npy"),
                  "bin": file_state(self.directory / f"{name}.bin"),
                  "idx": file_state(self.directory / f"{name}.idx.npy"),
                  "end": list(end)}

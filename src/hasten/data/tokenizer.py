@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from hasten.data.corpus import DocumentReader, Source, fingerprint
 from hasten.errors import DataError
+from hasten.files import atomic_write_text
 
 EOS = "<|endoftext|>"
 TOKENIZER_SAMPLE_BYTES = 128 << 20  # data.tokenizer_sample_bytes' default
@@ -72,16 +72,6 @@ def train_bpe(documents: Iterable[str], vocab_size: int) -> Tokenizer:
     )
     tok.train_from_iterator(documents, trainer=trainer)
     return tok
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _cached(path: Path) -> Tokenizer | None:

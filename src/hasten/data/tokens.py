@@ -36,9 +36,9 @@ from hasten.data.corpus import (
     Source,
     corpus_changes,
     empty_corpus_error,
-    file_sha256,
     fingerprint,
     resolve_source,
+    sha256_file,
 )
 from hasten.data.encoding import Encoder, chunks
 from hasten.data.shards import (
@@ -206,7 +206,7 @@ def _hashes(files: list[CorpusFile], recorded: dict[str, dict], rehash: bool) ->
             out[f.name] = rec["sha256"]
             continue
         try:
-            out[f.name] = file_sha256(f.path)
+            out[f.name] = sha256_file(f.path)
         except OSError:
             out[f.name] = None
     return out

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hasten.files import atomic_write_text
+
 REPORT_ENV = "HASTEN_LAUNCH_REPORTS"  # folder where each worker writes rank<R>.json when it fails or stops
 LAUNCHER_ENV = "HASTEN_LAUNCHER_PID"
 
@@ -65,9 +67,7 @@ def report_to_launcher(kind: str, message: str, code: int) -> None:
     """A worker's outcome for the launcher: kind error (a user error, one line), crash (a traceback) or stopped."""
     path = Path(os.environ[REPORT_ENV]) / f"rank{os.environ.get('RANK', '0')}.json"
     record = {"kind": kind, "message": message, "code": code, "time": time.time(), "rank": int(os.environ.get("RANK", "0"))}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record), fsync=False)
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from hasten.errors import HastenError
+from hasten.files import atomic_write_text
 
 
 def read_metrics(path: str | Path, skipped: list | None = None) -> list[dict]:
@@ -66,12 +67,9 @@ class MetricsLogger:
         keep = [r for r in read_metrics(self.path, skipped) if not isinstance(r.get("step", 0), int) or r.get("step", 0) <= step]
         if skipped:
             print(f"hasten: warning: {self.path} had {len(skipped)} unreadable line(s); dropped them", file=sys.stderr)
-        tmp = self.path.with_suffix(".tmp")
         try:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            tmp.replace(self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise HastenError(f"rewriting {self.path} failed ({err.strerror or err}); it is unchanged; free space and --resume") from None
 
     def log(self, kind: str, step: int, **values) -> None:

@@ -22,9 +22,9 @@ from filelock import FileLock, Timeout
 from hasten.checkpointing import CHECKPOINTS, checkpoint_name, checkpoint_step, latest_good_checkpoint, list_checkpoints
 from hasten.checkpointing.dirs import check_new_dir, staged_dir
 from hasten.config import RunConfig, config_from_dict
-from hasten.data.tokenizer import atomic_write_text
 from hasten.data.tokens import SPLIT_VERSION, TokenData
 from hasten.errors import CheckpointError, ConfigError
+from hasten.files import atomic_write_text
 from hasten.trainer.logger import read_metrics
 
 # config keys that may differ between a run and its resume: they do not change the computation

@@ -8,10 +8,8 @@ so is loading `train.init_from` weights from a transformers checkpoint (hf:DIR).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,9 +21,10 @@ from hasten.checkpointing.rng import seed_everything
 from hasten.checkpointing.weights import load_model
 from hasten.config import ModelConfig, RunConfig
 from hasten.data.sampler import WindowSampler
-from hasten.data.tokenizer import atomic_write_text
 from hasten.data.tokens import TokenData, check_fits, data_difference, prepare_from_config
 from hasten.errors import CheckpointError, ConfigError, DataError, HastenError
+from hasten.files import atomic_write_text
+from hasten.metrics.peak import cached_peak
 from hasten.model import GPT
 from hasten.optim.builder import build_optimizer, check_fsdp_optimizer
 from hasten.optim.schedules import build_schedule
@@ -61,33 +60,6 @@ def resolve_device(spec: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={spec!r} but CUDA is not available; use train.device=cpu or auto")
     return device
-
-
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: str | None = None) -> float:
-    """Best observed dense-matmul FLOP/s on this device and dtype (cached), the MFU denominator."""
-    key = f"{device.type}-{torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()}-{torch.get_num_threads()}-{dtype}"
-    cache = Path(os.environ.get("HASTEN_CACHE", cache_dir or "~/.cache/hasten")).expanduser() / "peak_flops.json"
-    table = json.loads(cache.read_text()) if cache.exists() else {}
-    if key in table:
-        return float(table[key])
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(5):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - start) / 4)
-    peak = 2 * n**3 / best
-    table[key] = peak
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(table, indent=2))
-    return peak
 
 
 def _check_budget(plan: RunDirPlan, cfg: RunConfig, checkpoint: TrainCheckpoint | None) -> None:
@@ -222,7 +194,7 @@ def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_pat
     sampler = WindowSampler(data.train, cfg.seq_len, seed=cfg.train.data_order_seed)
     state = TrainState(model=model, optimizer=optimizer, schedule=schedule, sampler=sampler, progress=Progress())
 
-    peak = cfg.train.peak_flops or measure_peak_flops(parallel.device, torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32,
+    peak = cfg.train.peak_flops or cached_peak(parallel.device, torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32,
                                                       cfg.data.cache_dir)
     # everything that can refuse the run has run: now the run dir is written (rank 0), then the trainer logs into it
     new_path = run_on_main(lambda: (commit_run_dir(plan, cfg, data), plan.checkpoint)[1])
