@@ -182,8 +182,13 @@ def measure(argv: list[str], env: dict[str, str], scratch: Path) -> dict:
     if proc.returncode != 0:
         stderr = (scratch / "stderr").read_text()[-3000:]
         raise SystemExit(f"data_scale: {' '.join(argv[:6])} ... failed ({proc.returncode}):\n{stderr}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": peak["rss"], "peak_pss": peak["pss"],
-            "stdout": (scratch / "stdout").read_text()}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss": peak["rss"],
+        "peak_pss": peak["pss"],
+        "stdout": (scratch / "stdout").read_text(),
+    }
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -199,8 +204,20 @@ def run_one(name: str, workers: int | None, corpus: Path, tokenizer: Path, scrat
     if workers is None:
         argv = [sys.executable, str(Path(__file__).resolve()), "--reference", str(corpus), str(tokenizer), str(out)]
     else:
-        argv = [sys.executable, "-m", "hasten", "prepare-data", "--set", f"data.source={corpus}",
-                "--set", f"data.tokenizer={tokenizer}", "--set", f"data.num_workers={workers}", "--out", str(out)]
+        argv = [
+            sys.executable,
+            "-m",
+            "hasten",
+            "prepare-data",
+            "--set",
+            f"data.source={corpus}",
+            "--set",
+            f"data.tokenizer={tokenizer}",
+            "--set",
+            f"data.num_workers={workers}",
+            "--out",
+            str(out),
+        ]
     result = measure(argv, env, scratch)
     stdout = result.pop("stdout")
     if workers is None:
@@ -221,56 +238,93 @@ def summarize(records: list[dict], sizes: dict[float, int], names: list[str]) ->
                 continue
             wall = statistics.median(r["wall_s"] for r in rows)
             table[(gb, name)] = {
-                "gb": gb, "variant": name, "bytes": size, "repeats": len(rows), "wall_s": wall,
+                "gb": gb,
+                "variant": name,
+                "bytes": size,
+                "repeats": len(rows),
+                "wall_s": wall,
                 "mb_s": size / 1e6 / wall,
-                "tokens": rows[0]["tokens"], "tokens_s": rows[0]["tokens"] / wall,
+                "tokens": rows[0]["tokens"],
+                "tokens_s": rows[0]["tokens"] / wall,
                 "cores": statistics.median(r["cpu_s"] / r["wall_s"] for r in rows),
                 "peak_rss_mb": max(r["peak_rss"] for r in rows) / 2**20,
                 "peak_pss_mb": max(r["peak_pss"] for r in rows) / 2**20,
             }
     ratios = {}
     for gb in sizes:
-        for label, top, bottom in (("all workers / 1 worker", names[2], names[1]),
-                                   ("1 worker / reference", names[1], names[0])):
-            pairs = [(a["wall_s"], b["wall_s"]) for a in records for b in records if a["gb"] == b["gb"] == gb
-                     and a["repeat"] == b["repeat"] and a["variant"] == bottom and b["variant"] == top]
+        for label, top, bottom in (
+            ("all workers / 1 worker", names[2], names[1]),
+            ("1 worker / reference", names[1], names[0]),
+        ):
+            pairs = [
+                (a["wall_s"], b["wall_s"])
+                for a in records
+                for b in records
+                if a["gb"] == b["gb"] == gb
+                and a["repeat"] == b["repeat"]
+                and a["variant"] == bottom
+                and b["variant"] == top
+            ]
             if pairs:
                 values = [x / y for x, y in pairs]  # speed ratio = time of the slower-by-design over time of the other
-                ratios[(gb, label)] = {"median": statistics.median(values), "min": min(values), "max": max(values),
-                                       "n": len(values)}
+                ratios[(gb, label)] = {
+                    "median": statistics.median(values),
+                    "min": min(values),
+                    "max": max(values),
+                    "n": len(values),
+                }
     flat = {}
     if len(sizes) > 1:
         small, large = min(sizes), max(sizes)
         for name in names:
             if (small, name) in table and (large, name) in table:
                 flat[name] = table[(large, name)]["peak_pss_mb"] / table[(small, name)]["peak_pss_mb"]
-    return {"table": list(table.values()), "memory_growth": flat,
-            "ratios": [{"gb": gb, "ratio": label, **v} for (gb, label), v in ratios.items()]}
+    return {
+        "table": list(table.values()),
+        "memory_growth": flat,
+        "ratios": [{"gb": gb, "ratio": label, **v} for (gb, label), v in ratios.items()],
+    }
 
 
 def render(summary: dict, meta: dict) -> str:
-    lines = ["# Data preparation at scale", "",
-             f"Produced by `{meta['command']}` on {meta['machine']} ({meta['cores']} cores), {meta['date']}; load "
-             f"average at start {meta['load_at_start']}. See the docstring of benchmarks/data_scale.py for what each "
-             "number is.", ""]
+    lines = [
+        "# Data preparation at scale",
+        "",
+        f"Produced by `{meta['command']}` on {meta['machine']} ({meta['cores']} cores), {meta['date']}; load "
+        f"average at start {meta['load_at_start']}. See the docstring of benchmarks/data_scale.py for what each "
+        "number is.",
+        "",
+    ]
     if meta["smoke"]:
         lines += ["**Smoke check of the script (sizes below 0.25 GB): these numbers say nothing about scale.**", ""]
-    lines += ["| corpus | variant | wall s | MB/s | tokens/s | cores used | peak RSS (tree) MB | peak PSS (tree) MB |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| corpus | variant | wall s | MB/s | tokens/s | cores used | peak RSS (tree) MB | peak PSS (tree) MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in summary["table"]:
-        lines.append(f"| {row['gb']:g} GB | {row['variant']} | {row['wall_s']:,.1f} | {row['mb_s']:,.2f} | "
-                     f"{row['tokens_s']:,.0f} | {row['cores']:.2f} | {row['peak_rss_mb']:,.0f} | "
-                     f"{row['peak_pss_mb']:,.0f} |")
-    lines += ["", "Speed ratios within a repeat (median, min-max over repeats; targets: all workers >= 1.7x, 1 worker "
-              ">= 0.9x):", ""]
+        lines.append(
+            f"| {row['gb']:g} GB | {row['variant']} | {row['wall_s']:,.1f} | {row['mb_s']:,.2f} | "
+            f"{row['tokens_s']:,.0f} | {row['cores']:.2f} | {row['peak_rss_mb']:,.0f} | "
+            f"{row['peak_pss_mb']:,.0f} |"
+        )
+    lines += [
+        "",
+        "Speed ratios within a repeat (median, min-max over repeats; targets: all workers >= 1.7x, 1 worker >= 0.9x):",
+        "",
+    ]
     for r in summary["ratios"]:
-        lines.append(f"- {r['gb']:g} GB, {r['ratio']}: **{r['median']:.2f}x** ({r['min']:.2f}-{r['max']:.2f}, "
-                     f"{r['n']} repeats)")
+        lines.append(
+            f"- {r['gb']:g} GB, {r['ratio']}: **{r['median']:.2f}x** ({r['min']:.2f}-{r['max']:.2f}, {r['n']} repeats)"
+        )
     if summary["memory_growth"]:
         lines += ["", "Peak PSS at the largest size over the smallest (target: within ~1.10 for hasten):", ""]
         lines += [f"- {name}: {value:.2f}x" for name, value in summary["memory_growth"].items()]
-    lines += ["", "RSS counts pages a forked worker shares with its parent once per process; PSS counts them once. "
-              "Medians of wall time; memory is the peak over repeats.", ""]
+    lines += [
+        "",
+        "RSS counts pages a forked worker shares with its parent once per process; PSS counts them once. "
+        "Medians of wall time; memory is the peak over repeats.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -301,12 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.25, 1.0, 2.0], help="corpus sizes in GB")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (ratios are medians over them)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="the 'every core' variant's data.num_workers")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="the 'every core' variant's data.num_workers"
+    )
     parser.add_argument("--work", default=None, help="folder for the corpora (default: a new temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the corpora")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_scale"),
-                        help="output path without suffix")
+    parser.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results" / "data_scale"), help="output path without suffix"
+    )
     parser.add_argument("--reference", nargs=3, metavar=("CORPUS", "TOKENIZER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reference:
@@ -318,10 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.work and work.resolve().is_relative_to(ROOT):
         parser.error(f"--work {work} is inside the repository; give a folder outside it (corpora are gigabytes)")
     out = Path(args.out)
-    meta = {"command": "python benchmarks/data_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_at_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()), "smoke": min(args.sizes) < 0.25}
+    meta = {
+        "command": "python benchmarks/data_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_at_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "smoke": min(args.sizes) < 0.25,
+    }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HASTEN_CACHE": str(work / "cache")}
     try:
         tokenizer = default_tokenizer(work)
@@ -337,9 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             for gb, name, workers in plan[shift:] + plan[:shift]:
                 record = run_one(name, workers, work / f"corpus-{gb:g}GB", tokenizer, work, env)
                 records.append({"gb": gb, "repeat": repeat, **record})
-                print(f"repeat {repeat + 1}/{args.repeats}  {gb:g} GB  {name}: {record['wall_s']:.1f} s, "
-                      f"{sizes[gb] / 1e6 / record['wall_s']:.2f} MB/s, peak PSS {record['peak_pss'] / 2**20:,.0f} MB",
-                      file=sys.stderr)
+                print(
+                    f"repeat {repeat + 1}/{args.repeats}  {gb:g} GB  {name}: {record['wall_s']:.1f} s, "
+                    f"{sizes[gb] / 1e6 / record['wall_s']:.2f} MB/s, peak PSS {record['peak_pss'] / 2**20:,.0f} MB",
+                    file=sys.stderr,
+                )
         summary = summarize(records, sizes, names)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "records": records, **summary}, indent=1))

@@ -47,19 +47,43 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s, without sparsity); first match wins
 BF16_PEAKS: list[tuple[tuple[str, ...], float]] = [
-    (("H100", "PCIe"), 756e12), (("H100", "NVL"), 835e12), (("H100",), 989.4e12), (("H200",), 989.4e12), (("GH200",), 989.4e12),
-    (("H800",), 989.4e12), (("B200",), 2250e12), (("A100",), 312e12), (("A800",), 312e12), (("L40S",), 362e12),
+    (("H100", "PCIe"), 756e12),
+    (("H100", "NVL"), 835e12),
+    (("H100",), 989.4e12),
+    (("H200",), 989.4e12),
+    (("GH200",), 989.4e12),
+    (("H800",), 989.4e12),
+    (("B200",), 2250e12),
+    (("A100",), 312e12),
+    (("A800",), 312e12),
+    (("L40S",), 362e12),
     (("L4",), 121e12),
 ]
 
 # what each mode runs: the models with (batch, seq len, vocab), the methods' model, steps, data
 SETTINGS = {
-    "cuda": {"models": {"gpt2-124m": (16, 1024, 50304), "llama-410m": (8, 2048, 32000)}, "warmup": 10, "steps": 20,
-             "device": "cuda", "compile": True, "implementation": "fused", "data": ["data.max_docs=400", "data.vocab_size=8192"],
-             "slw_min": 64, "slw_step": 64},
-    "dry": {"models": {"tiny": (4, 64, 512), "tiny-llama": (4, 64, 512)}, "warmup": 2, "steps": 4,
-            "device": "cpu", "compile": False, "implementation": "fused", "data": ["data.max_docs=60", "data.vocab_size=512"],
-            "slw_min": 16, "slw_step": 8},
+    "cuda": {
+        "models": {"gpt2-124m": (16, 1024, 50304), "llama-410m": (8, 2048, 32000)},
+        "warmup": 10,
+        "steps": 20,
+        "device": "cuda",
+        "compile": True,
+        "implementation": "fused",
+        "data": ["data.max_docs=400", "data.vocab_size=8192"],
+        "slw_min": 64,
+        "slw_step": 64,
+    },
+    "dry": {
+        "models": {"tiny": (4, 64, 512), "tiny-llama": (4, 64, 512)},
+        "warmup": 2,
+        "steps": 4,
+        "device": "cpu",
+        "compile": False,
+        "implementation": "fused",
+        "data": ["data.max_docs=60", "data.vocab_size=512"],
+        "slw_min": 16,
+        "slw_step": 8,
+    },
 }
 
 
@@ -89,13 +113,30 @@ class Check:
 
     # ------------------------------------------------------------------ pieces
 
-    def overrides(self, model: str, batch: int, seq_len: int, vocab: int, log_every: int, steps: int, extra=()) -> list[str]:
+    def overrides(
+        self, model: str, batch: int, seq_len: int, vocab: int, log_every: int, steps: int, extra=()
+    ) -> list[str]:
         s = self.s
-        return [f"model={{preset: {model}, vocab_size: {vocab}}}", f"train.batch_size={batch}", f"train.seq_len={seq_len}",
-                "train.dtype=bfloat16", f"train.device={s['device']}", f"train.compile={str(s['compile']).lower()}",
-                f"optim.implementation={s['implementation']}", f"train.peak_flops={self.peak}", "train.eval_every=1000000",
-                "train.eval_sequences=2", "train.checkpoint_every=0", "train.progress_bar=false", "train.tensorboard=false",
-                f"train.log_every={log_every}", f"train.max_steps={steps}", "schedule.warmup_steps=5", *s["data"], *extra]
+        return [
+            f"model={{preset: {model}, vocab_size: {vocab}}}",
+            f"train.batch_size={batch}",
+            f"train.seq_len={seq_len}",
+            "train.dtype=bfloat16",
+            f"train.device={s['device']}",
+            f"train.compile={str(s['compile']).lower()}",
+            f"optim.implementation={s['implementation']}",
+            f"train.peak_flops={self.peak}",
+            "train.eval_every=1000000",
+            "train.eval_sequences=2",
+            "train.checkpoint_every=0",
+            "train.progress_bar=false",
+            "train.tensorboard=false",
+            f"train.log_every={log_every}",
+            f"train.max_steps={steps}",
+            "schedule.warmup_steps=5",
+            *s["data"],
+            *extra,
+        ]
 
     def run_trainer(self, name: str, overrides: list[str]) -> tuple[list[dict], float | None]:
         """Fit one trainer; its train rows and the peak device memory (bytes; None on CPU)."""
@@ -131,14 +172,23 @@ class Check:
             measured = matmul_peak("cuda", torch.bfloat16, max_n=8192, repeats=10)["flops_per_s"]
             vendor = vendor_peak(name)
             self.peak = vendor or measured
-            self.record["device"] = {"name": name, "bf16_peak_vendor": vendor, "bf16_matmul_measured": measured,
-                                     "mfu_denominator": "vendor datasheet" if vendor else "measured matmul (device not in the table)",
-                                     "memory_total": torch.cuda.get_device_properties(0).total_memory}
+            self.record["device"] = {
+                "name": name,
+                "bf16_peak_vendor": vendor,
+                "bf16_matmul_measured": measured,
+                "mfu_denominator": "vendor datasheet" if vendor else "measured matmul (device not in the table)",
+                "memory_total": torch.cuda.get_device_properties(0).total_memory,
+            }
         else:
             measured = matmul_peak("cpu", torch.bfloat16, min_seconds=0.02, max_n=1024, repeats=3)["flops_per_s"]
             self.peak = measured
-            self.record["device"] = {"name": "CPU (dry run)", "bf16_peak_vendor": None, "bf16_matmul_measured": measured,
-                                     "mfu_denominator": "measured matmul", "state": machine_state()}
+            self.record["device"] = {
+                "name": "CPU (dry run)",
+                "bf16_peak_vendor": None,
+                "bf16_matmul_measured": measured,
+                "mfu_denominator": "measured matmul",
+                "state": machine_state(),
+            }
 
     def models(self) -> None:
         s, out = self.s, {}
@@ -153,13 +203,29 @@ class Check:
             bare_step, bare_memory = self.bare(ov)
             flops = (at[total]["flops"] - at[s["warmup"]]["flops"]) / s["steps"]
             tokens = batch * seq_len
-            out[model] = {"batch_size": batch, "seq_len": seq_len, "vocab_size": vocab, "flops_per_step": flops,
-                          "trainer": {"step_s": trainer_step, "tokens_per_s": tokens / trainer_step, "mfu": flops / trainer_step / self.peak,
-                                      "peak_memory": memory},
-                          "bare": {"step_s": bare_step, "tokens_per_s": tokens / bare_step, "mfu": flops / bare_step / self.peak,
-                                   "peak_memory": bare_memory},
-                          "trainer_speed_vs_bare": bare_step / trainer_step}
-            print(f"{model}: trainer {tokens / trainer_step:,.0f} tok/s, bare {tokens / bare_step:,.0f} tok/s", file=sys.stderr)
+            out[model] = {
+                "batch_size": batch,
+                "seq_len": seq_len,
+                "vocab_size": vocab,
+                "flops_per_step": flops,
+                "trainer": {
+                    "step_s": trainer_step,
+                    "tokens_per_s": tokens / trainer_step,
+                    "mfu": flops / trainer_step / self.peak,
+                    "peak_memory": memory,
+                },
+                "bare": {
+                    "step_s": bare_step,
+                    "tokens_per_s": tokens / bare_step,
+                    "mfu": flops / bare_step / self.peak,
+                    "peak_memory": bare_memory,
+                },
+                "trainer_speed_vs_bare": bare_step / trainer_step,
+            }
+            print(
+                f"{model}: trainer {tokens / trainer_step:,.0f} tok/s, bare {tokens / bare_step:,.0f} tok/s",
+                file=sys.stderr,
+            )
         self.record["parts"]["models"] = out
 
     def methods(self) -> None:
@@ -174,8 +240,11 @@ class Check:
         first = {"(none)": [], "adam_mini": ["optim.name=adam_mini"]}
         later = {
             "blockwise LR": ["optim.blockwise=true"],
-            "seqlen_warmup (after warmup)": ["methods.seqlen_warmup.total_steps=1", f"methods.seqlen_warmup.min_len={s['slw_min']}",
-                                             f"methods.seqlen_warmup.step={s['slw_step']}"],
+            "seqlen_warmup (after warmup)": [
+                "methods.seqlen_warmup.total_steps=1",
+                f"methods.seqlen_warmup.min_len={s['slw_min']}",
+                f"methods.seqlen_warmup.step={s['slw_step']}",
+            ],
             "lawa (k=5, every 5 steps)": ["methods.lawa.k=5", "methods.lawa.interval=5"],
         }
         out: dict = {}
@@ -183,7 +252,9 @@ class Check:
         def run(name: str, extra: list[str]) -> None:
             if self.over_budget(f"method {name}"):
                 return
-            rows, memory = self.run_trainer(f"method-{len(out)}", self.overrides(model, batch, seq_len, vocab, 1, total, extra))
+            rows, memory = self.run_trainer(
+                f"method-{len(out)}", self.overrides(model, batch, seq_len, vocab, 1, total, extra)
+            )
             times = self.step_times(rows, warmup + 1, total)
             out[name] = {"step_s": statistics.median(times), "steps": len(times), "peak_memory": memory}
             print(f"{model} {name}: {out[name]['step_s'] * 1e3:.1f} ms/step", file=sys.stderr)
@@ -198,13 +269,22 @@ class Check:
             ov = [o for o in ov if not o.startswith("model=")] + half
             rows, memory = self.run_trainer("method-growth", ov)
             before = self.step_times(rows, warmup + 1, grow_at)
-            after = self.step_times(rows, grow_at + 3, total + 4)  # the first steps after growth compile the grown model
+            after = self.step_times(
+                rows, grow_at + 3, total + 4
+            )  # the first steps after growth compile the grown model
             at = {r["step"]: r["train_time"] for r in rows}
             out["growth (G_stack x2 at one step)"] = {
-                "small_step_s": statistics.median(before), "growth_step_s": at[grow_at] - at[grow_at - 1],
+                "small_step_s": statistics.median(before),
+                "growth_step_s": at[grow_at] - at[grow_at - 1],
                 "first_grown_steps_s": [at[k] - at[k - 1] for k in (grow_at + 1, grow_at + 2) if k in at],
-                "step_s": statistics.median(after), "steps": len(after), "peak_memory": memory}
-            print(f"{model} growth: the growth step {out['growth (G_stack x2 at one step)']['growth_step_s']:.2f} s", file=sys.stderr)
+                "step_s": statistics.median(after),
+                "steps": len(after),
+                "peak_memory": memory,
+            }
+            print(
+                f"{model} growth: the growth step {out['growth (G_stack x2 at one step)']['growth_step_s']:.2f} s",
+                file=sys.stderr,
+            )
         for name, extra in later.items():
             run(name, extra)
         for m in out.values():
@@ -232,33 +312,57 @@ def _mfu(value: float) -> str:
 def render(r: dict) -> str:
     d = r["device"]
     dry = r["mode"] == "dry"
-    lines = [f"# GPU check{' (DRY RUN on CPU: checks the script, the numbers mean nothing)' if dry else ''}", "",
-             f"Command: `python benchmarks/gpu_check.py{' --dry' if dry else ''}`; torch {r['torch']}; {r['seconds']:.0f} s in all.", "",
-             f"Device: {d['name']}. MFU denominator: {d['mfu_denominator']}"
-             + (f" ({d['bf16_peak_vendor'] / 1e12:,.0f} TFLOP/s dense bf16)" if d["bf16_peak_vendor"] else "")
-             + f"; measured bf16 matmul: {d['bf16_matmul_measured'] / 1e12:,.1f} TFLOP/s.", ""]
+    lines = [
+        f"# GPU check{' (DRY RUN on CPU: checks the script, the numbers mean nothing)' if dry else ''}",
+        "",
+        f"Command: `python benchmarks/gpu_check.py{' --dry' if dry else ''}`; torch {r['torch']}; {r['seconds']:.0f} s in all.",
+        "",
+        f"Device: {d['name']}. MFU denominator: {d['mfu_denominator']}"
+        + (f" ({d['bf16_peak_vendor'] / 1e12:,.0f} TFLOP/s dense bf16)" if d["bf16_peak_vendor"] else "")
+        + f"; measured bf16 matmul: {d['bf16_matmul_measured'] / 1e12:,.1f} TFLOP/s.",
+        "",
+    ]
     models = r["parts"].get("models", {})
     if models:
-        lines += ["bf16 autocast" + ("" if dry else ", torch.compile, fused AdamW") + "; 20 timed steps after 10 warmup steps"
-                  + (" (dry: 4 after 2)" if dry else "") + ".", "",
-                  "| model | batch x seq | loop | tokens/s | MFU | peak memory | trainer speed / bare |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "bf16 autocast"
+            + ("" if dry else ", torch.compile, fused AdamW")
+            + "; 20 timed steps after 10 warmup steps"
+            + (" (dry: 4 after 2)" if dry else "")
+            + ".",
+            "",
+            "| model | batch x seq | loop | tokens/s | MFU | peak memory | trainer speed / bare |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for model, m in models.items():
-            for loop, label, ratio in (("trainer", "hasten trainer", f"{m['trainer_speed_vs_bare']:.3f}"), ("bare", "bare loop", "")):
+            for loop, label, ratio in (
+                ("trainer", "hasten trainer", f"{m['trainer_speed_vs_bare']:.3f}"),
+                ("bare", "bare loop", ""),
+            ):
                 x = m[loop]
-                lines.append(f"| {model} | {m['batch_size']} x {m['seq_len']} | {label} | {x['tokens_per_s']:,.0f} | {_mfu(x['mfu'])} | "
-                             f"{_mem(x['peak_memory'])} | {ratio} |")
+                lines.append(
+                    f"| {model} | {m['batch_size']} x {m['seq_len']} | {label} | {x['tokens_per_s']:,.0f} | {_mfu(x['mfu'])} | "
+                    f"{_mem(x['peak_memory'])} | {ratio} |"
+                )
     methods = r["parts"].get("methods")
     if methods:
-        lines += ["", f"Methods on {methods['model']} (every step logged, so every step is a sync point in all rows; median over "
-                  f"{methods['measured_steps']} steps):", "",
-                  "| method | ms/step | step-time overhead vs none | peak memory | notes |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Methods on {methods['model']} (every step logged, so every step is a sync point in all rows; median over "
+            f"{methods['measured_steps']} steps):",
+            "",
+            "| method | ms/step | step-time overhead vs none | peak memory | notes |",
+            "|---|---|---|---|---|",
+        ]
         for name, m in methods["results"].items():
             overhead = f"{m['overhead']:+.1%}" if m.get("overhead") is not None else ""
             notes = ""
             if "growth_step_s" in m:
-                notes = (f"small model {m['small_step_s'] * 1e3:.1f} ms/step; the growth step {m['growth_step_s']:.2f} s once; "
-                         f"first grown steps {', '.join(f'{x:.2f} s' for x in m['first_grown_steps_s'])} (these compile the grown model); "
-                         "overhead: grown steps vs the plain run")
+                notes = (
+                    f"small model {m['small_step_s'] * 1e3:.1f} ms/step; the growth step {m['growth_step_s']:.2f} s once; "
+                    f"first grown steps {', '.join(f'{x:.2f} s' for x in m['first_grown_steps_s'])} (these compile the grown model); "
+                    "overhead: grown steps vs the plain run"
+                )
             lines.append(f"| {name} | {m['step_s'] * 1e3:,.1f} | {overhead} | {_mem(m['peak_memory'])} | {notes} |")
     for skipped in r["skipped"]:
         lines.append(f"\nSkipped: {skipped}.")
@@ -269,12 +373,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry", action="store_true", help="the tiny CPU version, even where CUDA is available")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds after which remaining parts are skipped")
-    parser.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/gpu_check[-dry])")
+    parser.add_argument(
+        "--out", default=None, help="output path without suffix (default benchmarks/results/gpu_check[-dry])"
+    )
     args = parser.parse_args(argv)
     mode = "cuda" if torch.cuda.is_available() and not args.dry else "dry"
     if mode == "dry" and not args.dry:
         print("gpu_check: CUDA is not available; running the dry CPU version", file=sys.stderr)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("gpu_check" if mode == "cuda" else "gpu_check-dry")
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "benchmarks" / "results" / ("gpu_check" if mode == "cuda" else "gpu_check-dry")
+    )
     check = Check(mode, args.budget, out)
     check.device()
     check.models()

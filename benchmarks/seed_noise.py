@@ -124,7 +124,9 @@ def write_report(args, cells: dict[tuple[int, int], Path]) -> None:
     ]
     for i in seeds:
         lines.append(f"| init {i} | " + " | ".join(f"{final[i, d]:.4f}" for d in seeds) + f" | {row_means[i]:.4f} |")
-    lines.append("| mean | " + " | ".join(f"{col_means[d]:.4f}" for d in seeds) + f" | {statistics.fmean(final.values()):.4f} |")
+    lines.append(
+        "| mean | " + " | ".join(f"{col_means[d]:.4f}" for d in seeds) + f" | {statistics.fmean(final.values()):.4f} |"
+    )
     lines += [
         "",
         f"- Range of the row means (initial weights): **{spread(row_means.values()):.4f}**; of the column means (data "
@@ -140,7 +142,13 @@ def write_report(args, cells: dict[tuple[int, int], Path]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = ["-", "--", ":", "-."]
     for (i, d), curve in sorted(curves.items()):
-        ax.plot(curve.tokens[1:], curve.loss[1:], styles[seeds.index(i) % len(styles)], color=f"C{seeds.index(d)}", label=f"init {i}, data {d}")
+        ax.plot(
+            curve.tokens[1:],
+            curve.loss[1:],
+            styles[seeds.index(i) % len(styles)],
+            color=f"C{seeds.index(d)}",
+            label=f"init {i}, data {d}",
+        )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("val loss (whole split)")
     ax.set_title("colour: data-order seed, line style: init seed")
@@ -148,7 +156,9 @@ def write_report(args, cells: dict[tuple[int, int], Path]) -> None:
     fig.tight_layout()
     fig.savefig(args.out / "curves.png", dpi=120)
     (args.out / "README.md").write_text("\n".join(lines))
-    (args.out / "results.json").write_text(json.dumps({f"init{i}-data{d}": final[i, d] for i, d in final}, indent=2) + "\n")
+    (args.out / "results.json").write_text(
+        json.dumps({f"init{i}-data{d}": final[i, d] for i, d in final}, indent=2) + "\n"
+    )
     print("\n".join(lines))
 
 

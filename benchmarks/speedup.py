@@ -80,28 +80,42 @@ def _baseline(ctx: Ctx, k: dict) -> list[str]:
 def _baseline_second_round(ctx: Ctx) -> list[dict]:
     """The same effort as combined's second round: a finer LR grid, a larger batch, longer warmup, a slower beta2."""
     lr = _chosen(ctx, "baseline")["lr"]
-    return [{"lr": lr * 2**-0.25}, {"lr": lr * 2**0.25}, {"lr": lr * 2**0.5, "batch": 2}, {"lr": lr, "warmup": 0.06},
-            {"lr": lr, "beta2": 0.99}]
+    return [
+        {"lr": lr * 2**-0.25},
+        {"lr": lr * 2**0.25},
+        {"lr": lr * 2**0.5, "batch": 2},
+        {"lr": lr, "warmup": 0.06},
+        {"lr": lr, "beta2": 0.99},
+    ]
 
 
 def _gstack(ctx: Ctx, k: dict) -> list[str]:
-    stage = (f"{{dim: depth, op: stack, factor: 4, at_tokens: {ctx.frac_tokens(k['at'])}, moments: reset, schedule: restart, "
-             f"lr: {ctx.lr * k.get('lr', 1.0) * k['post']:.4g}}}")
+    stage = (
+        f"{{dim: depth, op: stack, factor: 4, at_tokens: {ctx.frac_tokens(k['at'])}, moments: reset, schedule: restart, "
+        f"lr: {ctx.lr * k.get('lr', 1.0) * k['post']:.4g}}}"
+    )
     return [_lr(ctx, k.get("lr", 1.0)), f"methods.growth.stages=[{stage}]"]
 
 
 def _staged(ctx: Ctx, k: dict) -> list[str]:
     trigger = "at: slope, slope_threshold: -0.03" if k["at"] == "slope" else f"at_tokens: {ctx.frac_tokens(k['at'])}"
     # dropout is the recipe's; restated so these runs are not the dropout-free first attempt's (run dirs are named by settings)
-    return [_lr(ctx, 1.0), "model.dropout=0.1", f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, {trigger}, moments: map, schedule: jump}}, "
-                           "{dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump}]"]
+    return [
+        _lr(ctx, 1.0),
+        "model.dropout=0.1",
+        f"methods.growth.stages=[{{dim: width, op: staged, factor: 2, {trigger}, moments: map, schedule: jump}}, "
+        "{dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump}]",
+    ]
 
 
 def _slw(ctx: Ctx, k: dict) -> list[str]:
     batch = ctx.batch * k["batch"]
     full_steps = ctx.budget // (batch * ctx.seq)
-    return [_lr(ctx, k["lr"] * k.get("base", 1.0)), f"train.batch_size={batch}",
-            f"methods.seqlen_warmup.total_steps={max(8, round(k['T'] * full_steps))}"]
+    return [
+        _lr(ctx, k["lr"] * k.get("base", 1.0)),
+        f"train.batch_size={batch}",
+        f"methods.seqlen_warmup.total_steps={max(8, round(k['T'] * full_steps))}",
+    ]
 
 
 def _lawa(ctx: Ctx, k: dict) -> list[str]:
@@ -130,21 +144,36 @@ def _chosen(ctx: Ctx, row: str) -> dict:
 def _muon_gstack_candidates(ctx: Ctx) -> list[dict]:
     g, m = _chosen(ctx, "gstack"), _chosen(ctx, "muon")["lr"]
     at, post = g["at"], g["post"]
-    return [{"lr": m, "at": at, "post": post}, {"lr": m, "at": at / 2, "post": post}, {"lr": m, "at": min(0.4, at * 2), "post": post},
-            {"lr": m, "at": at, "post": post * 2**-0.5}, {"lr": m * 2**-0.5, "at": at, "post": post}]
+    return [
+        {"lr": m, "at": at, "post": post},
+        {"lr": m, "at": at / 2, "post": post},
+        {"lr": m, "at": min(0.4, at * 2), "post": post},
+        {"lr": m, "at": at, "post": post * 2**-0.5},
+        {"lr": m * 2**-0.5, "at": at, "post": post},
+    ]
 
 
 def _muon_slw_candidates(ctx: Ctx) -> list[dict]:
     s, m = _chosen(ctx, "slw"), _chosen(ctx, "muon")["lr"]
-    return [{**s, "base": m}, {**s, "base": m * 2**-0.5}, {**s, "base": m * 2**0.5}, {**s, "T": s["T"] / 2, "base": m},
-            {**s, "T": min(0.9, s["T"] * 2), "base": m}]
+    return [
+        {**s, "base": m},
+        {**s, "base": m * 2**-0.5},
+        {**s, "base": m * 2**0.5},
+        {**s, "T": s["T"] / 2, "base": m},
+        {**s, "T": min(0.9, s["T"] * 2), "base": m},
+    ]
 
 
 def _muon_lawa_candidates(ctx: Ctx) -> list[dict]:
     m = _chosen(ctx, "muon")["lr"]
     nu = _chosen(ctx, "lawa")["nu"]
-    return [{"lr": m, "nu": nu}, {"lr": m * 2**0.5, "nu": nu}, {"lr": m * 2, "nu": nu}, {"lr": m * 2**0.5, "nu": nu / 3},
-            {"lr": m * 2**0.5, "nu": nu * 3}]
+    return [
+        {"lr": m, "nu": nu},
+        {"lr": m * 2**0.5, "nu": nu},
+        {"lr": m * 2, "nu": nu},
+        {"lr": m * 2**0.5, "nu": nu / 3},
+        {"lr": m * 2**0.5, "nu": nu * 3},
+    ]
 
 
 def _combined(ctx: Ctx, k: dict) -> list[str]:
@@ -159,15 +188,24 @@ def _combined_second_round(ctx: Ctx) -> list[dict]:
     """Past the first round's top LR (it won at the edge), a larger batch (fewer Newton-Schulz steps per token, the
     SLW paper's lever) and a warmup over the whole full-length budget."""
     c = _chosen(ctx, "combined")
-    return [{**c, "base": c["base"] * 2**0.5}, {**c, "base": c["base"] * 2}, {**c, "batch": c["batch"] * 2, "lr": c["lr"] * 2**0.5},
-            {**c, "batch": c["batch"] * 2, "lr": c["lr"] * 2}, {**c, "base": c["base"] * 2**0.5, "T": 1.0}]
+    return [
+        {**c, "base": c["base"] * 2**0.5},
+        {**c, "base": c["base"] * 2},
+        {**c, "batch": c["batch"] * 2, "lr": c["lr"] * 2**0.5},
+        {**c, "batch": c["batch"] * 2, "lr": c["lr"] * 2},
+        {**c, "base": c["base"] * 2**0.5, "T": 1.0},
+    ]
 
 
 def _combined_no_slw(ctx: Ctx, k: dict) -> list[str]:
     """combined's batch, LR and LAWA spacing, no sequence length warmup (recipe combined_no_slw: Muon + LAWA)."""
     batch = ctx.batch * k["batch"]
     steps = ctx.budget // (batch * ctx.seq)
-    return [_lr(ctx, k["lr"] * k["base"]), f"train.batch_size={batch}", f"methods.lawa.interval={max(1, round(k['nu'] * steps))}"]
+    return [
+        _lr(ctx, k["lr"] * k["base"]),
+        f"train.batch_size={batch}",
+        f"methods.lawa.interval={max(1, round(k['nu'] * steps))}",
+    ]
 
 
 def _combined_no_muon(ctx: Ctx, k: dict) -> list[str]:
@@ -177,50 +215,164 @@ def _combined_no_muon(ctx: Ctx, k: dict) -> list[str]:
 
 def _combined_candidates(ctx: Ctx) -> list[dict]:
     s, nu, g = _chosen(ctx, "muon_slw"), _chosen(ctx, "lawa")["nu"], _chosen(ctx, "gstack")
-    return [{**s, "nu": nu}, {**s, "base": s["base"] * 2**0.5, "nu": nu}, {**s, "nu": nu * 3}, {**s, "T": s["T"] / 2, "nu": nu},
-            {**s, "nu": nu, "at": g["at"], "post": g["post"]}]
+    return [
+        {**s, "nu": nu},
+        {**s, "base": s["base"] * 2**0.5, "nu": nu},
+        {**s, "nu": nu * 3},
+        {**s, "T": s["T"] / 2, "nu": nu},
+        {**s, "nu": nu, "at": g["at"], "post": g["post"]},
+    ]
 
 
 ROWS: list[Row] = [
-    _row("baseline", _baseline, lambda c: [{"lr": f} for f in LR_FACTORS], paper="AdamW, LR tuned", second_round=_baseline_second_round),
-    _row("adam_mini", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in LR_FACTORS],
-        paper="on par with AdamW, ~50 % less optimizer memory (39M-13B)"),
-    _row("adam_mini_blockwise", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in (0.125, 0.25, 2**-1.5, 0.5, 1.0)],
-        paper="2x speed and 2x memory vs AdamW"),
-    _row("blockwise", _blockwise, lambda c: [{"base": 1.0}, {"base": 0.5}, {"base": 0.25}, {"base": 0.5, "setting": "reference"},
-                                            {"base": 0.5, "setting": "probe"}],
-        paper="~2x tokens (1.92x, LLaMA 1.1B / OpenWebText)"),
-    _row("muon", lambda c, k: [_lr(c, k["lr"])], lambda c: [{"lr": f} for f in LR_FACTORS], paper="~1.5x tokens (modded-nanogpt, GPT-2 124M)"),
-    _row("gstack", _gstack, lambda c: [{"at": 0.05, "post": 1.0}, {"at": 0.1, "post": 1.0}, {"at": 0.2, "post": 1.0},
-                                      {"at": 0.1, "post": 0.5}, {"at": 0.1, "post": 0.3}],
-        paper="1.55x tokens (7B: 194B vs 300B)"),
-    _row("staged", _staged, lambda c: [{"at": "slope"}, {"at": 0.15}, {"at": 0.25}, {"at": 0.35}, {"at": 0.5}],
-        paper="up to 1.28x compute (22 % saved, GPT-2 large)", size_overrides=_half_width),
-    _row("slw", _slw, lambda c: [{"batch": 1, "lr": 1.0, "T": 0.3}, {"batch": 2, "lr": 2.0, "T": 0.3}, {"batch": 4, "lr": 4.0, "T": 0.3},
-                                {"batch": 8, "lr": 4.0, "T": 0.3}, {"batch": 2, "lr": 2.0, "T": 0.6}],
-        paper="up to 2.2x tokens, 3.7x wall-clock (GPT-2, 8x batch / 4x LR)"),
-    _row("lawa", _lawa, lambda c: [{"lr": 1.0, "nu": 0.01}, {"lr": 2.0, "nu": 0.01}, {"lr": 4.0, "nu": 0.01}, {"lr": 2.0, "nu": 0.003},
-                                  {"lr": 2.0, "nu": 0.03}],
-        metric="lawa/val_loss", paper="faster early / mid-run; gains shrink as the LR decays (no end-of-run number)"),
+    _row(
+        "baseline",
+        _baseline,
+        lambda c: [{"lr": f} for f in LR_FACTORS],
+        paper="AdamW, LR tuned",
+        second_round=_baseline_second_round,
+    ),
+    _row(
+        "adam_mini",
+        lambda c, k: [_lr(c, k["lr"])],
+        lambda c: [{"lr": f} for f in LR_FACTORS],
+        paper="on par with AdamW, ~50 % less optimizer memory (39M-13B)",
+    ),
+    _row(
+        "adam_mini_blockwise",
+        lambda c, k: [_lr(c, k["lr"])],
+        lambda c: [{"lr": f} for f in (0.125, 0.25, 2**-1.5, 0.5, 1.0)],
+        paper="2x speed and 2x memory vs AdamW",
+    ),
+    _row(
+        "blockwise",
+        _blockwise,
+        lambda c: [
+            {"base": 1.0},
+            {"base": 0.5},
+            {"base": 0.25},
+            {"base": 0.5, "setting": "reference"},
+            {"base": 0.5, "setting": "probe"},
+        ],
+        paper="~2x tokens (1.92x, LLaMA 1.1B / OpenWebText)",
+    ),
+    _row(
+        "muon",
+        lambda c, k: [_lr(c, k["lr"])],
+        lambda c: [{"lr": f} for f in LR_FACTORS],
+        paper="~1.5x tokens (modded-nanogpt, GPT-2 124M)",
+    ),
+    _row(
+        "gstack",
+        _gstack,
+        lambda c: [
+            {"at": 0.05, "post": 1.0},
+            {"at": 0.1, "post": 1.0},
+            {"at": 0.2, "post": 1.0},
+            {"at": 0.1, "post": 0.5},
+            {"at": 0.1, "post": 0.3},
+        ],
+        paper="1.55x tokens (7B: 194B vs 300B)",
+    ),
+    _row(
+        "staged",
+        _staged,
+        lambda c: [{"at": "slope"}, {"at": 0.15}, {"at": 0.25}, {"at": 0.35}, {"at": 0.5}],
+        paper="up to 1.28x compute (22 % saved, GPT-2 large)",
+        size_overrides=_half_width,
+    ),
+    _row(
+        "slw",
+        _slw,
+        lambda c: [
+            {"batch": 1, "lr": 1.0, "T": 0.3},
+            {"batch": 2, "lr": 2.0, "T": 0.3},
+            {"batch": 4, "lr": 4.0, "T": 0.3},
+            {"batch": 8, "lr": 4.0, "T": 0.3},
+            {"batch": 2, "lr": 2.0, "T": 0.6},
+        ],
+        paper="up to 2.2x tokens, 3.7x wall-clock (GPT-2, 8x batch / 4x LR)",
+    ),
+    _row(
+        "lawa",
+        _lawa,
+        lambda c: [
+            {"lr": 1.0, "nu": 0.01},
+            {"lr": 2.0, "nu": 0.01},
+            {"lr": 4.0, "nu": 0.01},
+            {"lr": 2.0, "nu": 0.003},
+            {"lr": 2.0, "nu": 0.03},
+        ],
+        metric="lawa/val_loss",
+        paper="faster early / mid-run; gains shrink as the LR decays (no end-of-run number)",
+    ),
     _row("muon_gstack", _gstack, _muon_gstack_candidates, needs=("muon", "gstack"), paper="—"),
     _row("muon_slw", _slw, _muon_slw_candidates, needs=("muon", "slw"), paper="—"),
     _row("muon_lawa", _lawa, _muon_lawa_candidates, metric="lawa/val_loss", needs=("muon", "lawa"), paper="—"),
-    _row("combined", _combined, _combined_candidates, metric="lawa/val_loss", needs=("muon", "lawa", "gstack", "muon_slw"),
-        paper="project target: >= 3x FLOPs", second_round=_combined_second_round),
-    _row("combined_no_slw", _combined_no_slw, lambda c: [], metric="lawa/val_loss", needs=("combined",), ablates="combined",
-        paper="combined without SLW (Muon + LAWA at combined's batch and LR)"),
-    _row("combined_no_muon", _combined_no_muon, lambda c: [], metric="lawa/val_loss", needs=("combined",), ablates="combined",
-        paper="combined without Muon (AdamW + SLW + LAWA)"),
+    _row(
+        "combined",
+        _combined,
+        _combined_candidates,
+        metric="lawa/val_loss",
+        needs=("muon", "lawa", "gstack", "muon_slw"),
+        paper="project target: >= 3x FLOPs",
+        second_round=_combined_second_round,
+    ),
+    _row(
+        "combined_no_slw",
+        _combined_no_slw,
+        lambda c: [],
+        metric="lawa/val_loss",
+        needs=("combined",),
+        ablates="combined",
+        paper="combined without SLW (Muon + LAWA at combined's batch and LR)",
+    ),
+    _row(
+        "combined_no_muon",
+        _combined_no_muon,
+        lambda c: [],
+        metric="lawa/val_loss",
+        needs=("combined",),
+        ablates="combined",
+        paper="combined without Muon (AdamW + SLW + LAWA)",
+    ),
 ]
-SINGLE = ("adam_mini", "adam_mini_blockwise", "blockwise", "gstack", "staged", "slw", "lawa")  # the ladder's best two come from these
+SINGLE = (
+    "adam_mini",
+    "adam_mini_blockwise",
+    "blockwise",
+    "gstack",
+    "staged",
+    "slw",
+    "lawa",
+)  # the ladder's best two come from these
 
 TIERS = {
-    "smoke": Tier("smoke", main="bench-d32", ladder=["bench-d48"], seeds=(1, 2), ladder_seeds=(1, 2), ladder_rows=("muon", "combined"),
-                  singles=SINGLE, batch=8, seq=64,
-                  rows=["baseline", "muon", "gstack", "slw", "lawa", "muon_slw", "combined", "combined_no_slw"], candidates=2,
-                  fixed_budget=8 * 64 * 12, tracked=False, overrides=["data.max_docs=60", "train.eval_sequences=8"]),
-    "standard": Tier("standard", main="bench-d64", ladder=["bench-d32", "bench-d48"], seeds=(1, 2, 3, 4, 5), ladder_seeds=(1, 2, 3),
-                     ladder_rows=("muon", "combined"), singles=SINGLE),
+    "smoke": Tier(
+        "smoke",
+        main="bench-d32",
+        ladder=["bench-d48"],
+        seeds=(1, 2),
+        ladder_seeds=(1, 2),
+        ladder_rows=("muon", "combined"),
+        singles=SINGLE,
+        batch=8,
+        seq=64,
+        rows=["baseline", "muon", "gstack", "slw", "lawa", "muon_slw", "combined", "combined_no_slw"],
+        candidates=2,
+        fixed_budget=8 * 64 * 12,
+        tracked=False,
+        overrides=["data.max_docs=60", "train.eval_sequences=8"],
+    ),
+    "standard": Tier(
+        "standard",
+        main="bench-d64",
+        ladder=["bench-d32", "bench-d48"],
+        seeds=(1, 2, 3, 4, 5),
+        ladder_seeds=(1, 2, 3),
+        ladder_rows=("muon", "combined"),
+        singles=SINGLE,
+    ),
 }
 
 
@@ -231,13 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tier", choices=sorted(TIERS), default="standard")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time; each gets cores/jobs threads")
-    parser.add_argument("--out", default=None, help="report dir (default benchmarks/results/<tier>; smoke: benchmarks/runs/smoke)")
+    parser.add_argument(
+        "--out", default=None, help="report dir (default benchmarks/results/<tier>; smoke: benchmarks/runs/smoke)"
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the README's results block")
-    parser.add_argument("--interim", action="store_true",
-                        help="train nothing: rewrite the report (and the README block) from the runs finished so far, marked interim")
+    parser.add_argument(
+        "--interim",
+        action="store_true",
+        help="train nothing: rewrite the report (and the README block) from the runs finished so far, marked interim",
+    )
     args = parser.parse_args(argv)
     tier = TIERS[args.tier]
-    out = Path(args.out) if args.out else (RESULTS / args.tier if tier.tracked else ROOT / "benchmarks" / "runs" / args.tier)
+    out = (
+        Path(args.out)
+        if args.out
+        else (RESULTS / args.tier if tier.tracked else ROOT / "benchmarks" / "runs" / args.tier)
+    )
     if args.interim and not tier.tracked:
         parser.error("--interim reads a tracked tier's finished runs; the smoke tier always trains from scratch")
     command = f"python benchmarks/speedup.py --tier {args.tier}" + (f" --jobs {args.jobs}" if args.jobs != 2 else "")

@@ -35,7 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "benchmarks" / "recipes"
 RESULTS = ROOT / "benchmarks" / "results"
-BENCH_LR, BENCH_BATCH = 3.0e-3, 16  # AdamW LR tuned for cpu-small at batch 16 x seq 128 (the reference this experiment scales)
+BENCH_LR, BENCH_BATCH = (
+    3.0e-3,
+    16,
+)  # AdamW LR tuned for cpu-small at batch 16 x seq 128 (the reference this experiment scales)
 
 
 def slw_total_steps(budget: int, batch: int, seq_len: int, warmup: dict, frac: float) -> int:
@@ -63,7 +66,12 @@ def verdict(stability: dict, baseline: str = "baseline", method: str = "slw") ->
 
     def unstable(s: dict) -> bool:
         mean = s["mean"]
-        return bool(s["diverged"] or (mean["spike_events"] or 0) > 0 or (mean["skipped_steps"] or 0) > 0 or (mean["nonfinite_losses"] or 0) > 0)
+        return bool(
+            s["diverged"]
+            or (mean["spike_events"] or 0) > 0
+            or (mean["skipped_steps"] or 0) > 0
+            or (mean["nonfinite_losses"] or 0) > 0
+        )
 
     def describe(name: str, s: dict) -> str:
         mean = s["mean"]
@@ -90,15 +98,31 @@ def verdict(stability: dict, baseline: str = "baseline", method: str = "slw") ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model and budget (seconds); writes benchmarks/results/stability-smoke")
-    parser.add_argument("--batch", type=int, default=None, help="sequences per step for both recipes (default 64; smoke 16)")
-    parser.add_argument("--lr", type=float, default=None, help=f"peak LR for both recipes (default 8 x {BENCH_LR:g} = 2.4e-2)")
-    parser.add_argument("--budget", type=int, default=None, help="training tokens per run (default 96 full-length steps)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny model and budget (seconds); writes benchmarks/results/stability-smoke",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="sequences per step for both recipes (default 64; smoke 16)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help=f"peak LR for both recipes (default 8 x {BENCH_LR:g} = 2.4e-2)"
+    )
+    parser.add_argument(
+        "--budget", type=int, default=None, help="training tokens per run (default 96 full-length steps)"
+    )
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=None, help="LR warmup steps for both recipes (default: the recipes' 20; smoke 2)")
-    parser.add_argument("--slw-frac", type=float, default=0.35, help="SLW warmup length T as a fraction of SLW's optimizer steps")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="LR warmup steps for both recipes (default: the recipes' 20; smoke 2)"
+    )
+    parser.add_argument(
+        "--slw-frac", type=float, default=0.35, help="SLW warmup length T as a fraction of SLW's optimizer steps"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (2 on a 2-core CPU shares the cores)")
-    parser.add_argument("--out", default=None, help="report dir (default benchmarks/results/stability, or stability-smoke)")
+    parser.add_argument(
+        "--out", default=None, help="report dir (default benchmarks/results/stability, or stability-smoke)"
+    )
     args = parser.parse_args(argv)
 
     from hasten.compare.runner import CompareOptions, recipes_from_paths, run_compare, run_spec
@@ -113,11 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else RESULTS / ("stability-smoke" if args.smoke else "stability")
     full_steps = max(1, budget // (batch * seq_len))
     if not 0 < args.slw_frac < 1 or batch < 1 or lr <= 0 or budget < batch * seq_len:
-        print("stability.py: error: need 0 < --slw-frac < 1, --batch >= 1, --lr > 0 and --budget of at least one full step", file=sys.stderr)
+        print(
+            "stability.py: error: need 0 < --slw-frac < 1, --batch >= 1, --lr > 0 and --budget of at least one full step",
+            file=sys.stderr,
+        )
         return 2
     every = max(1, full_steps // 6)
-    overrides = [f"train.batch_size={batch}", f"optim.lr={lr!r}", f"train.seq_len={seq_len}", "train.log_every=1",
-                 f"train.eval_every={every}", f"train.checkpoint_every={2 * every}"]
+    overrides = [
+        f"train.batch_size={batch}",
+        f"optim.lr={lr!r}",
+        f"train.seq_len={seq_len}",
+        "train.log_every=1",
+        f"train.eval_every={every}",
+        f"train.checkpoint_every={2 * every}",
+    ]
     if warmup is not None:
         overrides.append(f"schedule.warmup_steps={warmup}")
     if args.smoke:
@@ -131,24 +164,55 @@ def main(argv: list[str] | None = None) -> int:
     except HastenError as err:
         print(f"stability.py: error: {err}", file=sys.stderr)
         return err.exit_code
-    command = "python benchmarks/stability.py" + (" --smoke" if args.smoke else "") + "".join(
-        f" {flag} {value}" for flag, value in (("--batch", args.batch), ("--lr", args.lr), ("--budget", args.budget),
-                                               ("--seeds", args.seeds if args.seeds != 1 else None), ("--warmup", args.warmup),
-                                               ("--slw-frac", args.slw_frac if args.slw_frac != 0.35 else None),
-                                               ("--jobs", args.jobs if args.jobs != 1 else None)) if value is not None)
-    opts = CompareOptions(recipes=paths, report_dir=out, seeds=args.seeds, budget=budget, baseline="baseline", jobs=args.jobs,
-                          overrides=overrides, recipe_overrides={"slw": [f"methods.seqlen_warmup.total_steps={total}",
-                                                                *([] if args.smoke else ["methods.seqlen_warmup.min_len=16"])]},
-                          command=command, tier="stability-smoke" if args.smoke else "stability")
-    settings = (f"Both recipes: batch {batch} x seq {seq_len} ({batch / BENCH_BATCH:g}x the reference batch of 16), peak LR {lr:g} "
-                f"({lr / BENCH_LR:g}x cpu-small's tuned {BENCH_LR:g}), {budget:,} tokens ({full_steps} full-length steps); SLW warmup T = {total} steps "
-                f"({args.slw_frac:.0%} of its steps). Every step logged; guard rollback off.")
+    command = (
+        "python benchmarks/stability.py"
+        + (" --smoke" if args.smoke else "")
+        + "".join(
+            f" {flag} {value}"
+            for flag, value in (
+                ("--batch", args.batch),
+                ("--lr", args.lr),
+                ("--budget", args.budget),
+                ("--seeds", args.seeds if args.seeds != 1 else None),
+                ("--warmup", args.warmup),
+                ("--slw-frac", args.slw_frac if args.slw_frac != 0.35 else None),
+                ("--jobs", args.jobs if args.jobs != 1 else None),
+            )
+            if value is not None
+        )
+    )
+    opts = CompareOptions(
+        recipes=paths,
+        report_dir=out,
+        seeds=args.seeds,
+        budget=budget,
+        baseline="baseline",
+        jobs=args.jobs,
+        overrides=overrides,
+        recipe_overrides={
+            "slw": [
+                f"methods.seqlen_warmup.total_steps={total}",
+                *([] if args.smoke else ["methods.seqlen_warmup.min_len=16"]),
+            ]
+        },
+        command=command,
+        tier="stability-smoke" if args.smoke else "stability",
+    )
+    settings = (
+        f"Both recipes: batch {batch} x seq {seq_len} ({batch / BENCH_BATCH:g}x the reference batch of 16), peak LR {lr:g} "
+        f"({lr / BENCH_LR:g}x cpu-small's tuned {BENCH_LR:g}), {budget:,} tokens ({full_steps} full-length steps); SLW warmup T = {total} steps "
+        f"({args.slw_frac:.0%} of its steps). Every step logged; guard rollback off."
+    )
     print(settings, file=sys.stderr)
     try:
         results = run_compare(opts)
         stability = results["stability"]
-    except HastenError as err:  # e.g. every baseline seed diverged: no loss table, but the stability numbers are the result
-        print(f"stability.py: the comparison report failed ({err}); writing the stability section alone", file=sys.stderr)
+    except (
+        HastenError
+    ) as err:  # e.g. every baseline seed diverged: no loss table, but the stability numbers are the result
+        print(
+            f"stability.py: the comparison report failed ({err}); writing the stability section alone", file=sys.stderr
+        )
         stability = _stability_only(opts, recipes_from_paths, run_spec, out)
         if stability is None:
             print(f"stability.py: error: {err}", file=sys.stderr)
@@ -167,14 +231,22 @@ def _stability_only(opts, recipes_from_paths, run_spec, out: Path) -> dict | Non
 
     recipes = recipes_from_paths(opts.recipes, opts.recipe_overrides)
     runs = {r.name: [(s, s.run_dir) for s in (run_spec(opts, r, seed) for seed in range(opts.seeds))] for r in recipes}
-    failed = {s.name: "no summary.json" for pairs in runs.values() for s, d in pairs if not (d / "summary.json").exists()}
+    failed = {
+        s.name: "no summary.json" for pairs in runs.values() for s, d in pairs if not (d / "summary.json").exists()
+    }
     stability = stability_summary([r.name for r in recipes], runs, failed)
     if not any(s["seeds"] for s in stability.values()):
         return None
     plot = plot_stability(stability, out, [r.name for r in recipes], opts.tier)
-    text = [f"# hasten stability: {opts.tier}", "", f"Command: `{opts.command}`", "",
-            "No loss comparison: the baseline has no finished run (see runs/*/metrics.jsonl).", "",
-            *render_stability(stability, plot.name if plot else None)]
+    text = [
+        f"# hasten stability: {opts.tier}",
+        "",
+        f"Command: `{opts.command}`",
+        "",
+        "No loss comparison: the baseline has no finished run (see runs/*/metrics.jsonl).",
+        "",
+        *render_stability(stability, plot.name if plot else None),
+    ]
     (out / "report.md").write_text("\n".join(text).rstrip() + "\n")
     (out / "results.json").write_text(json.dumps({"command": opts.command, "stability": stability}, indent=1))
     return stability

@@ -94,18 +94,37 @@ def native_support(dtype: str, flags: set[str]) -> str | None:
 
 def machine_state() -> dict:
     running = sorted(p.name for p in (GRID_DIR / ".running").iterdir()) if (GRID_DIR / ".running").is_dir() else []
-    return {"load_average": [round(x, 2) for x in os.getloadavg()], "grid_paused": (GRID_DIR / "PAUSE").exists(),
-            "grid_runs_in_flight": running, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "grid_paused": (GRID_DIR / "PAUSE").exists(),
+        "grid_runs_in_flight": running,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 # --------------------------------------------------------------------------- one measurement each
 
 
-def base_overrides(model: str, batch: int, seq_len: int, dtype: str, cache: str | None, vocab: int, max_docs: int | None) -> list[str]:
-    return [f"model={model}", f"train.batch_size={batch}", f"train.seq_len={seq_len}", f"train.dtype={dtype}", "train.device=cpu",
-            "train.eval_every=1000000", "train.eval_sequences=4", "train.checkpoint_every=0", "train.progress_bar=false",
-            "train.tensorboard=false", "train.peak_flops=1e12", "schedule.warmup_steps=2", f"data.vocab_size={vocab}",
-            *([f"data.max_docs={max_docs}"] if max_docs else []), *([f"data.cache_dir={cache}"] if cache else [])]
+def base_overrides(
+    model: str, batch: int, seq_len: int, dtype: str, cache: str | None, vocab: int, max_docs: int | None
+) -> list[str]:
+    return [
+        f"model={model}",
+        f"train.batch_size={batch}",
+        f"train.seq_len={seq_len}",
+        f"train.dtype={dtype}",
+        "train.device=cpu",
+        "train.eval_every=1000000",
+        "train.eval_sequences=4",
+        "train.checkpoint_every=0",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+        "train.peak_flops=1e12",
+        "schedule.warmup_steps=2",
+        f"data.vocab_size={vocab}",
+        *([f"data.max_docs={max_docs}"] if max_docs else []),
+        *([f"data.cache_dir={cache}"] if cache else []),
+    ]
 
 
 def trainer_step_time(overrides: list[str], warmup: int, steps: int, run_dir: Path) -> float:
@@ -143,8 +162,12 @@ class BareLoop:
         forward = torch.compile(model) if cfg.train.compile else model
         decay = [p for p in model.parameters() if p.dim() >= 2]
         other = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                                lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), **implementation_kwargs(cfg.optim, device))
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": other, "weight_decay": 0.0}],
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.beta1, cfg.optim.beta2),
+            **implementation_kwargs(cfg.optim, device),
+        )
         B, L = cfg.train.batch_size, cfg.seq_len
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.dtype == "bfloat16")
         start = None
@@ -184,8 +207,12 @@ def optimizer_step_times(model_name: str, steps: int) -> dict[str, float]:
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     times = {}
-    for name, cfg in {"adam_mini": OptimConfig(name="adam_mini"), "adam_mini found_inf": OptimConfig(name="adam_mini"),
-                      "adamw foreach": OptimConfig(implementation="foreach"), "adamw fused": OptimConfig(implementation="fused")}.items():
+    for name, cfg in {
+        "adam_mini": OptimConfig(name="adam_mini"),
+        "adam_mini found_inf": OptimConfig(name="adam_mini"),
+        "adamw foreach": OptimConfig(implementation="foreach"),
+        "adamw fused": OptimConfig(implementation="fused"),
+    }.items():
         opt = build_optimizer(model, cfg)
         for group in opt.param_groups:
             group["lr"] = 1e-4
@@ -215,34 +242,45 @@ def measure_model(model: str, args, tmp: Path) -> dict:
     preset = model_config(model)
     seq_len = min(seq_len, preset.max_seq_len)
     vocab = min(4096, preset.vocab_size)
-    base = {dtype: base_overrides(model, batch, seq_len, dtype, args.cache_dir, vocab, args.max_docs) for dtype in DTYPES}
+    base = {
+        dtype: base_overrides(model, batch, seq_len, dtype, args.cache_dir, vocab, args.max_docs) for dtype in DTYPES
+    }
     bare = {dtype: BareLoop(base[dtype]) for dtype in DTYPES}
     variants: dict[str, callable] = {}
     for dtype in DTYPES:
         variants[f"bare {dtype}"] = lambda r, d=dtype: bare[d].step_time(args.warmup, args.steps, args.warmup)
-        variants[f"trainer {dtype}"] = lambda r, d=dtype: trainer_step_time(base[d], args.warmup, args.steps, tmp / f"{model}-{d}-{r}")
+        variants[f"trainer {dtype}"] = lambda r, d=dtype: trainer_step_time(
+            base[d], args.warmup, args.steps, tmp / f"{model}-{d}-{r}"
+        )
     for name, extra in METHODS.items():
-        variants[name] = lambda r, e=extra, n=name: trainer_step_time(base["float32"] + e, args.warmup, args.steps,
-                                                                         tmp / f"{model}-{n.split()[0]}-{r}")
+        variants[name] = lambda r, e=extra, n=name: trainer_step_time(
+            base["float32"] + e, args.warmup, args.steps, tmp / f"{model}-{n.split()[0]}-{r}"
+        )
     times: dict[str, list[float]] = {name: [] for name in variants}
     optimizer: dict[str, list[float]] = {}
     names = list(variants)
     for r in range(args.repeats):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotated: no variant always runs first or last
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotated: no variant always runs first or last
         for name in order:
             times[name].append(variants[name](r))
             print(f"{model} [{r + 1}/{args.repeats}] {name}: {times[name][-1] * 1e3:.1f} ms/step", file=sys.stderr)
         for name, t in optimizer_step_times(model, args.optimizer_steps).items():
             optimizer.setdefault(name, []).append(t)
     flops = flops_per_token(bare["float32"].cfg.model_config(), seq_len) * batch * seq_len
-    out = {"batch_size": batch, "seq_len": seq_len, "vocab_size": vocab, "flops_per_step": flops,
-           "step_seconds": {name: statistics.median(v) for name, v in times.items()}, "step_seconds_all": times,
-           "trainer_vs_bare": {d: paired(times, f"bare {d}", f"trainer {d}") for d in DTYPES},  # speed ratio trainer/bare
-           "methods": {name: paired(times, name, "trainer float32") for name in METHODS},  # step-time ratio method/none
-           "optimizer_step_seconds": {name: statistics.median(v) for name, v in optimizer.items()},
-           "adam_mini_vs_adamw": paired(optimizer, "adam_mini", "adamw foreach"),
-           "adam_mini_found_inf_vs_adamw": paired(optimizer, "adam_mini found_inf", "adamw foreach"),
-           "adamw_fused_vs_foreach": paired(optimizer, "adamw fused", "adamw foreach")}
+    out = {
+        "batch_size": batch,
+        "seq_len": seq_len,
+        "vocab_size": vocab,
+        "flops_per_step": flops,
+        "step_seconds": {name: statistics.median(v) for name, v in times.items()},
+        "step_seconds_all": times,
+        "trainer_vs_bare": {d: paired(times, f"bare {d}", f"trainer {d}") for d in DTYPES},  # speed ratio trainer/bare
+        "methods": {name: paired(times, name, "trainer float32") for name in METHODS},  # step-time ratio method/none
+        "optimizer_step_seconds": {name: statistics.median(v) for name, v in optimizer.items()},
+        "adam_mini_vs_adamw": paired(optimizer, "adam_mini", "adamw foreach"),
+        "adam_mini_found_inf_vs_adamw": paired(optimizer, "adam_mini found_inf", "adamw foreach"),
+        "adamw_fused_vs_foreach": paired(optimizer, "adamw fused", "adamw foreach"),
+    }
     return out
 
 
@@ -256,20 +294,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke check: the tiny model, 3 repeats of 4 steps")
     parser.add_argument("--max-docs", type=int, default=None, help="cap the corpus (fast checks)")
     parser.add_argument("--cache-dir", default=None, help="data cache dir (default: the config's)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput"), help="output path without suffix")
+    parser.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results" / "throughput"), help="output path without suffix"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.steps, args.warmup, args.repeats, args.optimizer_steps = ["tiny"], 4, 2, 3, 5
         args.max_docs = args.max_docs or 60
     if args.steps % args.warmup:
-        parser.error(f"--steps {args.steps} must be a multiple of --warmup {args.warmup} (the trainer is timed between log steps)")
+        parser.error(
+            f"--steps {args.steps} must be a multiple of --warmup {args.warmup} (the trainer is timed between log steps)"
+        )
     flags = cpu_flags()
-    results: dict = {"kind": "smoke check (--quick: tiny model, few steps)" if args.quick else "full",
-                     "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                                 "torch": torch.__version__, "python": platform.python_version(),
-                                 "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"}),
-                                 "state_at_start": machine_state()},
-                     "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "models": {}}
+    results: dict = {
+        "kind": "smoke check (--quick: tiny model, few steps)" if args.quick else "full",
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"}),
+            "state_at_start": machine_state(),
+        },
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "models": {},
+    }
     peaks = {name: [matmul_peak("cpu", dtype, min_seconds=0.15)] for name, dtype in DTYPES.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
@@ -277,10 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, dtype in DTYPES.items():
         peaks[name].append(matmul_peak("cpu", dtype, min_seconds=0.15))
     results["machine"]["state_at_end"] = machine_state()
-    results["peak_flops"] = {name: {"flops_per_s": max(p["flops_per_s"] for p in ps), "n": ps[0]["n"],
-                                    "start": ps[0]["flops_per_s"], "end": ps[1]["flops_per_s"],
-                                    "native": native_support(name, flags) is None, "note": native_support(name, flags)}
-                             for name, ps in peaks.items()}
+    results["peak_flops"] = {
+        name: {
+            "flops_per_s": max(p["flops_per_s"] for p in ps),
+            "n": ps[0]["n"],
+            "start": ps[0]["flops_per_s"],
+            "end": ps[1]["flops_per_s"],
+            "native": native_support(name, flags) is None,
+            "note": native_support(name, flags),
+        }
+        for name, ps in peaks.items()
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
@@ -308,44 +367,71 @@ def _overhead(p: dict) -> str:
 
 def render(r: dict, command: str) -> str:
     m = r["machine"]
-    lines = [f"# Throughput ({r['kind']})", "",
-             f"Command: `OMP_NUM_THREADS={m['threads']} {command}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['threads']} threads; "
-             f"{r['repeats']} interleaved repeats of {r['steps']} timed steps after {r['warmup']} warmup steps per measurement.",
-             f"State: load average {m['state_at_start']['load_average']} at the start ({m['state_at_start']['time']}) and "
-             f"{m['state_at_end']['load_average']} at the end; benchmark grid paused: {m['state_at_start']['grid_paused']}, "
-             f"grid runs in flight at the start: {len(m['state_at_start']['grid_runs_in_flight'])}.", ""]
+    lines = [
+        f"# Throughput ({r['kind']})",
+        "",
+        f"Command: `OMP_NUM_THREADS={m['threads']} {command}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['threads']} threads; "
+        f"{r['repeats']} interleaved repeats of {r['steps']} timed steps after {r['warmup']} warmup steps per measurement.",
+        f"State: load average {m['state_at_start']['load_average']} at the start ({m['state_at_start']['time']}) and "
+        f"{m['state_at_end']['load_average']} at the end; benchmark grid paused: {m['state_at_start']['grid_paused']}, "
+        f"grid runs in flight at the start: {len(m['state_at_start']['grid_runs_in_flight'])}.",
+        "",
+    ]
     peaks = r["peak_flops"]
-    lines += ["Dense-matmul peaks (best of 5 matmuls, measured at the start and the end; the higher is the MFU denominator): "
-              + "; ".join(f"{d} {p['flops_per_s'] / 1e9:,.0f} GFLOP/s (n={p['n']}; start {p['start'] / 1e9:,.0f}, end {p['end'] / 1e9:,.0f})"
-                          for d, p in peaks.items()) + "."]
+    lines += [
+        "Dense-matmul peaks (best of 5 matmuls, measured at the start and the end; the higher is the MFU denominator): "
+        + "; ".join(
+            f"{d} {p['flops_per_s'] / 1e9:,.0f} GFLOP/s (n={p['n']}; start {p['start'] / 1e9:,.0f}, end {p['end'] / 1e9:,.0f})"
+            for d, p in peaks.items()
+        )
+        + "."
+    ]
     lines += [p["note"] + "." for p in peaks.values() if p["note"]]
     lines += [""]
     for model, d in r["models"].items():
         s = d["step_seconds"]
-        lines += [f"## {model}: batch {d['batch_size']} x seq {d['seq_len']}", "",
-                  "| dtype | loop | ms/step (median) | tokens/s | MFU | trainer speed / bare (median, range) |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {model}: batch {d['batch_size']} x seq {d['seq_len']}",
+            "",
+            "| dtype | loop | ms/step (median) | tokens/s | MFU | trainer speed / bare (median, range) |",
+            "|---|---|---|---|---|---|",
+        ]
         tokens = d["batch_size"] * d["seq_len"]
         for dtype in ("float32", "bfloat16"):
             for loop in ("trainer", "bare"):
                 sec = s[f"{loop} {dtype}"]
                 ratio = _ratio(d["trainer_vs_bare"][dtype]) if loop == "trainer" else ""
                 name = "hasten trainer" if loop == "trainer" else "bare nanoGPT-style loop"
-                lines.append(f"| {dtype} | {name} | {sec * 1e3:,.1f} | {tokens / sec:,.0f} | "
-                             f"{mfu_text(d['flops_per_step'] / sec, peaks[dtype]['flops_per_s'])} | {ratio} |")
-        lines += ["", "| method (float32, equal shapes) | ms/step (median) | step-time overhead vs none (median, range) |", "|---|---|---|",
-                  f"| (none: the trainer) | {s['trainer float32'] * 1e3:,.1f} | |"]
+                lines.append(
+                    f"| {dtype} | {name} | {sec * 1e3:,.1f} | {tokens / sec:,.0f} | "
+                    f"{mfu_text(d['flops_per_step'] / sec, peaks[dtype]['flops_per_s'])} | {ratio} |"
+                )
+        lines += [
+            "",
+            "| method (float32, equal shapes) | ms/step (median) | step-time overhead vs none (median, range) |",
+            "|---|---|---|",
+            f"| (none: the trainer) | {s['trainer float32'] * 1e3:,.1f} | |",
+        ]
         for name, p in d["methods"].items():
             lines.append(f"| {name} | {s[name] * 1e3:,.1f} | {_overhead(p)} |")
         o = d["optimizer_step_seconds"]
-        lines += ["", "| optimizer.step() alone | ms (median) | vs foreach AdamW (median, range) |", "|---|---|---|",
-                  f"| AdamW foreach | {o['adamw foreach'] * 1e3:.2f} | 1 |",
-                  f"| AdamW fused | {o['adamw fused'] * 1e3:.2f} | {_ratio(d['adamw_fused_vs_foreach'])} |",
-                  f"| Adam-mini | {o['adam_mini'] * 1e3:.2f} | {_ratio(d['adam_mini_vs_adamw'])} |",
-                  f"| Adam-mini with found_inf (the trainer's path: the guard's skip flag) | {o['adam_mini found_inf'] * 1e3:.2f} | "
-                  f"{_ratio(d['adam_mini_found_inf_vs_adamw'])} |", ""]
-    lines += ["Ratios are paired within a repeat and reported as the median over repeats with their range. On a shared "
-              "2-core machine differences of a few percent are within the noise: read the ranges, not the medians alone."]
+        lines += [
+            "",
+            "| optimizer.step() alone | ms (median) | vs foreach AdamW (median, range) |",
+            "|---|---|---|",
+            f"| AdamW foreach | {o['adamw foreach'] * 1e3:.2f} | 1 |",
+            f"| AdamW fused | {o['adamw fused'] * 1e3:.2f} | {_ratio(d['adamw_fused_vs_foreach'])} |",
+            f"| Adam-mini | {o['adam_mini'] * 1e3:.2f} | {_ratio(d['adam_mini_vs_adamw'])} |",
+            f"| Adam-mini with found_inf (the trainer's path: the guard's skip flag) | {o['adam_mini found_inf'] * 1e3:.2f} | "
+            f"{_ratio(d['adam_mini_found_inf_vs_adamw'])} |",
+            "",
+        ]
+    lines += [
+        "Ratios are paired within a repeat and reported as the median over repeats with their range. On a shared "
+        "2-core machine differences of a few percent are within the noise: read the ranges, not the medians alone."
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,8 +16,12 @@ from hasten.methods.spec import TEST_KINDS, MethodSpec, TinyRun
 def cases(kind: str, specs: Mapping[str, MethodSpec] | None = None) -> dict[str, TinyRun]:
     """`<method>-<variant>` -> its test run, for every registered method's runs that take part in test `kind`."""
     specs = registered() if specs is None else specs
-    return {f"{name}-{variant}": run for name, spec in specs.items() for variant, run in spec.test_runs.items()
-            if kind in run.tests}
+    return {
+        f"{name}-{variant}": run
+        for name, spec in specs.items()
+        for variant, run in spec.test_runs.items()
+        if kind in run.tests
+    }
 
 
 def uncovered(specs: Mapping[str, MethodSpec] | None = None) -> list[str]:
@@ -28,18 +32,23 @@ def uncovered(specs: Mapping[str, MethodSpec] | None = None) -> list[str]:
         for variant, run in spec.test_runs.items():
             unknown = sorted(set(run.tests) - set(TEST_KINDS))
             if unknown:
-                problems.append(f"{name}-{variant}: unknown test kind(s) {', '.join(unknown)}; use "
-                                f"{', '.join(TEST_KINDS)}")
+                problems.append(
+                    f"{name}-{variant}: unknown test kind(s) {', '.join(unknown)}; use {', '.join(TEST_KINDS)}"
+                )
         for kind in TEST_KINDS:
             tested = any(kind in run.tests for run in spec.test_runs.values())
             if not tested and not spec.not_tested.get(kind):
-                problems.append(f"{name}: no test run of its spec takes part in the {kind} test; add one "
-                                "(MethodSpec.test_runs) or say in not_tested why it does not apply")
+                problems.append(
+                    f"{name}: no test run of its spec takes part in the {kind} test; add one "
+                    "(MethodSpec.test_runs) or say in not_tested why it does not apply"
+                )
             if tested and kind in spec.not_tested:
                 problems.append(f"{name}: runs in the {kind} test although not_tested excuses it; drop one of the two")
     return problems
 
 
 # the grid's rows: the baseline and every method's grid runs (train and resume bit-exactly mid-run)
-METHOD_OVERRIDES: dict[str, list[str]] = {"baseline": [],
-                                          **{name: list(run.overrides) for name, run in cases("grid").items()}}
+METHOD_OVERRIDES: dict[str, list[str]] = {
+    "baseline": [],
+    **{name: list(run.overrides) for name, run in cases("grid").items()},
+}

@@ -54,6 +54,7 @@ def test_matches_adam_mini_package(dtype, param_tol, v_tol):
     """Against the adam-mini package: tiny LLaMA (dim 64, 4 heads, 2 kv heads, 2 layers), 20 steps at wd 0.1, side by
     side."""
     import adam_mini as package  # the reference package (a dev dependency)
+
     torch.manual_seed(0)
     ours_model = GPT(model_config("tiny-llama", **REF_CFG)).to(dtype)
     ref_model = copy.deepcopy(ours_model)
@@ -100,7 +101,9 @@ def test_state_shapes_follow_partition():
             expected = cfg.n_heads
         elif name.endswith("k_proj.weight"):
             expected = cfg.n_kv_heads
-        elif name.endswith(("v_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight")):
+        elif name.endswith(
+            ("v_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+        ):
             expected = p.shape[0]
         elif name in ("embed_tokens.weight", "lm_head.weight"):
             expected = cfg.vocab_size
@@ -178,7 +181,11 @@ def test_all_full_adam_equals_torch_adamw():
                 a.copy_(b)
                 if b in adamw.state:
                     ref = adamw.state[b]
-                    mini.state[a].update(step=ref["step"].clone(), exp_avg=ref["exp_avg"].clone(), exp_avg_sq=ref["exp_avg_sq"].reshape(-1).clone())
+                    mini.state[a].update(
+                        step=ref["step"].clone(),
+                        exp_avg=ref["exp_avg"].clone(),
+                        exp_avg_sq=ref["exp_avg_sq"].reshape(-1).clone(),
+                    )
         before = [b.detach().clone() for b in twin.parameters()]
         _step(model, mini, rows)
         _step(twin, adamw, rows)
@@ -187,7 +194,9 @@ def test_all_full_adam_equals_torch_adamw():
             assert update > 0, name
             rounding = 2 * torch.finfo(b.dtype).eps * b0.abs().max().item()  # of p + update, for weights near 1 (norms)
             torch.testing.assert_close(a - b0, b - b0, rtol=0, atol=1e-5 * update + rounding, msg=name)
-            torch.testing.assert_close(mini.state[a]["exp_avg_sq"], adamw.state[b]["exp_avg_sq"].reshape(-1), rtol=1e-6, atol=0, msg=name)
+            torch.testing.assert_close(
+                mini.state[a]["exp_avg_sq"], adamw.state[b]["exp_avg_sq"].reshape(-1), rtol=1e-6, atol=0, msg=name
+            )
             assert mini.state[a]["step"] == adamw.state[b]["step"]
 
 
@@ -211,7 +220,9 @@ def test_found_inf_skips_the_step_on_the_device():
             opt_flagged.step()
             assert all(torch.equal(v, weights[k]) for k, v in flagged.state_dict().items())
             after = opt_flagged.state_dict()["state"]
-            assert all(torch.equal(after[j][key], state["state"][j][key]) for j in state["state"] for key in state["state"][j])
+            assert all(
+                torch.equal(after[j][key], state["state"][j][key]) for j in state["state"] for key in state["state"][j]
+            )
             assert all(float(s["step"]) == 0 for s in after.values()) if i == 0 else True
             opt_flagged.zero_grad(set_to_none=True)
             flagged(rows[:, :-1], rows[:, 1:]).backward()

@@ -32,8 +32,13 @@ def _run_cli(capsys, argv: list[str]) -> tuple[int, list[str]]:
     assert "Traceback" not in err
     # progress bars and the final line of a data preparation, the run banner of a run that started, and one-line
     # warnings are not errors; everything else counts
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith(
-             ("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step ")) and "%|" not in line]
+    lines = [
+        line
+        for line in err.replace("\r", "\n").splitlines()
+        if line.strip()
+        and not line.startswith(("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step "))
+        and "%|" not in line
+    ]
     return code, lines
 
 
@@ -48,7 +53,11 @@ def _assert_one_line_error(capsys, argv, *fragments) -> str:
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _train(run_dir, overrides, *extra):
@@ -67,8 +76,16 @@ def _corpus(tmp_path, files: dict[str, bytes]) -> Path:
 
 
 def _small_data(cache_dir, folder) -> list[str]:
-    return ["model=tiny", f"data.source={folder}", "data.vocab_size=300", f"data.cache_dir={cache_dir}", "train.max_steps=2",
-            "train.progress_bar=false", "train.tensorboard=false", "train.peak_flops=1e10"]
+    return [
+        "model=tiny",
+        f"data.source={folder}",
+        "data.vocab_size=300",
+        f"data.cache_dir={cache_dir}",
+        "train.max_steps=2",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+        "train.peak_flops=1e10",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- corpus
@@ -76,7 +93,9 @@ def _small_data(cache_dir, folder) -> list[str]:
 
 def test_empty_corpus(tmp_path, capsys, cache_dir):
     folder = _corpus(tmp_path, {"a.txt": b"", "b.txt": b"   \n\n"})
-    _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "no usable text", "empty: 2")
+    _assert_one_line_error(
+        capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "no usable text", "empty: 2"
+    )
     assert not (tmp_path / "run").exists()  # a failed start leaves nothing that would block the same command
 
 
@@ -87,21 +106,44 @@ def test_only_binary_or_non_utf8_files_is_refused(tmp_path, capsys, cache_dir):
 
 def test_binary_and_non_utf8_files_are_skipped_with_a_count(tmp_path, capsys, cache_dir):
     text = "def f(x):\n    return x + 1\n" * 30
-    folder = _corpus(tmp_path, {"a.bin": b"\x00\xff" * 50, "b.txt": b"\xff\xfe bad", **{f"t{i}.txt": text.encode() for i in range(4)}})
-    code = main(["prepare-data", "--set", "model=tiny", "--set", f"data.source={folder}", "--set", "data.vocab_size=300",
-                 "--set", f"data.cache_dir={cache_dir}", "--set", "data.val_fraction=0.3", "--set", "train.max_steps=1"])
+    folder = _corpus(
+        tmp_path,
+        {"a.bin": b"\x00\xff" * 50, "b.txt": b"\xff\xfe bad", **{f"t{i}.txt": text.encode() for i in range(4)}},
+    )
+    code = main(
+        [
+            "prepare-data",
+            "--set",
+            "model=tiny",
+            "--set",
+            f"data.source={folder}",
+            "--set",
+            "data.vocab_size=300",
+            "--set",
+            f"data.cache_dir={cache_dir}",
+            "--set",
+            "data.val_fraction=0.3",
+            "--set",
+            "train.max_steps=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "skipped binary: 1 (a.bin), not_utf8: 1 (b.txt)" in out
 
 
 def test_corpus_shorter_than_one_batch(tmp_path, capsys, cache_dir):
     folder = _corpus(tmp_path, {f"t{i}.txt": b"short text number %d\n" % i for i in range(4)})
-    _assert_one_line_error(capsys, _train(tmp_path / "run", [*_small_data(cache_dir, folder), "data.val_fraction=0.3"]),
-                           "fewer than one batch")
+    _assert_one_line_error(
+        capsys,
+        _train(tmp_path / "run", [*_small_data(cache_dir, folder), "data.val_fraction=0.3"]),
+        "fewer than one batch",
+    )
 
 
 def test_missing_corpus(tmp_path, capsys, cache_dir):
-    _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, tmp_path / "nope")), "matches no files")
+    _assert_one_line_error(
+        capsys, _train(tmp_path / "run", _small_data(cache_dir, tmp_path / "nope")), "matches no files"
+    )
 
 
 def _offline_load_dataset(name, split=None, **kwargs):
@@ -112,8 +154,11 @@ def test_empty_source_corrupt_parquet_and_offline_hf_dataset(tmp_path, capsys, c
     monkeypatch.chdir(tmp_path)  # data.source "" used to read the whole current folder
     (tmp_path / "bad.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4)
     before = _tree_digest(tmp_path)
-    for source, fragment in (("", "data.source is empty"), ("bad.parquet", "not a readable parquet file"),
-                             ("hf:nobody-here/no-such-dataset", "could not be loaded (ConnectionError")):
+    for source, fragment in (
+        ("", "data.source is empty"),
+        ("bad.parquet", "not a readable parquet file"),
+        ("hf:nobody-here/no-such-dataset", "could not be loaded (ConnectionError"),
+    ):
         if source.startswith("hf:"):  # offline: what datasets raises then (its offline switch is read once, at import)
             monkeypatch.setattr(pytest.importorskip("datasets"), "load_dataset", _offline_load_dataset)
         _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, source)), fragment)
@@ -150,18 +195,38 @@ def test_empty_source_corrupt_parquet_and_offline_hf_dataset(tmp_path, capsys, c
 )
 def test_invalid_config_values(tmp_path, capsys, override, fragment):
     run = tmp_path / "run"
-    _assert_one_line_error(capsys, ["train", "--run-dir", str(run), "--set", "model=tiny", "--set", "data.vocab_size=512",
-                                    "--set", "train.max_steps=2", "--set", override], fragment)
+    _assert_one_line_error(
+        capsys,
+        [
+            "train",
+            "--run-dir",
+            str(run),
+            "--set",
+            "model=tiny",
+            "--set",
+            "data.vocab_size=512",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            override,
+        ],
+        fragment,
+    )
     assert not run.exists()
 
 
 def test_set_addresses_one_element_of_a_list():
     stages = "methods.growth.stages=[{dim: depth, op: stack, factor: 2, at_steps: 5}, {dim: depth, op: stack, factor: 2, at_steps: 9}]"
-    cfg = load_config(None, ["model=tiny", "data.vocab_size=512", "train.max_steps=20", stages, "methods.growth.stages.1.at_steps=12"])
+    cfg = load_config(
+        None, ["model=tiny", "data.vocab_size=512", "train.max_steps=20", stages, "methods.growth.stages.1.at_steps=12"]
+    )
     assert [s["at_steps"] for s in cfg.methods["growth"]["stages"]] == [5, 12]
     assert cfg.methods["growth"]["stages"][1]["op"] == "stack"  # the rest of the element is kept
     with pytest.raises(ConfigError, match="has 2 element"):
-        load_config(None, ["model=tiny", "data.vocab_size=512", "train.max_steps=20", stages, "methods.growth.stages.2.at_steps=1"])
+        load_config(
+            None,
+            ["model=tiny", "data.vocab_size=512", "train.max_steps=20", stages, "methods.growth.stages.2.at_steps=1"],
+        )
 
 
 def test_bad_recipe_files(tmp_path, capsys):
@@ -203,17 +268,26 @@ def test_run_dir_that_holds_another_run(capsys, tiny_overrides, run_copy):
 
 def test_resume_with_a_different_config(capsys, tiny_overrides, run_copy):
     before = _tree_digest(run_copy)
-    _assert_one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2", "model.n_layers=3"], "--resume"),
-                           "config differs", "model")
-    _assert_one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2", "optim.lr=1e-2"], "--resume"), "optim.lr")
+    _assert_one_line_error(
+        capsys,
+        _train(run_copy, [*tiny_overrides, "train.max_steps=2", "model.n_layers=3"], "--resume"),
+        "config differs",
+        "model",
+    )
+    _assert_one_line_error(
+        capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2", "optim.lr=1e-2"], "--resume"), "optim.lr"
+    )
     assert _tree_digest(run_copy) == before
 
 
 def test_run_dir_that_cannot_be_created(tmp_path, capsys, tiny_overrides):
     (tmp_path / "a-file").write_text("mine")
     before = _tree_digest(tmp_path)
-    for run_dir, fragment in ((tmp_path / "a-file" / "run", "a-file is a file"), (tmp_path / "a-file", "is a file"),
-                              (Path("/proc/hasten-nope"), "cannot create run dir /proc/hasten-nope")):
+    for run_dir, fragment in (
+        (tmp_path / "a-file" / "run", "a-file is a file"),
+        (tmp_path / "a-file", "is a file"),
+        (Path("/proc/hasten-nope"), "cannot create run dir /proc/hasten-nope"),
+    ):
         _assert_one_line_error(capsys, _train(run_dir, [*tiny_overrides, "train.max_steps=1"]), fragment)
     assert _tree_digest(tmp_path) == before
 
@@ -259,8 +333,13 @@ def test_disk_full_while_saving(tmp_path, capsys, monkeypatch, tiny_overrides):
 
     monkeypatch.setattr(ck, "_write_file", fills_up)
     run = tmp_path / "run"
-    line = _assert_one_line_error(capsys, _train(run, [*tiny_overrides, "train.max_steps=2", "train.checkpoint_every=1"]),
-                                  "saving checkpoint at step 2 failed", "No space left on device", "previous checkpoint is intact")
+    line = _assert_one_line_error(
+        capsys,
+        _train(run, [*tiny_overrides, "train.max_steps=2", "train.checkpoint_every=1"]),
+        "saving checkpoint at step 2 failed",
+        "No space left on device",
+        "previous checkpoint is intact",
+    )
     assert "Traceback" not in line
     ckpts = run / "checkpoints"
     assert [p.name for p in ckpts.iterdir()] == ["step_00000001"]  # no half checkpoint, no temp dir
@@ -269,10 +348,26 @@ def test_disk_full_while_saving(tmp_path, capsys, monkeypatch, tiny_overrides):
 
 # ---------------------------------------------------------------------------------------------- fuzzing
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
-                             "train.guard": GuardConfig, "model": ModelConfig}
-KEYS = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "guard"]
-KEYS += ["name", "model", "methods", "train.nonsense", "methods.lawa.k", "methods.ema.decay", "methods.seqlen_warmup.min_len"]
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "train.guard": GuardConfig,
+    "model": ModelConfig,
+}
+KEYS = [
+    f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "guard"
+]
+KEYS += [
+    "name",
+    "model",
+    "methods",
+    "train.nonsense",
+    "methods.lawa.k",
+    "methods.ema.decay",
+    "methods.seqlen_warmup.min_len",
+]
 
 VALUES = st.one_of(
     st.none(),

@@ -44,7 +44,9 @@ def test_every_row_gets_the_same_tuning_budget_and_every_candidate_loads():
     for row in tuned:
         candidates = row.candidates(ctx) + (row.second_round(ctx) if row.second_round else [])
         runs = engine.TUNING_RUNS * (2 if row.second_round else 1)
-        assert len(candidates) == runs, row.name  # equal tuning effort: as many runs as the baseline's LR sweep (and round)
+        assert len(candidates) == runs, (
+            row.name
+        )  # equal tuning effort: as many runs as the baseline's LR sweep (and round)
         settings = [tuple(row.settings(ctx, k)) for k in candidates]
         assert len(set(settings)) == runs, f"{row.name}: two tuning runs are the same configuration"
         for knobs in candidates:
@@ -52,8 +54,13 @@ def test_every_row_gets_the_same_tuning_budget_and_every_candidate_loads():
             cfg = load_config(spec.recipe_path, spec.overrides)
             assert cfg.train.max_tokens == ctx.budget and cfg.train.eval_sequences is None
             names.add(spec.name)
-    assert len(names) == engine.TUNING_RUNS * (len(tuned) + sum(bool(r.second_round) for r in tuned))  # distinct run dirs
-    assert {r.name for r in speedup.ROWS if r.second_round} == {"baseline", "combined"}  # the same extra effort for both
+    assert len(names) == engine.TUNING_RUNS * (
+        len(tuned) + sum(bool(r.second_round) for r in tuned)
+    )  # distinct run dirs
+    assert {r.name for r in speedup.ROWS if r.second_round} == {
+        "baseline",
+        "combined",
+    }  # the same extra effort for both
 
 
 def test_ablations_drop_one_part_of_combined_and_keep_the_rest():
@@ -63,9 +70,13 @@ def test_ablations_drop_one_part_of_combined_and_keep_the_rest():
     full = load_config(*_args(grid.spec(ctx, rows["combined"], knobs, 1, dense=True)))
     no_slw = load_config(*_args(grid.spec(ctx, rows["combined_no_slw"], knobs, 1, dense=True)))
     no_muon = load_config(*_args(grid.spec(ctx, rows["combined_no_muon"], knobs, 1, dense=True)))
-    assert "seqlen_warmup" in full.methods and "seqlen_warmup" not in no_slw.methods and "seqlen_warmup" in no_muon.methods
+    assert (
+        "seqlen_warmup" in full.methods and "seqlen_warmup" not in no_slw.methods and "seqlen_warmup" in no_muon.methods
+    )
     assert full.optim.name == no_slw.optim.name == "muon" and no_muon.optim.name == "adamw"
-    assert full.optim.lr == no_slw.optim.lr and no_muon.optim.lr == pytest.approx(full.optim.lr / knobs["base"], rel=1e-3)
+    assert full.optim.lr == no_slw.optim.lr and no_muon.optim.lr == pytest.approx(
+        full.optim.lr / knobs["base"], rel=1e-3
+    )
     assert full.train.batch_size == no_slw.train.batch_size == no_muon.train.batch_size == 2 * ctx.batch
     assert full.methods["lawa"] == no_slw.methods["lawa"] == no_muon.methods["lawa"]
     assert full.methods["seqlen_warmup"] == no_muon.methods["seqlen_warmup"]
@@ -83,7 +94,10 @@ def test_held_out_runs_of_crossing_rows_evaluate_every_2_percent_of_the_budget()
     assert sparse.train.eval_every_tokens is None and dense.train.eval_every_tokens == ctx.budget // engine.DENSE_EVALS
     assert ctx.budget / dense.train.eval_every_tokens >= 50
     # the tuning runs of the committed grid keep their names: the dense setting only enters held-out runs
-    assert grid.spec(ctx, row, ctx.chosen["combined"], 0).name != grid.spec(ctx, row, ctx.chosen["combined"], 0, dense=True).name
+    assert (
+        grid.spec(ctx, row, ctx.chosen["combined"], 0).name
+        != grid.spec(ctx, row, ctx.chosen["combined"], 0, dense=True).name
+    )
 
 
 def test_the_regime_is_20_tokens_per_parameter_inside_one_epoch():
@@ -92,7 +106,9 @@ def test_the_regime_is_20_tokens_per_parameter_inside_one_epoch():
     for preset, budget in budgets.items():
         ratio = budget / engine.non_embedding_params(preset)
         assert 20.0 <= ratio < 20.1 and budget % (tier.batch * tier.seq) == 0
-    assert budgets["bench-d32"] < budgets["bench-d48"] < budgets["bench-d64"] < 14_000_000  # the stdlib train split at vocab 512
+    assert (
+        budgets["bench-d32"] < budgets["bench-d48"] < budgets["bench-d64"] < 14_000_000
+    )  # the stdlib train split at vocab 512
 
 
 def test_growth_rows_grow_into_the_baseline_model():
@@ -101,22 +117,34 @@ def test_growth_rows_grow_into_the_baseline_model():
     ctx = _ctx("bench-d48")
     grid = _grid()
     rows = {r.name: r for r in speedup.ROWS}
-    base = load_config(grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).recipe_path,
-                       grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).overrides).model_config()
-    for name, candidate in (("gstack", 1), ("staged", 1), ("muon_gstack", 1), ("combined", 4)):  # combined's 5th adds G_stack
+    base = load_config(
+        grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).recipe_path,
+        grid.spec(ctx, rows["baseline"], {"lr": 1.0}, 0).overrides,
+    ).model_config()
+    for name, candidate in (
+        ("gstack", 1),
+        ("staged", 1),
+        ("muon_gstack", 1),
+        ("combined", 4),
+    ):  # combined's 5th adds G_stack
         spec = grid.spec(ctx, rows[name], rows[name].candidates(ctx)[candidate], 0)
         cfg = load_config(spec.recipe_path, spec.overrides)
         stages = GrowthConfig(**cfg.methods["growth"]).stage_configs()
         final = final_model_config(cfg.model_config(), stages)
-        assert final.dropout == (0.1 if name == "staged" else 0.0)  # staged trains with Shen et al.'s dropout (symmetry breaking)
+        assert final.dropout == (
+            0.1 if name == "staged" else 0.0
+        )  # staged trains with Shen et al.'s dropout (symmetry breaking)
         assert replace(final, dropout=0.0) == base, name
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
     import hashlib
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
@@ -164,11 +192,18 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     interim = engine.run_grid(_grid("smoke", out, jobs=1, interim=True))
     assert interim["interim"] and not (out / "runs" / gstack / "summary.json").exists()  # nothing was trained
     rows = {r["name"]: r for r in interim["rows"]}
-    assert "gstack" not in rows and "muon_gstack" not in rows and "combined" not in rows  # still tuning, or built on a row that is
+    assert (
+        "gstack" not in rows and "muon_gstack" not in rows and "combined" not in rows
+    )  # still tuning, or built on a row that is
     assert rows["muon"]["seeds"] == [2] and rows["baseline"]["seeds"] == [1, 2] and rows["lawa"]["seeds"] == [1, 2]
     assert interim["tuning_rows"]["gstack"]["chosen"] is None and interim["tuning_rows"]["gstack"]["unfinished"] == 1
     report = (out / "report.md").read_text()
-    assert "## Interim" in report and "`gstack` (still tuning)" in report and "`muon` (1/2 seeds)" in report and "not run yet" in report
+    assert (
+        "## Interim" in report
+        and "`gstack` (still tuning)" in report
+        and "`muon` (1/2 seeds)" in report
+        and "not run yet" in report
+    )
     assert "Interim results" in engine.results_block(interim, "report.md")
 
 

@@ -214,7 +214,9 @@ def test_unit_ratios_are_bitwise_plain_two_group_adamw(ratios):
     decay = [p for p in reference.parameters() if p.dim() >= 2]
     no_decay = [p for p in reference.parameters() if p.dim() < 2]
     kwargs = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
-    plain = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], **kwargs)
+    plain = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], **kwargs
+    )
     blockwise = torch.optim.AdamW(blockwise_param_groups(model, 0.1, ratios, base_lr=3e-3), **kwargs)
     assert len(blockwise.param_groups) > 2
     _train(reference, plain, 50)

@@ -117,7 +117,10 @@ def test_verified_bytes_that_do_not_unpickle_are_a_checkpoint_error(tmp_path):
     (path,) = _save(tmp_path, 5)
     ck._write_file(path / STATE_FILE, b"not a pickle at all")
     manifest = json.loads((path / MANIFEST_FILE).read_text())
-    manifest["files"][STATE_FILE] = {"sha256": sha256_file(path / STATE_FILE), "bytes": (path / STATE_FILE).stat().st_size}
+    manifest["files"][STATE_FILE] = {
+        "sha256": sha256_file(path / STATE_FILE),
+        "bytes": (path / STATE_FILE).stat().st_size,
+    }
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert verify_checkpoint(path) is None
     with pytest.raises(CheckpointError, match="cannot be read"):
@@ -139,7 +142,9 @@ def test_retention_keeps_the_last_good_one_when_the_newest_is_corrupt(tmp_path, 
     a, b, c = _save(tmp_path, 1, 2, 3)
     _flip_byte(c)
     ck._apply_retention(tmp_path, keep=1)
-    assert not a.exists() and b.exists() and c.exists()  # the newest good one survives; the broken one is kept as evidence
+    assert (
+        not a.exists() and b.exists() and c.exists()
+    )  # the newest good one survives; the broken one is kept as evidence
     assert latest_good_checkpoint(tmp_path) == b
     _stderr_lines(capsys)
     # a later good save makes the older good one redundant under keep=1

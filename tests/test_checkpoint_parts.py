@@ -51,8 +51,18 @@ def test_every_registered_part_is_in_the_checkpoint_and_comes_back(tmp_path, tin
     trainer.register_state("counter", counter)
     with pytest.raises(ValueError, match="registered already"):
         trainer.register_state("counter", Counter())
-    assert list(parts(trainer)) == ["model", "optimizer", "schedule", "sampler", "progress", "guard", "counter",
-                                    "methods.stability", "methods.lawa", "rng"]  # the restore order: the RNG last
+    assert list(parts(trainer)) == [
+        "model",
+        "optimizer",
+        "schedule",
+        "sampler",
+        "progress",
+        "guard",
+        "counter",
+        "methods.stability",
+        "methods.lawa",
+        "rng",
+    ]  # the restore order: the RNG last
     counter.count = 41
     trainer.fit()
     state = load_checkpoint(tmp_path / "run" / "checkpoints")
@@ -95,11 +105,16 @@ def test_a_part_reset_on_purpose_starts_afresh(tmp_path, tiny_overrides):
 
 
 def test_grow_resets_the_states_of_the_small_model_and_the_grown_run_resumes(tmp_path, tiny_overrides, capsys):
-    overrides = [*tiny_overrides, "model={preset: tiny, n_layers: 1}", "train.max_steps=12",
-                 "methods.lawa={k: 2, interval: 2}"]
+    overrides = [
+        *tiny_overrides,
+        "model={preset: tiny, n_layers: 1}",
+        "train.max_steps=12",
+        "methods.lawa={k: 2, interval: 2}",
+    ]
     run_training(tmp_path / "small", overrides, stop_at=6)
-    assert main(["grow", str(tmp_path / "small"), "--op", "stack", "--factor", "2", "--out", str(tmp_path / "grown")
-                 ]) == 0
+    assert (
+        main(["grow", str(tmp_path / "small"), "--op", "stack", "--factor", "2", "--out", str(tmp_path / "grown")]) == 0
+    )
     grown = load_checkpoint(tmp_path / "grown" / "checkpoints")
     assert grown["methods"]["lawa"] is None and grown["methods"]["stability"] is not None
     assert main(["train", "--resume", "--run-dir", str(tmp_path / "grown")]) == 0

@@ -15,7 +15,9 @@ from hasten.model import GPT, count_params, flops_per_token, model_config
 
 
 def test_info_cpu_small_through_the_entry_point():
-    result = subprocess.run([sys.executable, "-m", "hasten", "info", "cpu-small"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hasten", "info", "cpu-small"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     cfg = model_config("cpu-small")
     with torch.device("meta"):
@@ -113,7 +115,9 @@ def test_info_lists_presets_and_takes_a_recipe_or_a_model_mapping(tmp_path, caps
         total = count_params(GPT(cfg))["total"]
     assert f"params total        {total:,}" in capsys.readouterr().out
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {preset: tiny, n_layers: 3}\ntrain: {seq_len: 32, max_steps: 5}\ndata: {vocab_size: 512}\n")
+    recipe.write_text(
+        "model: {preset: tiny, n_layers: 3}\ntrain: {seq_len: 32, max_steps: 5}\ndata: {vocab_size: 512}\n"
+    )
     assert main(["info", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert "gpt2, 3 layers, d_model 32" in out and "(FLOPs at seq 32)" in out

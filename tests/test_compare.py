@@ -31,8 +31,13 @@ from hasten.errors import ConfigError
 
 def _curve(losses, tokens_per_eval=100.0, seconds_per_eval=2.0):
     n = len(losses)
-    return Curve(step=[10 * i for i in range(n)], loss=list(losses), tokens=[tokens_per_eval * i for i in range(n)],
-                 flops=[3.0 * tokens_per_eval * i for i in range(n)], train_time=[seconds_per_eval * i for i in range(n)])
+    return Curve(
+        step=[10 * i for i in range(n)],
+        loss=list(losses),
+        tokens=[tokens_per_eval * i for i in range(n)],
+        flops=[3.0 * tokens_per_eval * i for i in range(n)],
+        train_time=[seconds_per_eval * i for i in range(n)],
+    )
 
 
 # --------------------------------------------------------------------------- metrics on synthetic curves
@@ -62,10 +67,12 @@ def test_speedup_and_mean_curve():
 
 
 def test_curve_from_rows_skips_missing_keys_and_dedups_resumed_steps():
-    rows = [{"kind": "eval", "step": 0, "tokens": 0, "val_loss": 6.0},
-            {"kind": "train", "step": 1, "tokens": 10, "loss": 5.9},
-            {"kind": "eval", "step": 5, "tokens": 50, "val_loss": 5.0, "lawa/val_loss": 4.9},
-            {"kind": "eval", "step": 5, "tokens": 50, "val_loss": 5.0, "lawa/val_loss": 4.9}]
+    rows = [
+        {"kind": "eval", "step": 0, "tokens": 0, "val_loss": 6.0},
+        {"kind": "train", "step": 1, "tokens": 10, "loss": 5.9},
+        {"kind": "eval", "step": 5, "tokens": 50, "val_loss": 5.0, "lawa/val_loss": 4.9},
+        {"kind": "eval", "step": 5, "tokens": 50, "val_loss": 5.0, "lawa/val_loss": 4.9},
+    ]
     assert curve_from_rows(rows).step == [0, 5]
     lawa = curve_from_rows(rows, "lawa/val_loss")
     assert lawa.step == [5] and lawa.loss == [4.9]
@@ -125,7 +132,9 @@ def test_crossing_bracket_is_the_pair_of_evaluations_around_the_first_crossing()
     assert crossing_bracket(c, 7.0) == (0.0, 0.0) and crossing_bracket(c, 1.0) is None
 
 
-def _run_dirs(tmp_path, curves: dict[str, list[list[float]]], tokens_per_eval: dict[str, int], optimizer_flops: bool = True):
+def _run_dirs(
+    tmp_path, curves: dict[str, list[list[float]]], tokens_per_eval: dict[str, int], optimizer_flops: bool = True
+):
     runs = {}
     for name, seeds in curves.items():
         runs[name] = []
@@ -134,8 +143,9 @@ def _run_dirs(tmp_path, curves: dict[str, list[list[float]]], tokens_per_eval: d
             _write_run(d, losses, tokens_per_eval=tokens_per_eval[name])
             if not optimizer_flops and name != "base":  # a run logged before optimizer FLOPs were recorded
                 rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-                (d / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "optimizer_flops"}) + "\n"
-                                                         for r in rows))
+                (d / "metrics.jsonl").write_text(
+                    "".join(json.dumps({k: v for k, v in r.items() if k != "optimizer_flops"}) + "\n" for r in rows)
+                )
             runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
     return runs
 
@@ -143,10 +153,18 @@ def _run_dirs(tmp_path, curves: dict[str, list[list[float]]], tokens_per_eval: d
 def test_a_crossing_between_evaluations_further_apart_than_allowed_is_refused(tmp_path):
     """A row that crosses between evaluations 10 % of the budget apart gets no speedup (the interpolation would decide
     it); the same row evaluated every 2 % gets one, with its resolution recorded; the report says why one is refused."""
-    base = [[6.0 - 3.0 * i / 50 for i in range(51)], [6.0 - 3.1 * i / 50 for i in range(51)]]  # 51 evals, 1000 tokens each
-    coarse = [[6.0 - 3.5 * i / 10 for i in range(11)], [6.0 - 3.6 * i / 10 for i in range(11)]]  # 10 evals of 5000 tokens
+    base = [
+        [6.0 - 3.0 * i / 50 for i in range(51)],
+        [6.0 - 3.1 * i / 50 for i in range(51)],
+    ]  # 51 evals, 1000 tokens each
+    coarse = [
+        [6.0 - 3.5 * i / 10 for i in range(11)],
+        [6.0 - 3.6 * i / 10 for i in range(11)],
+    ]  # 10 evals of 5000 tokens
     dense = [[6.0 - 3.5 * i / 50 for i in range(51)], [6.0 - 3.6 * i / 50 for i in range(51)]]
-    runs = _run_dirs(tmp_path, {"base": base, "coarse": coarse, "dense": dense}, {"base": 1000, "coarse": 5000, "dense": 1000})
+    runs = _run_dirs(
+        tmp_path, {"base": base, "coarse": coarse, "dense": dense}, {"base": 1000, "coarse": 5000, "dense": 1000}
+    )
     opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=50_000)
     res = build_results(opts, ["base", "coarse", "dense"], "base", runs, {}, None)
     rows = {r["name"]: r for r in res["rows"]}
@@ -164,8 +182,10 @@ def test_a_crossing_between_evaluations_further_apart_than_allowed_is_refused(tm
 
 
 def test_total_flops_add_the_optimizer_and_are_refused_where_not_recorded(tmp_path):
-    rows = [{"kind": "eval", "step": 0, "tokens": 0, "flops": 0.0, "optimizer_flops": 0.0, "val_loss": 6.0},
-            {"kind": "eval", "step": 5, "tokens": 50, "flops": 300.0, "optimizer_flops": 60.0, "val_loss": 5.0}]
+    rows = [
+        {"kind": "eval", "step": 0, "tokens": 0, "flops": 0.0, "optimizer_flops": 0.0, "val_loss": 6.0},
+        {"kind": "eval", "step": 5, "tokens": 50, "flops": 300.0, "optimizer_flops": 60.0, "val_loss": 5.0},
+    ]
     curve = curve_from_rows(rows)
     assert curve.flops == [0.0, 360.0] and curve.axis("model_flops") == [0.0, 300.0] and curve.optimizer_counted
     old = curve_from_rows([{k: v for k, v in r.items() if k != "optimizer_flops"} for r in rows])
@@ -173,10 +193,19 @@ def test_total_flops_add_the_optimizer_and_are_refused_where_not_recorded(tmp_pa
     base = [[6.0 - 3.0 * i / 50 for i in range(51)]] * 2
     fast = [[6.0 - 3.5 * i / 50 for i in range(51)]] * 2
     runs = _run_dirs(tmp_path, {"base": base, "fast": fast}, {"base": 1000, "fast": 1000}, optimizer_flops=False)
-    res = build_results(CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=50_000), ["base", "fast"], "base", runs, {}, None)
+    res = build_results(
+        CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=50_000),
+        ["base", "fast"],
+        "base",
+        runs,
+        {},
+        None,
+    )
     row = next(r for r in res["rows"] if r["name"] == "fast")
     assert row["speedup"]["model_flops"] is not None and row["speedup"]["flops"] is None
-    assert row["refused"]["flops"] == "optimizer FLOPs not recorded" and "optimizer FLOPs not recorded" in render_report(res)
+    assert row["refused"][
+        "flops"
+    ] == "optimizer FLOPs not recorded" and "optimizer FLOPs not recorded" in render_report(res)
 
 
 def test_paired_speedups_use_each_seeds_own_target():
@@ -194,15 +223,34 @@ def _write_run(run_dir: Path, losses, extra=None, tokens_per_eval=100, events=()
     run_dir.mkdir(parents=True)
     rows = []
     for i, loss in enumerate(losses):
-        row = {"kind": "eval", "step": 10 * i, "tokens": tokens_per_eval * i, "flops": 3.0 * tokens_per_eval * i,
-               "optimizer_flops": 0.0, "train_time": seconds_per_eval * i, "val_loss": loss}
+        row = {
+            "kind": "eval",
+            "step": 10 * i,
+            "tokens": tokens_per_eval * i,
+            "flops": 3.0 * tokens_per_eval * i,
+            "optimizer_flops": 0.0,
+            "train_time": seconds_per_eval * i,
+            "val_loss": loss,
+        }
         if extra is not None and i > 0:
             row["lawa/val_loss"] = extra[i]
         rows.append(row)
-        rows.append({"kind": "train", "step": 10 * i + 1, "tokens": tokens_per_eval * i + 10, "flops": 3.0 * (tokens_per_eval * i + 10),
-                     "train_time": seconds_per_eval * (i + 0.1), "seq_len": 64 if i > 1 else 16, "loss": loss})
-    rows += [{"kind": "event", "step": 1, "event": event, "tokens": tok}  # what a growth logs
-             for tok in events for event in ("state_replaced", "growth")]
+        rows.append(
+            {
+                "kind": "train",
+                "step": 10 * i + 1,
+                "tokens": tokens_per_eval * i + 10,
+                "flops": 3.0 * (tokens_per_eval * i + 10),
+                "train_time": seconds_per_eval * (i + 0.1),
+                "seq_len": 64 if i > 1 else 16,
+                "loss": loss,
+            }
+        )
+    rows += [
+        {"kind": "event", "step": 1, "event": event, "tokens": tok}  # what a growth logs
+        for tok in events
+        for event in ("state_replaced", "growth")
+    ]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -213,10 +261,19 @@ def test_one_seed_wallclock_speedup_from_a_faster_moment_is_flagged_as_noise(tmp
         d = tmp_path / "runs" / f"{name}-seed0"
         _write_run(d, [6.0, 5.0, 4.0, 3.0], seconds_per_eval=seconds)
         runs[name] = [(RunSpec(d.name, name, 0, Path("x.yaml"), [], d), d)]
-    res = build_results(CompareOptions(recipes=[], report_dir=tmp_path, seeds=1, budget=300), ["base", "same"], "base", runs, {}, None,
-                        max_resolution=1.0)
+    res = build_results(
+        CompareOptions(recipes=[], report_dir=tmp_path, seeds=1, budget=300),
+        ["base", "same"],
+        "base",
+        runs,
+        {},
+        None,
+        max_resolution=1.0,
+    )
     row = next(r for r in res["rows"] if r["name"] == "same")
-    assert row["speedup"]["flops"]["value"] == pytest.approx(1.0) and row["speedup"]["train_time"]["value"] == pytest.approx(2.0)
+    assert row["speedup"]["flops"]["value"] == pytest.approx(1.0) and row["speedup"]["train_time"][
+        "value"
+    ] == pytest.approx(2.0)
     assert row["time_per_flop"]["value"] == pytest.approx(0.5) and row["time_per_flop"]["low"] is None
     assert row["wallclock_noise"] and "†" in fmt_speedup(row, "train_time")
 
@@ -224,10 +281,16 @@ def test_one_seed_wallclock_speedup_from_a_faster_moment_is_flagged_as_noise(tmp
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy notes the identical seeds of the `avg` rows
 def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
     runs = {}
-    curves = {"base": ([6.0, 5.0, 4.0, 3.0], [6.0, 5.0, 4.2, 3.2], None),  # target = 3.1
-              "fast": ([6.0, 4.0, 3.0, 2.9], [6.0, 4.0, 3.1, 3.0], None),  # mean 6, 4, 3.05, 2.95 -> crosses 3.1 at 197.5 tokens
-              "slow": ([6.0, 5.5, 5.0, 4.0], [6.0, 5.5, 5.0, 4.2], None),  # never: gap 4.1 - 3.1 = 1.0
-              "avg": ([6.0, 5.0, 4.0, 3.3], [6.0, 5.0, 4.0, 3.3], [0, 4.5, 3.5, 3.0])}
+    curves = {
+        "base": ([6.0, 5.0, 4.0, 3.0], [6.0, 5.0, 4.2, 3.2], None),  # target = 3.1
+        "fast": (
+            [6.0, 4.0, 3.0, 2.9],
+            [6.0, 4.0, 3.1, 3.0],
+            None,
+        ),  # mean 6, 4, 3.05, 2.95 -> crosses 3.1 at 197.5 tokens
+        "slow": ([6.0, 5.5, 5.0, 4.0], [6.0, 5.5, 5.0, 4.2], None),  # never: gap 4.1 - 3.1 = 1.0
+        "avg": ([6.0, 5.0, 4.0, 3.3], [6.0, 5.0, 4.0, 3.3], [0, 4.5, 3.5, 3.0]),
+    }
     for name, (s0, s1, extra) in curves.items():
         runs[name] = []
         for seed, losses in enumerate((s0, s1)):
@@ -235,7 +298,9 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
             _write_run(d, losses, extra, events=(150,) if name == "slow" else ())
             runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
     opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=300)
-    res = build_results(opts, list(curves), "base", runs, {}, None, max_resolution=1.0)  # evaluations 1/3 of the budget apart
+    res = build_results(
+        opts, list(curves), "base", runs, {}, None, max_resolution=1.0
+    )  # evaluations 1/3 of the budget apart
     rows = {r["name"]: r for r in res["rows"]}
     assert res["target_loss"] == pytest.approx(3.1)  # the seed mean, drawn in the plots
     assert rows["base"]["speedup"]["tokens"]["value"] == 1.0 and rows["base"]["delta"] is None
@@ -243,7 +308,11 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
     s1 = 300 / (100 + 100 * (4.0 - 3.2) / (4.0 - 3.1))
     assert rows["fast"]["per_seed_speedup"]["tokens"] == pytest.approx([1.5, s1])
     assert rows["fast"]["speedup"]["tokens"]["value"] == pytest.approx(math.sqrt(1.5 * s1))
-    assert rows["fast"]["speedup"]["tokens"]["low"] < rows["fast"]["speedup"]["tokens"]["value"] < rows["fast"]["speedup"]["tokens"]["high"]
+    assert (
+        rows["fast"]["speedup"]["tokens"]["low"]
+        < rows["fast"]["speedup"]["tokens"]["value"]
+        < rows["fast"]["speedup"]["tokens"]["high"]
+    )
     assert rows["fast"]["delta"]["value"] == pytest.approx(-0.15) and rows["fast"]["p"] is not None
     assert rows["fast"]["speedup"]["train_time"]["value"] == pytest.approx(rows["fast"]["speedup"]["tokens"]["value"])
     assert rows["fast"]["time_per_flop"]["value"] == pytest.approx(1.0) and not rows["fast"]["wallclock_noise"]
@@ -257,7 +326,12 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
     assert {m["kind"] for m in markers} == {"growth", "seq_len_full"}
     assert next(m for m in markers if m["kind"] == "growth")["flops"] == pytest.approx(450.0)
     text = render_report(res)
-    assert "not reached (0/2 seeds; gap +1.000)" in text and "| slow | 2 |" in text and "avg [lawa]" in text and "3.1000" in text
+    assert (
+        "not reached (0/2 seeds; gap +1.000)" in text
+        and "| slow | 2 |" in text
+        and "avg [lawa]" in text
+        and "3.1000" in text
+    )
     assert "-0.1500 [" in text  # the paired delta with its interval
 
     readme = tmp_path / "README.md"
@@ -276,23 +350,46 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
 def test_compare_cli_end_to_end_reuses_and_resumes(tmp_path, cache_dir, capsys):
     from hasten.cli import main
 
-    common = (f"model: tiny\ndata: {{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}}}\nschedule: {{warmup_steps: 2}}\n"
-              "train: {batch_size: 4, max_steps: 6, eval_every: 3, eval_sequences: 4, checkpoint_every: 3, log_every: 1,"
-              " tensorboard: false, peak_flops: 1.0e10}\n")
+    common = (
+        f"model: tiny\ndata: {{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}}}\nschedule: {{warmup_steps: 2}}\n"
+        "train: {batch_size: 4, max_steps: 6, eval_every: 3, eval_sequences: 4, checkpoint_every: 3, log_every: 1,"
+        " tensorboard: false, peak_flops: 1.0e10}\n"
+    )
     (tmp_path / "_base.yaml").write_text(common)
     (tmp_path / "slow.yaml").write_text("base: _base.yaml\noptim: {lr: 1.0e-3}\n")
     (tmp_path / "fast.yaml").write_text("base: _base.yaml\noptim: {lr: 1.0e-2}\n")
     out = tmp_path / "report"
-    argv = ["compare", str(tmp_path / "slow.yaml"), str(tmp_path / "fast.yaml"), "--seeds", "2", "--out", str(out), "--keep-checkpoints"]
+    argv = [
+        "compare",
+        str(tmp_path / "slow.yaml"),
+        str(tmp_path / "fast.yaml"),
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--keep-checkpoints",
+    ]
     assert main(argv) == 0
-    for name in ("report.md", "results.json", "loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_time.png", "stability.png"):
+    for name in (
+        "report.md",
+        "results.json",
+        "loss_vs_tokens.png",
+        "loss_vs_flops.png",
+        "loss_vs_time.png",
+        "stability.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     res = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in res["rows"]] == ["slow", "fast"] and res["baseline"] == "slow"
     assert all(len(r["final_losses"]) == 2 for r in res["rows"])
     assert res["rows"][1]["paired"] and res["rows"][1]["delta"]["low"] is not None
     for run in res["stability"]["slow"]["runs"]:  # the trainer's own stability rows reach the report
-        assert run["train_rows"] == 6 and run["max_exp_avg_sq"] > 0 and run["max_grad_norm"] > 0 and run["spike_events"] is not None
+        assert (
+            run["train_rows"] == 6
+            and run["max_exp_avg_sq"] > 0
+            and run["max_grad_norm"] > 0
+            and run["spike_events"] is not None
+        )
     first = {r["name"]: r["final_losses"] for r in res["rows"]}
     capsys.readouterr()
 
@@ -347,8 +444,18 @@ def _write_stability_run(run_dir: Path, ratios, grad_norms, sq_max, events=(), f
         if ratio is not None and ratio > 1.5 and not above:
             spikes += 1
         above = ratio is not None and ratio > 1.5
-        row = {"kind": "train", "step": step, "tokens": 100 * step, "flops": 300.0 * step, "train_time": 0.1 * step,
-               "loss": 4.0, "grad_norm": gn, "loss_ratio": ratio, "loss_spike_events": float(spikes), "nonfinite_losses": 0.0}
+        row = {
+            "kind": "train",
+            "step": step,
+            "tokens": 100 * step,
+            "flops": 300.0 * step,
+            "train_time": 0.1 * step,
+            "loss": 4.0,
+            "grad_norm": gn,
+            "loss_ratio": ratio,
+            "loss_spike_events": float(spikes),
+            "nonfinite_losses": 0.0,
+        }
         if step % 2 == 1:  # Adam moments are logged every log_every (=2) steps and at step 1
             row["adam/exp_avg_sq/max"] = sq_max[i]
         rows.append(row)
@@ -356,7 +463,16 @@ def _write_stability_run(run_dir: Path, ratios, grad_norms, sq_max, events=(), f
             rows.append({**row, "loss_ratio": 1.0})
     rows += [{"kind": "event", "step": 2, **e} for e in events]
     n = len(ratios)
-    rows.append({"kind": "eval", "step": n, "tokens": 100 * n, "flops": 300.0 * n, "train_time": 0.1 * n, "val_loss": final_loss})
+    rows.append(
+        {
+            "kind": "eval",
+            "step": n,
+            "tokens": 100 * n,
+            "flops": 300.0 * n,
+            "train_time": 0.1 * n,
+            "val_loss": final_loss,
+        }
+    )
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -364,12 +480,24 @@ def test_stability_section_numbers_table_and_plot(tmp_path):
     from hasten.compare.plots import plot_stability
 
     spec = {  # recipe -> per seed: ratios, grad norms, exp_avg_sq maxima, events, failed?
-        "base": [([1.0, 1.7, 1.2, 1.6, 1.9, 1.1], [1.0, 8.0, 2.0, 3.0, 4.0, 1.0], [1e-3, 0, 5e-3, 0, 2e-2, 0],
-                  [{"event": "skipped_nonfinite", "skipped_total": 1}, {"event": "skipped_nonfinite", "skipped_total": 2},
-                   {"event": "rollback", "rollbacks": 1}], False),
-                 ([1.0, 1.2, 2.5, float("nan")], [1.0, 2.0, 30.0, 6.0], [1e-3, 0, 4e-1, 0], [], True)],  # diverged at step 4
-        "slw": [([1.0, 1.1, 1.05, 1.2, 1.0, 1.0], [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [1e-4, 0, 2e-4, 0, 3e-4, 0], [], False),
-                ([1.0, 1.3, 1.0, 1.4, 1.0, 1.0], [0.5, 1.5, 0.7, 0.8, 0.9, 1.0], [1e-4, 0, 4e-4, 0, 1e-4, 0], [], False)],
+        "base": [
+            (
+                [1.0, 1.7, 1.2, 1.6, 1.9, 1.1],
+                [1.0, 8.0, 2.0, 3.0, 4.0, 1.0],
+                [1e-3, 0, 5e-3, 0, 2e-2, 0],
+                [
+                    {"event": "skipped_nonfinite", "skipped_total": 1},
+                    {"event": "skipped_nonfinite", "skipped_total": 2},
+                    {"event": "rollback", "rollbacks": 1},
+                ],
+                False,
+            ),
+            ([1.0, 1.2, 2.5, float("nan")], [1.0, 2.0, 30.0, 6.0], [1e-3, 0, 4e-1, 0], [], True),
+        ],  # diverged at step 4
+        "slw": [
+            ([1.0, 1.1, 1.05, 1.2, 1.0, 1.0], [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [1e-4, 0, 2e-4, 0, 3e-4, 0], [], False),
+            ([1.0, 1.3, 1.0, 1.4, 1.0, 1.0], [0.5, 1.5, 0.7, 0.8, 0.9, 1.0], [1e-4, 0, 4e-4, 0, 1e-4, 0], [], False),
+        ],
     }
     runs, failed = {}, {}
     for name, seeds in spec.items():
@@ -385,7 +513,11 @@ def test_stability_section_numbers_table_and_plot(tmp_path):
     st = res["stability"]
     base, slw = st["base"], st["slw"]
     # the diverged seed is in the stability numbers though not in the loss rows
-    assert base["seeds"] == [0, 1] and base["diverged"] == 1 and next(r for r in res["rows"] if r["name"] == "base")["seeds"] == [0]
+    assert (
+        base["seeds"] == [0, 1]
+        and base["diverged"] == 1
+        and next(r for r in res["rows"] if r["name"] == "base")["seeds"] == [0]
+    )
     b0, b1 = base["runs"]
     assert (b0["spike_events"], b1["spike_events"]) == (2, 1)  # 1.7 | 1.6, 1.9 (one event) ; 2.5
     assert b0["max_loss_ratio"] == pytest.approx(1.9) and b1["max_loss_ratio"] == pytest.approx(2.5)  # nan ignored
@@ -397,7 +529,11 @@ def test_stability_section_numbers_table_and_plot(tmp_path):
     assert base["mean"]["max_grad_norm"] == pytest.approx(19.0)
     assert base["mean"]["max_exp_avg_sq"] == pytest.approx((2e-2 + 4e-1) / 2)
     assert base["mean"]["skipped_steps"] == pytest.approx(1.0)
-    assert slw["diverged"] == 0 and slw["mean"]["spike_events"] == 0 and slw["mean"]["max_loss_ratio"] == pytest.approx(1.3)
+    assert (
+        slw["diverged"] == 0
+        and slw["mean"]["spike_events"] == 0
+        and slw["mean"]["max_loss_ratio"] == pytest.approx(1.3)
+    )
     assert slw["mean"]["max_grad_norm"] == pytest.approx((1.0 + 1.5) / 2)
     # series: last row per step wins (the duplicate step 2 reads 1.0), the max still saw the 1.7
     assert b0["series"]["step"] == [1, 2, 3, 4, 5, 6] and b0["series"]["loss_ratio"][1] == 1.0
@@ -421,8 +557,10 @@ def test_an_in_process_run_leaves_the_callers_thread_count_alone(tmp_path, cache
     from hasten.compare.runner import execute
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: tiny\ndata: {{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}}}\n"
-                      "train: {batch_size: 4, max_steps: 2, eval_every: 2, eval_sequences: 2, tensorboard: false, progress_bar: false}\n")
+    recipe.write_text(
+        f"model: tiny\ndata: {{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}}}\n"
+        "train: {batch_size: 4, max_steps: 2, eval_every: 2, eval_sequences: 2, tensorboard: false, progress_bar: false}\n"
+    )
     before = torch.get_num_threads()
     spec = RunSpec("r-seed0", "r", 0, recipe, ["train.seed=0"], tmp_path / "runs" / "r-seed0", threads=before + 1)
     assert execute(spec)["status"] == "trained"

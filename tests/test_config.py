@@ -185,7 +185,9 @@ def test_the_model_vocabulary_follows_the_data_unless_the_model_names_one():
     assert load_config(None, ["model=tiny"]).model_config().vocab_size == 4096  # once refused: tiny's preset has 512
     assert load_config(None, ["model=cpu-small", "data.vocab_size=512"]).model_config().vocab_size == 512
     assert load_config(None, ["model.vocab_size=8192", "data.vocab_size=512"]).model_config().vocab_size == 8192
-    assert load_config(None, ["model=gpt2-124m", "data.tokenizer=gpt2"]).model_config().vocab_size == 50304  # a named tokenizer: the preset's
+    assert (
+        load_config(None, ["model=gpt2-124m", "data.tokenizer=gpt2"]).model_config().vocab_size == 50304
+    )  # a named tokenizer: the preset's
 
 
 def test_eval_sequences_null_means_the_whole_validation_split():

@@ -89,7 +89,11 @@ def test_local_txt_file_folder_and_glob(tmp_path):
 
 def test_jsonl_text_field(tmp_path):
     path = tmp_path / "data.jsonl"
-    rows = [{"text": "first doc", "body": "alpha"}, {"text": "second doc", "body": "beta"}, {"text": "  ", "body": "gamma"}]
+    rows = [
+        {"text": "first doc", "body": "alpha"},
+        {"text": "second doc", "body": "beta"},
+        {"text": "  ", "body": "gamma"},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     corpus = load_corpus(str(path))
     assert corpus.documents == ["first doc", "second doc"]
@@ -222,7 +226,10 @@ def test_split_version_1_is_kept_for_runs_that_started_with_it(tmp_path, isolate
     assert data.train.tolist() == [t for ids, v in zip(encoded, is_val) if not v for t in ids]
     assert data.val.tolist() == [t for ids, v in zip(encoded, is_val) if v for t in ids]
     # the split is a view of the token dir: version 2 reads the same shards
-    assert prepare_tokens(str(folder), vocab_size=300, val_fraction=0.25, split_seed=3, progress=False).directory == data.directory
+    assert (
+        prepare_tokens(str(folder), vocab_size=300, val_fraction=0.25, split_seed=3, progress=False).directory
+        == data.directory
+    )
 
 
 def test_hidden_folders_virtual_envs_and_empty_sources_are_never_read(tmp_path, monkeypatch):
@@ -251,9 +258,13 @@ def test_an_edited_corpus_is_named_file_by_file(tmp_path, isolated_cache):
     with open(folder / "doc001.txt", "a") as f:
         f.write("one more line\n")
     (folder / "doc004.txt").unlink()
-    (folder / "new.txt").write_text("a new file\n")  # an added file alone is no reason to refuse (the run keeps its own)
+    (folder / "new.txt").write_text(
+        "a new file\n"
+    )  # an added file alone is no reason to refuse (the run keeps its own)
     tokenizers = set((isolated_cache / "tokenizers").iterdir())
-    with pytest.raises(DataError, match=r"changed since this run started \(doc001.txt edited \(.*\), doc004.txt deleted\)"):
+    with pytest.raises(
+        DataError, match=r"changed since this run started \(doc001.txt edited \(.*\), doc004.txt deleted\)"
+    ):
         prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False, expect=data.corpus)
     assert set((isolated_cache / "tokenizers").iterdir()) == tokenizers  # refused before any tokenizer was trained
 
@@ -277,7 +288,9 @@ def test_a_broken_token_cache_or_cached_tokenizer_is_rebuilt(tmp_path, isolated_
         assert "token dir" in capsys.readouterr().err
         assert np.array_equal(again.train, train) and np.array_equal(again.val, val), damage
     tokenizer = good.tokenizer_path
-    tokenizer.write_text(tokenizer.read_text().replace('"the"', '"teh"', 1) if '"the"' in tokenizer.read_text() else "{}")
+    tokenizer.write_text(
+        tokenizer.read_text().replace('"the"', '"teh"', 1) if '"the"' in tokenizer.read_text() else "{}"
+    )
     again = prepare_tokens(str(folder), vocab_size=300, val_fraction=0.2, progress=False)
     assert "cached tokenizer" in capsys.readouterr().err
     assert np.array_equal(again.train, train)
@@ -290,7 +303,9 @@ def test_unreadable_parquet_and_unreachable_hf_dataset_are_data_errors(tmp_path,
         load_corpus(str(bad))
     datasets = pytest.importorskip("datasets")
 
-    def offline(name, split=None, **kwargs):  # what datasets raises offline (HF_HUB_OFFLINE=1 is read when it is first imported)
+    def offline(
+        name, split=None, **kwargs
+    ):  # what datasets raises offline (HF_HUB_OFFLINE=1 is read when it is first imported)
         raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)

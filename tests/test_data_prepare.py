@@ -29,8 +29,10 @@ from hasten.data.tokenizer import TOKENIZER_LINE_CHARS, eos_id, train_bpe, train
 from hasten.data.tokens import prepare_tokens
 from hasten.errors import DataError
 
-WORDS = ("the model reads data and learns to predict each next token from the tokens before it in order; "
-         "def f(x): return x + 1 while True: pass").split()
+WORDS = (
+    "the model reads data and learns to predict each next token from the tokens before it in order; "
+    "def f(x): return x + 1 while True: pass"
+).split()
 
 
 def _text(rng: random.Random, n_words: int) -> str:
@@ -130,13 +132,20 @@ def test_shards_hold_the_same_tokens_whatever_the_workers(tmp_path, cache, token
     layouts = []
     for workers, chunk_chars in ((1, None), (1, 3000), (2, 3000), (3, 700)):  # in-process, then 1-3 worker processes
         monkeypatch.setattr(encoding_module, "CHUNK_CHARS", chunk_chars or encoding_module.CHUNK_CHARS)
-        data = prepare_tokens(str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), shard_tokens=1500,
-                              num_workers=workers, val_fraction=0.1, progress=False,
-                              out=tmp_path / f"out-{workers}-{chunk_chars}")
+        data = prepare_tokens(
+            str(tmp_path / "corpus"),
+            tokenizer=str(tokenizer_file),
+            shard_tokens=1500,
+            num_workers=workers,
+            val_fraction=0.1,
+            progress=False,
+            out=tmp_path / f"out-{workers}-{chunk_chars}",
+        )
         layouts.append(_shard_files(data.directory))
         manifest = json.loads((data.directory / "hasten-tokens.json").read_text())
-        stream = np.concatenate([np.fromfile(data.directory / f"{s['name']}.bin", dtype="<u2")
-                                 for s in manifest["shards"]])
+        stream = np.concatenate(
+            [np.fromfile(data.directory / f"{s['name']}.bin", dtype="<u2") for s in manifest["shards"]]
+        )
         assert stream.tolist() == expected  # every document's ids and EOS, in corpus order
         ends = [np.load(data.directory / f"{s['name']}.idx.npy") for s in manifest["shards"]]
         assert [len(e) for e in ends] == [s["documents"] for s in manifest["shards"]] and sum(map(len, ends)) == 60
@@ -181,12 +190,31 @@ def test_a_killed_preparation_continues_to_the_same_files(tmp_path, tokenizer_fi
     corpus.mkdir()
     os.replace(corpus.with_suffix(".jsonl"), corpus / "a.jsonl")
     _folder(corpus, 30, words=2000, prefix="b")
-    argv = [sys.executable, "-m", "hasten", "prepare-data", "--set", f"data.source={corpus}", "--set",
-            f"data.tokenizer={tokenizer_file}", "--set", "data.shard_tokens=40000", "--set", "data.num_workers=2"]
+    argv = [
+        sys.executable,
+        "-m",
+        "hasten",
+        "prepare-data",
+        "--set",
+        f"data.source={corpus}",
+        "--set",
+        f"data.tokenizer={tokenizer_file}",
+        "--set",
+        "data.shard_tokens=40000",
+        "--set",
+        "data.num_workers=2",
+    ]
+
     def prepare(cache: Path, fault: str | None = None) -> tuple[int, str, int]:
         extra = {"HASTEN_FAULT_AT": fault} if fault else {}
-        proc = subprocess.Popen(argv, env={**_env(cache), **extra}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env={**_env(cache), **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         _, err = proc.communicate(timeout=600)
         return proc.returncode, err, proc.pid  # its session id is its pid: every worker is in that session
 
@@ -297,8 +325,9 @@ def test_a_warm_start_hashes_only_changed_files(tmp_path, cache, tokenizer_file,
     # an edited file: a new preparation encodes the corpus again; a run that started before is refused
     (folder / "doc0005.txt").write_text("edited\n")
     with pytest.raises(DataError, match=r"doc0005.txt edited"):
-        prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False,
-                       expect=first.corpus)
+        prepare_tokens(
+            str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False, expect=first.corpus
+        )
     fresh = prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
     assert fresh.corpus["shards"] != first.corpus["shards"]
 
@@ -351,8 +380,9 @@ def test_a_prepared_token_dir_is_read_with_data_tokens(tmp_path, cache, tokenize
     out = tmp_path / "tokens"
     assert main(_prepare_argv(*sets, out=out)) == 0
     assert f"data.tokens={out}" in capsys.readouterr().out
-    reference = prepare_tokens(str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), val_fraction=0.1,
-                               progress=False)
+    reference = prepare_tokens(
+        str(tmp_path / "corpus"), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False
+    )
     (tmp_path / "corpus" / "doc0001.txt").unlink()  # data.tokens never reads the corpus
     shared = prepare_tokens("stdlib", tokens=str(out), val_fraction=0.1, progress=False)
     assert np.array_equal(shared.train, reference.train) and np.array_equal(shared.val, reference.val)
@@ -419,10 +449,25 @@ def test_a_huge_single_line_file_keeps_memory_bounded(tmp_path):
     with open(folder / "line.txt", "w") as f:
         for _ in range(24):
             f.write(" ".join(rng.choice(WORDS) for _ in range(200_000))[: 1 << 20])
-    probe = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
-             "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    argv = [sys.executable, "-c", probe, sys.executable, "-m", "hasten", "prepare-data",
-            "--set", f"data.source={folder}", "--set", "data.vocab_size=300", "--set", "data.num_workers=2"]
+    probe = (
+        "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    argv = [
+        sys.executable,
+        "-c",
+        probe,
+        sys.executable,
+        "-m",
+        "hasten",
+        "prepare-data",
+        "--set",
+        f"data.source={folder}",
+        "--set",
+        "data.vocab_size=300",
+        "--set",
+        "data.num_workers=2",
+    ]
     env = _env(tmp_path / "cache")
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     code, peak_kb = map(int, done.stdout.split()[-2:])
@@ -437,9 +482,16 @@ def test_a_run_dir_inside_its_own_corpus_is_not_read(tmp_path, monkeypatch, caps
     folder = tmp_path / "project"
     _folder(folder, 40, words=400)
     monkeypatch.chdir(folder)
-    sets = [*[s for s in tiny_overrides if not s.startswith("data.max_docs")], "data.source=.", "data.vocab_size=300",
-            "data.val_fraction=0.2", "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2",
-            "name=inside"]
+    sets = [
+        *[s for s in tiny_overrides if not s.startswith("data.max_docs")],
+        "data.source=.",
+        "data.vocab_size=300",
+        "data.val_fraction=0.2",
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",
+        "name=inside",
+    ]
     argv = [a for s in sets for a in ("--set", s)]
     assert main(["train", *argv]) == 0
     run = next(Path("runs").iterdir())
@@ -462,19 +514,30 @@ def test_a_local_datasets_folder_is_prepared_and_fingerprinted_by_its_files(tmp_
     assert data.manifest["documents"]["total"] == 25 and data.corpus["files"]
     stream = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
     assert stream.size == len(_expected_stream(texts, tokenizer_file))
-    again = prepare_tokens(f"hf:{tmp_path / 'ds'}", tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False,
-                           expect=data.corpus)
+    again = prepare_tokens(
+        f"hf:{tmp_path / 'ds'}", tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False, expect=data.corpus
+    )
     assert np.array_equal(again.train, data.train)
 
 
 def test_two_processes_preparing_one_corpus_share_the_work(tmp_path, tokenizer_file):
     """The benchmark starts two jobs on one corpus at once: one prepares, the other waits, then reads the same dir."""
     _folder(tmp_path / "corpus", 300, words=400)
-    code = ("import sys; from hasten.data.tokens import prepare_tokens; "
-            f"d = prepare_tokens({str(tmp_path / 'corpus')!r}, tokenizer={str(tokenizer_file)!r}, num_workers=1, "
-            "progress=True); print(d.directory, len(d.train), len(d.val))")
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(tmp_path / "cache"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    code = (
+        "import sys; from hasten.data.tokens import prepare_tokens; "
+        f"d = prepare_tokens({str(tmp_path / 'corpus')!r}, tokenizer={str(tokenizer_file)!r}, num_workers=1, "
+        "progress=True); print(d.directory, len(d.train), len(d.val))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=_env(tmp_path / "cache"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [proc.communicate(timeout=300) for proc in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     assert outs[0][0] == outs[1][0]  # the same dir and split

@@ -30,10 +30,18 @@ REL = 1e-5  # DDP vs one process: the same math, only the gradient summation ord
 # sha256 of the train / val token streams (uint16 little-endian) the pipeline before token shards (e1416ed) wrote for
 # the stdlib of Python 3.11.7: the benchmark's settings (vocab 512, val 1 %) and the default recipe's (4096, 2 %)
 BEFORE_SHARDS = {
-    (512, 0.01): ("51f0442f63a93c461ef3d4df68f095cdbbe5cbc1fec3a085b648f592b5208bea",
-                  "fa31b1256181ef527c1e45cf3250a3dce15b2e947ed91e3450022ce8f76caf6e", 14_900_867, 150_514),
-    (4096, 0.02): ("2f2f4e58ef7c3fc54693697071e048ca2257a54abeb994e6006384913c071517",
-                   "d61cff5c87da3257249f4a2643b3edd7814ae9242b4f7af9bd5d9b6dbbe44743", 9_188_603, 187_523),
+    (512, 0.01): (
+        "51f0442f63a93c461ef3d4df68f095cdbbe5cbc1fec3a085b648f592b5208bea",
+        "fa31b1256181ef527c1e45cf3250a3dce15b2e947ed91e3450022ce8f76caf6e",
+        14_900_867,
+        150_514,
+    ),
+    (4096, 0.02): (
+        "2f2f4e58ef7c3fc54693697071e048ca2257a54abeb994e6006384913c071517",
+        "d61cff5c87da3257249f4a2643b3edd7814ae9242b4f7af9bd5d9b6dbbe44743",
+        9_188_603,
+        187_523,
+    ),
 }
 WORDS = "the model reads data and learns to predict each next token from the tokens before it in order".split()
 
@@ -74,8 +82,14 @@ def _train_losses(run_dir: Path) -> list[tuple[int, float]]:
 def folder_overrides(tmp_path, tiny_overrides) -> list[str]:
     corpus = _corpus(tmp_path / "corpus")
     keep = [s for s in tiny_overrides if not s.startswith(("data.max_docs", "train.max_steps", "train.log_every"))]
-    return [*keep, f"data.source={corpus}", "data.val_fraction=0.2", "train.max_steps=8", "train.log_every=1",
-            "train.device=cpu"]
+    return [
+        *keep,
+        f"data.source={corpus}",
+        "data.val_fraction=0.2",
+        "train.max_steps=8",
+        "train.log_every=1",
+        "train.device=cpu",
+    ]
 
 
 def test_a_run_recorded_before_token_shards_resumes_identically(tmp_path, folder_overrides, monkeypatch):
@@ -87,9 +101,16 @@ def test_a_run_recorded_before_token_shards_resumes_identically(tmp_path, folder
     trainer.fit()
     record = json.loads((run / "corpus.json").read_text())
     corpus = load_corpus(record["source"])  # what corpus.json held before token shards
-    old = {"source": record["source"], "corpus": record["corpus"], "content_sha256": corpus.fingerprint(),
-           "documents": len(corpus.documents), "files": corpus.files, "tokenizer_sha256": record["tokenizer_sha256"],
-           "split_version": 2, "tokens": record["tokens"]}
+    old = {
+        "source": record["source"],
+        "corpus": record["corpus"],
+        "content_sha256": corpus.fingerprint(),
+        "documents": len(corpus.documents),
+        "files": corpus.files,
+        "tokenizer_sha256": record["tokenizer_sha256"],
+        "split_version": 2,
+        "tokens": record["tokens"],
+    }
     (run / "corpus.json").write_text(json.dumps(old, indent=1))
     cache = tmp_path / "fresh-cache"  # no token dir yet: the resume prepares one from the run's own files
     monkeypatch.setenv("HASTEN_CACHE", str(cache))
@@ -116,14 +137,32 @@ def _two_nodes(run_dir: Path, sets: list[str], homes: list[Path]) -> list[subpro
     port = _free_port()
     procs = []
     for rank, home in enumerate(homes):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
-               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "hasten", "train", "--run-dir", str(run_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            f"--node-rank={rank}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            "-m",
+            "hasten",
+            "train",
+            "--run-dir",
+            str(run_dir),
+        ]
         for item in sets:
             cmd += ["--set", item]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HASTEN_CACHE": str(home / "cache"),
-               "PYTHONPATH": os.pathsep.join(sys.path)}
-        procs.append(subprocess.Popen(cmd, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "HASTEN_CACHE": str(home / "cache"),
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        }
+        procs.append(
+            subprocess.Popen(cmd, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     out = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=600)
@@ -155,8 +194,17 @@ def test_two_nodes_train_like_one_process_on_shared_or_separately_prepared_shard
     assert all(list((home / "cache" / "tokens").iterdir()) for home in homes)
 
     shared = tmp_path / "shared-tokens"  # prepared once, read by both nodes in place
-    assert main(["prepare-data", "--out", str(shared), *[a for s in [*sets, f"data.source={homes[0] / 'corpus'}"]
-                                                           for a in ("--set", s)]]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--out",
+                str(shared),
+                *[a for s in [*sets, f"data.source={homes[0] / 'corpus'}"] for a in ("--set", s)],
+            ]
+        )
+        == 0
+    )
     for home in homes:
         shutil.rmtree(home / "cache")
     on_shared = tmp_path / "on-shared"

@@ -23,7 +23,13 @@ REL = 1e-5  # DDP/FSDP vs one process: the same math, only the gradient summatio
 
 @pytest.fixture(scope="module")
 def overrides(tiny_overrides) -> list[str]:
-    return tiny_overrides + ["train.max_steps=12", "train.eval_every=4", "train.checkpoint_every=4", "train.log_every=1", "train.device=cpu"]
+    return tiny_overrides + [
+        "train.max_steps=12",
+        "train.eval_every=4",
+        "train.checkpoint_every=4",
+        "train.log_every=1",
+        "train.device=cpu",
+    ]
 
 
 def _rows(run_dir: Path, kind: str, key: str) -> list[tuple[int, float]]:
@@ -86,15 +92,30 @@ def test_fsdp_trains_and_resumes(tmp_path, overrides, single):
         {"run_dir": str(tmp_path / "cons"), "overrides": fsdp, "resume": True},
         {"run_dir": str(tmp_path / "shard"), "overrides": sharded, "stop_at": 5},
         {"run_dir": str(tmp_path / "shard"), "overrides": sharded, "resume": True},
-        {"run_dir": str(tmp_path / "grown"), "overrides": fsdp + ["train.max_steps=2"], "replace": True},  # growth's model swap
+        {
+            "run_dir": str(tmp_path / "grown"),
+            "overrides": fsdp + ["train.max_steps=2"],
+            "replace": True,
+        },  # growth's model swap
     ]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), json.dumps(jobs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(WORKER),
+        json.dumps(jobs),
+    ]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     straight = tmp_path / "straight"
     _assert_close_curve(_rows(straight, "train", "loss"), _rows(single, "train", "loss"))
     assert sorted(p.name for p in (tmp_path / "shard" / "checkpoints" / "step_00000012" / "dcp").iterdir()) == [
-        ".metadata", "__0_0.distcp", "__1_0.distcp"]  # one shard per rank, inside the atomic checkpoint
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]  # one shard per rank, inside the atomic checkpoint
     reference = _final_weights(straight)
     for name in ("cons", "shard"):
         # resumed 2-rank FSDP runs equal the uninterrupted one bit for bit: same shards, same reduction order
@@ -109,7 +130,9 @@ def test_fsdp_trains_and_resumes(tmp_path, overrides, single):
         shutil.copytree(tmp_path / name, one)
         shutil.rmtree(one / "checkpoints" / "step_00000012")  # resume from step 8 on one rank
         extra = ["train.checkpoint_format=sharded"] if name == "shard" else []
-        trainer = build_trainer(load_config(None, overrides + ["train.parallelism=fsdp", *extra]), one, resume=True, progress=False)
+        trainer = build_trainer(
+            load_config(None, overrides + ["train.parallelism=fsdp", *extra]), one, resume=True, progress=False
+        )
         assert trainer.state.progress.step == 8
         trainer.fit()
         _assert_close_curve(_rows(one, "train", "loss"), _rows(straight, "train", "loss"))

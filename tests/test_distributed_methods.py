@@ -47,15 +47,33 @@ METHODS: dict[str, list[str]] = {
     "blockwise": ["optim.blockwise=true"],
 }
 # (method, parallelism) pairs run on 2 ranks, all in one torchrun launch
-DIST_RUNS = [("stack", "ddp"), ("staged", "ddp"), ("adam_mini", "ddp"), ("slw", "ddp"), ("blockwise", "ddp"),
-             ("stack", "fsdp"), ("staged", "fsdp"), ("random", "fsdp"), ("msg", "fsdp"),
-             ("lawa", "fsdp"), ("adam_mini", "fsdp"), ("adam_mini_heads", "fsdp"), ("adam_mini_stack", "fsdp")]
+DIST_RUNS = [
+    ("stack", "ddp"),
+    ("staged", "ddp"),
+    ("adam_mini", "ddp"),
+    ("slw", "ddp"),
+    ("blockwise", "ddp"),
+    ("stack", "fsdp"),
+    ("staged", "fsdp"),
+    ("random", "fsdp"),
+    ("msg", "fsdp"),
+    ("lawa", "fsdp"),
+    ("adam_mini", "fsdp"),
+    ("adam_mini_heads", "fsdp"),
+    ("adam_mini_stack", "fsdp"),
+]
 SHARDED = ["train.checkpoint_format=sharded", "train.checkpoint_every=4"]
 
 
 @pytest.fixture(scope="module")
 def overrides(tiny_overrides) -> list[str]:
-    return tiny_overrides + ["train.max_steps=12", "train.eval_every=4", "train.checkpoint_every=0", "train.log_every=1", "train.device=cpu"]
+    return tiny_overrides + [
+        "train.max_steps=12",
+        "train.eval_every=4",
+        "train.checkpoint_every=0",
+        "train.log_every=1",
+        "train.device=cpu",
+    ]
 
 
 def _rows(run_dir: Path, kind: str, key: str) -> list[tuple[int, float]]:
@@ -81,15 +99,28 @@ def runs(tmp_path_factory, overrides) -> dict[str, Path]:
     jobs = []
     for method, parallelism in DIST_RUNS:
         run_dir = root / f"{method}-{parallelism}"
-        jobs.append({"run_dir": str(run_dir), "overrides": overrides + METHODS[method] + [f"train.parallelism={parallelism}"]})
+        jobs.append(
+            {"run_dir": str(run_dir), "overrides": overrides + METHODS[method] + [f"train.parallelism={parallelism}"]}
+        )
         out[f"{method}-{parallelism}"] = run_dir
     for method in ("adam_mini", "adam_mini_heads"):  # stop at 6, resume from the DCP shards written there
         run_dir = root / f"{method}-fsdp-resumed"
         resumed = overrides + METHODS[method] + ["train.parallelism=fsdp", *SHARDED]
-        jobs += [{"run_dir": str(run_dir), "overrides": resumed, "stop_at": 6}, {"run_dir": str(run_dir), "overrides": resumed, "resume": True}]
+        jobs += [
+            {"run_dir": str(run_dir), "overrides": resumed, "stop_at": 6},
+            {"run_dir": str(run_dir), "overrides": resumed, "resume": True},
+        ]
         out[f"{method}-fsdp-resumed"] = run_dir
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), json.dumps(jobs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(WORKER),
+        json.dumps(jobs),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -97,27 +128,45 @@ def runs(tmp_path_factory, overrides) -> dict[str, Path]:
 
 def _assert_matches_single(runs: dict[str, Path], method: str, parallelism: str) -> Path:
     run_dir, single = runs[f"{method}-{parallelism}"], runs[f"{method}-single"]
-    _assert_close_curve(_rows(run_dir, "train", "loss"), _rows(single, "train", "loss"), f"{method}/{parallelism} train loss")
-    _assert_close_curve(_rows(run_dir, "eval", "val_loss"), _rows(single, "eval", "val_loss"), f"{method}/{parallelism} val loss")
+    _assert_close_curve(
+        _rows(run_dir, "train", "loss"), _rows(single, "train", "loss"), f"{method}/{parallelism} train loss"
+    )
+    _assert_close_curve(
+        _rows(run_dir, "eval", "val_loss"), _rows(single, "eval", "val_loss"), f"{method}/{parallelism} val loss"
+    )
     return run_dir
 
 
 @pytest.mark.slow  # one 2-process launch of 9 tiny runs plus 7 single-process references (~1 min on 2 cores)
-@pytest.mark.parametrize(("method", "parallelism"), [("stack", "ddp"), ("staged", "ddp"), ("stack", "fsdp"), ("staged", "fsdp"),
-                                                     ("random", "fsdp"), ("msg", "fsdp")])
+@pytest.mark.parametrize(
+    ("method", "parallelism"),
+    [("stack", "ddp"), ("staged", "ddp"), ("stack", "fsdp"), ("staged", "fsdp"), ("random", "fsdp"), ("msg", "fsdp")],
+)
 def test_growth_matches_single_process(runs, method, parallelism):
     run_dir = _assert_matches_single(runs, method, parallelism)
-    grown = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
-    reference = [r for r in map(json.loads, (runs[f"{method}-single"] / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
-    assert [(g["step"], g["params"], g["model_config"]) for g in grown] == [(g["step"], g["params"], g["model_config"]) for g in reference]
+    grown = [
+        r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"
+    ]
+    reference = [
+        r
+        for r in map(json.loads, (runs[f"{method}-single"] / "metrics.jsonl").read_text().splitlines())
+        if r.get("event") == "growth"
+    ]
+    assert [(g["step"], g["params"], g["model_config"]) for g in grown] == [
+        (g["step"], g["params"], g["model_config"]) for g in reference
+    ]
     assert ("optimizer state: map" in grown[0]["notes"]) == (method != "stack")
     if method == "msg":  # evaluated mid-ramp (step 8: FFN 1, hidden 0) with and without averaging
-        _assert_close_curve(_rows(run_dir, "eval", "lawa/val_loss"), _rows(runs["msg-single"], "eval", "lawa/val_loss"), "msg lawa")
+        _assert_close_curve(
+            _rows(run_dir, "eval", "lawa/val_loss"), _rows(runs["msg-single"], "eval", "lawa/val_loss"), "msg lawa"
+        )
     # the consolidated final checkpoint holds the grown model and its (mapped, then trained) optimizer state
     ckpt, single = load_checkpoint(run_dir / "checkpoints"), load_checkpoint(runs[f"{method}-single"] / "checkpoints")
     assert ckpt["model_config"] == single["model_config"]
     for key, value in single["model"].items():
-        torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-4, atol=1e-5)  # Adam magnifies order noise on ~0 grads
+        torch.testing.assert_close(
+            ckpt["model"][key], value, rtol=1e-4, atol=1e-5
+        )  # Adam magnifies order noise on ~0 grads
     steps = sorted(float(s["step"]) for s in ckpt["optimizer"]["state"].values())
     assert steps == sorted(float(s["step"]) for s in single["optimizer"]["state"].values())
 
@@ -129,7 +178,11 @@ def test_lawa_under_fsdp_matches_single_process(runs):
     assert len(lawa) == 3  # steps 4, 8, 12 (nothing averaged at step 0)
     _assert_close_curve(lawa, reference, "lawa/val_loss")
     saved = load_checkpoint(run_dir / "checkpoints")["methods"]["lawa"]  # the averager state, written by rank 0
-    assert saved["members"] == [8, 10, 12] == load_checkpoint(runs["lawa-single"] / "checkpoints")["methods"]["lawa"]["members"]
+    assert (
+        saved["members"]
+        == [8, 10, 12]
+        == load_checkpoint(runs["lawa-single"] / "checkpoints")["methods"]["lawa"]["members"]
+    )
     assert (run_dir / "lawa_weights.safetensors").is_file()
 
 
@@ -148,7 +201,9 @@ def test_adam_mini_under_fsdp_keeps_state_per_shard_and_resumes(runs, overrides,
     run_dir = _assert_matches_single(runs, method, "fsdp")
     ckpt, single = load_checkpoint(run_dir / "checkpoints"), load_checkpoint(runs[f"{method}-single"] / "checkpoints")
     for index, state in single["optimizer"]["state"].items():  # the consolidated per-block v equals one process's
-        torch.testing.assert_close(ckpt["optimizer"]["state"][index]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-4, atol=1e-12)
+        torch.testing.assert_close(
+            ckpt["optimizer"]["state"][index]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-4, atol=1e-12
+        )
         assert ckpt["optimizer"]["state"][index]["exp_avg_sq"].shape == state["exp_avg_sq"].shape
     # a 2-rank run stopped at 6 and resumed from the DCP shards of step 4 equals the straight run bit for bit
     resumed = runs[f"{method}-fsdp-resumed"]
@@ -157,8 +212,12 @@ def test_adam_mini_under_fsdp_keeps_state_per_shard_and_resumes(runs, overrides,
     one = resumed.parent / f"{method}-1rank"
     shutil.copytree(resumed, one)
     shutil.rmtree(one / "checkpoints" / "step_00000012")  # resume from the shards of step 8
-    trainer = build_trainer(load_config(None, overrides + METHODS[method] + ["train.parallelism=fsdp", *SHARDED]), one, resume=True,
-                            progress=False)
+    trainer = build_trainer(
+        load_config(None, overrides + METHODS[method] + ["train.parallelism=fsdp", *SHARDED]),
+        one,
+        resume=True,
+        progress=False,
+    )
     assert trainer.state.progress.step == 8
     trainer.fit()
     _assert_close_curve(_rows(one, "train", "loss"), _rows(run_dir, "train", "loss"), f"{method} resumed on 1 rank")
@@ -167,7 +226,9 @@ def test_adam_mini_under_fsdp_keeps_state_per_shard_and_resumes(runs, overrides,
 @pytest.mark.slow
 def test_adam_mini_growth_under_fsdp_maps_its_state(runs):
     run_dir = _assert_matches_single(runs, "adam_mini_stack", "fsdp")
-    [growth] = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"]
+    [growth] = [
+        r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "growth"
+    ]
     assert "optimizer state: map" in growth["notes"]
 
 

@@ -53,7 +53,9 @@ def test_updates_are_torch_averaged_models_bit_for_bit(make, avg_fn):
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn
 
     model, ours = make_model(), make()
-    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.8) if avg_fn == "ema" else get_swa_multi_avg_fn())
+    reference = AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(0.8) if avg_fn == "ema" else get_swa_multi_avg_fn()
+    )
     for step in range(1, 8):
         perturb(model)
         ours.maybe_update(step, model)
@@ -176,7 +178,12 @@ def test_config_helpers_and_protocol():
     swa = build_averager("swa", {"start_fraction": 0.5, "every": 10}, total_steps=100)
     assert (swa.start_step, swa.every) == (50, 10)
     assert SWAConfig(start_step=30).build().start_step == 30
-    for name, bad in (("ema", {"decay": 1.0}), ("ema", {"decay": 0.9, "half_life": 3}), ("swa", {"every": 0}), ("swa", {"x": 1})):
+    for name, bad in (
+        ("ema", {"decay": 1.0}),
+        ("ema", {"decay": 0.9, "half_life": 3}),
+        ("swa", {"every": 0}),
+        ("swa", {"x": 1}),
+    ):
         with pytest.raises(ConfigError):
             build_averager(name, bad, total_steps=100)
     with pytest.raises(ConfigError):

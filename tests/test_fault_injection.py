@@ -24,7 +24,13 @@ from hasten.recipes import build_trainer, load_config
 from tests.method_grid import cases
 
 STEPS = 16  # checkpoints every 4 steps: 4, 8, 12, final 16
-RUN = [f"train.max_steps={STEPS}", "train.checkpoint_every=4", "train.eval_every=8", "train.log_every=4", "train.keep_checkpoints=2"]
+RUN = [
+    f"train.max_steps={STEPS}",
+    "train.checkpoint_every=4",
+    "train.eval_every=8",
+    "train.log_every=4",
+    "train.keep_checkpoints=2",
+]
 
 # name -> (extra overrides, kill points in order) of the runs that are no method; the methods' come from their specs
 RECIPES: dict[str, tuple[list[str], tuple[str, ...]]] = {
@@ -33,8 +39,15 @@ RECIPES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     # a spike guard at a high LR: the loss at step 12 exceeds 1.055x its lowest so far and rolls the run back to step 8 with
     # half the LR (exactly one rollback on this data; retuned when the token split changed the trajectory); the second
     # process is killed when it reaches step 10 the second time, i.e. after the in-process rollback
-    "guard_rollback": (["optim.lr=2e-2", "train.guard.spike_ratio=1.055", "train.guard.spike_patience=1",
-                        "train.guard.rollback_lr_factor=0.5"], ("save:8", "step:10@2")),
+    "guard_rollback": (
+        [
+            "optim.lr=2e-2",
+            "train.guard.spike_ratio=1.055",
+            "train.guard.spike_patience=1",
+            "train.guard.rollback_lr_factor=0.5",
+        ],
+        ("save:8", "step:10@2"),
+    ),
 }
 FAST = {"baseline"}  # the rest is the wider grid (several minutes on 2 shared cores)
 HASTEN = [sys.executable, "-m", "hasten"]
@@ -47,9 +60,14 @@ def _cases():
         yield pytest.param(name, overrides, chain, id=name, marks=marks)
 
 
-def _cli(run_dir: Path, overrides: list[str], fault: str | None, resume: bool,
-         hasten: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same thread count as the reference (conftest)
+def _cli(
+    run_dir: Path, overrides: list[str], fault: str | None, resume: bool, hasten: list[str]
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }  # same thread count as the reference (conftest)
     env.pop("HASTEN_FAULT_AT", None)
     if fault:
         env["HASTEN_FAULT_AT"] = fault
@@ -88,8 +106,9 @@ def _train_losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
 
 
-def check_sigkill_and_resume_is_bit_exact(tmp_path, tiny_overrides, name: str, extra: list[str], chain: tuple[str, ...],
-                                          hasten: list[str] = HASTEN) -> None:
+def check_sigkill_and_resume_is_bit_exact(
+    tmp_path, tiny_overrides, name: str, extra: list[str], chain: tuple[str, ...], hasten: list[str] = HASTEN
+) -> None:
     """`hasten train` (the command line `hasten`) killed at each point of `chain` and resumed ends bit-identical to an
     uninterrupted in-process run: every part of the final checkpoint, the counters, the logged losses, no leftovers."""
     overrides = [*tiny_overrides, *RUN, *extra]

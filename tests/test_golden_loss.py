@@ -113,12 +113,18 @@ def test_golden_loss_trace(tmp_path, cache_dir):
     got = run_golden(tmp_path, cache_dir)
     assert len(got["train_loss"]) == STEPS
     if os.environ.get("HASTEN_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(json.dumps({
-            "about": "first train losses of tests/test_golden_loss.py's fixed tiny run (fp32, CPU, 1 thread); "
-                      "regenerate with HASTEN_UPDATE_GOLDEN=1 only for a deliberate numerics change",
-            "torch": torch.__version__,
-            **got,
-        }, indent=2) + "\n")
+        GOLDEN.write_text(
+            json.dumps(
+                {
+                    "about": "first train losses of tests/test_golden_loss.py's fixed tiny run (fp32, CPU, 1 thread); "
+                    "regenerate with HASTEN_UPDATE_GOLDEN=1 only for a deliberate numerics change",
+                    "torch": torch.__version__,
+                    **got,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         pytest.skip(f"golden trace regenerated in {GOLDEN}")
     golden = json.loads(GOLDEN.read_text())
     assert (got["train_tokens"], got["train_token_sum"]) == (golden["train_tokens"], golden["train_token_sum"]), (

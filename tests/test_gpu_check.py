@@ -25,8 +25,14 @@ def test_gpu_check_dry_run_writes_a_complete_record(tmp_path, cache_dir, monkeyp
             assert m[loop]["tokens_per_s"] > 0 and 0 < m[loop]["mfu"] < 1
         assert m["trainer_speed_vs_bare"] > 0
     methods = record["parts"]["methods"]["results"]
-    assert set(methods) == {"(none)", "adam_mini", "growth (G_stack x2 at one step)", "blockwise LR", "seqlen_warmup (after warmup)",
-                            "lawa (k=5, every 5 steps)"}
+    assert set(methods) == {
+        "(none)",
+        "adam_mini",
+        "growth (G_stack x2 at one step)",
+        "blockwise LR",
+        "seqlen_warmup (after warmup)",
+        "lawa (k=5, every 5 steps)",
+    }
     assert all(m["step_s"] > 0 and m["overhead"] is not None for m in methods.values())
     growth = methods["growth (G_stack x2 at one step)"]
     assert growth["growth_step_s"] > 0 and growth["small_step_s"] > 0

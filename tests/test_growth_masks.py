@@ -78,7 +78,7 @@ def test_ramp_goes_axis_by_axis_and_ends_without_masks():
     assert ramp.end == 22
     assert ramp.apply(big, 17) and has_unit_masks(big)
     hidden = unit_masks(big)["hidden"]
-    assert hidden[: big.config.d_model // 2].eq(1).all() and hidden[big.config.d_model // 2:].eq(0.75).all()
+    assert hidden[: big.config.d_model // 2].eq(1).all() and hidden[big.config.d_model // 2 :].eq(0.75).all()
     masked = unit_masks(big)
     assert masked["ffn"].min() == 1 and masked["heads"].max() == 1 and masked["heads"].min() == 0
     assert not ramp.apply(big, 22) and not has_unit_masks(big)
@@ -125,11 +125,11 @@ def test_masks_get_gradient_flow_once_ramped_and_none_at_zero():
     set_unit_masks(big, **masks)
     big(idx, idx).backward()
     up = big.blocks[0].mlp.up_proj.weight.grad
-    assert up[big.config.d_ff // 2:].abs().max() == 0  # new FFN units are cut off at mask 0
+    assert up[big.config.d_ff // 2 :].abs().max() == 0  # new FFN units are cut off at mask 0
     big.zero_grad()
     set_unit_masks(big, **{k: v + (1 - v) * 0.5 for k, v in masks.items()})
     big(idx, idx).backward()
-    assert big.blocks[0].mlp.up_proj.weight.grad[big.config.d_ff // 2:].abs().max() > 0
+    assert big.blocks[0].mlp.up_proj.weight.grad[big.config.d_ff // 2 :].abs().max() > 0
     assert big.embed_tokens.weight.grad[:, d:].abs().max() > 0
 
 

@@ -226,7 +226,10 @@ def test_growth_does_not_modify_the_small_model_and_grown_model_trains():
 def test_plans_are_config_only():
     cfg = model_config("llama-1.1b")  # plans for a 1.1B model build nothing real
     plan = depth_plan(cfg, "stack", 4)
-    assert plan.config.n_layers == 88 and plan.recipes["blocks.87.attn.q_proj.weight"].source == "blocks.21.attn.q_proj.weight"
+    assert (
+        plan.config.n_layers == 88
+        and plan.recipes["blocks.87.attn.q_proj.weight"].source == "blocks.21.attn.q_proj.weight"
+    )
     wide = width_plan(cfg, "staged", 2)
     assert wide.config.d_model == 4096 and wide.config.n_kv_heads == 8
     assert wide.recipes["final_norm.weight"].moment_scale == 1.0 and wide.recipes["lm_head.weight"].moment_scale == 0.5
@@ -254,7 +257,12 @@ def test_invalid_growth_requests_raise_config_error(dim, op, factor, match):
 def test_staged_width_copies_stay_identical_without_dropout(dropout, symmetric):
     """Shen et al.'s width operator duplicates units; only something like dropout makes the copies differ."""
     torch.manual_seed(0)
-    big = grow(GPT(model_config("tiny", d_model=16, n_heads=2, n_layers=1, vocab_size=64, dropout=dropout)), "staged", 2, dim="width")
+    big = grow(
+        GPT(model_config("tiny", d_model=16, n_heads=2, n_layers=1, vocab_size=64, dropout=dropout)),
+        "staged",
+        2,
+        dim="width",
+    )
     opt = torch.optim.AdamW(big.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     for _ in range(30):
@@ -264,7 +272,10 @@ def test_staged_width_copies_stay_identical_without_dropout(dropout, symmetric):
         opt.step()
     w = big.blocks[0].mlp.up_proj.weight  # (2 * ffn, 2 * d): [[A, B], [B, A]] while symmetric
     o, i = w.shape
-    gap = max(float((w[: o // 2, : i // 2] - w[o // 2 :, i // 2 :]).abs().max()), float((w[: o // 2, i // 2 :] - w[o // 2 :, : i // 2]).abs().max()))
+    gap = max(
+        float((w[: o // 2, : i // 2] - w[o // 2 :, i // 2 :]).abs().max()),
+        float((w[: o // 2, i // 2 :] - w[o // 2 :, : i // 2]).abs().max()),
+    )
     assert (gap < 1e-5) == symmetric, gap
 
 

@@ -51,7 +51,9 @@ def trained(preset: str):
 def copy_blocks(tensor: torch.Tensor, small_shape: torch.Size, k: int):
     """The k diagonal blocks (copy c on every grown axis) of a staged-grown tensor."""
     for c in range(k):
-        index = tuple(slice(c * n, (c + 1) * n) if big != n else slice(None) for n, big in zip(small_shape, tensor.shape))
+        index = tuple(
+            slice(c * n, (c + 1) * n) if big != n else slice(None) for n, big in zip(small_shape, tensor.shape)
+        )
         yield tensor[index]
 
 
@@ -93,7 +95,9 @@ def test_staged_width_moments_are_expanded_and_scaled():
 @pytest.mark.parametrize(("dim", "op"), [("depth", op) for op in DEPTH_OPS] + [("width", op) for op in WIDTH_OPS])
 def test_optimizer_state_matches_parameter_shapes_after_every_operator(dim, op):
     small, opt = trained("tiny-llama")
-    grown = grow_training_state(small, opt, op, 2, dim, build_optimizer=adamw, generator=torch.Generator().manual_seed(0))
+    grown = grow_training_state(
+        small, opt, op, 2, dim, build_optimizer=adamw, generator=torch.Generator().manual_seed(0)
+    )
     with_state = 0
     for name, p in grown.model.named_parameters():
         state = grown.optimizer.state.get(p, {})
@@ -135,7 +139,9 @@ def test_reset_gives_a_fresh_optimizer():
     grown = grow_training_state(small, opt, "stack", 4, "depth", build_optimizer=adamw, moments="reset")
     assert len(grown.optimizer.state) == 0
     assert grown.model.config.n_layers == 8
-    assert [g["param_names"] for g in grown.optimizer.param_groups] == [g["param_names"] for g in adamw(grown.model).param_groups]
+    assert [g["param_names"] for g in grown.optimizer.param_groups] == [
+        g["param_names"] for g in adamw(grown.model).param_groups
+    ]
 
 
 def test_state_not_shaped_like_the_parameter_is_reset_on_width_and_copied_on_depth():

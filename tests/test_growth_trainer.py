@@ -60,7 +60,11 @@ def test_depth_stack_grows_midrun_training(tmp_path, tiny_overrides):
     assert big_step == pytest.approx(flops_per_token(model.config, 64) * tokens_per_step)
     assert big_step > 1.4 * small_step  # one more block; the head's matmul is shared
     # G_stack's restart: fresh optimizer, a new 3-step warmup from 0 to the new peak 1e-3
-    assert train[7]["lr"] == 0.0 and train[8]["lr"] == pytest.approx(1e-3 / 3) and train[10]["lr"] == pytest.approx(1e-3, rel=0.2)
+    assert (
+        train[7]["lr"] == 0.0
+        and train[8]["lr"] == pytest.approx(1e-3 / 3)
+        and train[10]["lr"] == pytest.approx(1e-3, rel=0.2)
+    )
     assert trainer.state.optimizer.state[next(model.parameters())]["step"].item() == 6  # steps 7..12 only
 
 
@@ -101,7 +105,12 @@ def test_resume_is_bit_exact_before_at_and_after_growth(tmp_path, tiny_overrides
 
 def test_staged_width_growth_maps_moments_and_jumps_schedule(tmp_path, tiny_overrides):
     stage = "{dim: width, op: staged, factor: 2, at_steps: 8, moments: map, schedule: jump, rewarmup_steps: 2}"
-    overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "train.max_steps=16", "train.log_every=1", "optim.eps=1e-12"]
+    overrides = tiny_overrides + [
+        f"methods.growth={{stages: [{stage}]}}",
+        "train.max_steps=16",
+        "train.log_every=1",
+        "optim.eps=1e-12",
+    ]
     trainer = run_training(tmp_path / "run", overrides)
     cfg = trainer.state.model.config
     assert (cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.n_layers) == (64, 4, 256, 2)
@@ -117,9 +126,13 @@ def test_staged_width_growth_maps_moments_and_jumps_schedule(tmp_path, tiny_over
 
 
 def test_stages_on_one_step_grow_together_with_the_combined_constant(tmp_path, tiny_overrides):
-    stages = ("[{dim: width, op: staged, factor: 2, at_steps: 5, moments: map, schedule: jump},"
-              " {dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump, rewarmup_steps: 1}]")
-    trainer = run_training(tmp_path / "run", tiny_overrides + [f"methods.growth={{stages: {stages}}}", "train.max_steps=7"])
+    stages = (
+        "[{dim: width, op: staged, factor: 2, at_steps: 5, moments: map, schedule: jump},"
+        " {dim: depth, op: interpolate, factor: 2, at: previous, moments: map, schedule: jump, rewarmup_steps: 1}]"
+    )
+    trainer = run_training(
+        tmp_path / "run", tiny_overrides + [f"methods.growth={{stages: {stages}}}", "train.max_steps=7"]
+    )
     cfg = trainer.state.model.config
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads) == (4, 64, 4) and trainer.state.progress.stage == 2
     assert [(e["step"], e["stage"]) for e in _events(tmp_path / "run", "growth")] == [(5, 0), (5, 1)]
@@ -149,8 +162,11 @@ def test_random_width_growth_ramps_its_msg_masks(tmp_path, tiny_overrides):
 
         def before_step(self, ctx) -> None:
             masks = unit_masks(ctx.state.model)
-            self.rows.append(None if not has_unit_masks(ctx.state.model) else
-                             (masks["ffn"].min().item(), masks["hidden"].min().item(), masks["heads"].min().item()))
+            self.rows.append(
+                None
+                if not has_unit_masks(ctx.state.model)
+                else (masks["ffn"].min().item(), masks["hidden"].min().item(), masks["heads"].min().item())
+            )
 
     trace = MaskTrace()
     trainer = build_trainer(load_config(None, overrides), tmp_path / "run", progress=False)
@@ -160,7 +176,16 @@ def test_random_width_growth_ramps_its_msg_masks(tmp_path, tiny_overrides):
     assert trainer.state.model.config.d_model == 64 and not has_unit_masks(trainer.state.model)
     assert after.value == pytest.approx(before.value, abs=1e-5)  # mask 0: the grown model computes the small one
     # steps 0-3 small; FFN ramps over steps 4-5, hidden 6-7, heads 8-9; masks removed from step 10 on
-    assert trace.rows == [None] * 4 + [(0, 0, 0), (0.5, 0, 0), (1, 0, 0), (1, 0.5, 0), (1, 1, 0), (1, 1, 0.5), None, None]
+    assert trace.rows == [None] * 4 + [
+        (0, 0, 0),
+        (0.5, 0, 0),
+        (1, 0, 0),
+        (1, 0.5, 0),
+        (1, 1, 0),
+        (1, 1, 0.5),
+        None,
+        None,
+    ]
     [start] = _events(tmp_path / "run", "growth_mask_ramp")
     [end] = _events(tmp_path / "run", "growth_mask_ramp_end")
     assert (start["step"], start["end"], start["order"], end["step"]) == (4, 10, ["ffn", "hidden", "heads"], 10)
@@ -168,8 +193,12 @@ def test_random_width_growth_ramps_its_msg_masks(tmp_path, tiny_overrides):
 
 def test_averaged_weights_are_evaluated_under_the_live_masks(tmp_path, tiny_overrides):
     stage = "{dim: width, op: random, factor: 2, at_steps: 4, mask_ramp_steps: 2, moments: map, schedule: continue}"
-    overrides = tiny_overrides + [f"methods.growth={{stages: [{stage}]}}", "methods.ema={decay: 0.0}", "train.max_steps=7",
-                                  "train.eval_every=7"]
+    overrides = tiny_overrides + [
+        f"methods.growth={{stages: [{stage}]}}",
+        "methods.ema={decay: 0.0}",
+        "train.max_steps=7",
+        "train.eval_every=7",
+    ]
     run_training(tmp_path / "run", overrides)
     [row] = [r for r in _rows(tmp_path / "run", "eval") if r["step"] == 7]
     # an EMA with decay 0 holds the live weights: the losses agree only if the averaged copy is evaluated
@@ -205,8 +234,25 @@ def test_random_width_growth_without_ramp_is_live_at_once(tmp_path, tiny_overrid
 def test_grow_cli_then_resume_matches_growth_in_the_trainer(tmp_path, tiny_overrides, capsys):
     base = tiny_overrides + [SMALL, "train.max_steps=12", "train.log_every=1"]
     run_training(tmp_path / "small", base, stop_at=6)  # checkpoint at step 6
-    assert main(["grow", str(tmp_path / "small"), "--op", "stack", "--factor", "2", "--lr", "1e-3", "--warmup-steps", "3",
-                 "--out", str(tmp_path / "grown")]) == 0
+    assert (
+        main(
+            [
+                "grow",
+                str(tmp_path / "small"),
+                "--op",
+                "stack",
+                "--factor",
+                "2",
+                "--lr",
+                "1e-3",
+                "--warmup-steps",
+                "3",
+                "--out",
+                str(tmp_path / "grown"),
+            ]
+        )
+        == 0
+    )
     assert "hasten train --resume --run-dir" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "grown" / "config.yaml").read_text())
     assert saved["model"]["n_layers"] == 2 and "growth" not in saved["methods"]
@@ -261,7 +307,13 @@ def test_target_config_of_a_staged_recipe():
     from hasten.methods.growth.config import GrowthConfig, final_model_config
     from hasten.model import model_config
 
-    stages = GrowthConfig(stages=[{"dim": "width", "op": "staged", "factor": 2, "at_steps": 5},
-                                  {"dim": "depth", "op": "stack", "factor": 2, "at_steps": 5}]).stage_configs()
-    final = final_model_config(model_config("cpu-small", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=256), stages)
+    stages = GrowthConfig(
+        stages=[
+            {"dim": "width", "op": "staged", "factor": 2, "at_steps": 5},
+            {"dim": "depth", "op": "stack", "factor": 2, "at_steps": 5},
+        ]
+    ).stage_configs()
+    final = final_model_config(
+        model_config("cpu-small", n_layers=2, d_model=64, n_heads=2, n_kv_heads=2, d_ff=256), stages
+    )
     assert (final.n_layers, final.d_model, final.n_heads, final.d_ff) == (4, 128, 4, 512)

@@ -17,7 +17,9 @@ from hasten.trainer.method import Method
 
 
 def _trainer(tmp_path, tiny_overrides, name, extra=()):
-    cfg = load_config(None, [*tiny_overrides, "train.max_steps=14", "train.eval_every=100", "train.checkpoint_every=4", *extra])
+    cfg = load_config(
+        None, [*tiny_overrides, "train.max_steps=14", "train.eval_every=100", "train.checkpoint_every=4", *extra]
+    )
     return build_trainer(cfg, tmp_path / name, progress=False)
 
 
@@ -71,12 +73,19 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, tiny_overrides):
     assert sorted(train) == [1, 4, 8, 12] and train[8]["tokens"] == 8 * 8 * 64
     assert trainer.guard.skipped == 1
     p = trainer.state.progress
-    assert p.step == 14 and p.tokens == 14 * 8 * 64 and cb.attempts == 15  # all real steps ran; skipped tokens are not counted
+    assert (
+        p.step == 14 and p.tokens == 14 * 8 * 64 and cb.attempts == 15
+    )  # all real steps ran; skipped tokens are not counted
     (event,) = _events(tmp_path / "nan", "skipped_nonfinite")
     assert event["step"] == 5 and event["grad_norm"] == "nan"
     assert all(torch.isfinite(v).all() for v in trainer.state.model.state_dict().values())
     # the skipped step is remembered in checkpoints (exact resume)
-    assert torch.load(sorted((tmp_path / "nan" / "checkpoints").iterdir())[-1] / "state.pt", weights_only=False)["guard"]["skipped"] == 1
+    assert (
+        torch.load(sorted((tmp_path / "nan" / "checkpoints").iterdir())[-1] / "state.pt", weights_only=False)["guard"][
+            "skipped"
+        ]
+        == 1
+    )
 
 
 class FakeSpikes(Method):
@@ -155,8 +164,16 @@ def test_too_many_nonfinite_steps_in_a_row_is_one_line():
     assert Guard(GuardConfig(skip_nonfinite=False)).allow_step(_Trainer, nan, nan)
 
 
-@pytest.mark.parametrize("override", ["train.guard.spike_ratio=0.9", "train.guard.rollback_lr_factor=0", "train.guard.spike_patience=0",
-                                      "train.guard.max_consecutive_skips=0", "train.guard.spike_ratio=abc"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.guard.spike_ratio=0.9",
+        "train.guard.rollback_lr_factor=0",
+        "train.guard.spike_patience=0",
+        "train.guard.max_consecutive_skips=0",
+        "train.guard.spike_ratio=abc",
+    ],
+)
 def test_guard_config_is_validated(override):
     with pytest.raises(ConfigError):
         load_config(None, ["train.max_steps=3", override])

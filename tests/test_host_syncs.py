@@ -28,9 +28,14 @@ from hasten.trainer.method import Method
 from tests.method_grid import cases
 
 LOG_EVERY, STEPS = 4, 16
-RUN = [f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}", "train.eval_every=8", "train.checkpoint_every=8",
-       "train.guard.spike_ratio=3",  # the spike check too (the non-finite skip is on by default)
-       "optim.implementation=fused"]  # AdamW's device-side non-finite skip (found_inf), the CUDA default, on CPU too
+RUN = [
+    f"train.max_steps={STEPS}",
+    f"train.log_every={LOG_EVERY}",
+    "train.eval_every=8",
+    "train.checkpoint_every=8",
+    "train.guard.spike_ratio=3",  # the spike check too (the non-finite skip is on by default)
+    "optim.implementation=fused",
+]  # AdamW's device-side non-finite skip (found_inf), the CUDA default, on CPU too
 CASES = {"baseline": [], **{name: list(run.overrides) for name, run in cases("host_syncs").items()}}
 
 
@@ -58,7 +63,9 @@ class HostReads(TorchDispatchMode):
     def hit(self, what: str) -> None:
         self.counts[self.label.step] += 1
         frames = [f for f in traceback.extract_stack()[:-2] if "/hasten/" in f.filename or "/torch/" in f.filename][-3:]
-        self.where[self.label.step].append(f"{what} at " + " <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in reversed(frames)))
+        self.where[self.label.step].append(
+            f"{what} at " + " <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in reversed(frames))
+        )
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
@@ -93,8 +100,15 @@ def counted(monkeypatch):
 
 def _sync_steps(cfg) -> set[int]:
     t = cfg.train
-    return {s for s in range(1, STEPS + 1) if s % t.log_every == 0 or s == 1 or s % t.eval_every == 0
-            or (t.checkpoint_every and s % t.checkpoint_every == 0) or s == STEPS}
+    return {
+        s
+        for s in range(1, STEPS + 1)
+        if s % t.log_every == 0
+        or s == 1
+        or s % t.eval_every == 0
+        or (t.checkpoint_every and s % t.checkpoint_every == 0)
+        or s == STEPS
+    }
 
 
 def check_no_host_sync_between_sync_points(tmp_path, tiny_overrides, counted, method: list[str]) -> None:
@@ -125,8 +139,16 @@ def test_the_counter_sees_a_hidden_read(tmp_path, tiny_overrides, counted):
         def after_step(self, ctx) -> None:
             float(ctx.step_metrics["loss"])
 
-    cfg = load_config(None, [*tiny_overrides, "train.max_steps=6", f"train.log_every={LOG_EVERY}", "train.eval_every=100",
-                             "train.checkpoint_every=0"])
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "train.max_steps=6",
+            f"train.log_every={LOG_EVERY}",
+            "train.eval_every=100",
+            "train.checkpoint_every=0",
+        ],
+    )
     trainer = build_trainer(cfg, tmp_path / "run", progress=False)
     trainer.methods.append(ReadsLoss())
     reads = counted(trainer)

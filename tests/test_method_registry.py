@@ -70,8 +70,10 @@ SPECS = (MethodSpec("count", "a throwaway step counter", "none", Path(__file__).
                     test_runs={"every2": TinyRun(("methods.count={every: 2}",), kill_at=("step:5", "save:8"))}),)
 '''
 # the command line of a process that registers the throwaway folder first (what its line in registry.FOLDERS does)
-LAUNCH = ("import sys; sys.path.insert(0, {path!r}); import throwaway_method; from hasten.methods import registry; "
-          "registry.FOLDERS += (throwaway_method,); from hasten.cli import main; sys.exit(main())")
+LAUNCH = (
+    "import sys; sys.path.insert(0, {path!r}); import throwaway_method; from hasten.methods import registry; "
+    "registry.FOLDERS += (throwaway_method,); from hasten.cli import main; sys.exit(main())"
+)
 
 
 def readme_table() -> str:
@@ -82,8 +84,10 @@ def readme_table() -> str:
 def readme_table_problem() -> str | None:
     """Why the README's method table is not the registry's (None when it is)."""
     if readme_table() != registry.method_table(ROOT):
-        return (f"README.md's method table is not the registry's: paste the output of `hasten methods` between {BEGIN} "
-                f"and {END}")
+        return (
+            f"README.md's method table is not the registry's: paste the output of `hasten methods` between {BEGIN} "
+            f"and {END}"
+        )
     return None
 
 
@@ -123,7 +127,8 @@ def test_a_method_missing_from_a_test_is_named():
         "ema: no test run of its spec takes part in the faults test; add one (MethodSpec.test_runs) or say in "
         "not_tested why it does not apply",
         "ema: no test run of its spec takes part in the host_syncs test; add one (MethodSpec.test_runs) or say in "
-        "not_tested why it does not apply"]
+        "not_tested why it does not apply",
+    ]
     excused = replace(lone, not_tested={"faults": "a reason", "host_syncs": "another"})
     assert uncovered({"ema": excused}) == []
     assert uncovered({"ema": replace(specs["ema"], test_runs={})})  # no runs at all: named too
@@ -141,8 +146,9 @@ def test_a_method_missing_from_the_readme_table_fails(throwaway):
 
 
 @pytest.mark.slow  # a grid run, a fault-injection chain (3 processes) and a host-sync run of the throwaway (~1 min)
-def test_a_throwaway_method_runs_in_every_registry_built_test_through_its_spec_alone(tmp_path, tiny_overrides,
-                                                                                      throwaway, monkeypatch):
+def test_a_throwaway_method_runs_in_every_registry_built_test_through_its_spec_alone(
+    tmp_path, tiny_overrides, throwaway, monkeypatch
+):
     overrides = ["methods.count={every: 2}"]
     assert all(cases(kind)["count-every2"].overrides == tuple(overrides) for kind in TEST_KINDS)
     assert "count-steps" in build_parser().format_help()  # its command
@@ -150,7 +156,12 @@ def test_a_throwaway_method_runs_in_every_registry_built_test_through_its_spec_a
 
     check_trains_and_resumes_bit_exactly(tmp_path / "grid", tiny_overrides, overrides, "count")
     hasten = [sys.executable, "-c", LAUNCH.format(path=str(throwaway.parent))]  # fault injection kills real processes
-    check_sigkill_and_resume_is_bit_exact(tmp_path / "faults", tiny_overrides, "count", overrides, ("step:5", "save:8"),
-                                          hasten)
-    check_no_host_sync_between_sync_points(tmp_path / "host_syncs", tiny_overrides,
-                                           lambda trainer: fit_counting_host_reads(trainer, monkeypatch), overrides)
+    check_sigkill_and_resume_is_bit_exact(
+        tmp_path / "faults", tiny_overrides, "count", overrides, ("step:5", "save:8"), hasten
+    )
+    check_no_host_sync_between_sync_points(
+        tmp_path / "host_syncs",
+        tiny_overrides,
+        lambda trainer: fit_counting_host_reads(trainer, monkeypatch),
+        overrides,
+    )

@@ -37,7 +37,7 @@ class Recorder(Method):
 
     def after_step(self, ctx):
         self._record("after_step", ctx)
-        return {"recorder/step_squared": float(ctx.state.progress.step ** 2)}
+        return {"recorder/step_squared": float(ctx.state.progress.step**2)}
 
     def after_eval(self, ctx, val_loss):
         self._record("after_eval", ctx)
@@ -56,11 +56,21 @@ class Recorder(Method):
 
 
 def _rows(run_dir, kind):
-    return [r for r in (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+    return [
+        r
+        for r in (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == kind
+    ]
 
 
 def test_a_recording_method_sees_the_lifecycle_in_order_and_resumes_first(tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, "train.max_steps=8", "train.eval_every=4", "train.checkpoint_every=4", "train.log_every=2"]
+    overrides = [
+        *tiny_overrides,
+        "train.max_steps=8",
+        "train.eval_every=4",
+        "train.checkpoint_every=4",
+        "train.log_every=2",
+    ]
     first = Recorder()
     build_trainer(load_config(None, overrides), tmp_path / "run", [first, StopAt(4)], progress=False).fit()
     hooks = [hook for hook, _ in first.calls]
@@ -87,10 +97,22 @@ def test_a_recording_method_sees_the_lifecycle_in_order_and_resumes_first(tmp_pa
 
 
 def test_the_order_of_methods_is_their_specs_not_the_recipe_order(tiny_overrides):
-    a = load_config(None, [*tiny_overrides, "methods.lawa={k: 2, interval: 2}",
-                           "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 4}]}"])
-    b = load_config(None, [*tiny_overrides, "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 4}]}",
-                           "methods.lawa={k: 2, interval: 2}"])
+    a = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "methods.lawa={k: 2, interval: 2}",
+            "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 4}]}",
+        ],
+    )
+    b = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 4}]}",
+            "methods.lawa={k: 2, interval: 2}",
+        ],
+    )
     assert list(a.methods) == ["lawa", "growth"] and list(b.methods) == ["growth", "lawa"]
     assert enabled_methods(a) == enabled_methods(b) == ["growth", "lawa"]
     assert [m.name for m in build_methods(a)] == [m.name for m in build_methods(b)] == ["growth", "lawa"]

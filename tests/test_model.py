@@ -211,7 +211,10 @@ def test_flops_per_token_by_hand():
         ({"n_heads": 3}, "n_heads=3 does not divide d_model=32"),
         ({"n_kv_heads": 3}, "n_kv_heads=3 does not divide n_heads"),
         ({"n_layers": 0}, "n_layers=0 must be a whole number"),
-        ({"d_ff": 2**56}, "d_ff=72057594037927936 must be a whole number in [1, 16,777,216]"),  # found by the config fuzz
+        (
+            {"d_ff": 2**56},
+            "d_ff=72057594037927936 must be a whole number in [1, 16,777,216]",
+        ),  # found by the config fuzz
         ({"d_model": 64.5}, "d_model=64.5 must be a whole number"),
         ({"vocab_size": -1}, "vocab_size"),
         ({"family": "llama", "d_model": 36, "n_heads": 4, "n_kv_heads": 4}, "must be even for RoPE"),

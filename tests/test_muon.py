@@ -95,7 +95,13 @@ def test_rejects_foreign_state():
 def test_trainer_resume_is_bit_exact(tiny_overrides, tmp_path):
     from hasten.recipes import build_trainer
 
-    overrides = [*tiny_overrides, "optim.name=muon", "train.max_steps=12", "train.eval_every=4", "train.checkpoint_every=4"]
+    overrides = [
+        *tiny_overrides,
+        "optim.name=muon",
+        "train.max_steps=12",
+        "train.eval_every=4",
+        "train.checkpoint_every=4",
+    ]
     full = build_trainer(load_config(None, overrides), tmp_path / "full", progress=False)
     full.fit()
 

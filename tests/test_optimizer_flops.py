@@ -43,8 +43,11 @@ def test_newton_schulz_matmuls_equal_flop_counter(shape):
         opt.step()
     assert counter.get_total_flops() == newton_schulz_matmul_flops(shape, MUON_NS_STEPS)
     m, n = sorted(shape)
-    assert muon_step_flops([p], MUON_NS_STEPS) == (newton_schulz_matmul_flops(shape, MUON_NS_STEPS) + MUON_PER_ELEMENT * p.numel()
-                                                   + MUON_NS_STEPS * (2 * m * m + 2 * m * n))
+    assert muon_step_flops([p], MUON_NS_STEPS) == (
+        newton_schulz_matmul_flops(shape, MUON_NS_STEPS)
+        + MUON_PER_ELEMENT * p.numel()
+        + MUON_NS_STEPS * (2 * m * m + 2 * m * n)
+    )
 
 
 def test_muon_optimizer_counts_its_matrices_with_flop_counter_and_the_rest_as_adamw():
@@ -56,7 +59,9 @@ def test_muon_optimizer_counts_its_matrices_with_flop_counter_and_the_rest_as_ad
         opt.step()
     muon_params = [p for g in opt.muon.param_groups for p in g["params"]]
     adamw_params = [p for g in opt.adamw.param_groups for p in g["params"]]
-    assert counter.get_total_flops() == sum(newton_schulz_matmul_flops(tuple(p.shape), MUON_NS_STEPS) for p in muon_params)
+    assert counter.get_total_flops() == sum(
+        newton_schulz_matmul_flops(tuple(p.shape), MUON_NS_STEPS) for p in muon_params
+    )
     assert counter.get_total_flops() > 0
     expected = muon_step_flops(muon_params, MUON_NS_STEPS) + ADAMW_PER_ELEMENT * sum(p.numel() for p in adamw_params)
     assert optimizer_step_flops(opt) == expected
@@ -87,7 +92,9 @@ def test_muon_overhead_on_the_benchmark_model_is_what_the_issue_measured():
 
     model = _model("bench-d64")
     opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3))
-    ns = sum(newton_schulz_matmul_flops(tuple(p.shape), MUON_NS_STEPS) for g in opt.muon.param_groups for p in g["params"])
+    ns = sum(
+        newton_schulz_matmul_flops(tuple(p.shape), MUON_NS_STEPS) for g in opt.muon.param_groups for p in g["params"]
+    )
     assert 3.0e8 < ns < 3.2e8
     share = optimizer_step_flops(opt) / (flops_per_token(model.config, 128) * 16 * 128)
     assert 0.08 < share < 0.10

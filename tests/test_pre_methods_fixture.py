@@ -33,8 +33,9 @@ def fixture_copy(tmp_path, monkeypatch) -> Path:
 def _losses(run_dir: Path) -> tuple[dict[str, float], dict[str, dict]]:
     rows = read_metrics(run_dir)
     train = {str(r["step"]): r["loss"] for r in rows if r["kind"] == "train"}
-    evals = {str(r["step"]): {k: r[k] for k in ("val_loss", "lawa/val_loss") if k in r}
-             for r in rows if r["kind"] == "eval"}
+    evals = {
+        str(r["step"]): {k: r[k] for k in ("val_loss", "lawa/val_loss") if k in r} for r in rows if r["kind"] == "eval"
+    }
     return train, evals
 
 

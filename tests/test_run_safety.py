@@ -39,8 +39,13 @@ def _cli(capsys, argv: list[str]) -> tuple[int, list[str], str]:
     code = _main(argv)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
-    lines = [line for line in captured.err.splitlines() if line.strip() and "%|" not in line
-             and not line.startswith(("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step "))]
+    lines = [
+        line
+        for line in captured.err.splitlines()
+        if line.strip()
+        and "%|" not in line
+        and not line.startswith(("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step "))
+    ]
     return code, lines, captured.out
 
 
@@ -75,8 +80,14 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def overrides(tiny_overrides) -> list[str]:
-    return [*tiny_overrides, "train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=2", "methods.lawa.k=2",
-            "methods.lawa.interval=1"]
+    return [
+        *tiny_overrides,
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",
+        "methods.lawa.k=2",
+        "methods.lawa.interval=1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +132,10 @@ def test_resume_and_fork_extend_a_finished_run_and_say_what_changed(capsys, work
     err = capsys.readouterr().err
     # says which settings it applied (log_every is free: it changes nothing at all), and what the new budget means for the LR
     assert "--resume applies train.eval_every 2 -> 1, train.keep_checkpoints 2 -> 1, train.max_steps 4 -> 6 " in err
-    assert "the LR schedule keeps the length it was planned with (4 steps); training past it runs at its final LR 0.0003" in err
+    assert (
+        "the LR schedule keeps the length it was planned with (4 steps); training past it runs at its final LR 0.0003"
+        in err
+    )
     assert [r["step"] for r in _rows(run_copy, "eval")][-2:] == [5, 6]  # the new cadence
     assert [p.name for p in (run_copy / "checkpoints").iterdir()] == ["step_00000006"]  # the new retention
     saved = (run_copy / "config.yaml").read_text()
@@ -131,7 +145,10 @@ def test_resume_and_fork_extend_a_finished_run_and_say_what_changed(capsys, work
 
     # a fork: a new run dir continuing from the finished run's checkpoint, the original untouched
     assert _main(["train", "--from", finished, "--run-dir", workdir / "fork", *sets]) == 0
-    assert "--from applies train.eval_every 2 -> 1, train.keep_checkpoints 2 -> 1, train.max_steps 4 -> 6 " in capsys.readouterr().err
+    assert (
+        "--from applies train.eval_every 2 -> 1, train.keep_checkpoints 2 -> 1, train.max_steps 4 -> 6 "
+        in capsys.readouterr().err
+    )
     assert _digest(finished) == finished_before
     fork = workdir / "fork"
     events = [r.get("event") for r in _rows(fork, "event")]
@@ -142,11 +159,19 @@ def test_resume_and_fork_extend_a_finished_run_and_say_what_changed(capsys, work
 
 def test_resume_refuses_trajectory_changes_naming_only_the_keys_given(capsys, run_copy, workdir):
     before = _digest(workdir)
-    _one_line_error(capsys, ["train", "--resume", "--run-dir", run_copy, "--set", "optim.lr=1e-2", "--set", "model.n_layers=3"],
-                    "differs from the run's in model.n_layers, optim.lr, which")
-    _one_line_error(capsys, ["train", "--resume", "--run-dir", run_copy, "--set", "train.max_steps=3"],
-                    "train.max_steps=3 is below the run's progress (4 steps done)")
-    _one_line_error(capsys, ["train", "--from", run_copy, "--run-dir", run_copy], "--from and --run-dir are the same run")
+    _one_line_error(
+        capsys,
+        ["train", "--resume", "--run-dir", run_copy, "--set", "optim.lr=1e-2", "--set", "model.n_layers=3"],
+        "differs from the run's in model.n_layers, optim.lr, which",
+    )
+    _one_line_error(
+        capsys,
+        ["train", "--resume", "--run-dir", run_copy, "--set", "train.max_steps=3"],
+        "train.max_steps=3 is below the run's progress (4 steps done)",
+    )
+    _one_line_error(
+        capsys, ["train", "--from", run_copy, "--run-dir", run_copy], "--from and --run-dir are the same run"
+    )
     assert _digest(workdir) == before
 
 
@@ -159,13 +184,19 @@ def test_resume_refuses_an_edited_or_shrunk_corpus_before_writing_anything(capsy
     original = (corpus / "doc03.txt").read_text()
     with open(corpus / "doc03.txt", "a") as f:
         f.write("one more line\n")
-    _one_line_error(capsys, ["train", "--resume", "--run-dir", run, "--set", "train.max_steps=3"],
-                    "changed since this run started (doc03.txt edited", "restore it")
+    _one_line_error(
+        capsys,
+        ["train", "--resume", "--run-dir", run, "--set", "train.max_steps=3"],
+        "changed since this run started (doc03.txt edited",
+        "restore it",
+    )
     _one_line_error(capsys, ["eval", run], "doc03.txt edited", "its val split is not the run's", "--data")
     (corpus / "doc03.txt").write_text(original)
     (corpus / "doc05.txt").unlink()
     _one_line_error(capsys, ["train", "--resume", "--run-dir", run], "doc05.txt deleted")
-    assert _digest(run) == {k.removeprefix("run/"): v for k, v in before.items() if k.startswith("run/")}  # tokenizer.json too
+    assert _digest(run) == {
+        k.removeprefix("run/"): v for k, v in before.items() if k.startswith("run/")
+    }  # tokenizer.json too
 
 
 # ---------------------------------------------------------------------------------------------- run dirs
@@ -177,7 +208,9 @@ def test_a_folder_with_the_users_files_is_refused(capsys, workdir, tiny_override
     (mine / "summary.json").write_text('{"my": "notes"}')
     (mine / "loss.png").write_bytes(b"my plot")
     before = _digest(workdir)
-    _one_line_error(capsys, _train(mine, [*tiny_overrides, "train.max_steps=1"]), "is not empty (holds loss.png, summary.json)")
+    _one_line_error(
+        capsys, _train(mine, [*tiny_overrides, "train.max_steps=1"]), "is not empty (holds loss.png, summary.json)"
+    )
     assert _digest(workdir) == before
 
 
@@ -196,7 +229,11 @@ def test_a_second_writer_is_refused_while_the_run_dir_is_locked(capsys, run_copy
     holder.acquire()
     try:
         before = _digest(run_copy)
-        _one_line_error(capsys, ["train", "--resume", "--run-dir", run_copy, "--set", "train.max_steps=5"], "in use by another hasten")
+        _one_line_error(
+            capsys,
+            ["train", "--resume", "--run-dir", run_copy, "--set", "train.max_steps=5"],
+            "in use by another hasten",
+        )
         assert _digest(run_copy) == before
     finally:
         holder.release()
@@ -212,12 +249,21 @@ def test_disk_full_at_setup_or_when_writing_the_plot_or_summary(capsys, workdir,
     sets = [*tiny_overrides, "train.max_steps=1"]
     with monkeypatch.context() as m:
         m.setattr(rundir.shutil, "copyfile", full)  # the first file copied into the staging folder
-        _one_line_error(capsys, _train(workdir / "a", sets), "creating run dir", "No space left on device", "run the same command again")
+        _one_line_error(
+            capsys,
+            _train(workdir / "a", sets),
+            "creating run dir",
+            "No space left on device",
+            "run the same command again",
+        )
     assert list(workdir.iterdir()) == []
     with monkeypatch.context() as m:
         m.setattr(hasten.plots, "plot_run", full)
         _one_line_error(capsys, _train(workdir / "b", sets), "loss.png failed (No space left on device)", "--resume")
-    assert load_checkpoint(workdir / "b" / "checkpoints")["progress"]["step"] == 1 and not (workdir / "b" / "loss.png").exists()
+    assert (
+        load_checkpoint(workdir / "b" / "checkpoints")["progress"]["step"] == 1
+        and not (workdir / "b" / "loss.png").exists()
+    )
     real = Path.write_text
 
     def summary_full(self, *args, **kwargs):
@@ -238,7 +284,9 @@ def test_disk_full_at_setup_or_when_writing_the_plot_or_summary(capsys, workdir,
 
     with monkeypatch.context() as m:
         m.setattr(Path, "open", metrics_full)
-        _one_line_error(capsys, _train(workdir / "d", sets), "metrics.jsonl failed at step 0 (No space left on device)", "--resume")
+        _one_line_error(
+            capsys, _train(workdir / "d", sets), "metrics.jsonl failed at step 0 (No space left on device)", "--resume"
+        )
 
 
 def test_garbage_in_metrics_jsonl_does_not_stop_resume_or_grow(capsys, run_copy, workdir):
@@ -252,7 +300,9 @@ def test_garbage_in_metrics_jsonl_does_not_stop_resume_or_grow(capsys, run_copy,
     code, lines, _ = _cli(capsys, ["grow", run_copy, "--op", "stack", "--factor", "2", "--out", workdir / "grown"])
     assert code == 0 and not [line for line in lines if "error" in line], lines
     assert (workdir / "grown" / "corpus.json").read_bytes() == (run_copy / "corpus.json").read_bytes()
-    assert _main(["train", "--resume", "--run-dir", workdir / "grown", "--set", "train.max_steps=6"]) == 0  # on the same tokens
+    assert (
+        _main(["train", "--resume", "--run-dir", workdir / "grown", "--set", "train.max_steps=6"]) == 0
+    )  # on the same tokens
 
 
 # ---------------------------------------------------------------------------------------------- export / import / eval / generate
@@ -264,10 +314,14 @@ def test_export_and_import_refuse_a_non_empty_target_unless_forced(capsys, workd
     (out / "config.json").write_text("my own config")
     (out / "notes.txt").write_text("keep me")
     before = _digest(workdir)
-    _one_line_error(capsys, ["export", finished, "--out", out], "is not empty (holds config.json, notes.txt)", "--force")
+    _one_line_error(
+        capsys, ["export", finished, "--out", out], "is not empty (holds config.json, notes.txt)", "--force"
+    )
     assert _digest(workdir) == before
     assert _main(["export", finished, "--out", out, "--force"]) == 0
-    assert (out / "notes.txt").read_text() == "keep me" and json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    assert (out / "notes.txt").read_text() == "keep me" and json.loads((out / "config.json").read_text())[
+        "model_type"
+    ] == "gpt2"
     _one_line_error(capsys, ["export", finished, "--out", finished, "--force"], "is a hasten run dir")
 
     imported = workdir / "imported"
@@ -285,13 +339,18 @@ def test_eval_on_its_val_split_other_data_averaged_weights_and_an_imported_model
     raw = json.loads(out)
     assert code == 0 and raw["split"] == "val" and raw["step"] == 4
     code, _, out = _cli(capsys, ["eval", finished, "--weights", "lawa"])
-    assert code == 0 and json.loads(out)["loss"] != raw["loss"]  # the average of the last checkpoints differs from the raw weights
+    assert (
+        code == 0 and json.loads(out)["loss"] != raw["loss"]
+    )  # the average of the last checkpoints differs from the raw weights
     corpus = _folder_corpus(workdir / "other")
     code, _, out = _cli(capsys, ["eval", finished, "--data", corpus, "--sequences", "4"])
     other = json.loads(out)
     assert code == 0 and other["split"] == "all" and other["data"] == str(corpus) and other["loss"] != raw["loss"]
 
-    assert _main(["export", finished, "--out", workdir / "hf"]) == 0 and _main(["import-hf", workdir / "hf", "--out", workdir / "m"]) == 0
+    assert (
+        _main(["export", finished, "--out", workdir / "hf"]) == 0
+        and _main(["import-hf", workdir / "hf", "--out", workdir / "m"]) == 0
+    )
     _one_line_error(capsys, ["eval", workdir / "m"], "without a training config", "--data")
     code, _, out = _cli(capsys, ["eval", workdir / "m", "--data", corpus, "--sequences", "4"])
     assert code == 0 and json.loads(out)["loss"] == pytest.approx(other["loss"], abs=1e-5)  # the same weights, imported
@@ -299,7 +358,9 @@ def test_eval_on_its_val_split_other_data_averaged_weights_and_an_imported_model
 
 def test_generate_greedy_and_seeded_sampling_also_from_averaged_weights(capsys, finished):
     def generate(*extra) -> str:
-        code, lines, out = _cli(capsys, ["generate", finished, "--prompt", "def _main(", "--max-new-tokens", "12", *extra])
+        code, lines, out = _cli(
+            capsys, ["generate", finished, "--prompt", "def _main(", "--max-new-tokens", "12", *extra]
+        )
         assert code == 0 and not lines, lines
         return out
 
@@ -369,8 +430,14 @@ def _processes_mentioning(text: str) -> list[int]:
 
 @pytest.fixture
 def long_run(tiny_overrides) -> list[str]:
-    return [*tiny_overrides, "train.max_steps=100000", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=100000",
-            "train.device=cpu"]
+    return [
+        *tiny_overrides,
+        "train.max_steps=100000",
+        "train.log_every=1",
+        "train.checkpoint_every=0",
+        "train.eval_every=100000",
+        "train.device=cpu",
+    ]
 
 
 def test_ctrl_c_checkpoints_at_the_next_step_and_a_concurrent_resume_is_refused(capsys, workdir, long_run):
@@ -397,7 +464,9 @@ def test_nproc_reports_the_first_error_once_and_sigterm_stops_every_process(work
     bad = _start(workdir / "bad", [*long_run, "train.batch_size=3"], "--nproc", "2")
     _, err = bad.communicate(timeout=240)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert bad.returncode == 2 and lines == ["hasten: error: train.batch_size=3 does not split over 2 ranks; use a multiple"], err
+    assert bad.returncode == 2 and lines == [
+        "hasten: error: train.batch_size=3 does not split over 2 ranks; use a multiple"
+    ], err
     assert not (workdir / "bad").exists()
 
     run = workdir / "ddp"

@@ -50,7 +50,9 @@ def test_deterministic_given_seed():
 def test_epoch_wrap_visits_every_window_once_per_epoch():
     n = 10
     sampler = WindowSampler(_tokens(n), L, seed=1)
-    stream = [w for rows in _draw(sampler, 10, 3) for w in _window_ids(rows)]  # 30 rows = 3 epochs, batches straddle epochs
+    stream = [
+        w for rows in _draw(sampler, 10, 3) for w in _window_ids(rows)
+    ]  # 30 rows = 3 epochs, batches straddle epochs
     epochs = [stream[i * n : (i + 1) * n] for i in range(3)]
     for order in epochs:
         assert sorted(order) == list(range(n))

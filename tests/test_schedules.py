@@ -96,7 +96,9 @@ def test_token_based_decay_reaches_the_floor_at_max_tokens():
     # sequence length warmup: short, cheap steps first, then full-length steps
     per_step = [8, 16, 24, 32, 40, 48, 56] + [64] * 30
     max_tokens = sum(per_step)
-    sched = _schedule("cosine", warmup=4, total=len(per_step), decay_unit="tokens", total_tokens=max_tokens, step_tokens=64)
+    sched = _schedule(
+        "cosine", warmup=4, total=len(per_step), decay_unit="tokens", total_tokens=max_tokens, step_tokens=64
+    )
     trace = _simulate(sched, per_step)
     # warmup is counted in steps whatever the tokens per step
     for step, _, lr in trace[:4]:
@@ -114,7 +116,9 @@ def test_token_based_decay_reaches_the_floor_at_max_tokens():
 
 def test_token_decay_equals_step_decay_at_constant_tokens_per_step():
     k, steps = 64, 40
-    by_tokens = _simulate(_schedule("linear", warmup=5, total=steps, decay_unit="tokens", total_tokens=k * steps), [k] * steps)
+    by_tokens = _simulate(
+        _schedule("linear", warmup=5, total=steps, decay_unit="tokens", total_tokens=k * steps), [k] * steps
+    )
     by_steps = _simulate(_schedule("linear", warmup=5, total=steps), [k] * steps)
     assert [lr for *_, lr in by_tokens] == pytest.approx([lr for *_, lr in by_steps])
 
@@ -144,14 +148,18 @@ def test_state_round_trip():
     per_step = [16] * 6 + [64] * 10
     sched = _schedule("wsd", warmup=3, total=50, decay_unit="tokens", total_tokens=2000)
     trace = _simulate(sched, per_step)
-    sched.restart(at_step=len(per_step), at_tokens=trace[-1][1], total_steps=40, total_tokens=1500, start_step=5, rewarmup_steps=4)
+    sched.restart(
+        at_step=len(per_step), at_tokens=trace[-1][1], total_steps=40, total_tokens=1500, start_step=5, rewarmup_steps=4
+    )
     sched.note_progress(len(per_step) + 6, trace[-1][1] + 300)
     state = sched.state_dict()
 
     restored = _schedule("wsd", warmup=3, total=999, decay_unit="tokens", total_tokens=1)  # state replaces the lengths
     restored.load_state_dict(dict(state))
     assert restored.state_dict() == state
-    probes = [(step, tokens) for step in range(len(per_step), len(per_step) + 40, 3) for tokens in (trace[-1][1] + 300, 3000)]
+    probes = [
+        (step, tokens) for step in range(len(per_step), len(per_step) + 40, 3) for tokens in (trace[-1][1] + 300, 3000)
+    ]
     assert [restored.lr(s, t, 2.0) for s, t in probes] == [sched.lr(s, t, 2.0) for s, t in probes]
 
 

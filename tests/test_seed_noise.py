@@ -18,10 +18,20 @@ def test_crossing_reuses_the_diagonal_and_tells_init_from_data(tmp_path, tiny_ov
     grid = tmp_path / "grid" / "runs"
     for seed in (0, 1):  # the grid's runs, finished as `hasten compare` finishes them (summary.json)
         name = f"tiny-abc-seed{seed}"
-        spec = RunSpec(name, "tiny", seed, None, tiny_overrides + ["train.max_steps=8", f"train.seed={seed}", f"name={name}"], grid / name)
+        spec = RunSpec(
+            name,
+            "tiny",
+            seed,
+            None,
+            tiny_overrides + ["train.max_steps=8", f"train.seed={seed}", f"name={name}"],
+            grid / name,
+        )
         assert execute(spec)["status"] == "trained"
     out = tmp_path / "noise"
-    assert seed_noise.main(["--run", str(grid / "tiny-abc-seed0"), "--seeds", "0", "1", "--jobs", "1", "--out", str(out)]) == 0
+    assert (
+        seed_noise.main(["--run", str(grid / "tiny-abc-seed0"), "--seeds", "0", "1", "--jobs", "1", "--out", str(out)])
+        == 0
+    )
     trained = sorted(p.name for p in (out / "runs").iterdir())
     assert trained == ["init0-data1", "init1-data0"]  # the diagonal is the grid's own runs
     finals = json.loads((out / "results.json").read_text())
@@ -29,7 +39,10 @@ def test_crossing_reuses_the_diagonal_and_tells_init_from_data(tmp_path, tiny_ov
     assert len(set(finals.values())) == 4  # four different runs
     assert "| init 1 |" in (out / "README.md").read_text() and (out / "curves.png").is_file()
     # a rerun trains nothing and writes the same table
-    assert seed_noise.main(["--run", str(grid / "tiny-abc-seed0"), "--seeds", "0", "1", "--jobs", "1", "--out", str(out)]) == 0
+    assert (
+        seed_noise.main(["--run", str(grid / "tiny-abc-seed0"), "--seeds", "0", "1", "--jobs", "1", "--out", str(out)])
+        == 0
+    )
     assert json.loads((out / "results.json").read_text()) == finals
 
 

@@ -56,7 +56,9 @@ def test_fixed_linear_matches_spec_values():
 
 
 def test_fixed_root_matches_spec_values():
-    sched = SeqLenSchedule(SeqLenWarmupConfig(kind="fixed_root", root_degree=2, min_len=8, max_len=1024, total_steps=15000))
+    sched = SeqLenSchedule(
+        SeqLenWarmupConfig(kind="fixed_root", root_degree=2, min_len=8, max_len=1024, total_steps=15000)
+    )
     expected = {1: 16, 150: 104, 3000: 456, 3750: 512, 7500: 720}
     assert {t: sched(t) for t in expected} == expected
 
@@ -186,7 +188,12 @@ def test_negative_step_rejected():
 def test_token_accounting_equals_bruteforce(kind, mode):
     sched = SeqLenSchedule(
         SeqLenWarmupConfig(
-            kind=kind, min_len=16, max_len=200, total_steps=300, root_degree=2 if kind == "fixed_root" else None, mode=mode
+            kind=kind,
+            min_len=16,
+            max_len=200,
+            total_steps=300,
+            root_degree=2 if kind == "fixed_root" else None,
+            mode=mode,
         )
     )
     B = 3
@@ -243,7 +250,9 @@ def test_schedule_properties(step, min_mult, extra, total, root, probes):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_len may not be a multiple of step
         sched = SeqLenSchedule(
-            SeqLenWarmupConfig(kind=kind, min_len=min_len, max_len=max_len, total_steps=total, step=step, root_degree=root)
+            SeqLenWarmupConfig(
+                kind=kind, min_len=min_len, max_len=max_len, total_steps=total, step=step, root_degree=root
+            )
         )
     ts = sorted(set(probes) | {0, 1, total, total + 1})
     lengths = [sched(t) for t in ts]

@@ -50,7 +50,9 @@ def test_full_length_is_identity():
 def test_reshape_layout_order_and_overlap():
     rows = torch.arange(2 * 11).view(2, 11)  # Lmax = 10
     out = reshape_rows(rows, 3)  # floor(10/3) = 3 windows of 4 tokens per row
-    expected = torch.tensor([[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [11, 12, 13, 14], [14, 15, 16, 17], [17, 18, 19, 20]])
+    expected = torch.tensor(
+        [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [11, 12, 13, 14], [14, 15, 16, 17], [17, 18, 19, 20]]
+    )
     assert torch.equal(out, expected)
     assert out.is_contiguous()
 

@@ -80,7 +80,9 @@ def test_sampled_label_estimate_matches_mean_per_token_squared_gradient_float64(
     for block, expected in exact.items():
         values = torch.tensor([s[block] for s in samples], dtype=torch.float64)
         mean, stderr = values.mean().item(), values.std().item() / math.sqrt(draws)
-        assert stderr < 0.1 * mean, block  # the check is sharp enough to catch a factor-of-T (sequences vs tokens) error
+        assert stderr < 0.1 * mean, (
+            block
+        )  # the check is sharp enough to catch a factor-of-T (sequences vs tokens) error
         assert abs(mean - expected) < 4 * stderr, (block, mean, expected, stderr)
 
 
@@ -110,6 +112,8 @@ def test_ratios_from_sharpness_sqrt_and_clip():
 
 
 def test_plot_sharpness_writes_png(tmp_path):
-    path = plot_sharpness({"emb": 1e-4, "qk": 1e-3, "ffn": 1e-2, "vo": 3e-2, "norm": 1.0}, tmp_path / "plots" / "sharpness.png")
+    path = plot_sharpness(
+        {"emb": 1e-4, "qk": 1e-3, "ffn": 1e-2, "vo": 3e-2, "norm": 1.0}, tmp_path / "plots" / "sharpness.png"
+    )
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

@@ -91,7 +91,9 @@ def test_probe_without_auto_ratios_leaves_training_bitwise_identical(probed_run,
     assert torch.equal(plain.rng_after_fit, probed.rng_after_fit)  # the probe drew from its own generator only
 
 
-@pytest.mark.parametrize("stop_at", [2, 5])  # interrupted before the probe point (it re-runs) and after it (state restores)
+@pytest.mark.parametrize(
+    "stop_at", [2, 5]
+)  # interrupted before the probe point (it re-runs) and after it (state restores)
 def test_auto_ratios_set_groups_and_resume_bit_exactly(auto_run, tmp_path, tiny_overrides, stop_at):
     straight, straight_dir = auto_run
     overrides = tiny_overrides + STEPS + AUTO

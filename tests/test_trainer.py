@@ -39,6 +39,7 @@ def test_resume_is_bit_exact(tmp_path, tiny_overrides):
     sa, sb = straight.state.optimizer.state_dict()["state"], resumed.state.optimizer.state_dict()["state"]
     for idx in sa:
         assert torch.equal(sa[idx]["exp_avg_sq"], sb[idx]["exp_avg_sq"])
+
     # the metrics record of the resumed run equals the uninterrupted one (losses logged after resume included)
     def losses(name):
         rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +66,11 @@ def test_every_block_lr_is_logged(tmp_path, tiny_overrides):
             before = (row["step"] - 1, row["tokens"] - 8 * 64)  # the step's LR is set from the counters before it
             for block in blocks:
                 ratio = DEFAULT_RATIOS[block] if name == "blockwise" else 1.0
-                assert row[f"lr/{block}"] == pytest.approx(schedule.lr(*before, ratio), rel=1e-12), (name, block, row["step"])
+                assert row[f"lr/{block}"] == pytest.approx(schedule.lr(*before, ratio), rel=1e-12), (
+                    name,
+                    block,
+                    row["step"],
+                )
         peak = train[1]  # step 4, the end of warmup
         assert (peak["lr/emb"] == pytest.approx(10 * peak["lr/norm"])) == (name == "blockwise")
         assert train[1]["lr/emb"] != train[2]["lr/emb"]  # it follows the schedule
@@ -74,8 +79,11 @@ def test_every_block_lr_is_logged(tmp_path, tiny_overrides):
 def test_data_seed_changes_the_data_order_but_not_the_init(tmp_path, tiny_overrides):
     """train.data_seed splits the data order from the init: another data_seed starts from the same weights but draws
     other windows, another seed the reverse; data_seed equal to seed is the default run, bit for bit."""
+
     def built(name, seeds):
-        trainer = build_trainer(load_config(None, tiny_overrides + seeds), tmp_path / name, resume=False, progress=False)
+        trainer = build_trainer(
+            load_config(None, tiny_overrides + seeds), tmp_path / name, resume=False, progress=False
+        )
         return _weights(trainer), trainer.state.sampler._permutation(0)
 
     weights, order = built("first", ["train.seed=1"])

@@ -36,8 +36,13 @@ def _cli(capsys, argv) -> tuple[int, list[str], str]:
     code = _main(argv)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "Exception in thread" not in captured.err, captured.err
-    lines = [line for line in captured.err.splitlines() if line.strip() and "%|" not in line
-             and not line.startswith(("hasten: warning", "hasten: note", "run dir ", "train step "))]
+    lines = [
+        line
+        for line in captured.err.splitlines()
+        if line.strip()
+        and "%|" not in line
+        and not line.startswith(("hasten: warning", "hasten: note", "run dir ", "train step "))
+    ]
     return code, lines, captured.out
 
 
@@ -51,8 +56,11 @@ def _one_line_error(capsys, argv, *fragments) -> str:
 
 def _digest(root: Path) -> dict[str, str]:
     """sha256 of every file under root (run dir locks aside: a refused command may take and release one)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -143,8 +151,9 @@ def _loaders(run: Path, out: Path, overrides: list[str]) -> dict[str, list]:
     }
 
 
-@pytest.mark.parametrize("loader", ["eval", "generate", "export", "train --resume", "train --from", "grow", "sharpness",
-                                    "train.init_from"])
+@pytest.mark.parametrize(
+    "loader", ["eval", "generate", "export", "train --resume", "train --from", "grow", "sharpness", "train.init_from"]
+)
 def test_a_payload_checkpoint_runs_no_code_in_any_loader(capsys, workdir, finished, overrides, loader):
     run, marker = workdir / "downloaded", workdir / "PWNED"
     shutil.copytree(finished, run)
@@ -168,13 +177,18 @@ def test_a_payload_in_a_sharded_checkpoints_metadata_runs_no_code(capsys, workdi
     assert not marker.exists() and _digest(workdir) == before
 
 
-@pytest.mark.parametrize("key, value, fragment", [
-    ("model_config", {"d_model": 32, "backdoor": 1}, "has a model config hasten cannot build"),
-    ("model_config", {"d_model": 2**40}, "has a model config hasten cannot build"),
-    ("progress", [1, 2, 3], "holds a list as its progress"),
-    ("config", "name: x", "holds a str as its config"),
-])
-def test_a_checkpoint_of_plain_values_that_hasten_cannot_use_is_one_line(capsys, workdir, finished, key, value, fragment):
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("model_config", {"d_model": 32, "backdoor": 1}, "has a model config hasten cannot build"),
+        ("model_config", {"d_model": 2**40}, "has a model config hasten cannot build"),
+        ("progress", [1, 2, 3], "holds a list as its progress"),
+        ("config", "name: x", "holds a str as its config"),
+    ],
+)
+def test_a_checkpoint_of_plain_values_that_hasten_cannot_use_is_one_line(
+    capsys, workdir, finished, key, value, fragment
+):
     run = workdir / "downloaded"
     shutil.copytree(finished, run)
     state = read_state(_newest(run) / STATE_FILE)
@@ -229,7 +243,9 @@ def exported(workdir, finished) -> Path:
 def test_import_hf_of_a_truncated_safetensors_file_is_one_line(capsys, workdir, exported):
     weights = exported / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    _one_line_error(capsys, ["import-hf", exported, "--out", workdir / "imported"], str(weights), "truncated or damaged")
+    _one_line_error(
+        capsys, ["import-hf", exported, "--out", workdir / "imported"], str(weights), "truncated or damaged"
+    )
     assert not (workdir / "imported").exists()
 
 
@@ -240,7 +256,9 @@ def test_import_hf_of_a_pickle_that_would_run_code_is_one_line(capsys, workdir, 
     (exported / "model.safetensors").unlink()
     marker, weights = workdir / "PWNED", exported / "pytorch_model.bin"
     torch.save({**tensors, "payload": _Payload(marker)}, weights)
-    _one_line_error(capsys, ["import-hf", exported, "--out", workdir / "imported"], str(weights), "would run code", "builtins.exec")
+    _one_line_error(
+        capsys, ["import-hf", exported, "--out", workdir / "imported"], str(weights), "would run code", "builtins.exec"
+    )
     assert not marker.exists() and not (workdir / "imported").exists()
     torch.save(tensors, weights)  # the same weights without the payload import as before
     assert _main(["import-hf", exported, "--out", workdir / "imported"]) == 0
@@ -259,11 +277,19 @@ def run_copy(workdir, finished) -> Path:
 def test_resume_refuses_a_run_whose_checkpoints_are_gone_and_the_advice_works(capsys, workdir, run_copy):
     shutil.rmtree(run_copy / "checkpoints")
     before = _digest(workdir)
-    line = _one_line_error(capsys, ["train", "--resume", "--run-dir", run_copy], "no checkpoint", "checkpoints up to step 4",
-                           "restore checkpoints/", "start over in a new run dir")
+    line = _one_line_error(
+        capsys,
+        ["train", "--resume", "--run-dir", run_copy],
+        "no checkpoint",
+        "checkpoints up to step 4",
+        "restore checkpoints/",
+        "start over in a new run dir",
+    )
     assert _digest(workdir) == before  # metrics.jsonl and summary.json kept, nothing retrained
-    advice = line[line.index("hasten train "):].split()
-    assert _main([*advice[1:-1], workdir / "again"]) == 0  # `hasten train RUN/config.yaml --run-dir NEW_DIR` starts over
+    advice = line[line.index("hasten train ") :].split()
+    assert (
+        _main([*advice[1:-1], workdir / "again"]) == 0
+    )  # `hasten train RUN/config.yaml --run-dir NEW_DIR` starts over
 
 
 def test_resume_and_fork_refuse_a_config_yaml_edited_against_the_checkpoint(capsys, workdir, run_copy):
@@ -271,10 +297,22 @@ def test_resume_and_fork_refuse_a_config_yaml_edited_against_the_checkpoint(caps
     original = config.read_text()
     config.write_text(original.replace("batch_size: 8", "batch_size: 4").replace("lr: 0.003", "lr: 0.001"))
     before = _digest(workdir)
-    for argv in (["train", "--resume", "--run-dir", run_copy], ["train", "--from", run_copy, "--run-dir", workdir / "fork"]):
-        _one_line_error(capsys, argv, str(config), "train.batch_size 8 -> 4", "optim.lr 0.003 -> 0.001", "put the checkpoint's values back")
+    for argv in (
+        ["train", "--resume", "--run-dir", run_copy],
+        ["train", "--from", run_copy, "--run-dir", workdir / "fork"],
+    ):
+        _one_line_error(
+            capsys,
+            argv,
+            str(config),
+            "train.batch_size 8 -> 4",
+            "optim.lr 0.003 -> 0.001",
+            "put the checkpoint's values back",
+        )
         assert _digest(workdir) == before
-    config.write_text(original.replace("max_steps: 4", "max_steps: 6"))  # a budget: what a stopped continuation leaves behind
+    config.write_text(
+        original.replace("max_steps: 4", "max_steps: 6")
+    )  # a budget: what a stopped continuation leaves behind
     assert _main(["train", "--resume", "--run-dir", run_copy]) == 0
     assert load_checkpoint(run_copy / "checkpoints")["progress"]["step"] == 6
 
@@ -286,7 +324,9 @@ def test_a_run_name_cannot_leave_the_runs_folder(capsys, workdir, overrides):
     (workdir / "project").mkdir()
     os.chdir(workdir / "project")  # the default run dir is runs/NAME-TIMESTAMP under the current folder
     for name in ("../../escaped", "a/b", ".."):
-        _one_line_error(capsys, ["train", *_sets([*overrides, f"name={name}"])], f"name={name!r} must be a plain name", "--run-dir")
+        _one_line_error(
+            capsys, ["train", *_sets([*overrides, f"name={name}"])], f"name={name!r} must be a plain name", "--run-dir"
+        )
     assert [p.name for p in workdir.rglob("*")] == ["project"]
 
 
@@ -296,8 +336,12 @@ def test_export_and_import_refuse_any_folder_inside_a_run_even_with_force(capsys
     before = _digest(workdir)
     for out in (step, run_copy / "tensorboard", run_copy / "checkpoints", run_copy / "hf"):
         for force in ([], ["--force"]):
-            _one_line_error(capsys, ["export", run_copy, "--out", out, *force], f"is inside the hasten run dir {run_copy}")
-            _one_line_error(capsys, ["import-hf", exported, "--out", out, *force], f"is inside the hasten run dir {run_copy}")
+            _one_line_error(
+                capsys, ["export", run_copy, "--out", out, *force], f"is inside the hasten run dir {run_copy}"
+            )
+            _one_line_error(
+                capsys, ["import-hf", exported, "--out", out, *force], f"is inside the hasten run dir {run_copy}"
+            )
     _one_line_error(capsys, ["export", run_copy, "--out", run_copy, "--force"], "is a hasten run dir")
     assert _digest(workdir) == before and not (run_copy / "hf").exists()
 
@@ -316,8 +360,13 @@ def test_grow_into_a_run_or_onto_a_full_disk_is_one_line_and_the_retry_works(cap
 
     with monkeypatch.context() as m:
         m.setattr(files, "_write_file", full)  # the checkpoint, after metrics.jsonl, tokenizer and corpus were written
-        _one_line_error(capsys, [*grow, workdir / "grown"], "creating grown run dir", "No space left on device",
-                        "run the same command again")
+        _one_line_error(
+            capsys,
+            [*grow, workdir / "grown"],
+            "creating grown run dir",
+            "No space left on device",
+            "run the same command again",
+        )
     assert _digest(workdir) == before and sorted(p.name for p in workdir.iterdir()) == ["copy"]  # no half-written --out
     code, _, _ = _cli(capsys, [*grow, workdir / "grown"])
     assert code == 0 and load_checkpoint(workdir / "grown" / "checkpoints")["model_config"]["n_layers"] == 4
@@ -341,22 +390,28 @@ def test_eval_of_a_run_without_a_checkpoint_yet_says_so(capsys, workdir, run_cop
     _one_line_error(capsys, ["eval", workdir], f"{workdir} is not a checkpoint")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--temperature", "nan"], "--temperature=nan must be a number >= 0"),
-    (["--temperature", "inf"], "--temperature=inf must be a number >= 0"),
-    (["--num-samples", "0"], "--num-samples=0 must be >= 1"),
-    (["--num-samples", "-2"], "--num-samples=-2 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--temperature", "nan"], "--temperature=nan must be a number >= 0"),
+        (["--temperature", "inf"], "--temperature=inf must be a number >= 0"),
+        (["--num-samples", "0"], "--num-samples=0 must be >= 1"),
+        (["--num-samples", "-2"], "--num-samples=-2 must be >= 1"),
+    ],
+)
 def test_generate_refuses_values_it_cannot_use(capsys, finished, argv, fragment):
     _one_line_error(capsys, ["generate", finished, *argv], fragment)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--nproc", "0"], "--nproc=0 must be >= 1"),
-    (["--nproc", "-1"], "--nproc=-1 must be >= 1"),
-    (["--stop-at-step", "0"], "--stop-at-step=0 must be >= 1"),
-    (["--stop-at-step", "-3"], "--stop-at-step=-3 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--nproc", "0"], "--nproc=0 must be >= 1"),
+        (["--nproc", "-1"], "--nproc=-1 must be >= 1"),
+        (["--stop-at-step", "0"], "--stop-at-step=0 must be >= 1"),
+        (["--stop-at-step", "-3"], "--stop-at-step=-3 must be >= 1"),
+    ],
+)
 def test_train_refuses_unusable_process_counts_and_stop_steps(capsys, workdir, overrides, argv, fragment):
     _one_line_error(capsys, ["train", "--run-dir", workdir / "run", *_sets(overrides), *argv], fragment)
     assert list(workdir.iterdir()) == []
@@ -365,7 +420,11 @@ def test_train_refuses_unusable_process_counts_and_stop_steps(capsys, workdir, o
 def test_a_stop_step_the_run_has_passed_is_refused_before_anything_is_written(capsys, workdir, run_copy):
     before = _digest(workdir)
     for argv in (["--resume", "--run-dir", run_copy], ["--from", run_copy, "--run-dir", workdir / "fork"]):
-        _one_line_error(capsys, ["train", *argv, "--stop-at-step", "3", "--set", "train.max_steps=8"], "--stop-at-step=3 must be above 4")
+        _one_line_error(
+            capsys,
+            ["train", *argv, "--stop-at-step", "3", "--set", "train.max_steps=8"],
+            "--stop-at-step=3 must be above 4",
+        )
         assert _digest(workdir) == before
     assert _main(["train", "--resume", "--run-dir", run_copy, "--stop-at-step", "6", "--set", "train.max_steps=8"]) == 0
     assert load_checkpoint(run_copy / "checkpoints")["progress"]["step"] == 6
@@ -373,8 +432,13 @@ def test_a_stop_step_the_run_has_passed_is_refused_before_anything_is_written(ca
 
 def test_a_model_too_large_to_allocate_is_one_line(capsys, workdir, overrides):
     huge = "model={preset: tiny, vocab_size: 16777216, d_model: 16777216, n_heads: 1, d_ff: 1}"
-    _one_line_error(capsys, ["train", "--run-dir", workdir / "run", *_sets([*overrides, huge])], "parameters",
-                    "more than this machine can allocate", "pick a smaller model")
+    _one_line_error(
+        capsys,
+        ["train", "--run-dir", workdir / "run", *_sets([*overrides, huge])],
+        "parameters",
+        "more than this machine can allocate",
+        "pick a smaller model",
+    )
     assert list(workdir.iterdir()) == []
 
 
@@ -393,8 +457,13 @@ def test_a_full_disk_in_the_tensorboard_writer_thread_is_one_line(capsys, workdi
 
     monkeypatch.setattr(record_writer.RecordWriter, "write", nearly_full)  # called in TensorBoard's own writer thread
     run = workdir / "run"
-    _one_line_error(capsys, ["train", "--run-dir", run, *_sets([*overrides, "train.tensorboard=true"])],
-                    f"TensorBoard events to {run / 'tensorboard'} failed", "No space left on device", "train.tensorboard=false")
+    _one_line_error(
+        capsys,
+        ["train", "--run-dir", run, *_sets([*overrides, "train.tensorboard=true"])],
+        f"TensorBoard events to {run / 'tensorboard'} failed",
+        "No space left on device",
+        "train.tensorboard=false",
+    )
     monkeypatch.undo()
     assert _main(["train", "--resume", "--run-dir", run, "--set", "train.tensorboard=false"]) == 0  # the advice works
 
@@ -430,18 +499,31 @@ def _trained(run: Path) -> bool:
 
 @pytest.fixture
 def long_run(tiny_overrides) -> list[str]:
-    return [*tiny_overrides, "train.max_steps=100000", "train.log_every=1", "train.checkpoint_every=4", "train.eval_every=100000",
-            "train.device=cpu"]
+    return [
+        *tiny_overrides,
+        "train.max_steps=100000",
+        "train.log_every=1",
+        "train.checkpoint_every=4",
+        "train.eval_every=100000",
+        "train.device=cpu",
+    ]
 
 
 @pytest.mark.slow  # a launch of 2 ranks (~10 s on 2 cores)
 def test_a_worker_killed_under_nproc_is_named_by_rank_and_signal(workdir, long_run):
     run = workdir / "ddp"
-    proc = subprocess.Popen([sys.executable, "-m", "hasten", "train", "--run-dir", str(run), *_sets(long_run), "--nproc", "2"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hasten", "train", "--run-dir", str(run), *_sets(long_run), "--nproc", "2"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(lambda: _trained(run), proc, 240, "training")
-        [rank1] = [pid for pid in _processes_mentioning(str(run)) if b"RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        [rank1] = [
+            pid for pid in _processes_mentioning(str(run)) if b"RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()
+        ]
         os.kill(rank1, signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -458,7 +540,9 @@ def test_a_worker_killed_under_nproc_is_named_by_rank_and_signal(workdir, long_r
 # ---------------------------------------------------------------------------------------------- compare keeps train's contract
 
 
-def _recipes(folder: Path, cache_dir: str, source: str = "stdlib", steps: int = 4, names=("slow", "fast")) -> list[Path]:
+def _recipes(
+    folder: Path, cache_dir: str, source: str = "stdlib", steps: int = 4, names=("slow", "fast")
+) -> list[Path]:
     """Tiny recipes for `hasten compare` (a long `steps` keeps them training until a signal)."""
     folder.mkdir(exist_ok=True)
     where = "" if source == "stdlib" else f", source: {source}"
@@ -466,7 +550,8 @@ def _recipes(folder: Path, cache_dir: str, source: str = "stdlib", steps: int = 
     (folder / "_base.yaml").write_text(
         f"model: tiny\ndata: {data}\nschedule: {{warmup_steps: 2}}\n"
         f"train: {{batch_size: 4, max_steps: {steps}, eval_every: 100000, eval_sequences: 4, checkpoint_every: 4, log_every: 1,"
-        " tensorboard: false, peak_flops: 1.0e10, device: cpu}\n")
+        " tensorboard: false, peak_flops: 1.0e10, device: cpu}\n"
+    )
     paths = []
     for name, lr in zip(names, ("1.0e-3", "1.0e-2")):
         (folder / f"{name}.yaml").write_text(f"base: _base.yaml\noptim: {{lr: {lr}}}\n")
@@ -483,11 +568,19 @@ def test_compare_refuses_an_out_folder_of_the_users_files_unless_forced(capsys, 
     (mine / "report.md").write_text("my report")
     (mine / "results.json").write_text('{"mine": true}')
     before = _digest(workdir)
-    _one_line_error(capsys, ["compare", *recipes, "--out", mine], "is not empty (holds report.md, results.json)",
-                    "not a hasten compare output", "--force")
+    _one_line_error(
+        capsys,
+        ["compare", *recipes, "--out", mine],
+        "is not empty (holds report.md, results.json)",
+        "not a hasten compare output",
+        "--force",
+    )
     assert _digest(workdir) == before
     claim_report_dir(mine, force=True)  # what --force does before the runs: the folder is marked, the user's files stay
-    assert (mine / OUTPUT_MARKER).is_file() and _digest(workdir) == {**before, f"mine/{OUTPUT_MARKER}": _digest(mine)[OUTPUT_MARKER]}
+    assert (mine / OUTPUT_MARKER).is_file() and _digest(workdir) == {
+        **before,
+        f"mine/{OUTPUT_MARKER}": _digest(mine)[OUTPUT_MARKER],
+    }
     claim_report_dir(mine)  # from now on it is compare's own: no --force needed
 
 
@@ -501,9 +594,13 @@ def test_compare_never_writes_into_a_run_dir_or_a_compared_corpus(capsys, workdi
     before = _digest(workdir)
     for force in ([], ["--force"]):
         _one_line_error(capsys, ["compare", *recipes, "--out", workdir / "run", *force], "is a hasten run dir")
-        _one_line_error(capsys, ["compare", *recipes, "--out", workdir / "run" / "reports", *force], "is inside the hasten run dir")
+        _one_line_error(
+            capsys, ["compare", *recipes, "--out", workdir / "run" / "reports", *force], "is inside the hasten run dir"
+        )
         for out in (corpus, corpus / "reports"):
-            _one_line_error(capsys, ["compare", *recipes, "--out", out, *force], "is inside the corpus of recipe slow", "outside it")
+            _one_line_error(
+                capsys, ["compare", *recipes, "--out", out, *force], "is inside the corpus of recipe slow", "outside it"
+            )
     assert _digest(workdir) == before and not (corpus / "reports").exists()
 
 
@@ -511,7 +608,9 @@ def test_compare_outputs_from_before_the_marker_are_its_own(workdir):
     from hasten.compare.runner import OUTPUT_MARKER, _is_compare_output, claim_report_dir
 
     repo = Path(__file__).resolve().parents[1]
-    assert _is_compare_output(repo / "benchmarks" / "results" / "standard")  # benchmarks/speedup.py's records, read only
+    assert _is_compare_output(
+        repo / "benchmarks" / "results" / "standard"
+    )  # benchmarks/speedup.py's records, read only
     with_results = workdir / "reported"
     with_results.mkdir()
     (with_results / "results.json").write_text(json.dumps({"format": "hasten-compare-2"}))
@@ -542,6 +641,7 @@ def _workers(pid: int) -> list[int]:
 
 def _alive(pids: list[int], wait: float = 60) -> list[int]:
     """Those of `pids` still running after up to `wait` seconds (zombies count as gone)."""
+
     def running(pid: int) -> bool:
         try:
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -583,7 +683,9 @@ def test_compare_workers_stop_with_a_checkpoint_die_with_it_and_the_rerun_resume
     first = steps()
     assert all(step > 0 for step in first)
 
-    proc, workers = launch(lambda run: _events(run, "resumed") == 1)  # the rerun resumes; SIGKILL of the grid ends its workers
+    proc, workers = launch(
+        lambda run: _events(run, "resumed") == 1
+    )  # the rerun resumes; SIGKILL of the grid ends its workers
     proc.kill()
     proc.communicate(timeout=60)
     assert _alive(workers) == []  # none left training (nor holding its run's lock)
@@ -601,8 +703,13 @@ def test_compare_workers_stop_with_a_checkpoint_die_with_it_and_the_rerun_resume
 def test_compare_in_one_process_stops_its_run_with_a_checkpoint_and_starts_no_other(workdir, cache_dir):
     recipes = _recipes(workdir / "recipes", cache_dir, steps=100000)
     out = workdir / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "hasten", "compare", *map(str, recipes), "--out", str(out)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hasten", "compare", *map(str, recipes), "--out", str(out)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = out / "runs" / "slow-seed0"
     _wait_for(lambda: _trained(first), proc, 240, "the first run training")
     proc.send_signal(signal.SIGTERM)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RUN_MARKS = ("metrics.jsonl", "checkpoints", "corpus.json", "tokenizer.json")  # beside config.yaml: what a run dir holds
+RUN_MARKS = (
+    "metrics.jsonl",
+    "checkpoints",
+    "corpus.json",
+    "tokenizer.json",
+)  # beside config.yaml: what a run dir holds
 COMPARE_MARKER = ".hasten-compare"  # in a report dir: this folder is hasten compare's output
 TOKEN_DIR_MARK = "hasten-tokens.json"  # the manifest of a prepared token dir (hasten.data.shards)
 

@@ -25,7 +25,18 @@ from torch import nn
 from hasten.config.model import FAMILIES, MAX_SIZE, PRESETS, ModelConfig, model_config
 from hasten.errors import ConfigError
 
-__all__ = ["FAMILIES", "MAX_SIZE", "PRESETS", "GPT", "ModelConfig", "ModelInfo", "count_params", "flops_per_token", "model_config"]
+__all__ = [
+    "FAMILIES",
+    "MAX_SIZE",
+    "PRESETS",
+    "GPT",
+    "ModelConfig",
+    "ModelInfo",
+    "count_params",
+    "flops_per_token",
+    "model_config",
+]
+
 
 class Norm(nn.Module):
     """LayerNorm (gpt2) or RMSNorm (llama), one class so code that maps parameters sees one layout."""
@@ -127,12 +138,18 @@ class GPT(nn.Module):
         try:
             self._build(cfg)
         except (MemoryError, RuntimeError) as err:  # the allocator's failure, worded for the one who chose the shape
-            if not isinstance(err, MemoryError) and "alloc" not in str(err).lower() and "out of memory" not in str(err).lower():
+            if (
+                not isinstance(err, MemoryError)
+                and "alloc" not in str(err).lower()
+                and "out of memory" not in str(err).lower()
+            ):
                 raise
             with torch.device("meta"):
                 n = count_params(GPT(cfg))["total"]
-            raise ConfigError(f"model ({cfg.n_layers} layers x {cfg.d_model} wide, vocab {cfg.vocab_size:,}) has {n:,} parameters, "
-                              f"{n * 4 / 2**30:,.1f} GiB in float32: more than this machine can allocate; pick a smaller model") from None
+            raise ConfigError(
+                f"model ({cfg.n_layers} layers x {cfg.d_model} wide, vocab {cfg.vocab_size:,}) has {n:,} parameters, "
+                f"{n * 4 / 2**30:,.1f} GiB in float32: more than this machine can allocate; pick a smaller model"
+            ) from None
 
     def _build(self, cfg: ModelConfig) -> None:
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -159,7 +176,11 @@ class GPT(nn.Module):
             elif "norm" in name:
                 nn.init.ones_(p)
             else:
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+                scale = (
+                    1 / math.sqrt(2 * self.config.n_layers)
+                    if name.endswith(("o_proj.weight", "down_proj.weight"))
+                    else 1.0
+                )
                 with torch.no_grad():
                     p.normal_(0.0, std * scale, generator=generator)
 

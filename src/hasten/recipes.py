@@ -25,22 +25,40 @@ from hasten.trainer.loop import Trainer
 from hasten.trainer.setup import build_trainer as assemble_trainer
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> RunConfig:
+def load_config(
+    recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> RunConfig:
     """Recipe YAML (optional) + `key=value` overrides (laid over `base`, a run's saved config) -> a validated RunConfig."""
     cfg = run_config(config_values(recipe, overrides, base))
     validate_methods(cfg)
     return cfg
 
 
-def build_trainer(cfg: RunConfig, run_dir: str | Path, resume: bool = False, dist: Distributed | None = None, progress: bool = True,
-                  fork_from: str | Path | None = None) -> Trainer:
+def build_trainer(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    dist: Distributed | None = None,
+    progress: bool = True,
+    fork_from: str | Path | None = None,
+) -> Trainer:
     """A ready Trainer with the recipe's methods for a new run in `run_dir`, its continuation (`resume`), or a fork of `fork_from`."""
-    return assemble_trainer(cfg, run_dir, build_methods(cfg), resume=resume, dist=dist, progress=progress, fork_from=fork_from,
-                            dynamic_shapes=varies_seq_len(cfg), load_init=load_model_from)  # init_from: a hasten run or checkpoint, or hf:DIR
+    return assemble_trainer(
+        cfg,
+        run_dir,
+        build_methods(cfg),
+        resume=resume,
+        dist=dist,
+        progress=progress,
+        fork_from=fork_from,
+        dynamic_shapes=varies_seq_len(cfg),
+        load_init=load_model_from,
+    )  # init_from: a hasten run or checkpoint, or hf:DIR
 
 
-def load_checkpoint_model(source: str | Path, weights: str = "raw", plain: bool = False
-                          ) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
+def load_checkpoint_model(
+    source: str | Path, weights: str = "raw", plain: bool = False
+) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
     """(model, its checkpoint or None for hf:DIR, the run dir or None) of a run dir, checkpoint dir, import-hf
     checkpoint or hf:DIR, computing as its run did at the checkpoint: the run's methods give back what they changed
     in the model's forward (e.g. hooks a method puts on the model). `plain` (an export to plain weights): a change

@@ -36,8 +36,10 @@ def check_new_dir(path: Path, label: str, flag: str) -> None:
         entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
         if entries:
             shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-            raise ConfigError(f"{label} {path} is not empty (holds {shown}); hasten writes only into a new or empty folder, so pick "
-                              f"another {flag}")
+            raise ConfigError(
+                f"{label} {path} is not empty (holds {shown}); hasten writes only into a new or empty folder, so pick "
+                f"another {flag}"
+            )
     ancestor = path
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -46,7 +48,9 @@ def check_new_dir(path: Path, label: str, flag: str) -> None:
     try:  # the one sure test of writability: make (and remove) a folder there
         os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".hasten-probe-"))
     except OSError as err:
-        raise ConfigError(f"cannot create {label} {path} ({err.strerror or err} in {ancestor}); pick a writable {flag}") from None
+        raise ConfigError(
+            f"cannot create {label} {path} ({err.strerror or err} in {ancestor}); pick a writable {flag}"
+        ) from None
 
 
 @contextmanager
@@ -64,9 +68,13 @@ def staged_dir(target: Path, label: str, flag: str) -> Iterator[Path]:
         staging = None
     except OSError as err:
         if staging is not None and target.is_dir() and any(target.iterdir()):
-            raise ConfigError(f"{label} {target} was filled by another process meanwhile; pick another {flag}") from None
-        raise ConfigError(f"creating {label} {target} failed ({err.strerror or err}); nothing was written, so free space "
-                          f"(or pick a writable {flag}) and run the same command again") from None
+            raise ConfigError(
+                f"{label} {target} was filled by another process meanwhile; pick another {flag}"
+            ) from None
+        raise ConfigError(
+            f"creating {label} {target} failed ({err.strerror or err}); nothing was written, so free space "
+            f"(or pick a writable {flag}) and run the same command again"
+        ) from None
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

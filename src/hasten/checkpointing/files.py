@@ -40,8 +40,13 @@ def _numpy_array_globals() -> list:
     """What pickling numpy's RNG state (a uint32 array) refers to, for torch's weights-only unpickler: the array
     rebuilder under its numpy 2 and numpy 1 names, the array and dtype types. None of them runs code."""
     rebuild = np.zeros(1, np.uint32).__reduce__()[0]
-    return [(rebuild, "numpy._core.multiarray._reconstruct"), (rebuild, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
-            type(np.dtype(np.uint32))]
+    return [
+        (rebuild, "numpy._core.multiarray._reconstruct"),
+        (rebuild, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
 
 
 SAFE_GLOBALS = _numpy_array_globals()
@@ -86,7 +91,9 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def save_checkpoint(directory: str | Path, step: int, state: dict, keep: int = 2, extra_files: dict[str, bytes | Path] | None = None) -> Path:
+def save_checkpoint(
+    directory: str | Path, step: int, state: dict, keep: int = 2, extra_files: dict[str, bytes | Path] | None = None
+) -> Path:
     """Atomically write `state` as checkpoint `step` under `directory`; keep the newest `keep` good ones.
 
     `extra_files` values are bytes, or paths of files already on disk (sharded DCP shards) that are
@@ -147,7 +154,11 @@ def verify_checkpoint(path: str | Path) -> str | None:
         return f"manifest.json does not list {STATE_FILE}"
     for name, info in files.items():
         file = path / name
-        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or not isinstance(info.get("sha256"), str):
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("bytes"), int)
+            or not isinstance(info.get("sha256"), str)
+        ):
             return f"manifest.json entry for {name} is malformed"
         if not file.is_file():
             return f"{name} is missing"
@@ -174,9 +185,11 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = {p.name: p for p in directory.iterdir() if p.is_dir() and p.name.startswith("step_") and checkpoint_step(p) >= 0}
+    found = {
+        p.name: p for p in directory.iterdir() if p.is_dir() and p.name.startswith("step_") and checkpoint_step(p) >= 0
+    }
     for old in directory.glob(f"{OLD_PREFIX}step_*"):
-        name = old.name[len(OLD_PREFIX):]
+        name = old.name[len(OLD_PREFIX) :]
         if old.is_dir() and name not in found and checkpoint_step(old) >= 0:
             found[name] = old
     return sorted(found.values(), key=checkpoint_step)
@@ -205,7 +218,7 @@ def _apply_retention(directory: Path, keep: int) -> None:
     for stale in directory.glob(f"{TMP_PREFIX}step_*"):
         shutil.rmtree(stale, ignore_errors=True)
     for old in directory.glob(f"{OLD_PREFIX}step_*"):
-        if (directory / old.name[len(OLD_PREFIX):]).exists():
+        if (directory / old.name[len(OLD_PREFIX) :]).exists():
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -234,12 +247,16 @@ def read_state(file: Path, writer: str = "hasten") -> dict:
     except Exception as err:
         foreign = _foreign_globals(file) if isinstance(err, pickle.UnpicklingError) else []
         if foreign:  # globals outside the allowlist: the weights-only unpickler refused to build them
-            raise CheckpointError(f"{file} would run code to load (it names {', '.join(foreign[:3])}); hasten loads only tensors "
-                                  f"and plain values from a checkpoint, so it was not loaded (it was not written by {writer}, or was "
-                                  "altered)") from None
+            raise CheckpointError(
+                f"{file} would run code to load (it names {', '.join(foreign[:3])}); hasten loads only tensors "
+                f"and plain values from a checkpoint, so it was not loaded (it was not written by {writer}, or was "
+                "altered)"
+            ) from None
         # verified bytes that still do not unpickle: written by an incompatible version
-        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {_reason(err)}); it is damaged or was not written by "
-                              f"{'this version of ' if writer == 'hasten' else ''}{writer}") from None
+        raise CheckpointError(
+            f"{file} cannot be read ({type(err).__name__}: {_reason(err)}); it is damaged or was not written by "
+            f"{'this version of ' if writer == 'hasten' else ''}{writer}"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{file} does not hold a state dict")
     return state
@@ -258,8 +275,21 @@ def _foreign_globals(file: Path) -> list[str]:
 def _reason(err: Exception) -> str:
     """The telling line of an unpickling error (torch's weights-only errors put it after several lines of advice)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    telling = [line for line in lines if not line.startswith(("Weights only load failed", "(1)", "(2)", "In PyTorch", "Check the doc",
-                                                                "Please file an issue", "WeightsUnpickler error"))]
+    telling = [
+        line
+        for line in lines
+        if not line.startswith(
+            (
+                "Weights only load failed",
+                "(1)",
+                "(2)",
+                "In PyTorch",
+                "Check the doc",
+                "Please file an issue",
+                "WeightsUnpickler error",
+            )
+        )
+    ]
     return (telling or lines or [""])[0][:120]
 
 
@@ -269,6 +299,8 @@ def _unusable(path: Path, problem: str) -> str:
         return f"checkpoint {path} is unusable: {problem}"
     run = path.parent if path.name == "checkpoints" else path
     if (run / "config.yaml").is_file():
-        return (f"run {run} has no checkpoint yet (it writes one every train.checkpoint_every steps and at the end); "
-                f"wait for it, or continue it with hasten train --resume --run-dir {run}")
+        return (
+            f"run {run} has no checkpoint yet (it writes one every train.checkpoint_every steps and at the end); "
+            f"wait for it, or continue it with hasten train --resume --run-dir {run}"
+        )
     return f"{path} is not a checkpoint (no manifest.json); give a run dir or a checkpoint dir (step_XXXXXXXX)"

@@ -95,8 +95,12 @@ class TrainCheckpoint:
         return config_from_dict(self.config)
 
     def to_dict(self) -> dict:
-        out = {"format": TRAIN_FORMAT, "version": self.version, "config": self.config,
-               "model_config": self.model_config}
+        out = {
+            "format": TRAIN_FORMAT,
+            "version": self.version,
+            "config": self.config,
+            "model_config": self.model_config,
+        }
         out.update({name: state for name, state in self.parts.items() if not name.startswith(f"{METHODS}.")})
         out[METHODS] = self.methods
         if self.sharded is not None:
@@ -105,34 +109,53 @@ class TrainCheckpoint:
 
 
 LEGACY_PARTS = ("progress", "schedule", "sampler", "rng")  # what every checkpoint before format version 2 held
-NOT_PARTS = ("format", "version", "config", "model_config", "sharded", "_path", METHODS,
-             "callbacks",  # checkpoints before 0.2 named the methods' states `callbacks`
-             "unit_masks")  # before #23: growth's MSG masks; the growth method's state holds the same
+NOT_PARTS = (
+    "format",
+    "version",
+    "config",
+    "model_config",
+    "sharded",
+    "_path",
+    METHODS,
+    "callbacks",  # checkpoints before 0.2 named the methods' states `callbacks`
+    "unit_masks",
+)  # before #23: growth's MSG masks; the growth method's state holds the same
 
 
 def from_state(state: dict) -> TrainCheckpoint | ModelCheckpoint:
     """The typed checkpoint of a state.pt mapping (as files.load_checkpoint returns it, with `_path`)."""
     path = Path(state["_path"]) if state.get("_path") else None
     if "model_config" not in state or ("model" not in state and not state.get("sharded")):
-        raise CheckpointError(f"{path} holds no model (format {state.get('format')!r}); give a hasten run or checkpoint dir")
+        raise CheckpointError(
+            f"{path} holds no model (format {state.get('format')!r}); give a hasten run or checkpoint dir"
+        )
     _check_model_config(state["model_config"], path)
     if "config" not in state:
         return ModelCheckpoint(state["model_config"], state["model"], path)
     for key in ("config", "progress", "schedule", "sampler", "rng", METHODS):  # mappings every loader reads into
         if key in state and not isinstance(state[key], dict):
-            raise CheckpointError(f"checkpoint {path} holds a {type(state[key]).__name__} as its {key}; it was not written by hasten")
+            raise CheckpointError(
+                f"checkpoint {path} holds a {type(state[key]).__name__} as its {key}; it was not written by hasten"
+            )
     version = state.get("version", 1)
     if not isinstance(version, int):
-        raise CheckpointError(f"checkpoint {path} holds a {type(version).__name__} as its version; it was not "
-                              "written by hasten")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(version).__name__} as its version; it was not written by hasten"
+        )
     missing = [name for name in ("config", "progress", *(LEGACY_PARTS if version < 2 else ())) if name not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} has no {missing[0]!r}; it was not written by hasten train")
     parts = {name: value for name, value in state.items() if name not in NOT_PARTS}
     methods = state.get(METHODS, state.get("callbacks", {}))
     parts.update({f"{METHODS}.{name}": value for name, value in methods.items()})
-    return TrainCheckpoint(config=state["config"], model_config=state["model_config"], parts=parts,
-                           sharded=state.get("sharded"), version=version, path=path)
+    return TrainCheckpoint(
+        config=state["config"],
+        model_config=state["model_config"],
+        parts=parts,
+        sharded=state.get("sharded"),
+        version=version,
+        path=path,
+    )
 
 
 def _check_model_config(values, path: Path | None) -> None:
@@ -140,8 +163,10 @@ def _check_model_config(values, path: Path | None) -> None:
     try:
         ModelConfig(**values).validate()
     except (TypeError, ConfigError) as err:
-        raise CheckpointError(f"checkpoint {path} has a model config hasten cannot build ({str(err)[:160]}); it was not written "
-                              "by this version of hasten") from None
+        raise CheckpointError(
+            f"checkpoint {path} has a model config hasten cannot build ({str(err)[:160]}); it was not written "
+            "by this version of hasten"
+        ) from None
 
 
 def checkpoints_dir(path: str | Path) -> Path:
@@ -159,5 +184,7 @@ def open_train_checkpoint(path: str | Path, use: str) -> TrainCheckpoint:
     """open_checkpoint for a command (`use`) that needs a training run's state, not just a model."""
     ckpt = open_checkpoint(path)
     if not isinstance(ckpt, TrainCheckpoint):
-        raise CheckpointError(f"{ckpt.path} holds a model without a run config (import-hf?); {use} needs a run dir or a training checkpoint")
+        raise CheckpointError(
+            f"{ckpt.path} holds a model without a run config (import-hf?); {use} needs a run dir or a training checkpoint"
+        )
     return ckpt

@@ -24,8 +24,15 @@ from hasten.errors import CheckpointError
 
 DCP_DIR = "dcp"  # sub-directory of a sharded checkpoint holding the DCP files
 METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
-PLAIN_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
-                 ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict")}
+PLAIN_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"),
+}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -34,7 +41,9 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if module in METADATA_MODULES and isinstance(getattr(importlib.import_module(module), name, None), type):
             return super().find_class(module, name)
-        if (module, name) in PLAIN_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        if (module, name) in PLAIN_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name}")
 
@@ -46,10 +55,14 @@ def check_metadata(directory: Path) -> None:
             with open(file, "rb") as f:
                 _MetadataUnpickler(f).load()
         except pickle.UnpicklingError as err:
-            raise CheckpointError(f"{file} would run code to load (it names {str(err)[:120]}); hasten loads only DCP's own "
-                                  "metadata, so it was not loaded (it was not written by hasten, or was altered)") from None
+            raise CheckpointError(
+                f"{file} would run code to load (it names {str(err)[:120]}); hasten loads only DCP's own "
+                "metadata, so it was not loaded (it was not written by hasten, or was altered)"
+            ) from None
         except Exception as err:
-            raise CheckpointError(f"{file} cannot be read ({type(err).__name__}); the sharded checkpoint is damaged") from None
+            raise CheckpointError(
+                f"{file} cannot be read ({type(err).__name__}); the sharded checkpoint is damaged"
+            ) from None
 
 
 def _local_options():
@@ -80,4 +93,6 @@ def read_shards(model: nn.Module, optimizer: Optimizer, directory: Path, single_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=str(directory), no_dist=single_process)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_local_options())
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_local_options()
+    )

@@ -39,13 +39,17 @@ def load_model(ckpt: TrainCheckpoint | ModelCheckpoint, weights: str = RAW) -> G
         except CheckpointError:
             raise
         except Exception as err:  # DCP raises its own CheckpointException
-            raise CheckpointError(f"sharded checkpoint {ckpt.path} cannot be read ({str(err).splitlines()[0][:160]})") from None
+            raise CheckpointError(
+                f"sharded checkpoint {ckpt.path} cannot be read ({str(err).splitlines()[0][:160]})"
+            ) from None
     else:
         try:
             model.load_state_dict(ckpt.model)
         except (RuntimeError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"checkpoint {ckpt.path} holds weights that do not fit its own model config "
-                                  f"({str(err).splitlines()[0][:160]}); it is damaged") from None
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} holds weights that do not fit its own model config "
+                f"({str(err).splitlines()[0][:160]}); it is damaged"
+            ) from None
     if weights != RAW:
         _load_average(model, ckpt, weights)
     return model
@@ -57,15 +61,21 @@ def _load_average(model: GPT, ckpt: TrainCheckpoint | ModelCheckpoint, weights: 
     found = averaged_weights(ckpt.run_dir)
     if weights not in found:
         where = f"its run wrote {', '.join(found)}" if found else "its run wrote none"
-        raise CheckpointError(f"{ckpt.path} has no weight average {weights!r} ({where}); use --weights raw"
-                              f"{' or one of those' if found else ''}")
+        raise CheckpointError(
+            f"{ckpt.path} has no weight average {weights!r} ({where}); use --weights raw"
+            f"{' or one of those' if found else ''}"
+        )
     averaged = averaged_weights_file(ckpt.run_dir, weights)
     try:
         averaged_state = load_file(str(averaged))
     except Exception as err:  # safetensors raises its own SafetensorError for a truncated or garbled file
-        raise CheckpointError(f"{averaged} cannot be read ({str(err).splitlines()[0][:120]}); it is damaged, so use --weights raw") from None
+        raise CheckpointError(
+            f"{averaged} cannot be read ({str(err).splitlines()[0][:120]}); it is damaged, so use --weights raw"
+        ) from None
     try:
         model.load_state_dict(averaged_state)
     except (RuntimeError, OSError) as err:
-        raise CheckpointError(f"{averaged} does not fit the checkpoint's model ({str(err).splitlines()[0][:160]}); "
-                              "it belongs to another stage of the run") from None
+        raise CheckpointError(
+            f"{averaged} does not fit the checkpoint's model ({str(err).splitlines()[0][:160]}); "
+            "it belongs to another stage of the run"
+        ) from None

@@ -24,10 +24,14 @@ def cmd_eval(args) -> int:
     model, ckpt, run_dir = args.load_model(args.checkpoint, args.weights)
     cfg = ckpt.run_config() if isinstance(ckpt, TrainCheckpoint) else None
     if cfg is None and args.data is None:
-        raise ConfigError(f"{args.checkpoint} holds a model without a training config; say what to evaluate on with --data SOURCE")
+        raise ConfigError(
+            f"{args.checkpoint} holds a model without a training config; say what to evaluate on with --data SOURCE"
+        )
     tokenizer = args.tokenizer or run_tokenizer(args.checkpoint, ckpt, run_dir)
     if tokenizer is None and (cfg is None or cfg.data.tokenizer == "bpe"):
-        raise ConfigError(f"{args.checkpoint} has no tokenizer.json beside it; pass the model's tokenizer with --tokenizer FILE")
+        raise ConfigError(
+            f"{args.checkpoint} has no tokenizer.json beside it; pass the model's tokenizer with --tokenizer FILE"
+        )
     data_cfg = cfg.data if cfg is not None else DataConfig()
     record = read_corpus_record(run_dir) if run_dir is not None else None
     split_version = _run_split_version(run_dir, record)
@@ -42,10 +46,14 @@ def cmd_eval(args) -> int:
     except DataError as err:
         if "expect" not in kwargs:
             raise
-        raise DataError(f"{str(err).split(';')[0]}; so its val split is not the run's: evaluate on it with --data {data_cfg.source}") from None
+        raise DataError(
+            f"{str(err).split(';')[0]}; so its val split is not the run's: evaluate on it with --data {data_cfg.source}"
+        ) from None
     if data.vocab_size > model.config.vocab_size:
-        raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but the model only {model.config.vocab_size}; "
-                          "pass the model's own tokenizer with --tokenizer")
+        raise ConfigError(
+            f"the tokenizer has {data.vocab_size} tokens but the model only {model.config.vocab_size}; "
+            "pass the model's own tokenizer with --tokenizer"
+        )
     seq_len = cfg.seq_len if cfg is not None else model.config.max_seq_len
     wanted = args.sequences or (cfg.train.eval_sequences if cfg is not None else 64)
     if args.data is None:
@@ -64,8 +72,15 @@ def cmd_eval(args) -> int:
     micro_rows = cfg.train.micro_batch_size or cfg.train.batch_size if cfg is not None else 8
     autocast = autocast_for(cfg.train.dtype if cfg is not None else "float32", device)
     loss = mean_loss(model, rows, micro_rows, device, autocast=autocast)
-    result = {"checkpoint": str(ckpt.path) if ckpt is not None else str(args.checkpoint), "step": ckpt.step if ckpt is not None else None,
-              "weights": args.weights, "data": data_cfg.source, "split": split, "loss": loss, "sequences": len(rows)}
+    result = {
+        "checkpoint": str(ckpt.path) if ckpt is not None else str(args.checkpoint),
+        "step": ckpt.step if ckpt is not None else None,
+        "weights": args.weights,
+        "data": data_cfg.source,
+        "split": split,
+        "loss": loss,
+        "sequences": len(rows),
+    }
     if split == "val":
         result["val_loss"] = loss
     print(json.dumps(result))

@@ -21,14 +21,21 @@ from hasten.trainer.setup import resolve_device
 
 
 @torch.no_grad()
-def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-             generator: torch.Generator | None = None, stop_id: int | None = None) -> list[int]:
+def generate(
+    model,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    stop_id: int | None = None,
+) -> list[int]:
     """The new token ids after `ids` (stops early after `stop_id`, which is included)."""
     device = next(model.parameters()).device
     context = torch.tensor([ids], dtype=torch.long, device=device)
     out: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model(context[:, -model.config.max_seq_len:])[0, -1].float()
+        logits = model(context[:, -model.config.max_seq_len :])[0, -1].float()
         if temperature <= 0:
             token = int(logits.argmax())
         else:
@@ -56,23 +63,31 @@ def cmd_generate(args) -> int:
     model, ckpt, run_dir = args.load_model(args.source, args.weights)
     path = args.tokenizer or run_tokenizer(args.source, ckpt, run_dir)
     if path is None:
-        raise ConfigError(f"{args.source} has no tokenizer.json beside it; pass the model's tokenizer with --tokenizer FILE")
+        raise ConfigError(
+            f"{args.source} has no tokenizer.json beside it; pass the model's tokenizer with --tokenizer FILE"
+        )
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises plain Exceptions
         raise DataError(f"{path} is not a valid tokenizer.json ({str(err).splitlines()[0][:120]})") from None
     if tok.get_vocab_size() > model.config.vocab_size:
-        raise ConfigError(f"{path} has {tok.get_vocab_size()} tokens but the model only {model.config.vocab_size}; pass its own tokenizer")
+        raise ConfigError(
+            f"{path} has {tok.get_vocab_size()} tokens but the model only {model.config.vocab_size}; pass its own tokenizer"
+        )
     eos = tok.token_to_id(EOS)
     ids = tok.encode(args.prompt).ids if args.prompt else []
     if not ids:
         if eos is None:
-            raise ConfigError("--prompt is empty and the tokenizer has no end-of-text token to start from; give a prompt")
+            raise ConfigError(
+                "--prompt is empty and the tokenizer has no end-of-text token to start from; give a prompt"
+            )
         ids = [eos]  # an empty prompt starts a new document
     model.to(resolve_device(args.device)).eval()
     generator = torch.Generator().manual_seed(args.seed)
     for i in range(args.num_samples):
-        new = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, generator, eos if args.stop_at_eos else None)
+        new = generate(
+            model, ids, args.max_new_tokens, args.temperature, args.top_k, generator, eos if args.stop_at_eos else None
+        )
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
         print(args.prompt + tok.decode([t for t in new if t != eos]), flush=True)
@@ -80,7 +95,9 @@ def cmd_generate(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="sample text from a run or checkpoint (greedy, or temperature / top-k with a seed)")
+    p = subparsers.add_parser(
+        "generate", help="sample text from a run or checkpoint (greedy, or temperature / top-k with a seed)"
+    )
     p.add_argument("source", help="run dir, checkpoint dir, model checkpoint (import-hf) or hf:DIR")
     p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     p.add_argument("--max-new-tokens", type=int, default=100)
@@ -91,5 +108,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--weights", default=RAW, help=WEIGHTS_HELP)
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's or the checkpoint's own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="keep going past the end-of-text token")
+    p.add_argument(
+        "--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="keep going past the end-of-text token"
+    )
     p.set_defaults(func=cmd_generate)

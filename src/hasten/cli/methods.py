@@ -18,6 +18,7 @@ def cmd_methods(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("methods", help="the methods (from the registry): how to switch each on, its paper and "
-                              "method card")
+    p = subparsers.add_parser(
+        "methods", help="the methods (from the registry): how to switch each on, its paper and method card"
+    )
     p.set_defaults(func=cmd_methods)

@@ -42,8 +42,11 @@ def cmd_train(args) -> int:
     if trainer.is_main:
         n = sum(p.numel() for p in trainer.state.model.parameters())
         tokens = trainer.data.manifest["tokens"]
-        print(f"run dir {run_dir}  model {cfg.model if isinstance(cfg.model, str) else 'custom'} ({n / 1e6:.2f}M params)  "
-              f"corpus {trainer.data.manifest['corpus']} ({tokens['train']:,} train / {tokens['val']:,} val tokens)", file=sys.stderr)
+        print(
+            f"run dir {run_dir}  model {cfg.model if isinstance(cfg.model, str) else 'custom'} ({n / 1e6:.2f}M params)  "
+            f"corpus {trainer.data.manifest['corpus']} ({tokens['train']:,} train / {tokens['val']:,} val tokens)",
+            file=sys.stderr,
+        )
     if args.stop_at_step is not None:
         trainer.methods.append(StopAt(args.stop_at_step))
     stop = StopOnSignal(trainer)
@@ -56,11 +59,18 @@ def cmd_train(args) -> int:
     plot = _write_plot(run_dir)
     if stop.signal is not None:
         name = signal.Signals(stop.signal).name
-        print(f"hasten: stopped by {name} at step {trainer.state.progress.step} with a checkpoint; continue with: "
-              f"hasten train --resume --run-dir {run_dir}", file=sys.stderr)
+        print(
+            f"hasten: stopped by {name} at step {trainer.state.progress.step} with a checkpoint; continue with: "
+            f"hasten train --resume --run-dir {run_dir}",
+            file=sys.stderr,
+        )
         return _stopped_code(stop)
-    summary = {"run_dir": str(run_dir), **trainer.state.progress.to_dict(), **final,
-               "data_tokens": dict(trainer.data.manifest["tokens"])}
+    summary = {
+        "run_dir": str(run_dir),
+        **trainer.state.progress.to_dict(),
+        **final,
+        "data_tokens": dict(trainer.data.manifest["tokens"]),
+    }
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2), run_dir)
     print(f"done: val loss {final['val_loss']:.4f} after {trainer.state.progress.tokens:,} tokens; plot {plot}")
     return 0
@@ -75,7 +85,9 @@ def _check_stop_step(step: int, continued: str | None) -> None:
     if step < 1:
         raise ConfigError(f"--stop-at-step={step} must be >= 1 (the number of completed steps to stop after)")
     if step <= done:
-        raise ConfigError(f"--stop-at-step={step} must be above {done}, the step the run continues from; give a later step to stop after")
+        raise ConfigError(
+            f"--stop-at-step={step} must be above {done}, the step the run continues from; give a later step to stop after"
+        )
 
 
 def _stopped_code(stop: StopOnSignal) -> int:
@@ -91,8 +103,10 @@ def _write_atomic(path: Path, text: str, run_dir: Path) -> None:
     try:
         atomic_write_text(path, text)
     except OSError as err:
-        raise HastenError(f"writing {path} failed ({err.strerror or err}); the run and its checkpoint are saved, so free space "
-                          f"and run hasten train --resume --run-dir {run_dir} to write it") from None
+        raise HastenError(
+            f"writing {path} failed ({err.strerror or err}); the run and its checkpoint are saved, so free space "
+            f"and run hasten train --resume --run-dir {run_dir} to write it"
+        ) from None
 
 
 def _write_plot(run_dir: Path) -> Path:
@@ -100,8 +114,10 @@ def _write_plot(run_dir: Path) -> Path:
     try:
         atomic_write(path, lambda tmp: plots.plot_run(run_dir, out=tmp))
     except OSError as err:
-        raise HastenError(f"writing {path} failed ({err.strerror or err}); the run and its checkpoint are saved, so free space "
-                          f"and run hasten train --resume --run-dir {run_dir} to write it") from None
+        raise HastenError(
+            f"writing {path} failed ({err.strerror or err}); the run and its checkpoint are saved, so free space "
+            f"and run hasten train --resume --run-dir {run_dir} to write it"
+        ) from None
     return path
 
 

@@ -30,8 +30,10 @@ LR_FACTORS = (0.5, 2**-0.5, 1.0, 2**0.5, 2.0)  # around a centre: 5 values a fac
 WIDEN_LIMIT = 3  # extra baseline LRs at most, while the best is at an edge
 DENSE_EVALS = 50  # held-out runs of a row that can cross the target evaluate every 1/50 of the budget (in tokens)
 CROSSING_MARGIN = 0.05  # a row whose tuning run ends further than this above the baseline's cannot cross: 1/16 suffices
-INTERIM_NOTE = ("**Interim results**: the grid has not finished (see the report's Interim section for what is missing); "
-                "rows with fewer seeds have wide or no intervals.")
+INTERIM_NOTE = (
+    "**Interim results**: the grid has not finished (see the report's Interim section for what is missing); "
+    "rows with fewer seeds have wide or no intervals."
+)
 
 
 @dataclass
@@ -43,7 +45,9 @@ class Ctx:
     batch: int
     seq: int
     lr: float  # the tuned AdamW LR at this size (for the baseline's own sweep: the centre)
-    chosen: dict[str, dict] = field(default_factory=dict)  # row -> the knobs it was tuned to (compositions build on them)
+    chosen: dict[str, dict] = field(
+        default_factory=dict
+    )  # row -> the knobs it was tuned to (compositions build on them)
 
     @property
     def steps(self) -> int:
@@ -124,20 +128,38 @@ class Grid:
         """What every row shares at a size. `dense`: an evaluation each time the tokens pass 1/DENSE_EVALS of the budget
         (steps differ in length under SLW), for the held-out runs of rows whose crossing must be resolved."""
         steps = ctx.steps
-        evals = f"train.eval_every_tokens={max(1, ctx.budget // DENSE_EVALS)}" if dense else f"train.eval_every={max(1, steps // 16)}"
-        return ["train.progress_bar=false", f"model.preset={ctx.preset}", f"train.batch_size={ctx.batch}", f"train.seq_len={ctx.seq}",
-                f"train.max_tokens={ctx.budget}", "train.max_steps=null", f"schedule.warmup_steps={max(2, round(0.03 * steps))}", evals,
-                f"train.checkpoint_every={max(1, steps // 4)}", *self.tier.overrides, *row.size_overrides(ctx.preset)]
+        evals = (
+            f"train.eval_every_tokens={max(1, ctx.budget // DENSE_EVALS)}"
+            if dense
+            else f"train.eval_every={max(1, steps // 16)}"
+        )
+        return [
+            "train.progress_bar=false",
+            f"model.preset={ctx.preset}",
+            f"train.batch_size={ctx.batch}",
+            f"train.seq_len={ctx.seq}",
+            f"train.max_tokens={ctx.budget}",
+            "train.max_steps=null",
+            f"schedule.warmup_steps={max(2, round(0.03 * steps))}",
+            evals,
+            f"train.checkpoint_every={max(1, steps // 4)}",
+            *self.tier.overrides,
+            *row.size_overrides(ctx.preset),
+        ]
 
     def spec(self, ctx: Ctx, row: Row, knobs: dict, seed: int, dense: bool = False) -> RunSpec:
         settings = [*self.size_settings(ctx, row, dense), *row.settings(ctx, knobs)]
         # named by a hash of the settings: the same configuration always maps to the same run dir, however it was reached
         name = f"{ctx.preset.removeprefix('bench-')}-{row.name}-{hashlib.sha1(' '.join(settings).encode()).hexdigest()[:8]}-seed{seed}"
         overrides = [*settings, f"train.seed={seed}", f"name={name}"]
-        return RunSpec(name, row.name, seed, row.recipe, overrides, self.out / "runs" / name, self.opts.threads_per_job())
+        return RunSpec(
+            name, row.name, seed, row.recipe, overrides, self.out / "runs" / name, self.opts.threads_per_job()
+        )
 
     def run(self, specs: list[RunSpec]) -> None:
-        for spec in specs:  # a finished run is reused only if it ran exactly this spec's config (recipes may have changed)
+        for (
+            spec
+        ) in specs:  # a finished run is reused only if it ran exactly this spec's config (recipes may have changed)
             if (spec.run_dir / "summary.json").exists():
                 refuse_stale(spec)
         todo = [s for s in specs if not self.finished(s)]
@@ -171,19 +193,27 @@ class Grid:
             self.run(specs)
             finals = [self.final(s, "val_loss") for s in specs]
             best = min(range(len(factors)), key=lambda i: finals[i])
-            if self.tier.candidates < TUNING_RUNS or 0 < best < len(factors) - 1 or len(factors) >= TUNING_RUNS + WIDEN_LIMIT:
+            if (
+                self.tier.candidates < TUNING_RUNS
+                or 0 < best < len(factors) - 1
+                or len(factors) >= TUNING_RUNS + WIDEN_LIMIT
+            ):
                 break
             factors = [factors[0] / 2**0.5, *factors] if best == 0 else [*factors, factors[-1] * 2**0.5]
         lrs = [ctx.lr * f for f in factors]
-        record = self.tuning_record(row, [{"lr": f} for f in factors], specs, finals, best, ctx,
-                                    labels=[f"optim.lr={lr:.4g}" for lr in lrs])
+        record = self.tuning_record(
+            row, [{"lr": f} for f in factors], specs, finals, best, ctx, labels=[f"optim.lr={lr:.4g}" for lr in lrs]
+        )
         record["at_edge"] = best in (0, len(factors) - 1)
         return lrs[best], record
 
     def tune(self, ctx: Ctx, names: list[str]) -> dict[str, dict]:
         """Tuning runs of `names` (all at once); returns each row's tuning record and stores its choice in ctx."""
         plan = {name: self.rows[name].candidates(ctx)[: self.tier.candidates] for name in names}
-        specs = {name: [self.spec(ctx, self.rows[name], k, self.tier.tuning_seed) for k in knobs] for name, knobs in plan.items()}
+        specs = {
+            name: [self.spec(ctx, self.rows[name], k, self.tier.tuning_seed) for k in knobs]
+            for name, knobs in plan.items()
+        }
         self.run([s for group in specs.values() for s in group])
         records = {}
         for name, knobs in plan.items():
@@ -191,7 +221,9 @@ class Grid:
             best = min(range(len(knobs)), key=lambda i: finals[i])
             records[name] = self.tuning_record(self.rows[name], knobs, specs[name], finals, best, ctx)
             unfinished = sum(not self.finished(s) for s in specs[name])
-            if unfinished:  # an interim report: the row is not chosen (nor run on more seeds) before all its candidates ran
+            if (
+                unfinished
+            ):  # an interim report: the row is not chosen (nor run on more seeds) before all its candidates ran
                 records[name].update(chosen=None, unfinished=unfinished)
                 continue
             ctx.chosen[name] = knobs[best]
@@ -200,13 +232,21 @@ class Grid:
     def tune_second_round(self, ctx: Ctx, names: list[str], records: dict[str, dict]) -> None:
         """The rows with a second round: more tuning runs around the first round's choice; the best of all their runs is
         chosen. Extends each row's tuning record in place."""
-        plan = {n: self.rows[n].second_round(ctx)[: self.tier.candidates] for n in names if n in ctx.chosen and self.rows[n].second_round}
-        specs = {n: [self.spec(ctx, self.rows[n], k, self.tier.tuning_seed) for k in knobs] for n, knobs in plan.items()}
+        plan = {
+            n: self.rows[n].second_round(ctx)[: self.tier.candidates]
+            for n in names
+            if n in ctx.chosen and self.rows[n].second_round
+        }
+        specs = {
+            n: [self.spec(ctx, self.rows[n], k, self.tier.tuning_seed) for k in knobs] for n, knobs in plan.items()
+        }
         self.run([s for group in specs.values() for s in group])
         for name, knobs in plan.items():
             row, record = self.rows[name], records[name]
             first = len(record["candidates"])
-            extra = self.tuning_record(row, knobs, specs[name], [self.final(s, row.metric) for s in specs[name]], 0, ctx)["candidates"]
+            extra = self.tuning_record(
+                row, knobs, specs[name], [self.final(s, row.metric) for s in specs[name]], 0, ctx
+            )["candidates"]
             record["candidates"] += [{**c, "round": 2} for c in extra]
             if any(not c["finished"] for c in extra):  # an interim report keeps the first round's choice meanwhile
                 record["unfinished"] = record.get("unfinished", 0) + sum(not c["finished"] for c in extra)
@@ -236,11 +276,32 @@ class Grid:
                 out.add(name)
         return out
 
-    def tuning_record(self, row: Row, knobs: list[dict], specs: list[RunSpec], finals: list[float], best: int, ctx: Ctx,
-                      labels: list[str] | None = None) -> dict:
-        return {"row": row.name, "metric": row.metric, "chosen": best, "candidates": [
-            {"knobs": k, "label": labels[i] if labels else describe(k), "settings": row.settings(ctx, k), "run": s.name,
-             "final": None if math.isinf(f) else f, "finished": self.finished(s)} for i, (k, s, f) in enumerate(zip(knobs, specs, finals))]}
+    def tuning_record(
+        self,
+        row: Row,
+        knobs: list[dict],
+        specs: list[RunSpec],
+        finals: list[float],
+        best: int,
+        ctx: Ctx,
+        labels: list[str] | None = None,
+    ) -> dict:
+        return {
+            "row": row.name,
+            "metric": row.metric,
+            "chosen": best,
+            "candidates": [
+                {
+                    "knobs": k,
+                    "label": labels[i] if labels else describe(k),
+                    "settings": row.settings(ctx, k),
+                    "run": s.name,
+                    "final": None if math.isinf(f) else f,
+                    "finished": self.finished(s),
+                }
+                for i, (k, s, f) in enumerate(zip(knobs, specs, finals))
+            ],
+        }
 
     # -- one size ----------------------------------------------------------------------------------
 
@@ -265,15 +326,31 @@ class Grid:
         self.opts.overrides = self.size_settings(ctx, baseline)
         report_dir.mkdir(parents=True, exist_ok=True)
         results = build_results(self.opts, list(runs), baseline.name, runs, self.failed, None)
-        results.update(preset=ctx.preset, tuned_lr=ctx.lr, chosen=ctx.chosen, tuning_rows=tuning, tuning_seed=self.tier.tuning_seed,
-                       held_out_seeds=sorted({seed for row in results["rows"] for seed in row["seeds"]}),
-                       regime=regime(ctx, baseline, self.size_settings(ctx, baseline)),
-                       papers={name: row.paper for name, row in self.rows.items()})
+        results.update(
+            preset=ctx.preset,
+            tuned_lr=ctx.lr,
+            chosen=ctx.chosen,
+            tuning_rows=tuning,
+            tuning_seed=self.tier.tuning_seed,
+            held_out_seeds=sorted({seed for row in results["rows"] for seed in row["seeds"]}),
+            regime=regime(ctx, baseline, self.size_settings(ctx, baseline)),
+            papers={name: row.paper for name, row in self.rows.items()},
+        )
         if self.tier.tuning_seed in results["held_out_seeds"]:
-            raise ConfigError(f"tier {self.tier.name}: the tuning seed {self.tier.tuning_seed} is among the reported seeds")
+            raise ConfigError(
+                f"tier {self.tier.name}: the tuning seed {self.tier.tuning_seed} is among the reported seeds"
+            )
         results["ablation"] = ablation(results, self.rows)
-        results["sections"] = [x for x in (render_regime(results["regime"]), render_tuning(tuning, self.tier.tuning_seed),
-                                           render_ablation(results["ablation"]), *sections) if x]
+        results["sections"] = [
+            x
+            for x in (
+                render_regime(results["regime"]),
+                render_tuning(tuning, self.tier.tuning_seed),
+                render_ablation(results["ablation"]),
+                *sections,
+            )
+            if x
+        ]
         plots = plot_comparison(results, report_dir)
         results["plots"] = {k: p.name for k, p in plots.items()}
         write_report(results, report_dir)
@@ -315,7 +392,9 @@ def run_grid(grid: Grid) -> dict:
             main.chosen[name] = dict(main.chosen[grid.rows[name].ablates])
     dense = grid.crossing_rows(main, tuning[tier.main])
     runs = grid.seeds_of(main, names, tier.seeds, dense)  # 6. every row on every held-out seed
-    results = grid.report(main, runs, tuning[tier.main], grid.out, [interim_section(grid, main, names, runs, len(tier.seeds))])
+    results = grid.report(
+        main, runs, tuning[tier.main], grid.out, [interim_section(grid, main, names, runs, len(tier.seeds))]
+    )
     if grid.interim and any(len(runs.get(n, [])) < len(tier.seeds) for n in names):
         return write_interim(results, grid.out)
     ladder_rows = [base, *[n for n in tier.ladder_rows if n in grid.rows and n != base]]
@@ -326,28 +405,39 @@ def run_grid(grid: Grid) -> dict:
         ctx.chosen = {n: main.chosen[n] for n in ladder_rows}
         runs = grid.seeds_of(ctx, ladder_rows, tier.ladder_seeds, set(ladder_rows) - {base})
         if grid.interim and any(len(runs.get(n, [])) < len(tier.ladder_seeds) for n in ladder_rows):
-            results["sections"].append(f"## Interim\n\nThe scale ladder has not finished (at {preset}: "
-                                       f"{sum(len(v) for v in runs.values())} of {len(ladder_rows) * len(tier.ladder_seeds)} runs); "
-                                       f"resume with `{grid.command}`.")
+            results["sections"].append(
+                f"## Interim\n\nThe scale ladder has not finished (at {preset}: "
+                f"{sum(len(v) for v in runs.values())} of {len(ladder_rows) * len(tier.ladder_seeds)} runs); "
+                f"resume with `{grid.command}`."
+            )
             return write_interim(results, grid.out)
-        ladder[preset] = grid.report(ctx, runs, tuning[preset], grid.out / f"ladder-{preset.removeprefix('bench-')}", [])
+        ladder[preset] = grid.report(
+            ctx, runs, tuning[preset], grid.out / f"ladder-{preset.removeprefix('bench-')}", []
+        )
     plot = plot_ladder(ladder, ladder_rows, grid.out / "ladder.png")
     results["sections"].append(render_ladder(ladder, ladder_rows, plot))
-    results["ladder"] = {p: {"params": r["regime"]["non_embedding_params"], "rows": {row["name"]: row for row in r["rows"]}}
-                         for p, r in ladder.items()}
+    results["ladder"] = {
+        p: {"params": r["regime"]["non_embedding_params"], "rows": {row["name"]: row for row in r["rows"]}}
+        for p, r in ladder.items()
+    }
     write_report(results, grid.out)
     return results
 
 
 def interim_section(grid: Grid, ctx: Ctx, names: list[str], runs: dict[str, list], seeds: int) -> str:
     """What an interim report is missing (empty when the grid is complete)."""
-    missing = [f"`{n}` ({len(runs.get(n, []))}/{seeds} seeds)" if n in ctx.chosen else f"`{n}` (still tuning)"
-               for n in names if len(runs.get(n, [])) < seeds]
+    missing = [
+        f"`{n}` ({len(runs.get(n, []))}/{seeds} seeds)" if n in ctx.chosen else f"`{n}` (still tuning)"
+        for n in names
+        if len(runs.get(n, [])) < seeds
+    ]
     if not missing:
         return ""
-    return ("## Interim\n\n**This report is interim**: the grid has not finished. Rows with fewer seeds have wider (or no) intervals; "
-            "rows still tuning are left out of the results table. Missing: " + ", ".join(missing) + ". Resume with "
-            f"`{grid.command}`; `--interim` rewrites this report from the finished runs without training.")
+    return (
+        "## Interim\n\n**This report is interim**: the grid has not finished. Rows with fewer seeds have wider (or no) intervals; "
+        "rows still tuning are left out of the results table. Missing: " + ", ".join(missing) + ". Resume with "
+        f"`{grid.command}`; `--interim` rewrites this report from the finished runs without training."
+    )
 
 
 def write_interim(results: dict, out: Path) -> dict:
@@ -367,7 +457,9 @@ def best_singles(results: dict, singles: tuple[str, ...], n: int) -> list[str]:
         if row is None or row.get("final_mean") is None:
             continue
         est = (row.get("speedup") or {}).get("flops")
-        scored.append((0 if est else 1, -(est["value"] if est else 0.0), (row.get("delta") or {}).get("value", math.inf), name))
+        scored.append(
+            (0 if est else 1, -(est["value"] if est else 0.0), (row.get("delta") or {}).get("value", math.inf), name)
+        )
     return [name for *_, name in sorted(scored)[:n]]
 
 
@@ -376,8 +468,17 @@ def best_singles(results: dict, singles: tuple[str, ...], n: int) -> list[str]:
 
 def describe(knobs: dict) -> str:
     """A tuning candidate's knobs in words (relative to the tuned AdamW LR and the budget)."""
-    names = {"lr": "LR x", "at": "grow at ", "post": "grown LR x", "batch": "batch x", "T": "warmup T=", "nu": "every ",
-             "base": "base LR x", "setting": "", "beta2": "beta2 "}
+    names = {
+        "lr": "LR x",
+        "at": "grow at ",
+        "post": "grown LR x",
+        "batch": "batch x",
+        "T": "warmup T=",
+        "nu": "every ",
+        "base": "base LR x",
+        "setting": "",
+        "beta2": "beta2 ",
+    }
     out = []
     for k, v in knobs.items():
         if k == "at" and isinstance(v, float):
@@ -403,35 +504,57 @@ def regime(ctx: Ctx, baseline: Row, settings: list[str]) -> dict:
     cfg = load_config(baseline.recipe, settings)
     data = prepare_from_config(cfg.data, progress=False)
     params = non_embedding_params(ctx.preset)
-    return {"preset": ctx.preset, "non_embedding_params": params, "budget_tokens": ctx.budget, "tokens_per_param": ctx.budget / params,
-            "train_tokens": len(data.train), "epochs": ctx.budget / len(data.train), "val_tokens": len(data.val),
-            "val_windows": (len(data.val) - 1) // ctx.seq, "tuned_lr": ctx.lr}
+    return {
+        "preset": ctx.preset,
+        "non_embedding_params": params,
+        "budget_tokens": ctx.budget,
+        "tokens_per_param": ctx.budget / params,
+        "train_tokens": len(data.train),
+        "epochs": ctx.budget / len(data.train),
+        "val_tokens": len(data.val),
+        "val_windows": (len(data.val) - 1) // ctx.seq,
+        "tuned_lr": ctx.lr,
+    }
 
 
 def render_regime(r: dict) -> str:
-    return (f"## Regime\n\n{r['preset']}: {r['non_embedding_params']:,} non-embedding parameters, {r['budget_tokens']:,} training tokens "
-            f"per run = **{r['tokens_per_param']:.1f} tokens per parameter**, {r['epochs']:.2f} epochs of the {r['train_tokens']:,}-token "
-            f"training split; every evaluation covers the whole validation split ({r['val_windows']:,} windows, {r['val_tokens']:,} "
-            f"tokens). Tuned AdamW LR: {r['tuned_lr']:.4g}.")
+    return (
+        f"## Regime\n\n{r['preset']}: {r['non_embedding_params']:,} non-embedding parameters, {r['budget_tokens']:,} training tokens "
+        f"per run = **{r['tokens_per_param']:.1f} tokens per parameter**, {r['epochs']:.2f} epochs of the {r['train_tokens']:,}-token "
+        f"training split; every evaluation covers the whole validation split ({r['val_windows']:,} windows, {r['val_tokens']:,} "
+        f"tokens). Tuned AdamW LR: {r['tuned_lr']:.4g}."
+    )
 
 
 def candidate_texts(rec: dict) -> list[str]:
     """`label: final` per tuning candidate ("not run yet" in an interim report; records before that key existed were complete)."""
-    return [f"{c['label']}: " + ("not run yet" if not c.get("finished", True) else "failed" if c["final"] is None else f"{c['final']:.4f}")
-            for c in rec["candidates"]]
+    return [
+        f"{c['label']}: "
+        + ("not run yet" if not c.get("finished", True) else "failed" if c["final"] is None else f"{c['final']:.4f}")
+        for c in rec["candidates"]
+    ]
 
 
 def render_tuning(tuning: dict, seed: int = 0) -> str:
     effort = {name: len(rec["candidates"]) for name, rec in tuning.items()}
     usual = max(set(effort.values()), key=list(effort.values()).count) if effort else TUNING_RUNS
-    lines = [f"## Tuning (seed {seed} only; it is not among the reported seeds)", "",
-             "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, then run on "
-             "every held-out seed. Tuning effort: " + "".join(f"`{n}` {k} runs, " for n, k in effort.items() if k != usual)
-             + f"every other row {usual}. Rows with a second round (_round 2_) get it around their first choice.", ""]
+    lines = [
+        f"## Tuning (seed {seed} only; it is not among the reported seeds)",
+        "",
+        "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, then run on "
+        "every held-out seed. Tuning effort: "
+        + "".join(f"`{n}` {k} runs, " for n, k in effort.items() if k != usual)
+        + f"every other row {usual}. Rows with a second round (_round 2_) get it around their first choice.",
+        "",
+    ]
     for name, rec in tuning.items():
         cells = [f"**{text}**" if i == rec["chosen"] else text for i, text in enumerate(candidate_texts(rec))]
-        cells = [f"_round 2_: {text}" if c.get("round") == 2 and (i == 0 or rec["candidates"][i - 1].get("round") != 2) else text
-                 for i, (c, text) in enumerate(zip(rec["candidates"], cells))]
+        cells = [
+            f"_round 2_: {text}"
+            if c.get("round") == 2 and (i == 0 or rec["candidates"][i - 1].get("round") != 2)
+            else text
+            for i, (c, text) in enumerate(zip(rec["candidates"], cells))
+        ]
         unfinished = f", {rec['unfinished']} of {len(cells)} still to run" if rec.get("unfinished") else ""
         lines.append(f"- `{name}` ({rec['metric']}{unfinished}): " + "; ".join(cells))
     return "\n".join(lines)
@@ -462,10 +585,23 @@ def ablation(results: dict, rows: dict[str, Row]) -> list[dict]:
             if row is None or not row.get("final_losses"):
                 continue
             pairs = [(f, reference[s]) for s, f in zip(row["seeds"], row["final_losses"]) if s in reference]
-            delta = paired_difference([a for a, _ in pairs], [b for _, b in pairs]).to_dict() if pairs and name != full["name"] else None
-            out.append({"ablates": full_name, "row": name, "label": label, "final_mean": row.get("final_mean"), "vs_full": delta,
-                        "speedup_flops": (row.get("speedup") or {}).get("flops"), "refused": (row.get("refused") or {}).get("flops"),
-                        "seeds": row["seeds"]})
+            delta = (
+                paired_difference([a for a, _ in pairs], [b for _, b in pairs]).to_dict()
+                if pairs and name != full["name"]
+                else None
+            )
+            out.append(
+                {
+                    "ablates": full_name,
+                    "row": name,
+                    "label": label,
+                    "final_mean": row.get("final_mean"),
+                    "vs_full": delta,
+                    "speedup_flops": (row.get("speedup") or {}).get("flops"),
+                    "refused": (row.get("refused") or {}).get("flops"),
+                    "seeds": row["seeds"],
+                }
+            )
     return out
 
 
@@ -474,10 +610,15 @@ def render_ablation(entries: list[dict]) -> str:
         return ""
     lines = []
     for full in dict.fromkeys(e["ablates"] for e in entries):
-        lines += [f"## What each part of {full} adds (leave-one-out, held-out seeds)", "",
-                  f"Each row drops one part of {full} and keeps its other settings (not re-tuned). Δ is the row's final val loss minus "
-                  f"{full}'s, paired by seed, 95 % interval: Δ > 0 means the part left out helps.", "",
-                  f"| row | final val loss | Δ vs {full} [95% CI] | total-FLOPs speedup to the baseline [95% CI] |", "|---|---|---|---|"]
+        lines += [
+            f"## What each part of {full} adds (leave-one-out, held-out seeds)",
+            "",
+            f"Each row drops one part of {full} and keeps its other settings (not re-tuned). Δ is the row's final val loss minus "
+            f"{full}'s, paired by seed, 95 % interval: Δ > 0 means the part left out helps.",
+            "",
+            f"| row | final val loss | Δ vs {full} [95% CI] | total-FLOPs speedup to the baseline [95% CI] |",
+            "|---|---|---|---|",
+        ]
         for e in (e for e in entries if e["ablates"] == full):
             delta = fmt_delta({"delta": e["vs_full"]}) if e["vs_full"] else "—"
             speed = fmt_estimate(e["speedup_flops"]) if e["speedup_flops"] else (e["refused"] or "not reached")
@@ -489,9 +630,21 @@ def render_ablation(entries: list[dict]) -> str:
 
 def render_ladder(ladder: dict[str, dict], names: list[str], plot: Path) -> str:
     order = sorted(ladder, key=lambda p: ladder[p]["regime"]["non_embedding_params"])
-    head = "| row | " + " | ".join(f"{p} ({ladder[p]['regime']['non_embedding_params'] / 1e3:.0f}k params, "
-                                    f"{len(ladder[p]['rows'][0]['seeds'])} seeds)" for p in order) + " |"
-    lines = ["## Scale ladder (total-FLOPs speedup to the baseline's final loss, 95 % CI)", "", head, "|---" * (len(order) + 1) + "|"]
+    head = (
+        "| row | "
+        + " | ".join(
+            f"{p} ({ladder[p]['regime']['non_embedding_params'] / 1e3:.0f}k params, "
+            f"{len(ladder[p]['rows'][0]['seeds'])} seeds)"
+            for p in order
+        )
+        + " |"
+    )
+    lines = [
+        "## Scale ladder (total-FLOPs speedup to the baseline's final loss, 95 % CI)",
+        "",
+        head,
+        "|---" * (len(order) + 1) + "|",
+    ]
     for name in names:
         cells = []
         for preset in order:
@@ -508,12 +661,17 @@ def render_ladder(ladder: dict[str, dict], names: list[str], plot: Path) -> str:
 
 def readme_table(results: dict) -> str:
     paper = results.get("papers") or {}
-    lines = ["| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens [95% CI] | total FLOPs [95% CI] | "
-             "wall-clock [95% CI] | paper's claim |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens [95% CI] | total FLOPs [95% CI] | "
+        "wall-clock [95% CI] | paper's claim |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in results["rows"]:
         claim = paper.get(row["recipe"], "") if row["metric"] in ("val_loss", "lawa/val_loss") else ""
-        lines.append(f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
-                     f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} | {claim} |")
+        lines.append(
+            f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
+            f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} | {claim} |"
+        )
     return "\n".join(lines)
 
 
@@ -522,13 +680,21 @@ def results_block(results: dict, report_path: str) -> str:
     r = results["regime"]
     base = next(x for x in results["rows"] if x["is_baseline"])
     seeds = ", ".join(map(str, results["held_out_seeds"]))
-    return "\n".join([
-        *([INTERIM_NOTE, ""] if results.get("interim") else []),
-        f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), {r['budget_tokens']:,} tokens "
-        f"per run ({r['tokens_per_param']:.1f} tokens/param, {r['epochs']:.2f} epochs), whole-split evaluation; settings chosen on seed "
-        f"{results['tuning_seed']}, reported on held-out paired seeds {seeds}; AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final "
-        f"val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; FLOPs are total (model + optimizer); a speedup rests on "
-        f"evaluations at most {results['max_resolution']:.0%} of the budget apart; {results['created']}. Produced by:", "",
-        "```bash", results["command"], "```", "", readme_table(results), "",
-        f"Tuning runs, ablations, stability, plots and the scale ladder: [{report_path}]({report_path}).",
-    ])
+    return "\n".join(
+        [
+            *([INTERIM_NOTE, ""] if results.get("interim") else []),
+            f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), {r['budget_tokens']:,} tokens "
+            f"per run ({r['tokens_per_param']:.1f} tokens/param, {r['epochs']:.2f} epochs), whole-split evaluation; settings chosen on seed "
+            f"{results['tuning_seed']}, reported on held-out paired seeds {seeds}; AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final "
+            f"val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; FLOPs are total (model + optimizer); a speedup rests on "
+            f"evaluations at most {results['max_resolution']:.0%} of the budget apart; {results['created']}. Produced by:",
+            "",
+            "```bash",
+            results["command"],
+            "```",
+            "",
+            readme_table(results),
+            "",
+            f"Tuning runs, ablations, stability, plots and the scale ladder: [{report_path}]({report_path}).",
+        ]
+    )

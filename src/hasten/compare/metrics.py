@@ -18,7 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-AXES = ("tokens", "model_flops", "flops", "train_time")  # the costs: training tokens, model FLOPs, total FLOPs, wall-clock seconds
+AXES = (
+    "tokens",
+    "model_flops",
+    "flops",
+    "train_time",
+)  # the costs: training tokens, model FLOPs, total FLOPs, wall-clock seconds
 CONFIDENCE = 0.95
 MAX_RESOLUTION = 0.03  # a speedup rests on two evaluations at most this fraction of the baseline's budget apart
 
@@ -56,7 +61,9 @@ class Curve:
 def curve_from_rows(rows: list[dict], key: str = "val_loss") -> Curve:
     """The eval curve of `key` from metrics.jsonl rows (evals without the key, e.g. a weight average before its first
     snapshot, are skipped)."""
-    evals = [r for r in rows if r.get("kind") == "eval" and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    evals = [
+        r for r in rows if r.get("kind") == "eval" and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
     by_step: dict[int, dict] = {}
     for row in evals:  # a resumed run may log the same step twice; the last one wins
         by_step[int(row["step"])] = row
@@ -84,9 +91,15 @@ def mean_curve(curves: list[Curve]) -> Curve:
     def avg(axis: str) -> list[float]:
         return [sum(c.axis(axis)[ix[s]] for c, ix in zip(curves, index)) / len(curves) for s in common]
 
-    return Curve(step=common, loss=[sum(c.loss[ix[s]] for c, ix in zip(curves, index)) / len(curves) for s in common],
-                 tokens=avg("tokens"), flops=avg("flops"), train_time=avg("train_time"), model_flops=avg("model_flops"),
-                 optimizer_counted=all(c.optimizer_counted for c in curves))
+    return Curve(
+        step=common,
+        loss=[sum(c.loss[ix[s]] for c, ix in zip(curves, index)) / len(curves) for s in common],
+        tokens=avg("tokens"),
+        flops=avg("flops"),
+        train_time=avg("train_time"),
+        model_flops=avg("model_flops"),
+        optimizer_counted=all(c.optimizer_counted for c in curves),
+    )
 
 
 def _first_at_or_below(curve: Curve, target: float) -> int | None:
@@ -205,7 +218,9 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
 def paired_speedups(curves: list[Curve], base_curves: list[Curve], axis: str) -> list[float | None]:
     """Seed-by-seed speedups on `axis`: baseline seed s's budget over the cost for curve s to reach baseline s's final loss."""
-    return [speedup(base.end(axis), cost_to_target(curve, base.final, axis)) for curve, base in zip(curves, base_curves)]
+    return [
+        speedup(base.end(axis), cost_to_target(curve, base.final, axis)) for curve, base in zip(curves, base_curves)
+    ]
 
 
 def paired_resolutions(curves: list[Curve], base_curves: list[Curve], axis: str) -> list[float | None]:

@@ -18,7 +18,11 @@ from hasten.compare.report import AXIS_LABEL  # noqa: E402
 from hasten.methods.registry import plot_markers  # noqa: E402
 
 FILES = {"tokens": "loss_vs_tokens.png", "flops": "loss_vs_flops.png", "train_time": "loss_vs_time.png"}
-XLABEL = {"tokens": "training tokens", "flops": "training FLOPs (model + optimizer)", "train_time": "training wall-clock (s)"}
+XLABEL = {
+    "tokens": "training tokens",
+    "flops": "training FLOPs (model + optimizer)",
+    "train_time": "training wall-clock (s)",
+}
 
 
 def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
@@ -35,7 +39,16 @@ def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
             averaged = "[" in name
             mean = data["mean"]
             label = f"{name} (n={len(data['runs'])})"
-            ax.plot(mean[axis], mean["loss"], color=color, lw=1.6, ls="-." if averaged else "-", marker="o", ms=2.5, label=label)
+            ax.plot(
+                mean[axis],
+                mean["loss"],
+                color=color,
+                lw=1.6,
+                ls="-." if averaged else "-",
+                marker="o",
+                ms=2.5,
+                label=label,
+            )
             if len(data["runs"]) > 1:
                 lo, hi = _band(data["runs"], mean["step"])
                 ax.fill_between(mean[axis], lo, hi, color=color, alpha=0.15, lw=0)
@@ -48,7 +61,9 @@ def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
                 ax.axvline(x, color=color, lw=1, alpha=0.7, ls=marker.get("style", ":"))
         target = results.get("target_loss")
         if target is not None:
-            ax.axhline(target, color="grey", lw=1, alpha=0.8, label=f"target {target:.3f} ({results['baseline']} final)")
+            ax.axhline(
+                target, color="grey", lw=1, alpha=0.8, label=f"target {target:.3f} ({results['baseline']} final)"
+            )
         _zoom(ax, curves, target)
         ax.set_xlabel(XLABEL[axis])
         ax.set_ylabel("val loss (nats/token)")
@@ -67,7 +82,9 @@ def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def plot_stability(stability: dict, report_dir: Path, order: list[str] | None = None, tier: str | None = None) -> Path | None:
+def plot_stability(
+    stability: dict, report_dir: Path, order: list[str] | None = None, tier: str | None = None
+) -> Path | None:
     """stability.png: loss ratio (top) and Adam's max exp_avg_sq (bottom, log scale) vs training tokens.
 
     One bold line per recipe (the seed mean at common logged steps), each seed faintly behind it
@@ -128,7 +145,9 @@ def _band(runs: list[dict], steps: list[int]) -> tuple[list[float], list[float]]
 
 def _zoom(ax, curves: dict, target: float | None) -> None:
     """Skip the first evaluation (the untrained model's ~log(vocab) loss) when choosing the y range."""
-    later = [x for d in curves.values() for run in d["runs"] for x in run["loss"][1:] if x == x and abs(x) != float("inf")]
+    later = [
+        x for d in curves.values() for run in d["runs"] for x in run["loss"][1:] if x == x and abs(x) != float("inf")
+    ]
     if not later:
         return
     top, bottom = max(later), min(later + ([target] if target is not None else []))
@@ -143,8 +162,15 @@ def plot_ladder(ladder: dict[str, dict], names: list[str], path: Path) -> Path:
     for name in names[1:]:
         xs, ys, lo, hi = [], [], [], []
         for preset in order:
-            row = next((r for r in ladder[preset]["rows"] if r["name"] in (f"{name} [lawa]", name) and (r["name"] != name or
-                        not any(x["name"] == f"{name} [lawa]" for x in ladder[preset]["rows"]))), None)
+            row = next(
+                (
+                    r
+                    for r in ladder[preset]["rows"]
+                    if r["name"] in (f"{name} [lawa]", name)
+                    and (r["name"] != name or not any(x["name"] == f"{name} [lawa]" for x in ladder[preset]["rows"]))
+                ),
+                None,
+            )
             est = (row or {}).get("speedup", {}).get("flops") if row else None
             if est is None:
                 continue

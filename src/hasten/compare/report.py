@@ -61,8 +61,11 @@ def _markers(rows: list[dict]) -> list[dict]:
     train = [r for r in rows if r.get("kind") == "train" and isinstance(r.get("tokens"), (int, float))]
     out = [{**point, "style": marker.linestyle} for marker in plot_markers() for point in marker.find(rows)]
     # map token positions to FLOPs and seconds through the train rows (both grow monotonically with tokens)
-    costs = {"model_flops": [r.get("flops", 0.0) for r in train], "train_time": [r.get("train_time", 0.0) for r in train],
-             "flops": [r.get("flops", 0.0) + r.get("optimizer_flops", 0.0) for r in train]}
+    costs = {
+        "model_flops": [r.get("flops", 0.0) for r in train],
+        "train_time": [r.get("train_time", 0.0) for r in train],
+        "flops": [r.get("flops", 0.0) + r.get("optimizer_flops", 0.0) for r in train],
+    }
     for marker in out:
         for axis, ys in costs.items():
             marker[axis] = _interp(marker["tokens"], [r["tokens"] for r in train], ys)
@@ -81,12 +84,25 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float | None:
 
 
 def _curve_dict(c: Curve) -> dict:
-    return {"step": c.step, "loss": c.loss, "tokens": c.tokens, "flops": c.flops, "model_flops": c.axis("model_flops"),
-            "train_time": c.train_time, "optimizer_counted": c.optimizer_counted}
+    return {
+        "step": c.step,
+        "loss": c.loss,
+        "tokens": c.tokens,
+        "flops": c.flops,
+        "model_flops": c.axis("model_flops"),
+        "train_time": c.train_time,
+        "optimizer_counted": c.optimizer_counted,
+    }
 
 
 def curve_from_dict(d: dict) -> Curve:
-    return Curve(**{k: d[k] for k in ("step", "loss", "tokens", "flops", "train_time", "model_flops", "optimizer_counted") if k in d})
+    return Curve(
+        **{
+            k: d[k]
+            for k in ("step", "loss", "tokens", "flops", "train_time", "model_flops", "optimizer_counted")
+            if k in d
+        }
+    )
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -97,8 +113,15 @@ def _run_info(run_dir: Path) -> dict:
         return {}
 
 
-def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], failed: dict[str, str], tuning: dict | None,
-                  max_resolution: float = MAX_RESOLUTION) -> dict:
+def build_results(
+    opts,
+    names: list[str],
+    baseline: str,
+    runs: dict[str, list],
+    failed: dict[str, str],
+    tuning: dict | None,
+    max_resolution: float = MAX_RESOLUTION,
+) -> dict:
     """results.json content from the run dirs; `runs` maps recipe -> [(RunSpec, run_dir)] in seed order. A speedup whose
     crossing lies between evaluations further apart than `max_resolution` of the baseline's budget is refused."""
     series: dict[str, dict] = {}  # row name -> {recipe, metric, curves, seeds, markers, params}
@@ -113,7 +136,9 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
                 failed_seeds.append(spec.seed)
                 continue
             rows = read_metrics(run_dir)
-            keys = ["val_loss"] + sorted({k for r in rows if r.get("kind") == "eval" for k in r if k.endswith("/val_loss")})
+            keys = ["val_loss"] + sorted(
+                {k for r in rows if r.get("kind") == "eval" for k in r if k.endswith("/val_loss")}
+            )
             for key in keys:
                 curve = curve_from_rows(rows, key)
                 if curve.step:
@@ -125,12 +150,21 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
         for key in ["val_loss"] + sorted(k for k in per_key if k != "val_loss"):
             row = name if key == "val_loss" else f"{name} [{key.split('/')[0]}]"
             seeded = per_key.get(key, [])
-            series[row] = {"recipe": name, "metric": key, "curves": [c for _, c in seeded], "seeds": [s for s, _ in seeded],
-                           "failed_seeds": failed_seeds, "markers": markers, "params": params[0] if params else None}
+            series[row] = {
+                "recipe": name,
+                "metric": key,
+                "curves": [c for _, c in seeded],
+                "seeds": [s for s, _ in seeded],
+                "failed_seeds": failed_seeds,
+                "markers": markers,
+                "params": params[0] if params else None,
+            }
             order.append(row)
     base = series.get(baseline)
     if base is None or not base["curves"]:
-        raise ConfigError(f"the baseline {baseline!r} has no finished run with a val loss; see {opts.report_dir / 'runs'}")
+        raise ConfigError(
+            f"the baseline {baseline!r} has no finished run with a val loss; see {opts.report_dir / 'runs'}"
+        )
     base_finals = [c.final for c in base["curves"]]
     target = sum(base_finals) / len(base_finals)
     base_cost = {axis: sum(c.end(axis) for c in base["curves"]) / len(base["curves"]) for axis in AXES}
@@ -153,35 +187,74 @@ def build_results(opts, names: list[str], baseline: str, runs: dict[str, list], 
         "baseline_cost": base_cost,
         "tuning": tuning,
         "rows": rows,
-        "curves": {name: {"seeds": series[name]["seeds"], "runs": [_curve_dict(c) for c in series[name]["curves"]],
-                          "mean": _curve_dict(mean_curve(series[name]["curves"])) if series[name]["curves"] else None,
-                          "markers": series[name]["markers"]} for name in order},
+        "curves": {
+            name: {
+                "seeds": series[name]["seeds"],
+                "runs": [_curve_dict(c) for c in series[name]["curves"]],
+                "mean": _curve_dict(mean_curve(series[name]["curves"])) if series[name]["curves"] else None,
+                "markers": series[name]["markers"],
+            }
+            for name in order
+        },
         "stability": stability_summary(names, runs, failed),
     }
 
 
 def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolution: float) -> dict:
     curves: list[Curve] = s["curves"]
-    row: dict = {"name": name, "recipe": s["recipe"], "metric": s["metric"], "seeds": s["seeds"], "failed_seeds": s["failed_seeds"],
-                 "is_baseline": name == baseline, "params_non_embedding": s["params"]}
+    row: dict = {
+        "name": name,
+        "recipe": s["recipe"],
+        "metric": s["metric"],
+        "seeds": s["seeds"],
+        "failed_seeds": s["failed_seeds"],
+        "is_baseline": name == baseline,
+        "params_non_embedding": s["params"],
+    }
     if not curves:
-        row.update(final_losses=[], final_mean=None, final_std=None, speedup={}, reached={}, gap=None, delta=None, p=None)
+        row.update(
+            final_losses=[], final_mean=None, final_std=None, speedup={}, reached={}, gap=None, delta=None, p=None
+        )
         return row
     finals = [c.final for c in curves]
     mean, std = mean_std(finals)
     finite = all(math.isfinite(x) for x in finals)
     budget = {axis: sum(c.end(axis) for c in curves) / len(curves) for axis in AXES}
-    row.update(final_losses=finals, final_mean=mean if finite else None, final_std=std if finite else None, budget=budget,
-               tokens_per_param=budget["tokens"] / s["params"] if s["params"] else None)
+    row.update(
+        final_losses=finals,
+        final_mean=mean if finite else None,
+        final_std=std if finite else None,
+        budget=budget,
+        tokens_per_param=budget["tokens"] / s["params"] if s["params"] else None,
+    )
     base_by_seed = dict(zip(base["seeds"], base["curves"]))
     paired = all(seed in base_by_seed for seed in s["seeds"])
     if name == baseline:
         one = Estimate(1.0, 1.0, 1.0, None, len(curves)).to_dict()
-        row.update(speedup=dict.fromkeys(AXES, one), reached=dict.fromkeys(AXES, len(curves)), gap=None, delta=None, p=None,
-                   paired=True, time_per_flop=None, wallclock_noise=False, resolution={}, refused={})
+        row.update(
+            speedup=dict.fromkeys(AXES, one),
+            reached=dict.fromkeys(AXES, len(curves)),
+            gap=None,
+            delta=None,
+            p=None,
+            paired=True,
+            time_per_flop=None,
+            wallclock_noise=False,
+            resolution={},
+            refused={},
+        )
         return row
     if not finite:
-        row.update(speedup={}, reached={}, gap=None, delta=None, p=None, paired=paired, time_per_flop=None, wallclock_noise=False)
+        row.update(
+            speedup={},
+            reached={},
+            gap=None,
+            delta=None,
+            p=None,
+            paired=paired,
+            time_per_flop=None,
+            wallclock_noise=False,
+        )
         return row
     if paired:
         base_curves = [base_by_seed[seed] for seed in s["seeds"]]
@@ -197,7 +270,9 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolu
             speedups[axis] = None
             if reached[axis] < len(per_seed):
                 continue
-            if axis == "flops" and not all(c.optimizer_counted and b.optimizer_counted for c, b in zip(curves, base_curves)):
+            if axis == "flops" and not all(
+                c.optimizer_counted and b.optimizer_counted for c, b in zip(curves, base_curves)
+            ):
                 refused[axis] = "optimizer FLOPs not recorded"
             elif resolution[axis] is not None and resolution[axis] > max_resolution:
                 refused[axis] = f"unresolved: evaluations {resolution[axis]:.1%} of the budget apart"
@@ -205,12 +280,19 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolu
                 speedups[axis] = ratio_estimate(per_seed).to_dict()
         row.update(resolution=resolution, refused=refused)
         gaps = [c.final - b.final for c, b in zip(curves, base_curves)]
-        per_flop = [(c.end("train_time") / c.end("flops")) / (b.end("train_time") / b.end("flops")) for c, b in zip(curves, base_curves)
-                    if c.end("flops") > 0 and b.end("flops") > 0 and b.end("train_time") > 0 and c.end("train_time") > 0]
+        per_flop = [
+            (c.end("train_time") / c.end("flops")) / (b.end("train_time") / b.end("flops"))
+            for c, b in zip(curves, base_curves)
+            if c.end("flops") > 0 and b.end("flops") > 0 and b.end("train_time") > 0 and c.end("train_time") > 0
+        ]
         time_per_flop = ratio_estimate(per_flop) if len(per_flop) == len(curves) else None
-        row.update(speedup=speedups, reached=reached, gap=None if reached["tokens"] == len(curves) else sum(gaps) / len(gaps),
-                   time_per_flop=time_per_flop.to_dict() if time_per_flop else None,
-                   wallclock_noise=_wallclock_is_noise(speedups, time_per_flop))
+        row.update(
+            speedup=speedups,
+            reached=reached,
+            gap=None if reached["tokens"] == len(curves) else sum(gaps) / len(gaps),
+            time_per_flop=time_per_flop.to_dict() if time_per_flop else None,
+            wallclock_noise=_wallclock_is_noise(speedups, time_per_flop),
+        )
     else:  # seeds that the baseline does not have: unpaired, Welch's test on the finals, speedup on the seed-mean curves
         base_finals = [c.final for c in base["curves"]]
         target = sum(base_finals) / len(base_finals)
@@ -218,17 +300,34 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolu
         flat_target = replace(base_mean, loss=[target] * len(base_mean.step))
         per_axis = {axis: paired_speedups([mean_c], [flat_target], axis)[0] for axis in AXES}
         widths = {axis: paired_resolutions([mean_c], [flat_target], axis)[0] for axis in AXES}
-        refused = {axis: f"unresolved: evaluations {w:.1%} of the budget apart" for axis, w in widths.items()
-                   if w is not None and w > max_resolution}
+        refused = {
+            axis: f"unresolved: evaluations {w:.1%} of the budget apart"
+            for axis, w in widths.items()
+            if w is not None and w > max_resolution
+        }
         if not (mean_c.optimizer_counted and base_mean.optimizer_counted) and per_axis["flops"] is not None:
             refused["flops"] = "optimizer FLOPs not recorded"
         per_axis = {axis: None if axis in refused else x for axis, x in per_axis.items()}
-        row.update(delta={"value": mean - target, "low": None, "high": None, "p": welch_p(finals, base_finals), "n": len(finals)},
-                   p=welch_p(finals, base_finals), paired=False, time_per_flop=None, wallclock_noise=False,
-                   speedup={axis: (Estimate(x, n=len(curves)).to_dict() if x is not None else None) for axis, x in per_axis.items()},
-                   reached={axis: (len(curves) if x is not None else 0) for axis, x in per_axis.items()},
-                   gap=None if per_axis["tokens"] is not None or "tokens" in refused else mean - target,
-                   resolution=widths, refused=refused)
+        row.update(
+            delta={
+                "value": mean - target,
+                "low": None,
+                "high": None,
+                "p": welch_p(finals, base_finals),
+                "n": len(finals),
+            },
+            p=welch_p(finals, base_finals),
+            paired=False,
+            time_per_flop=None,
+            wallclock_noise=False,
+            speedup={
+                axis: (Estimate(x, n=len(curves)).to_dict() if x is not None else None) for axis, x in per_axis.items()
+            },
+            reached={axis: (len(curves) if x is not None else 0) for axis, x in per_axis.items()},
+            gap=None if per_axis["tokens"] is not None or "tokens" in refused else mean - target,
+            resolution=widths,
+            refused=refused,
+        )
     if s["metric"] != "val_loss" and s["recipe"] in series and series[s["recipe"]]["curves"]:
         raw = [c.final for c in series[s["recipe"]]["curves"]]
         row["raw_final_mean"] = sum(raw) / len(raw)
@@ -248,9 +347,13 @@ def _wallclock_is_noise(speedups: dict, time_per_flop: Estimate | None) -> bool:
 def _machine() -> dict:
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 # --------------------------------------------------------------------------- formatting
@@ -320,30 +423,48 @@ def fmt_tokens_per_param(row: dict) -> str:
 
 def table(results: dict, compact: bool = False) -> str:
     if compact:
-        lines = ["| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens | speedup total FLOPs | speedup wall-clock |",
-                 "|---|---|---|---|---|---|"]
+        lines = [
+            "| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens | speedup total FLOPs | speedup wall-clock |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in results["rows"]:
-            lines.append(f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
-                         f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} |")
+            lines.append(
+                f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
+                f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} |"
+            )
         return "\n".join(lines)
-    lines = ["| recipe | seeds | tokens/param | final val loss | Δ vs baseline [95% CI] | p (paired t) | speedup tokens [95% CI] | "
-             "model FLOPs [95% CI] | total FLOPs [95% CI] | wall-clock [95% CI] | crossing resolution | time/FLOP vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | seeds | tokens/param | final val loss | Δ vs baseline [95% CI] | p (paired t) | speedup tokens [95% CI] | "
+        "model FLOPs [95% CI] | total FLOPs [95% CI] | wall-clock [95% CI] | crossing resolution | time/FLOP vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in results["rows"]:
         n = len(row["seeds"])
         seeds = f"{n}" + (f" ({len(row['failed_seeds'])} failed)" if row["failed_seeds"] else "")
         if not row.get("paired", True):
             seeds += " (unpaired)"
-        cells = [row["name"] + (" (baseline)" if row["is_baseline"] and row["name"] != "baseline" else ""), seeds,
-                 fmt_tokens_per_param(row), fmt_loss(row), fmt_delta(row), fmt_p(row),
-                 *(fmt_speedup(row, axis) for axis in AXES), fmt_resolution(row), fmt_estimate(row.get("time_per_flop"), unit="")]
+        cells = [
+            row["name"] + (" (baseline)" if row["is_baseline"] and row["name"] != "baseline" else ""),
+            seeds,
+            fmt_tokens_per_param(row),
+            fmt_loss(row),
+            fmt_delta(row),
+            fmt_p(row),
+            *(fmt_speedup(row, axis) for axis in AXES),
+            fmt_resolution(row),
+            fmt_estimate(row.get("time_per_flop"), unit=""),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def render_report(results: dict) -> str:
     base = next(r for r in results["rows"] if r["is_baseline"])
-    budget = f"{results['budget_tokens']:,} training tokens per run" if results.get("budget_tokens") else "each recipe's own length"
+    budget = (
+        f"{results['budget_tokens']:,} training tokens per run"
+        if results.get("budget_tokens")
+        else "each recipe's own length"
+    )
     out = [f"# hasten compare{': ' + results['tier'] + ' tier' if results.get('tier') else ''}", ""]
     if results.get("command"):
         out += [f"Command: `{results['command']}`", ""]
@@ -362,21 +483,34 @@ def render_report(results: dict) -> str:
         out.append(f"- Overrides for `{name}`: `{' '.join(extra)}`")
     tuning = results.get("tuning")
     if tuning:
-        out += ["", f"## Baseline LR sweep ({tuning['recipe']}, seed(s) {', '.join(map(str, tuning['seeds']))})", "",
-                "| optim.lr | final val loss |", "|---|---|"]
+        out += [
+            "",
+            f"## Baseline LR sweep ({tuning['recipe']}, seed(s) {', '.join(map(str, tuning['seeds']))})",
+            "",
+            "| optim.lr | final val loss |",
+            "|---|---|",
+        ]
         for lr, loss in tuning["final_val_loss"].items():
             mark = " **best**" if tuning["best_lr"] is not None and float(lr) == tuning["best_lr"] else ""
             out.append(f"| {lr} | {'failed' if loss is None else f'{loss:.4f}'}{mark} |")
-        out += ["", f"The baseline row uses the best LR, {tuning['best_lr']:g}. Other recipes keep the LRs of their own recipes."]
+        out += [
+            "",
+            f"The baseline row uses the best LR, {tuning['best_lr']:g}. Other recipes keep the LRs of their own recipes.",
+        ]
         if tuning["at_edge"]:
             out.append("**The best LR is at the edge of the grid: the baseline may be under-tuned; widen --tune-lrs.**")
     out += ["", "## Results", "", table(results), ""]
     averaged = [r for r in results["rows"] if "raw_final_mean" in r]
     if averaged:
-        out += ["Averaged-weight rows (`recipe [method]`) evaluate the averaged model of the same runs; against their raw model:", ""]
+        out += [
+            "Averaged-weight rows (`recipe [method]`) evaluate the averaged model of the same runs; against their raw model:",
+            "",
+        ]
         for r in averaged:
             verdict = "better" if r["vs_raw"] < 0 else "worse"
-            out.append(f"- {r['name']}: final {r['final_mean']:.4f} vs raw {r['raw_final_mean']:.4f} ({r['vs_raw']:+.4f}, {verdict})")
+            out.append(
+                f"- {r['name']}: final {r['final_mean']:.4f} vs raw {r['raw_final_mean']:.4f} ({r['vs_raw']:+.4f}, {verdict})"
+            )
         out.append("")
     out += [
         "How to read it: for each seed, the *target* is the baseline's final val loss of that seed; a row's *speedup* is the "
@@ -384,7 +518,7 @@ def render_report(results: dict) -> str:
         "target (linear between the two evaluations around the crossing); the table gives the geometric mean over seeds with a 95 % "
         "t interval, or how many seeds reached it and the mean remaining gap. *Crossing resolution* is the widest gap, over the "
         "seeds, between the two evaluations that bracket a crossing, as a fraction of the baseline's total-FLOPs budget; a speedup "
-        f"whose bracket is wider than {results.get('max_resolution', MAX_RESOLUTION):.0%} is refused (\"unresolved\"), so "
+        f'whose bracket is wider than {results.get("max_resolution", MAX_RESOLUTION):.0%} is refused ("unresolved"), so '
         f"interpolation never decides more than that share of the budget (evaluate more often, e.g. `--set "
         "train.eval_every_tokens=` 1/50 of the budget, to resolve one). *Δ* is the paired difference of final val losses with its 95 % interval "
         "and the paired t-test's p (scipy). *Model FLOPs* are 6 x (matmul parameters) + 12 x layers x d_model x seq_len per "
@@ -397,7 +531,9 @@ def render_report(results: dict) -> str:
         "from the total-FLOPs speedup by more than 5 % while time/FLOP is not shown to differ from 1: that difference is machine noise.",
         "",
     ]
-    for section in results.get("sections") or []:  # added by callers such as benchmarks/speedup.py (tuning tables, ladder)
+    for section in (
+        results.get("sections") or []
+    ):  # added by callers such as benchmarks/speedup.py (tuning tables, ladder)
         out += [section.rstrip(), ""]
     plots = results.get("plots") or {}
     for key in ("tokens", "flops", "train_time"):
@@ -409,7 +545,10 @@ def render_report(results: dict) -> str:
 
 def write_report(results: dict, report_dir: Path) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.json", json.dumps(results, indent=1, default=str)), ("report.md", render_report(results))):
+    for name, text in (
+        ("results.json", json.dumps(results, indent=1, default=str)),
+        ("report.md", render_report(results)),
+    ):
         atomic_write_text(report_dir / name, text)
 
 
@@ -438,7 +577,9 @@ def update_readme(readme: Path, block: str) -> None:
     """Rewrite the block between the results markers of README.md with `block` (nothing else is touched), atomically."""
     text = readme.read_text()
     if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
-        raise ConfigError(f"{readme} has no '{BEGIN}' ... '{END}' block to rewrite; add the two markers where the table goes")
+        raise ConfigError(
+            f"{readme} has no '{BEGIN}' ... '{END}' block to rewrite; add the two markers where the table goes"
+        )
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     atomic_write_text(readme, f"{head}{BEGIN}\n{block}\n{END}{tail}")

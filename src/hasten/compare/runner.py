@@ -58,8 +58,10 @@ class GridStopped(HastenError):
     """SIGTERM / SIGINT stopped the grid; the runs in flight saved a checkpoint and the same command resumes them."""
 
     def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}: the runs in flight saved a checkpoint; run the same command "
-                         "again to resume them")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}: the runs in flight saved a checkpoint; run the same command "
+            "again to resume them"
+        )
         self.exit_code = 128 + signum
 
 
@@ -80,7 +82,9 @@ class RunSpec:
     run_dir: Path
     threads: int | None = None  # torch / OpenMP threads of this run (cores / jobs)
     lr: float | None = None  # set for baseline LR-sweep runs
-    keep_checkpoints: bool = False  # finished runs are marked by summary.json; their checkpoints are deleted unless kept
+    keep_checkpoints: bool = (
+        False  # finished runs are marked by summary.json; their checkpoints are deleted unless kept
+    )
 
     @property
     def report_dir(self) -> Path:
@@ -128,7 +132,9 @@ def recipes_from_paths(paths: list[Path], recipe_overrides: dict[str, list[str]]
         recipes.append(Recipe(name, path, list(recipe_overrides.get(name, []))))
     unknown = sorted(set(recipe_overrides) - seen)
     if unknown:
-        raise ConfigError(f"--set-for names recipe(s) {', '.join(unknown)} that are not compared; use one of {', '.join(sorted(seen))}")
+        raise ConfigError(
+            f"--set-for names recipe(s) {', '.join(unknown)} that are not compared; use one of {', '.join(sorted(seen))}"
+        )
     return recipes
 
 
@@ -146,8 +152,17 @@ def run_spec(opts: CompareOptions, recipe: Recipe, seed: int, lr: float | None =
     overrides = base_overrides(opts) + recipe.overrides + [f"train.seed={seed}", f"name={name}"]
     if lr is not None:
         overrides.append(f"optim.lr={lr!r}")
-    return RunSpec(name, recipe.name, seed, recipe.path, overrides, opts.report_dir / "runs" / name, opts.threads_per_job(), lr,
-                   opts.keep_checkpoints)
+    return RunSpec(
+        name,
+        recipe.name,
+        seed,
+        recipe.path,
+        overrides,
+        opts.report_dir / "runs" / name,
+        opts.threads_per_job(),
+        lr,
+        opts.keep_checkpoints,
+    )
 
 
 def load_spec_config(spec: RunSpec):
@@ -277,22 +292,44 @@ def _execute(spec: RunSpec) -> dict:
             _stop_signal = _stop_signal or stop.signal
             return {**stopped, "seconds": time.perf_counter() - start}
     except DivergenceError as err:  # the spike/NaN guard stopped a diverged run: a result to report, not a usage error
-        return {"name": spec.name, "status": "failed", "val_loss": None, "seconds": time.perf_counter() - start, "error": str(err)}
+        return {
+            "name": spec.name,
+            "status": "failed",
+            "val_loss": None,
+            "seconds": time.perf_counter() - start,
+            "error": str(err),
+        }
     except HastenError:
         raise
     except Exception as err:  # a diverged or crashed run is reported, the comparison goes on
-        return {"name": spec.name, "status": "failed", "val_loss": None, "seconds": time.perf_counter() - start,
-                "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+        return {
+            "name": spec.name,
+            "status": "failed",
+            "val_loss": None,
+            "seconds": time.perf_counter() - start,
+            "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+        }
     from hasten.model import count_params
 
     params = count_params(trainer.state.model)
-    summary = {"run_dir": str(run_dir), **trainer.state.progress.to_dict(), **final,
-               "params": params["total"], "params_non_embedding": params["non_embedding"]}
+    summary = {
+        "run_dir": str(run_dir),
+        **trainer.state.progress.to_dict(),
+        **final,
+        "params": params["total"],
+        "params_non_embedding": params["non_embedding"],
+    }
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
-    if not spec.keep_checkpoints:  # a finished run is reused from metrics.jsonl + summary.json; checkpoints only cost disk
+    if (
+        not spec.keep_checkpoints
+    ):  # a finished run is reused from metrics.jsonl + summary.json; checkpoints only cost disk
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return {"name": spec.name, "status": "resumed" if resume else "trained", "val_loss": final.get("val_loss"),
-            "seconds": time.perf_counter() - start}
+    return {
+        "name": spec.name,
+        "status": "resumed" if resume else "trained",
+        "val_loss": final.get("val_loss"),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[dict]:
@@ -315,7 +352,11 @@ def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[di
             return
         loss = f"val {out['val_loss']:.4f}" if isinstance(out.get("val_loss"), float) else "no val loss"
         extra = f" ({out['error']})" if out.get("error") else ""
-        print(f"[{i + 1}/{len(specs)}] {out['name']}: {out['status']}, {loss}, {out['seconds']:.0f}s{extra}", file=sys.stderr, flush=True)
+        print(
+            f"[{i + 1}/{len(specs)}] {out['name']}: {out['status']}, {loss}, {out['seconds']:.0f}s{extra}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     with _stop_requests(futures):
         if jobs <= 1:
@@ -324,9 +365,15 @@ def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[di
                     break
                 note(i, execute(spec))
         else:
-            with _worker_environment(specs[0].threads), ProcessPoolExecutor(
-                    max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                    initargs=(os.getpid(),)) as pool:
+            with (
+                _worker_environment(specs[0].threads),
+                ProcessPoolExecutor(
+                    max_workers=jobs,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                    initargs=(os.getpid(),),
+                ) as pool,
+            ):
                 futures += [pool.submit(_pool_execute, spec) for spec in specs]
                 for i, future in enumerate(futures):
                     try:
@@ -334,8 +381,10 @@ def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[di
                     except CancelledError:  # not started when the stop came
                         continue
                     except BrokenProcessPool:
-                        raise HastenError("a worker process of hasten compare died (killed from outside, e.g. by the OOM killer); "
-                                          "the runs in flight keep their last checkpoint, so run the same command again to resume") from None
+                        raise HastenError(
+                            "a worker process of hasten compare died (killed from outside, e.g. by the OOM killer); "
+                            "the runs in flight keep their last checkpoint, so run the same command again to resume"
+                        ) from None
     if _stop_signal is not None:
         raise GridStopped(_stop_signal)
     return outcomes
@@ -356,11 +405,17 @@ def _stop_requests(futures: list[Future]):
                 raise KeyboardInterrupt
             return
         _stop_signal = signum
-        print(f"hasten: {signal.Signals(signum).name} received; no new run starts, the runs in flight stop after their step "
-              "with a checkpoint", file=sys.stderr, flush=True)
+        print(
+            f"hasten: {signal.Signals(signum).name} received; no new run starts, the runs in flight stop after their step "
+            "with a checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         for future in futures:
             future.cancel()
-        for worker in multiprocessing.active_children():  # a Ctrl-C on a terminal reached them already; a repeat is harmless
+        for (
+            worker
+        ) in multiprocessing.active_children():  # a Ctrl-C on a terminal reached them already; a repeat is harmless
             os.kill(worker.pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -384,7 +439,9 @@ def _worker_init(parent: int) -> None:
 
 def _remember_stop(signum, frame) -> None:
     global _stop_signal
-    if _parent_pid is not None and os.getppid() != _parent_pid:  # the compare process is gone: nobody waits for this worker
+    if (
+        _parent_pid is not None and os.getppid() != _parent_pid
+    ):  # the compare process is gone: nobody waits for this worker
         os._exit(128 + signum)
     _stop_signal = _stop_signal or signum
 
@@ -403,7 +460,11 @@ def _worker_environment(threads: int | None):
     from hasten.data.tokenizer import cache_root
     from hasten.parallel.launch import environment
 
-    values = {"TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(cache_root(DataConfig().cache_dir) / "inductor"))}
+    values = {
+        "TORCHINDUCTOR_CACHE_DIR": os.environ.get(
+            "TORCHINDUCTOR_CACHE_DIR", str(cache_root(DataConfig().cache_dir) / "inductor")
+        )
+    }
     if threads is not None:
         values.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with environment(values):
@@ -446,26 +507,46 @@ def claim_report_dir(report_dir: Path, force: bool = False, corpora: dict[str, s
     report_dir = Path(report_dir)
     run = enclosing_run_dir(report_dir)
     if run is not None:
-        where = "is a hasten run dir" if run == report_dir.expanduser().absolute() else f"is inside the hasten run dir {run}"
-        raise ConfigError(f"--out {report_dir} {where}; hasten compare writes its report and runs into a folder of its own")
+        where = (
+            "is a hasten run dir"
+            if run == report_dir.expanduser().absolute()
+            else f"is inside the hasten run dir {run}"
+        )
+        raise ConfigError(
+            f"--out {report_dir} {where}; hasten compare writes its report and runs into a folder of its own"
+        )
     for recipe, source in (corpora or {}).items():
         root = _corpus_folder(source)
         if root is not None and (report_dir.resolve() == root or root in report_dir.resolve().parents):
-            raise ConfigError(f"--out {report_dir} is inside the corpus of recipe {recipe} (data.source={source}), so its report and "
-                              "runs would become training data; put --out outside it")
+            raise ConfigError(
+                f"--out {report_dir} is inside the corpus of recipe {recipe} (data.source={source}), so its report and "
+                "runs would become training data; put --out outside it"
+            )
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError(f"--out {report_dir} is a file; give a new or empty folder")
     entries = sorted(p.name for p in report_dir.iterdir()) if report_dir.is_dir() else []
     if entries and not force and not _is_compare_output(report_dir):
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-        raise ConfigError(f"--out {report_dir} is not empty (holds {shown}) and is not a hasten compare output; give a new or empty "
-                          "folder, or --force to write into it (report.md, results.json and the plots there are replaced)")
+        raise ConfigError(
+            f"--out {report_dir} is not empty (holds {shown}) and is not a hasten compare output; give a new or empty "
+            "folder, or --force to write into it (report.md, results.json and the plots there are replaced)"
+        )
     if not (report_dir / OUTPUT_MARKER).is_file():
         try:
-            atomic_write_text(report_dir / OUTPUT_MARKER, json.dumps({"written_by": "hasten compare", "holds": "report.md, "
-                              "results.json, plots and runs/ of one comparison"}) + "\n")
+            atomic_write_text(
+                report_dir / OUTPUT_MARKER,
+                json.dumps(
+                    {
+                        "written_by": "hasten compare",
+                        "holds": "report.md, results.json, plots and runs/ of one comparison",
+                    }
+                )
+                + "\n",
+            )
         except OSError as err:
-            raise ConfigError(f"cannot write into --out {report_dir} ({err.strerror or err}); give a writable folder") from None
+            raise ConfigError(
+                f"cannot write into --out {report_dir} ({err.strerror or err}); give a writable folder"
+            ) from None
 
 
 def _is_compare_output(folder: Path) -> bool:
@@ -479,7 +560,9 @@ def _is_compare_output(folder: Path) -> bool:
         return True
     entries = {p.name for p in folder.iterdir()}
     runs = [] if not (folder / "runs").is_dir() else list((folder / "runs").iterdir())
-    return entries <= LEGACY_ENTRIES and "runs" in entries and all(is_run_dir(r) or r.name.startswith(".") for r in runs)
+    return (
+        entries <= LEGACY_ENTRIES and "runs" in entries and all(is_run_dir(r) or r.name.startswith(".") for r in runs)
+    )
 
 
 def _corpus_folder(source: str) -> Path | None:
@@ -512,7 +595,10 @@ def run_compare(opts: CompareOptions) -> dict:
         tune_seeds = range(min(opts.tune_seeds, opts.seeds))
         sweep = [run_spec(opts, baseline, seed, lr, lr_tag=True) for seed in tune_seeds for lr in grid]
         if not opts.quiet:
-            print(f"tuning {baseline.name}: optim.lr in {', '.join(f'{x:g}' for x in grid)} ({len(sweep)} runs)", file=sys.stderr)
+            print(
+                f"tuning {baseline.name}: optim.lr in {', '.join(f'{x:g}' for x in grid)} ({len(sweep)} runs)",
+                file=sys.stderr,
+            )
         outcomes = run_all(sweep, opts.jobs, opts.quiet)
         tuning = _tuning_summary(baseline.name, grid, sweep, outcomes)
         baseline_lr = tuning["best_lr"]

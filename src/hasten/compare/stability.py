@@ -111,9 +111,14 @@ def stability_summary(names: list[str], runs: dict[str, list], failed: dict[str,
         for key in FIELDS:
             vals = _finite(r[key] for r in per_run)
             mean[key] = sum(vals) / len(vals) if vals else None
-        out[name] = {"seeds": [r["seed"] for r in per_run], "diverged": sum(r["diverged"] for r in per_run),
-                     "rollbacks": sum(r["rollbacks"] for r in per_run), "mean": mean, "runs": per_run,
-                     "mean_series": _mean_series(per_run)}
+        out[name] = {
+            "seeds": [r["seed"] for r in per_run],
+            "diverged": sum(r["diverged"] for r in per_run),
+            "rollbacks": sum(r["rollbacks"] for r in per_run),
+            "mean": mean,
+            "runs": per_run,
+            "mean_series": _mean_series(per_run),
+        }
     return out
 
 
@@ -133,7 +138,13 @@ def stability_table(stability: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in stability.items():
         n = len(s["seeds"])
-        cells = [name, str(n), f"{s['diverged']}/{n}", *(_fmt(s["mean"][k], k) for k in FIELDS), f"{s['rollbacks']:.0f}"]
+        cells = [
+            name,
+            str(n),
+            f"{s['diverged']}/{n}",
+            *(_fmt(s["mean"][k], k) for k in FIELDS),
+            f"{s['rollbacks']:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -144,13 +155,18 @@ def render_stability(stability: dict[str, dict], plot: str | None = None) -> lis
         return []
     rows = [r for s in stability.values() for r in s["runs"]]
     sparse = any(r["train_rows"] < r["last_step"] for r in rows)
-    out = ["## Stability", "", stability_table(stability), "",
-           "Seed means. *Loss-spike events* count entries of the loss ratio (train loss / lowest train loss so far) above "
-           "the spike threshold (1.5; the paper's value is unconfirmed); *max exp_avg_sq* is the largest element of Adam's "
-           "second moment, the SLW paper's proxy for extreme gradient variance; *skipped steps* are non-finite steps the "
-           "guard discarded; *diverged* runs stopped early (they are left out of the loss table above, not out of this one)."
-           + (" Maxima are over logged train rows only (train.log_every > 1); spike counts are exact." if sparse else ""),
-           ""]
+    out = [
+        "## Stability",
+        "",
+        stability_table(stability),
+        "",
+        "Seed means. *Loss-spike events* count entries of the loss ratio (train loss / lowest train loss so far) above "
+        "the spike threshold (1.5; the paper's value is unconfirmed); *max exp_avg_sq* is the largest element of Adam's "
+        "second moment, the SLW paper's proxy for extreme gradient variance; *skipped steps* are non-finite steps the "
+        "guard discarded; *diverged* runs stopped early (they are left out of the loss table above, not out of this one)."
+        + (" Maxima are over logged train rows only (train.log_every > 1); spike counts are exact." if sparse else ""),
+        "",
+    ]
     if plot:
         out.append(f"![loss ratio and max exp_avg_sq vs tokens]({plot})")
         out.append("")

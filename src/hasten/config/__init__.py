@@ -11,7 +11,15 @@ Loading a recipe *with* its methods' sections checked is hasten.recipes.load_con
 
 from hasten.config.blocks import BLOCK_TYPES, DEFAULT_RATIOS, check_block_overrides, validate_ratios
 from hasten.config.coerce import build_dataclass, checked_model_fields, suggest
-from hasten.config.loading import ListItems, config_from_dict, config_values, merge_layer, parse_override, recipe_dict, run_config
+from hasten.config.loading import (
+    ListItems,
+    config_from_dict,
+    config_values,
+    merge_layer,
+    parse_override,
+    recipe_dict,
+    run_config,
+)
 from hasten.config.model import PRESETS, ModelConfig, model_config
 from hasten.config.schema import DataConfig, GuardConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 

@@ -19,16 +19,20 @@ BLOCK_TYPES = ("emb", "pos_emb", "head", "qk", "vo", "ffn", "norm")
 # tied GPT-2 wte/lm_head) is not stated in the sources we had. We keep the code's x1 for both.
 DEFAULT_RATIOS: dict[str, float] = {"emb": 10, "qk": 8, "ffn": 6, "vo": 4, "norm": 1, "pos_emb": 1, "head": 1}
 
+
 def check_block_overrides(overrides: dict[str, str] | None) -> dict[str, str]:
     """The overrides as a dict; a pattern that is not a string or a block that is not a block type is a ConfigError."""
     overrides = dict(overrides or {})
     for pattern, block in overrides.items():
         if not isinstance(pattern, str):
-            raise ConfigError(f"block override {pattern!r}: the key must be a parameter-name glob string, e.g. 'blocks.*.mlp.*'")
+            raise ConfigError(
+                f"block override {pattern!r}: the key must be a parameter-name glob string, e.g. 'blocks.*.mlp.*'"
+            )
         if block not in BLOCK_TYPES:
-            raise ConfigError(f"block override {pattern!r}: {block!r} is not a block type; use one of {', '.join(BLOCK_TYPES)}")
+            raise ConfigError(
+                f"block override {pattern!r}: {block!r} is not a block type; use one of {', '.join(BLOCK_TYPES)}"
+            )
     return overrides
-
 
 
 def validate_ratios(ratios: dict[str, float] | None) -> dict[str, float]:

@@ -18,7 +18,9 @@ def _deep_merge(base: dict, extra: dict, path: str = "") -> dict:
     for key, value in extra.items():
         if isinstance(value, ListItems):
             out[key] = value.merge_into(out.get(key), f"{path}{key}")
-        elif isinstance(value, dict):  # over a mapping: merged; over anything else: replaces it (list indices still checked)
+        elif isinstance(
+            value, dict
+        ):  # over a mapping: merged; over anything else: replaces it (list indices still checked)
             out[key] = _deep_merge(out[key] if isinstance(out.get(key), dict) else {}, value, f"{path}{key}.")
         else:
             out[key] = value
@@ -30,12 +32,16 @@ class ListItems(dict):
 
     def merge_into(self, current: Any, key: str) -> list:
         if not isinstance(current, list):
-            raise ConfigError(f"--set {key}.{next(iter(self))}...: {key} is not a list here ({current!r}); set the whole list, "
-                              f"e.g. --set '{key}=[...]'")
+            raise ConfigError(
+                f"--set {key}.{next(iter(self))}...: {key} is not a list here ({current!r}); set the whole list, "
+                f"e.g. --set '{key}=[...]'"
+            )
         out = list(current)
         for index, value in self.items():
             if not -len(out) <= index < len(out):
-                raise ConfigError(f"--set {key}.{index}: {key} has {len(out)} element(s); use an index below {len(out)}")
+                raise ConfigError(
+                    f"--set {key}.{index}: {key} has {len(out)} element(s); use an index below {len(out)}"
+                )
             if isinstance(value, ListItems):
                 out[index] = value.merge_into(out[index], f"{key}.{index}")
             elif isinstance(value, dict) and isinstance(out[index], dict):
@@ -72,8 +78,9 @@ def parse_override(text: str) -> dict:
     if not keys:
         raise ConfigError(f"--set {text!r} has an empty key")
     if _is_index(keys[0]):
-        raise ConfigError(f"--set {text!r} starts with a list index; name the section first, e.g. "
-                          "section.list.0.key=...")
+        raise ConfigError(
+            f"--set {text!r} starts with a list index; name the section first, e.g. section.list.0.key=..."
+        )
     for key in reversed(keys):  # built from the leaf up; a numeric part indexes the list above it
         value = ListItems({int(key): value}) if _is_index(key) else {key: value}
     return value
@@ -96,16 +103,22 @@ def recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         first = str(err).splitlines()[0]
         raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
     except (UnicodeDecodeError, OSError) as err:
-        raise ConfigError(f"recipe {path} is not a readable UTF-8 text file ({type(err).__name__}); give a YAML recipe") from None
+        raise ConfigError(
+            f"recipe {path} is not a readable UTF-8 text file ({type(err).__name__}); give a YAML recipe"
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must be a YAML mapping of sections (model, data, optim, schedule, train, methods)")
+        raise ConfigError(
+            f"recipe {path} must be a YAML mapping of sections (model, data, optim, schedule, train, methods)"
+        )
     base = data.pop("base", None)
     if base is not None:
         data = merge_layer(recipe_dict(path.parent / base, _seen + (path.resolve(),)), data)
     return data
 
 
-def config_values(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> dict:
+def config_values(
+    recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> dict:
     """Recipe YAML (optional) + `key=value` overrides laid over `base` (a run's saved config), as one mapping."""
     values: dict = dict(base or {})
     if recipe is not None:

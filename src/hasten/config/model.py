@@ -26,7 +26,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     init_std: float = 0.02
-    dropout: float = 0.0  # while training: on the embeddings, attention probabilities and residual branches (GPT-2: 0.1)
+    dropout: float = (
+        0.0  # while training: on the embeddings, attention probabilities and residual branches (GPT-2: 0.1)
+    )
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -54,7 +56,9 @@ class ModelConfig:
             if not whole or not 1 <= value <= MAX_SIZE:
                 bad(f"{key}={value!r} must be a whole number in [1, {MAX_SIZE:,}]")
         if self.d_model % self.n_heads:
-            bad(f"n_heads={self.n_heads} does not divide d_model={self.d_model}; pick n_heads so d_model/n_heads is whole")
+            bad(
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; pick n_heads so d_model/n_heads is whole"
+            )
         if self.n_heads % self.n_kv_heads:
             bad(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; use a divisor of n_heads")
         if self.family == "llama" and self.head_dim % 2:
@@ -81,7 +85,9 @@ PRESETS: dict[str, dict] = {
     "tiny-llama": dict(family="llama", vocab_size=512, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, max_seq_len=64),
     "cpu-small": dict(family="gpt2", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, max_seq_len=256),
     "cpu-medium": dict(family="gpt2", vocab_size=4096, n_layers=6, d_model=256, n_heads=8, max_seq_len=256),
-    "cpu-small-llama": dict(family="llama", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, max_seq_len=256),
+    "cpu-small-llama": dict(
+        family="llama", vocab_size=4096, n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, max_seq_len=256
+    ),
     # the speedup benchmark's scale ladder (benchmarks/speedup.py): small enough to train at 20 tokens per
     # non-embedding parameter on 2 CPU cores (1.0M / 2.3M / 4.0M tokens)
     "bench-d32": dict(family="gpt2", vocab_size=512, n_layers=4, d_model=32, n_heads=4, max_seq_len=128),
@@ -89,8 +95,26 @@ PRESETS: dict[str, dict] = {
     "bench-d64": dict(family="gpt2", vocab_size=512, n_layers=4, d_model=64, n_heads=4, max_seq_len=128),
     "gpt2-124m": dict(family="gpt2", vocab_size=50304, n_layers=12, d_model=768, n_heads=12, max_seq_len=1024),
     "gpt2-350m": dict(family="gpt2", vocab_size=50304, n_layers=24, d_model=1024, n_heads=16, max_seq_len=1024),
-    "llama-410m": dict(family="llama", vocab_size=32000, n_layers=24, d_model=1024, n_heads=16, n_kv_heads=1, d_ff=4096, max_seq_len=2048),
-    "llama-1.1b": dict(family="llama", vocab_size=32000, n_layers=22, d_model=2048, n_heads=32, n_kv_heads=4, d_ff=5632, max_seq_len=2048),
+    "llama-410m": dict(
+        family="llama",
+        vocab_size=32000,
+        n_layers=24,
+        d_model=1024,
+        n_heads=16,
+        n_kv_heads=1,
+        d_ff=4096,
+        max_seq_len=2048,
+    ),
+    "llama-1.1b": dict(
+        family="llama",
+        vocab_size=32000,
+        n_layers=22,
+        d_model=2048,
+        n_heads=32,
+        n_kv_heads=4,
+        d_ff=5632,
+        max_seq_len=2048,
+    ),
 }
 
 

@@ -49,15 +49,18 @@ class DataConfig:
             if value is not None and value < low:
                 raise ConfigError(f"data.{key}={value} must be at least {low}")
         if self.tokens is not None and not str(self.tokens).strip():
-            raise ConfigError("data.tokens is empty; give the folder `hasten prepare-data --out DIR` wrote, or "
-                              "leave it unset")
+            raise ConfigError(
+                "data.tokens is empty; give the folder `hasten prepare-data --out DIR` wrote, or leave it unset"
+            )
 
 
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw | adam_mini | muon
     lr: float = 3e-3  # peak LR (of the ratio-1 blocks when blockwise)
-    min_lr_ratio: float = 0.1  # the floor every group decays to is lr * min_lr_ratio (shared, as in the blockwise paper)
+    min_lr_ratio: float = (
+        0.1  # the floor every group decays to is lr * min_lr_ratio (shared, as in the blockwise paper)
+    )
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -84,9 +87,13 @@ class OptimConfig:
         if self.decay_policy not in ("matrices", "all"):
             raise ConfigError(f"optim.decay_policy={self.decay_policy!r} is unknown; use matrices or all")
         if self.implementation not in ("auto", "foreach", "fused", "for"):
-            raise ConfigError(f"optim.implementation={self.implementation!r} is unknown; use auto, foreach, fused or for")
+            raise ConfigError(
+                f"optim.implementation={self.implementation!r} is unknown; use auto, foreach, fused or for"
+            )
         if self.lr_ratios and not self.blockwise:
-            raise ConfigError("optim.lr_ratios is set but optim.blockwise is false; set optim.blockwise=true to use them")
+            raise ConfigError(
+                "optim.lr_ratios is set but optim.blockwise is false; set optim.blockwise=true to use them"
+            )
         validate_ratios(self.lr_ratios)
         check_block_overrides(self.block_overrides)
 
@@ -123,7 +130,9 @@ class GuardConfig:
 
     def validate(self) -> None:
         if self.max_consecutive_skips < 1 or self.spike_patience < 1 or self.max_rollbacks < 0:
-            raise ConfigError("train.guard: max_consecutive_skips and spike_patience must be >= 1 and max_rollbacks >= 0")
+            raise ConfigError(
+                "train.guard: max_consecutive_skips and spike_patience must be >= 1 and max_rollbacks >= 0"
+            )
         if self.spike_ratio is not None and not self.spike_ratio > 1.0:
             raise ConfigError(f"train.guard.spike_ratio={self.spike_ratio} must be > 1 (or null to disable)")
         if not 0.0 < self.rollback_lr_factor <= 1.0:
@@ -139,7 +148,9 @@ class TrainConfig:
     max_tokens: int | None = None  # ... or after this many training tokens (whichever comes first)
     eval_every: int = 100  # steps between validation evaluations (also at the end) ...
     eval_every_tokens: int | None = None  # ... or, when set, each time the training tokens pass a multiple of this
-    eval_sequences: int | None = 64  # fixed held-out windows of full context used for val loss; null = the whole val split
+    eval_sequences: int | None = (
+        64  # fixed held-out windows of full context used for val loss; null = the whole val split
+    )
     log_every: int = 10
     checkpoint_every: int = 200  # steps between checkpoints (also at the end); 0 = only at the end
     keep_checkpoints: int = 2
@@ -147,13 +158,17 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # initial weights and every other random draw; also the data order unless data_seed is set
-    data_seed: int | None = None  # order of the training windows; None = seed (set it apart to tell init noise from data-order noise)
+    data_seed: int | None = (
+        None  # order of the training windows; None = seed (set it apart to tell init noise from data-order noise)
+    )
     peak_flops: float | None = None  # for MFU; None = measured once with a matmul on this device
     progress_bar: bool = True
     tensorboard: bool = True
     init_from: str | None = None  # start from these weights: a hasten run/checkpoint dir or hf:DIR (transformers)
     parallelism: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when launched on several ranks (torchrun / --nproc)
-    checkpoint_format: str = "consolidated"  # consolidated (one file, any rank count) | sharded (DCP, one shard per rank)
+    checkpoint_format: str = (
+        "consolidated"  # consolidated (one file, any rank count) | sharded (DCP, one shard per rank)
+    )
     guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> None:
@@ -161,7 +176,9 @@ class TrainConfig:
         if self.parallelism not in ("ddp", "fsdp"):
             raise ConfigError(f"train.parallelism={self.parallelism!r} is unknown; use ddp or fsdp")
         if self.checkpoint_format not in ("consolidated", "sharded"):
-            raise ConfigError(f"train.checkpoint_format={self.checkpoint_format!r} is unknown; use consolidated or sharded")
+            raise ConfigError(
+                f"train.checkpoint_format={self.checkpoint_format!r} is unknown; use consolidated or sharded"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
         if self.micro_batch_size is not None and (self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size):
@@ -212,7 +229,9 @@ class RunConfig:
         try:
             return model_config(fields)
         except TypeError as err:
-            raise ConfigError(f"model: {err}; valid fields are {', '.join(f.name for f in dataclasses.fields(ModelConfig))}") from None
+            raise ConfigError(
+                f"model: {err}; valid fields are {', '.join(f.name for f in dataclasses.fields(ModelConfig))}"
+            ) from None
 
     @property
     def seq_len(self) -> int:
@@ -231,14 +250,23 @@ class RunConfig:
         return self.train.max_tokens or self.planned_steps() * self.train.batch_size * self.seq_len
 
     def validate(self) -> None:
-        if not isinstance(self.name, str) or not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
-            raise ConfigError(f"name={self.name!r} must be a plain name (no '/', not '.' or '..'): a new run goes to runs/NAME-TIMESTAMP; "
-                              "give --run-dir to put it elsewhere")
+        if (
+            not isinstance(self.name, str)
+            or not self.name
+            or self.name in (".", "..")
+            or any(c in self.name for c in "/\\\0")
+        ):
+            raise ConfigError(
+                f"name={self.name!r} must be a plain name (no '/', not '.' or '..'): a new run goes to runs/NAME-TIMESTAMP; "
+                "give --run-dir to put it elsewhere"
+            )
         for part in (self.data, self.optim, self.schedule, self.train):
             part.validate()
         mcfg = self.model_config()
         if self.seq_len > mcfg.max_seq_len:
-            raise ConfigError(f"train.seq_len={self.seq_len} exceeds model max_seq_len={mcfg.max_seq_len}; lower it or raise model.max_seq_len")
+            raise ConfigError(
+                f"train.seq_len={self.seq_len} exceeds model max_seq_len={mcfg.max_seq_len}; lower it or raise model.max_seq_len"
+            )
         if self.data.tokenizer == "bpe" and self.data.vocab_size > mcfg.vocab_size:
             raise ConfigError(
                 f"data.vocab_size={self.data.vocab_size} exceeds model vocab_size={mcfg.vocab_size}; make them equal"

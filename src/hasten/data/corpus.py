@@ -125,8 +125,13 @@ def _skipped_dir(folder: Path) -> bool:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -199,8 +204,9 @@ def _local_files(paths: list[Path], root: Path, skipped: Skipped) -> list[Corpus
 def resolve_source(source: str, text_field: str = "text") -> Source:
     """What data.source names: its files (listed and stat-ed, not read) or its dataset; one line if it names nothing."""
     if not source.strip():
-        raise DataError("data.source is empty; give a file, folder, glob, 'stdlib' or 'hf:NAME' (use '.' for the "
-                        "current folder)")
+        raise DataError(
+            "data.source is empty; give a file, folder, glob, 'stdlib' or 'hf:NAME' (use '.' for the current folder)"
+        )
     if source == "stdlib":
         root = stdlib_root()
         skipped = Skipped()
@@ -219,8 +225,10 @@ def resolve_source(source: str, text_field: str = "text") -> Source:
     if path.exists() and not path.is_dir():
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
-            raise DataError(f"data.source={source!r} is {_kind(mode)}, not a regular file; give a file, folder or glob "
-                            "of text files")
+            raise DataError(
+                f"data.source={source!r} is {_kind(mode)}, not a regular file; give a file, folder or glob "
+                "of text files"
+            )
         files, root = _local_files([path], path.parent, skipped), path.parent
     elif path.is_dir():
         root = path
@@ -230,8 +238,9 @@ def resolve_source(source: str, text_field: str = "text") -> Source:
         files = _local_files(_glob(path, root, skipped), root, skipped)
     if not files:
         detail = f" ({skipped.summary()})" if skipped.counts else ""
-        raise DataError(f"data.source={source!r} matches no files{detail}; give a file, folder, glob, 'stdlib' or "
-                        "'hf:NAME'")
+        raise DataError(
+            f"data.source={source!r} matches no files{detail}; give a file, folder, glob, 'stdlib' or 'hf:NAME'"
+        )
     resolved = path.resolve() if path.exists() else Path(os.path.abspath(path))
     return Source(source, resolved.name or source, f"files:{resolved}", text_field, files=files, skipped=skipped)
 
@@ -241,8 +250,16 @@ def _dataset_dir(source: str, path: Path, split: str, text_field: str) -> Source
     skipped = Skipped()
     root = path.resolve()
     files = _local_files([p for p in root.rglob("*") if p.is_file()], root, skipped)
-    return Source(source, root.name or source, f"dataset:{root}:{split}", text_field, files=files, dataset=str(root),
-                  split=split or "train", skipped=skipped)
+    return Source(
+        source,
+        root.name or source,
+        f"dataset:{root}:{split}",
+        text_field,
+        files=files,
+        dataset=str(root),
+        split=split or "train",
+        skipped=skipped,
+    )
 
 
 def _import_datasets():
@@ -255,8 +272,10 @@ def _import_datasets():
 
 def _load_failed(source: str, err: Exception) -> DataError:
     first = (str(err).splitlines() or [type(err).__name__])[0][:200]
-    return DataError(f"data.source={source!r} could not be loaded ({type(err).__name__}: {first}); check the name and "
-                     "split, or save the dataset locally (datasets save_to_disk) and point data.source at that folder")
+    return DataError(
+        f"data.source={source!r} could not be loaded ({type(err).__name__}: {first}); check the name and "
+        "split, or save the dataset locally (datasets save_to_disk) and point data.source at that folder"
+    )
 
 
 _LINE_BREAK = re.compile(r"(?<=\S)\n(?=\S)")  # cut after it
@@ -305,8 +324,14 @@ class DocumentReader:
     (`pending_skips`), so a preparation that stops after document N keeps exactly the skips before it.
     """
 
-    def __init__(self, source: Source, files: list[CorpusFile] | None = None, start: Position = (0, 0, 0),
-                 max_docs: int | None = None, docs_before: int = 0):
+    def __init__(
+        self,
+        source: Source,
+        files: list[CorpusFile] | None = None,
+        start: Position = (0, 0, 0),
+        max_docs: int | None = None,
+        docs_before: int = 0,
+    ):
         self.source = source
         self.files = source.files if files is None else files
         self.start = start
@@ -433,8 +458,9 @@ class DocumentReader:
         try:
             handle = open(f.path, "rb")
         except OSError as err:
-            raise DataError(f"{f.path} cannot be read ({err.strerror or err}); fix its permissions or remove it from "
-                            "data.source") from None
+            raise DataError(
+                f"{f.path} cannot be read ({err.strerror or err}); fix its permissions or remove it from data.source"
+            ) from None
         h = hashlib.sha256()
         with handle:
             while offset and handle.tell() < offset:  # continuing inside the file: hash what was read before
@@ -503,8 +529,9 @@ class DocumentReader:
         except (pa.ArrowException, OSError) as err:
             raise unreadable(err) from None
         if field_name not in columns:
-            raise DataError(f"{f.path} has no column {field_name!r} (columns: {', '.join(columns)}); set "
-                            "data.text_field")
+            raise DataError(
+                f"{f.path} has no column {field_name!r} (columns: {', '.join(columns)}); set data.text_field"
+            )
         self.bytes_read += f.bytes
         groups, first_row = [], 0
         for g in range(parquet.num_row_groups):  # continuing: start at the row group that holds `row`
@@ -545,13 +572,17 @@ class DocumentReader:
             raise _load_failed(source.spec, err) from None
         if isinstance(ds, datasets.DatasetDict):
             if source.split not in ds:
-                raise DataError(f"dataset {source.dataset} has no split {source.split!r} (splits: {', '.join(ds)}); "
-                                f"use hf:{source.dataset}:SPLIT")
+                raise DataError(
+                    f"dataset {source.dataset} has no split {source.split!r} (splits: {', '.join(ds)}); "
+                    f"use hf:{source.dataset}:SPLIT"
+                )
             ds = ds[source.split]
         columns = ds.column_names
         if columns is not None and field_name not in columns:
-            raise DataError(f"dataset {source.dataset} has no column {field_name!r} (columns: {', '.join(columns)}); "
-                            "set data.text_field")
+            raise DataError(
+                f"dataset {source.dataset} has no column {field_name!r} (columns: {', '.join(columns)}); "
+                "set data.text_field"
+            )
         if isinstance(ds, datasets.Dataset):
             batches = (ds[i : i + 1024][field_name] for i in range(row, len(ds), 1024))
         else:
@@ -569,15 +600,19 @@ class DocumentReader:
         try:
             for batch in ds.iter(batch_size=256):
                 if field_name not in batch:
-                    raise DataError(f"dataset {self.source.dataset} has no column {field_name!r} (columns: "
-                                    f"{', '.join(batch)}); set data.text_field")
+                    raise DataError(
+                        f"dataset {self.source.dataset} has no column {field_name!r} (columns: "
+                        f"{', '.join(batch)}); set data.text_field"
+                    )
                 yield batch[field_name]
         except DataError:
             raise
         except Exception as err:  # a network error mid-way: the preparation continues from its last shard when rerun
             detail = (str(err).splitlines() or [""])[0][:160]
-            raise DataError(f"streaming {self.source.spec} failed after {self.docs:,} documents ({type(err).__name__}: "
-                            f"{detail}); run the same command again to continue") from None
+            raise DataError(
+                f"streaming {self.source.spec} failed after {self.docs:,} documents ({type(err).__name__}: "
+                f"{detail}); run the same command again to continue"
+            ) from None
 
     def file_records(self, upto: int | None = None) -> list[dict]:
         """{path, bytes, sha256} of every file read whole so far (below index `upto`), in reading order."""

@@ -53,8 +53,9 @@ class Encoded:
     peak_rss_kb: int = 0
 
 
-def chunks(pieces: Iterable[tuple[str, Position | None]], progress=lambda: 0,
-           chunk_chars: int | None = None) -> Iterator[Chunk]:
+def chunks(
+    pieces: Iterable[tuple[str, Position | None]], progress=lambda: 0, chunk_chars: int | None = None
+) -> Iterator[Chunk]:
     """The pieces grouped into tasks of about `chunk_chars` characters (default CHUNK_CHARS)."""
     chunk_chars = chunk_chars or CHUNK_CHARS
     chunk = Chunk()
@@ -149,8 +150,12 @@ class Encoder:
         # fork: no re-import of the caller's modules (a spawned worker of the `hasten` script would import torch)
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
-                                   initargs=(self.tokenizer.to_str(), self.eos, self.dtype.name, os.getpid()))
+        pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(self.tokenizer.to_str(), self.eos, self.dtype.name, os.getpid()),
+        )
         window: deque = deque()
         try:
             for n, chunk in enumerate(_chain(first, second, stream)):
@@ -174,8 +179,10 @@ class Encoder:
         try:
             encoded = future.result()
         except BrokenProcessPool:
-            raise DataError(f"a tokenizer worker died (out of memory?); lower data.num_workers (now {self.workers}) "
-                            "and run again: it continues from the last complete shard") from None
+            raise DataError(
+                f"a tokenizer worker died (out of memory?); lower data.num_workers (now {self.workers}) "
+                "and run again: it continues from the last complete shard"
+            ) from None
         self.peak_rss_kb[encoded.pid] = max(self.peak_rss_kb.get(encoded.pid, 0), encoded.peak_rss_kb)
         return chunk, encoded
 

@@ -75,7 +75,13 @@ class WindowSampler:
         return shape_rows(rows, shape)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.state.epoch, "cursor": self.state.cursor, "seed": self.seed, "seq_len": self.seq_len, "n_windows": self.n_windows}
+        return {
+            "epoch": self.state.epoch,
+            "cursor": self.state.cursor,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "n_windows": self.n_windows,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "seq_len", "n_windows"):
@@ -91,4 +97,6 @@ def eval_windows(tokens: np.ndarray, seq_len: int, n_sequences: int | None) -> t
     available = (len(tokens) - 1) // seq_len
     n = available if n_sequences is None else min(n_sequences, available)
     starts = np.linspace(0, available - 1, n).round().astype(np.int64)
-    return torch.from_numpy(np.stack([np.asarray(tokens[s * seq_len : s * seq_len + seq_len + 1], dtype=np.int64) for s in starts]))
+    return torch.from_numpy(
+        np.stack([np.asarray(tokens[s * seq_len : s * seq_len + seq_len + 1], dtype=np.int64) for s in starts])
+    )

@@ -76,8 +76,9 @@ def shard_problem(directory: Path, entry: dict, rehash: bool) -> str | None:
 class ShardWriter:
     """Appends encoded pieces to shards; calls `on_seal(entry, end_position)` after each shard is on disk."""
 
-    def __init__(self, directory: Path, dtype, shard_tokens: int, first_index: int,
-                 on_seal: Callable[[dict, Position], None]):
+    def __init__(
+        self, directory: Path, dtype, shard_tokens: int, first_index: int, on_seal: Callable[[dict, Position], None]
+    ):
         self.directory, self.dtype, self.shard_tokens = directory, np.dtype(dtype).newbyteorder("<"), shard_tokens
         self.index, self.on_seal = first_index, on_seal
         self._open()
@@ -128,11 +129,16 @@ class ShardWriter:
             os.fsync(f.fileno())
         os.replace(index_tmp, self.directory / f"{name}.idx.npy")
         os.replace(self.tmp, self.directory / f"{name}.bin")
-        entry = {"name": name, "tokens": self.filled, "documents": len(ends), "sha256": self.hash.hexdigest(),
-                 "index_sha256": sha256_file(self.directory / f"{name}.idx.npy"),
-                 "bin": file_state(self.directory / f"{name}.bin"),
-                 "idx": file_state(self.directory / f"{name}.idx.npy"),
-                 "end": list(end)}
+        entry = {
+            "name": name,
+            "tokens": self.filled,
+            "documents": len(ends),
+            "sha256": self.hash.hexdigest(),
+            "index_sha256": sha256_file(self.directory / f"{name}.idx.npy"),
+            "bin": file_state(self.directory / f"{name}.bin"),
+            "idx": file_state(self.directory / f"{name}.idx.npy"),
+            "end": list(end),
+        }
         self.on_seal(entry, end)
         self.index += 1
         self._open()
@@ -267,5 +273,6 @@ def check_writable(directory: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise DataError(f"cannot write token shards in {directory} ({err.strerror or err}); free space or set "
-                        "HASTEN_CACHE") from None
+        raise DataError(
+            f"cannot write token shards in {directory} ({err.strerror or err}); free space or set HASTEN_CACHE"
+        ) from None

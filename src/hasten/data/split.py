@@ -97,20 +97,23 @@ def split_ranges(spans: np.ndarray, starts: np.ndarray, total: int) -> tuple[np.
     return train, val
 
 
-def split_view(shards: ShardSet, version: int, val_fraction: float, val_tokens: int | None,
-               seed: int) -> tuple[TokenView, TokenView, dict]:
+def split_view(
+    shards: ShardSet, version: int, val_fraction: float, val_tokens: int | None, seed: int
+) -> tuple[TokenView, TokenView, dict]:
     """(train, val, document counts) of a shard set under a split version."""
     n_docs, total = shards.n_documents, shards.n_tokens
     if n_docs < 1 or total < 2:
-        raise DataError(f"the corpus has {total} token(s); it needs at least two (one for training, one for "
-                        "validation)")
+        raise DataError(
+            f"the corpus has {total} token(s); it needs at least two (one for training, one for validation)"
+        )
     if version == 1:
         starts = {doc: 0 for doc in val_docs_v1(n_docs, val_fraction, seed)}
     elif version == 2:
         starts = val_starts_v2(n_docs, shards.document_length, validation_need(total, val_fraction, val_tokens), seed)
     else:
-        raise DataError(f"split version {version} is unknown to this hasten (it knows 1 and 2); use the hasten that "
-                        "made the run")
+        raise DataError(
+            f"split version {version} is unknown to this hasten (it knows 1 and 2); use the hasten that made the run"
+        )
     docs = np.array(sorted(starts), dtype=np.int64)
     spans = shards.document_spans(docs)
     offsets = np.array([starts[d] for d in docs.tolist()], dtype=np.int64)

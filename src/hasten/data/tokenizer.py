@@ -80,7 +80,9 @@ def _cached(path: Path) -> Tokenizer | None:
         return None
     stamp = path.with_name("tokenizer.sha256")
     try:
-        intact = stamp.read_text().strip() == tokenizer_hash(path) if stamp.exists() else True  # caches before the stamp
+        intact = (
+            stamp.read_text().strip() == tokenizer_hash(path) if stamp.exists() else True
+        )  # caches before the stamp
         tok = Tokenizer.from_file(str(path)) if intact else None
     except Exception:  # unreadable stamp, or tokenizers' plain Exception on a malformed file
         tok = None
@@ -99,11 +101,19 @@ def _store(path: Path, tok: Tokenizer) -> None:
         atomic_write_text(path, tok.to_str())
         atomic_write_text(path.with_name("tokenizer.sha256"), tokenizer_hash(path))
     except OSError as err:
-        raise DataError(f"writing the tokenizer cache {path.parent} failed ({err.strerror or err}); free space or set HASTEN_CACHE") from None
+        raise DataError(
+            f"writing the tokenizer cache {path.parent} failed ({err.strerror or err}); free space or set HASTEN_CACHE"
+        ) from None
 
 
-def load_tokenizer(spec: str, source: Source | None, vocab_size: int, cache_dir: str,
-                   sample_bytes: int = TOKENIZER_SAMPLE_BYTES, max_docs: int | None = None) -> tuple[Tokenizer, Path]:
+def load_tokenizer(
+    spec: str,
+    source: Source | None,
+    vocab_size: int,
+    cache_dir: str,
+    sample_bytes: int = TOKENIZER_SAMPLE_BYTES,
+    max_docs: int | None = None,
+) -> tuple[Tokenizer, Path]:
     """The tokenizer and the path of its tokenizer.json ("bpe": trained on the source's sample, cached by its hash)."""
     if spec == "bpe":
         if source is None:
@@ -124,14 +134,18 @@ def load_tokenizer(spec: str, source: Source | None, vocab_size: int, cache_dir:
         try:
             return Tokenizer.from_file(str(local)), local
         except Exception as err:  # tokenizers raises plain Exceptions
-            raise DataError(f"data.tokenizer={spec!r} is not a valid tokenizer.json ({str(err).splitlines()[0]})") from None
+            raise DataError(
+                f"data.tokenizer={spec!r} is not a valid tokenizer.json ({str(err).splitlines()[0]})"
+            ) from None
     path = cache_root(cache_dir) / "tokenizers" / spec.replace("/", "--") / "tokenizer.json"
     tok = _cached(path)
     if tok is None:
         try:
             tok = Tokenizer.from_pretrained(spec)
         except Exception:
-            raise DataError(f"data.tokenizer={spec!r} is neither 'bpe', a tokenizer.json file nor a reachable HF tokenizer name") from None
+            raise DataError(
+                f"data.tokenizer={spec!r} is neither 'bpe', a tokenizer.json file nor a reachable HF tokenizer name"
+            ) from None
         _store(path, tok)
     return tok, path
 
@@ -145,4 +159,6 @@ def eos_id(tok: Tokenizer) -> int:
         idx = tok.token_to_id(candidate)
         if idx is not None:
             return idx
-    raise DataError("the tokenizer has no end-of-text token (<|endoftext|>, </s>, <eos>); add one or use data.tokenizer=bpe")
+    raise DataError(
+        "the tokenizer has no end-of-text token (<|endoftext|>, </s>, <eos>); add one or use data.tokenizer=bpe"
+    )

@@ -56,8 +56,16 @@ from hasten.data.tokenizer import TOKENIZER_SAMPLE_BYTES, cache_root, eos_id, lo
 from hasten.errors import DataError
 
 SHARD_TOKENS = 1 << 26  # data.shard_tokens' default: 128 MiB of uint16 per shard
-__all__ = ["SHARD_TOKENS", "SPLIT_VERSION", "TokenData", "check_fits", "prepare_from_config", "prepare_tokens",
-           "split_documents", "split_points"]
+__all__ = [
+    "SHARD_TOKENS",
+    "SPLIT_VERSION",
+    "TokenData",
+    "check_fits",
+    "prepare_from_config",
+    "prepare_tokens",
+    "split_documents",
+    "split_points",
+]
 
 
 @dataclass
@@ -93,8 +101,14 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def prepare_from_config(data_cfg, progress: bool = True, expect: dict | None = None, tokenizer: str | None = None,
-                        split_version: int = SPLIT_VERSION, out: str | Path | None = None) -> TokenData:
+def prepare_from_config(
+    data_cfg,
+    progress: bool = True,
+    expect: dict | None = None,
+    tokenizer: str | None = None,
+    split_version: int = SPLIT_VERSION,
+    out: str | Path | None = None,
+) -> TokenData:
     """`tokenizer` overrides data.tokenizer (a resumed run tokenizes with its own tokenizer.json); `out` prepares
     into that folder instead of the cache (hasten prepare-data --out)."""
     return prepare_tokens(
@@ -152,14 +166,26 @@ def prepare_tokens(
         tok_path = directory / "tokenizer.json"
         own = Path(tokenizer).expanduser()
         if tokenizer != "bpe" and own.is_file() and tokenizer_hash(own) != manifest["tokenizer_hash"]:
-            raise DataError(f"data.tokens={tokens} was encoded with another tokenizer than {tokenizer}; prepare it "
-                            "with this run's tokenizer (hasten prepare-data --out NEW_DIR --set data.tokenizer=...)")
+            raise DataError(
+                f"data.tokens={tokens} was encoded with another tokenizer than {tokenizer}; prepare it "
+                "with this run's tokenizer (hasten prepare-data --out NEW_DIR --set data.tokenizer=...)"
+            )
         files = [r for r in manifest["files"] if r.get("sha256")] if manifest["files"] is not None else None
         if expect is not None and expect.get("files") is not None and files is not None:
             _refuse_changes(expect, files)
         shards = _prefix(manifest, expect)
-        return _token_data(directory, manifest, shards, tok_path, manifest["source"], split_version, val_fraction,
-                           val_tokens, split_seed, expect)
+        return _token_data(
+            directory,
+            manifest,
+            shards,
+            tok_path,
+            manifest["source"],
+            split_version,
+            val_fraction,
+            val_tokens,
+            split_seed,
+            expect,
+        )
 
     src = resolve_source(source, text_field)
     wanted = src.files if src.dataset is None else None
@@ -177,8 +203,19 @@ def prepare_tokens(
         directory = cache_root(cache_dir) / "tokens" / _dir_name(src, tokenizer_hash(tok_path), settings)
     manifest = _prepared(directory, src, wanted, tok, tok_path, settings, owned=out is None)
     shards = _prefix(manifest, expect)
-    return _token_data(directory, manifest, shards, tok_path, source, split_version, val_fraction, val_tokens,
-                       split_seed, expect, src.skipped)
+    return _token_data(
+        directory,
+        manifest,
+        shards,
+        tok_path,
+        source,
+        split_version,
+        val_fraction,
+        val_tokens,
+        split_seed,
+        expect,
+        src.skipped,
+    )
 
 
 def _dir_name(src: Source, tok_sha: str, settings: _Settings) -> str:
@@ -217,16 +254,22 @@ def _refuse_changes(expect: dict, current: list[dict]) -> None:
     changes = [c for c in corpus_changes(recorded, current) if not c.endswith((" added", "files reordered"))]
     if changes:
         shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
-        raise DataError(f"the corpus {expect.get('source', '')!r} changed since this run started ({shown}); restore it "
-                        "to continue this run, or train a new run on the new corpus")
+        raise DataError(
+            f"the corpus {expect.get('source', '')!r} changed since this run started ({shown}); restore it "
+            "to continue this run, or train a new run on the new corpus"
+        )
     added = len({r["path"] for r in current} - {r["path"] for r in recorded})
     if added:
-        print(f"hasten: note: {added} file(s) were added to the corpus since this run started; it keeps training on "
-              "its own files (a new run reads them all)", file=sys.stderr)
+        print(
+            f"hasten: note: {added} file(s) were added to the corpus since this run started; it keeps training on "
+            "its own files (a new run reads them all)",
+            file=sys.stderr,
+        )
 
 
-def _check_expected_files(expect: dict, src: Source, tokenizer: str, settings: _Settings,
-                          cache_dir: str) -> list[CorpusFile]:
+def _check_expected_files(
+    expect: dict, src: Source, tokenizer: str, settings: _Settings, cache_dir: str
+) -> list[CorpusFile]:
     """Refuse an edited or deleted file of the run (hashing only files whose size or mtime changed); the run's files."""
     directory = None
     tok_file = Path(tokenizer).expanduser()
@@ -256,19 +299,25 @@ def _check_legacy_fingerprint(expect: dict, src: Source, max_docs: int | None) -
                 parts = []
 
     if fingerprint(documents()) != expect["content_sha256"]:
-        raise DataError(f"the corpus {expect.get('source', '')!r} changed since this run started (its documents "
-                        "differ); restore it to continue this run, or train a new run on the new corpus")
+        raise DataError(
+            f"the corpus {expect.get('source', '')!r} changed since this run started (its documents "
+            "differ); restore it to continue this run, or train a new run on the new corpus"
+        )
 
 
 def check_tokens(expect: dict, data: TokenData) -> None:
     """The same corpus must also give the same token streams (tokenizer and split) as when the run started."""
     if expect.get("tokenizer_sha256") not in (None, data.corpus["tokenizer_sha256"]):
-        raise DataError(f"the tokenizer {data.tokenizer_path} is not the one this run started with; restore the run's "
-                        "tokenizer.json")
+        raise DataError(
+            f"the tokenizer {data.tokenizer_path} is not the one this run started with; restore the run's "
+            "tokenizer.json"
+        )
     if "shards" in expect and expect["shards"] != data.corpus["shards"]:
         difference = _first_shard_difference(expect["shards"], data.corpus["shards"])
-        raise DataError(f"the corpus {expect.get('source', '')!r} now encodes to other tokens than this run's "
-                        f"({difference}); resume it with the hasten version, corpus and data settings that started it")
+        raise DataError(
+            f"the corpus {expect.get('source', '')!r} now encodes to other tokens than this run's "
+            f"({difference}); resume it with the hasten version, corpus and data settings that started it"
+        )
     if expect.get("tokens", data.corpus["tokens"]) != data.corpus["tokens"]:
         raise DataError(
             f"the corpus now splits into {data.corpus['tokens']} tokens but the run used {expect.get('tokens')}; "
@@ -305,19 +354,26 @@ def _open_token_dir(directory: Path, rehash: bool) -> tuple[Path, dict]:
     """A finished token dir made by `hasten prepare-data --out`, its shards checked; one line if it is not usable."""
     manifest = read_manifest(directory)
     if manifest is None:
-        raise DataError(f"data.tokens={directory} is not a prepared token dir (no readable {MANIFEST}); make one with "
-                        f"hasten prepare-data RECIPE --out {directory}")
+        raise DataError(
+            f"data.tokens={directory} is not a prepared token dir (no readable {MANIFEST}); make one with "
+            f"hasten prepare-data RECIPE --out {directory}"
+        )
     if not manifest.get("complete"):
-        raise DataError(f"data.tokens={directory} is not finished (its preparation stopped); run hasten prepare-data "
-                        f"with --out {directory} again to finish it")
+        raise DataError(
+            f"data.tokens={directory} is not finished (its preparation stopped); run hasten prepare-data "
+            f"with --out {directory} again to finish it"
+        )
     if not (directory / "tokenizer.json").is_file():
-        raise DataError(f"data.tokens={directory} has no tokenizer.json; prepare it again with hasten prepare-data "
-                        "--out")
+        raise DataError(
+            f"data.tokens={directory} has no tokenizer.json; prepare it again with hasten prepare-data --out"
+        )
     for entry in manifest["shards"]:
         problem = shard_problem(directory, entry, rehash)
         if problem is not None:
-            raise DataError(f"data.tokens={directory} is damaged ({problem}); run hasten prepare-data --out "
-                            f"{directory} again to repair it")
+            raise DataError(
+                f"data.tokens={directory} is damaged ({problem}); run hasten prepare-data --out "
+                f"{directory} again to repair it"
+            )
     return directory, manifest
 
 
@@ -329,19 +385,27 @@ def _check_out_dir(directory: Path) -> None:
         entries = sorted(p.name for p in directory.iterdir() if p.name != ".lock")
         if entries:
             shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-            raise DataError(f"--out {directory} is not empty (holds {shown}) and is no token dir; give a new or empty "
-                            "folder")
+            raise DataError(
+                f"--out {directory} is not empty (holds {shown}) and is no token dir; give a new or empty folder"
+            )
 
 
 def _file_entries(files: list[CorpusFile], hashes: dict[int, str | None], upto: int) -> list[dict]:
-    return [{"path": files[i].name, "bytes": files[i].bytes, "mtime_ns": files[i].mtime_ns, "sha256": hashes.get(i)}
-            for i in range(min(upto, len(files)))]
+    return [
+        {"path": files[i].name, "bytes": files[i].bytes, "mtime_ns": files[i].mtime_ns, "sha256": hashes.get(i)}
+        for i in range(min(upto, len(files)))
+    ]
 
 
 def _other_settings(manifest: dict, src: Source, tok_sha: str, settings: _Settings) -> bool:
     keys = ("identity", "text_field", "max_docs", "tokenizer_hash", "shard_tokens")
-    return tuple(manifest.get(k) for k in keys) != (src.identity, settings.text_field, settings.max_docs, tok_sha,
-                                                     settings.shard_tokens)
+    return tuple(manifest.get(k) for k in keys) != (
+        src.identity,
+        settings.text_field,
+        settings.max_docs,
+        tok_sha,
+        settings.shard_tokens,
+    )
 
 
 def _stale(directory: Path, manifest: dict, src: Source, rehash: bool) -> str | None:
@@ -372,12 +436,14 @@ def _stale(directory: Path, manifest: dict, src: Source, rehash: bool) -> str | 
 def _touched(manifest: dict, src: Source) -> bool:
     """A recorded file's mtime changed (its content may not have: then the new mtime is recorded)."""
     current = {f.name: f for f in src.files or []}
-    return any(r["path"] in current and current[r["path"]].mtime_ns != r.get("mtime_ns")
-               for r in manifest["files"] or [])
+    return any(
+        r["path"] in current and current[r["path"]].mtime_ns != r.get("mtime_ns") for r in manifest["files"] or []
+    )
 
 
-def _prepared(directory: Path, src: Source, wanted: list[CorpusFile] | None, tok, tok_path: Path, settings: _Settings,
-              owned: bool) -> dict:
+def _prepared(
+    directory: Path, src: Source, wanted: list[CorpusFile] | None, tok, tok_path: Path, settings: _Settings, owned: bool
+) -> dict:
     """The token dir's manifest once it holds every wanted file: reused as it is, continued, extended or made anew.
 
     `owned`: a cache dir (made anew when it cannot be continued); else the user's --out dir, which is never
@@ -386,23 +452,39 @@ def _prepared(directory: Path, src: Source, wanted: list[CorpusFile] | None, tok
     manifest = read_manifest(directory)
     other = manifest is not None and _other_settings(manifest, src, tok_sha, settings)
     if other and not owned:
-        raise DataError(f"--out {directory} holds the tokens of another corpus, tokenizer or shard size "
-                        f"({manifest.get('source')}); give another --out")
-    if (manifest is not None and not other and manifest.get("complete") and _todo(manifest, wanted) == []
-            and not _touched(manifest, src) and _stale(directory, manifest, src, settings.rehash) is None):
+        raise DataError(
+            f"--out {directory} holds the tokens of another corpus, tokenizer or shard size "
+            f"({manifest.get('source')}); give another --out"
+        )
+    if (
+        manifest is not None
+        and not other
+        and manifest.get("complete")
+        and _todo(manifest, wanted) == []
+        and not _touched(manifest, src)
+        and _stale(directory, manifest, src, settings.rehash) is None
+    ):
         return manifest  # the usual case: stat calls only
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(directory / ".lock"):  # one process prepares; another waits, then finds it done
         manifest = read_manifest(directory)
         if manifest is None and (directory / MANIFEST).exists():
-            print(f"hasten: warning: token dir {directory} has an unreadable {MANIFEST}; preparing it again",
-                  file=sys.stderr)
+            print(
+                f"hasten: warning: token dir {directory} has an unreadable {MANIFEST}; preparing it again",
+                file=sys.stderr,
+            )
         if manifest is not None:
-            problem = "it holds another corpus" if _other_settings(manifest, src, tok_sha, settings) else _stale(
-                directory, manifest, src, settings.rehash)
+            problem = (
+                "it holds another corpus"
+                if _other_settings(manifest, src, tok_sha, settings)
+                else _stale(directory, manifest, src, settings.rehash)
+            )
             if problem is not None:
-                print(f"hasten: warning: token dir {directory} no longer matches the corpus ({problem}); preparing it "
-                      "again", file=sys.stderr)
+                print(
+                    f"hasten: warning: token dir {directory} no longer matches the corpus ({problem}); preparing it "
+                    "again",
+                    file=sys.stderr,
+                )
                 manifest = None
         if manifest is None:
             _clear(directory)
@@ -450,17 +532,31 @@ def _clear(directory: Path) -> None:
 def _new_manifest(src: Source, tok, tok_path: Path, settings: _Settings) -> dict:
     vocab = tok.get_vocab_size()
     return {
-        "format": FORMAT, "source": src.spec, "identity": src.identity, "corpus": src.name,
-        "text_field": settings.text_field, "max_docs": settings.max_docs, "tokenizer_hash": tokenizer_hash(tok_path),
-        "vocab_size": vocab, "eos_id": eos_id(tok), "dtype": "uint16" if vocab <= 1 << 16 else "uint32",
-        "shard_tokens": settings.shard_tokens, "shards": [], "files": [] if src.files is not None else None,
-        "partial": None, "complete": False, "bytes": 0,
-        "read_skipped": _skips(Skipped()), "skipped": {}, "skipped_examples": {},  # reading only / with the listing's
+        "format": FORMAT,
+        "source": src.spec,
+        "identity": src.identity,
+        "corpus": src.name,
+        "text_field": settings.text_field,
+        "max_docs": settings.max_docs,
+        "tokenizer_hash": tokenizer_hash(tok_path),
+        "vocab_size": vocab,
+        "eos_id": eos_id(tok),
+        "dtype": "uint16" if vocab <= 1 << 16 else "uint32",
+        "shard_tokens": settings.shard_tokens,
+        "shards": [],
+        "files": [] if src.files is not None else None,
+        "partial": None,
+        "complete": False,
+        "bytes": 0,
+        "read_skipped": _skips(Skipped()),
+        "skipped": {},
+        "skipped_examples": {},  # reading only / with the listing's
     }
 
 
-def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFile] | None, tok,
-            settings: _Settings) -> None:
+def _encode(
+    directory: Path, manifest: dict, src: Source, wanted: list[CorpusFile] | None, tok, settings: _Settings
+) -> None:
     """Read, encode and write what the dir lacks: continue after its last shard, then append files it has not read."""
     recorded, last = manifest["files"], (manifest["shards"][-1] if manifest["shards"] else None)
     order = None
@@ -488,7 +584,7 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
     reader = DocumentReader(src, files=order, start=start, max_docs=settings.max_docs, docs_before=docs_before)
     known_size = order is not None and src.dataset is None  # (with max_docs the bar may stop short of it)
     inside_jsonl = known_size and start[0] < len(order) and order[start[0]].path.suffix == ".jsonl"
-    total = sum(f.bytes for f in order[start[0]:]) - (start[1] if inside_jsonl else 0) if known_size else None
+    total = sum(f.bytes for f in order[start[0] :]) - (start[1] if inside_jsonl else 0) if known_size else None
     hashes = {i: r["sha256"] for i, r in enumerate(recorded or [])}
     manifest["complete"] = False
 
@@ -507,8 +603,14 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
 
     writer = ShardWriter(directory, manifest["dtype"], settings.shard_tokens, len(manifest["shards"]), on_seal)
     encoder = Encoder(tok, manifest["eos_id"], manifest["dtype"], settings.num_workers)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {src.name}", disable=not settings.progress,
-               leave=False)
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc=f"tokenizing {src.name}",
+        disable=not settings.progress,
+        leave=False,
+    )
     began, shown = time.perf_counter(), 0
     try:
         for chunk, encoded in encoder.map(chunks(reader, lambda: reader.bytes_read)):
@@ -518,8 +620,10 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
         writer.close((len(order), 0, 0) if order is not None else (0, reader.docs, 0))
     except OSError as err:
         writer.discard()
-        raise DataError(f"writing token shards in {directory} failed ({err.strerror or err}); free space (or set "
-                        "HASTEN_CACHE) and run again: it continues from the last complete shard") from None
+        raise DataError(
+            f"writing token shards in {directory} failed ({err.strerror or err}); free space (or set "
+            "HASTEN_CACHE) and run again: it continues from the last complete shard"
+        ) from None
     except BaseException:
         writer.discard()
         raise
@@ -533,10 +637,15 @@ def _encode(directory: Path, manifest: dict, src: Source, wanted: list[CorpusFil
         raise empty_corpus_error(src.spec, skipped)
     if order is not None:
         manifest["files"] = _file_entries(order, {**hashes, **reader.hashes}, len(order))
-    manifest.update(partial=None, complete=True, bytes=manifest["bytes"] + reader.bytes_read,
-                    max_docs_reached=settings.max_docs is not None and reader.docs >= settings.max_docs,
-                    read_skipped=_skips(base), skipped=dict(skipped.counts),
-                    skipped_examples=_skips(skipped)["examples"])
+    manifest.update(
+        partial=None,
+        complete=True,
+        bytes=manifest["bytes"] + reader.bytes_read,
+        max_docs_reached=settings.max_docs is not None and reader.docs >= settings.max_docs,
+        read_skipped=_skips(base),
+        skipped=dict(skipped.counts),
+        skipped_examples=_skips(skipped)["examples"],
+    )
     write_manifest(directory, manifest)
     if settings.progress:
         _report(manifest, reader, encoder, time.perf_counter() - began, docs_before)
@@ -559,9 +668,12 @@ def _report(manifest: dict, reader: DocumentReader, encoder: Encoder, seconds: f
     if workers:
         memory += f" + {len(workers)} workers <= {max(workers.values()) / 1024:,.0f} MB each"
     mb = reader.bytes_read / 1e6
-    print(f"hasten: prepared {manifest['corpus']}: {reader.docs - docs_before:,} documents, {mb:,.1f} MB in "
-          f"{seconds:,.1f} s ({mb / max(seconds, 1e-9):,.2f} MB/s); {tokens:,} tokens in {len(manifest['shards'])} "
-          f"shard(s); peak RSS {memory}", file=sys.stderr)
+    print(
+        f"hasten: prepared {manifest['corpus']}: {reader.docs - docs_before:,} documents, {mb:,.1f} MB in "
+        f"{seconds:,.1f} s ({mb / max(seconds, 1e-9):,.2f} MB/s); {tokens:,} tokens in {len(manifest['shards'])} "
+        f"shard(s); peak RSS {memory}",
+        file=sys.stderr,
+    )
 
 
 # -- the view a run trains on ------------------------------------------------------------------------
@@ -582,14 +694,26 @@ def _prefix(manifest: dict, expect: dict | None) -> list[dict]:
                 if [r["path"] for r in read[:n_files]] == [r["path"] for r in expect["files"] if r.get("sha256")]:
                     return shards[: k + 1]
                 break
-        raise DataError(f"the token dir of {expect.get('source')!r} holds its files in another order than this run "
-                        "read them; prepare them again for this run by deleting that token dir (hasten rebuilds it)")
+        raise DataError(
+            f"the token dir of {expect.get('source')!r} holds its files in another order than this run "
+            "read them; prepare them again for this run by deleting that token dir (hasten rebuilds it)"
+        )
     return shards
 
 
-def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: Path, source: str,
-                split_version: int, val_fraction: float, val_tokens: int | None, split_seed: int, expect: dict | None,
-                listing: Skipped | None = None) -> TokenData:
+def _token_data(
+    directory: Path,
+    manifest: dict,
+    entries: list[dict],
+    tok_path: Path,
+    source: str,
+    split_version: int,
+    val_fraction: float,
+    val_tokens: int | None,
+    split_seed: int,
+    expect: dict | None,
+    listing: Skipped | None = None,
+) -> TokenData:
     """The run's view of a token dir; `listing`: what the corpus's listing leaves out now (else as recorded)."""
     shards = ShardSet(directory, entries, manifest["dtype"])
     skipped = Skipped(manifest["skipped"], manifest["skipped_examples"])
@@ -600,8 +724,11 @@ def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: 
     files = None
     if manifest.get("files") is not None:
         upto = entries[-1]["end"][0] if entries else 0
-        files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]}
-                 for r in manifest["files"][:upto] if r.get("sha256")]
+        files = [
+            {"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]}
+            for r in manifest["files"][:upto]
+            if r.get("sha256")
+        ]
     split_tokens = {"train": len(train), "val": len(val)}
     record = {
         "format": FORMAT,
@@ -635,8 +762,9 @@ def _token_data(directory: Path, manifest: dict, entries: list[dict], tok_path: 
         "split_seed": split_seed,
         "split_version": split_version,
     }
-    data = TokenData(train=train, val=val, manifest=summary, directory=directory, tokenizer_path=tok_path,
-                     corpus=record)
+    data = TokenData(
+        train=train, val=val, manifest=summary, directory=directory, tokenizer_path=tok_path, corpus=record
+    )
     if expect is not None:
         check_tokens(expect, data)
     return data
@@ -659,5 +787,3 @@ def check_fits(data: TokenData, seq_len: int, batch_rows: int, eval_sequences: i
             f"validation split has {len(data.val):,} tokens, less than one sequence of {seq_len}; raise "
             "data.val_fraction or use a larger corpus"
         )
-
-

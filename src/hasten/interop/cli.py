@@ -23,13 +23,16 @@ def load_model_from(spec: str | Path, weights: str = RAW) -> GPT:
     return load_model_and_checkpoint(spec, weights)[0]
 
 
-def load_model_and_checkpoint(spec: str | Path, weights: str = RAW
-                              ) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
+def load_model_and_checkpoint(
+    spec: str | Path, weights: str = RAW
+) -> tuple[GPT, TrainCheckpoint | ModelCheckpoint | None, Path | None]:
     """(model, its checkpoint or None for hf:DIR, the run dir it belongs to or None)."""
     spec = str(spec)
     if spec.startswith("hf:"):
         if weights != RAW:
-            raise ConfigError(f"{spec} is a transformers checkpoint: it has raw weights only (drop --weights {weights})")
+            raise ConfigError(
+                f"{spec} is a transformers checkpoint: it has raw weights only (drop --weights {weights})"
+            )
         return import_hf(spec[3:]), None, None
     ckpt = open_checkpoint(spec)
     return load_model(ckpt, weights), ckpt, ckpt.run_dir
@@ -52,13 +55,17 @@ def check_output_dir(out: Path, force: bool, what: str) -> None:
     run = enclosing_run_dir(out)
     if run is not None:
         where = "is a hasten run dir" if run == out.expanduser().absolute() else f"is inside the hasten run dir {run}"
-        raise ConfigError(f"--out {out} {where}; even with --force, {what} goes into a folder of its own outside any run")
+        raise ConfigError(
+            f"--out {out} {where}; even with --force, {what} goes into a folder of its own outside any run"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a new or empty folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and not force:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-        raise ConfigError(f"--out {out} is not empty (holds {shown}); give a new or empty folder, or --force to replace the {what} files in it")
+        raise ConfigError(
+            f"--out {out} is not empty (holds {shown}); give a new or empty folder, or --force to replace the {what} files in it"
+        )
 
 
 def cmd_export(args) -> int:
@@ -69,7 +76,9 @@ def cmd_export(args) -> int:
     model, ckpt, run_dir = args.load_model(args.source, args.weights, plain=True)
     tokenizer = run_tokenizer(args.source, ckpt, run_dir)
     out = export_hf(model, args.out, tokenizer_file=tokenizer, dtype=args.dtype, overwrite=args.force)
-    print(f"exported {args.weights} weights to {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    print(
+        f"exported {args.weights} weights to {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))"
+    )
     return 0
 
 
@@ -96,10 +105,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weights", default=RAW, help=WEIGHTS_HELP)
     p.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces the exported files, keeps others)")
+    p.add_argument(
+        "--force", action="store_true", help="write into a non-empty --out (replaces the exported files, keeps others)"
+    )
     p.set_defaults(func=cmd_export)
 
-    p = subparsers.add_parser("import-hf", help="import a transformers gpt2/llama checkpoint as a hasten model checkpoint")
+    p = subparsers.add_parser(
+        "import-hf", help="import a transformers gpt2/llama checkpoint as a hasten model checkpoint"
+    )
     p.add_argument("source", help="transformers checkpoint directory (local)")
     p.add_argument("--out", required=True, help="directory for the hasten model checkpoint (new or empty)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces its checkpoint)")

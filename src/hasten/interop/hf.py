@@ -119,7 +119,9 @@ class _Weights:
 
     def take(self, name: str) -> torch.Tensor:
         if name not in self.tensors:
-            raise CheckpointError(f"hf: checkpoint lacks weight {name!r}; it is truncated or not a standard GPT-2/LLaMA model")
+            raise CheckpointError(
+                f"hf: checkpoint lacks weight {name!r}; it is truncated or not a standard GPT-2/LLaMA model"
+            )
         return self.tensors.pop(name)
 
     def has(self, name: str) -> bool:
@@ -196,7 +198,10 @@ def _gpt2_biases_all_zero(w: _Weights, cfg: ModelConfig) -> bool:
 
 
 def export_hf(
-    model: GPT, out_dir: str | Path, tokenizer_file: str | Path | None = None, dtype: torch.dtype | str | None = None,
+    model: GPT,
+    out_dir: str | Path,
+    tokenizer_file: str | Path | None = None,
+    dtype: torch.dtype | str | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write `model` as a transformers checkpoint directory and return its path.
@@ -237,7 +242,9 @@ def export_hf(
         for file in sorted(staging.iterdir()):
             os.replace(file, out / file.name)
     except OSError as err:
-        raise ConfigError(f"hf export: writing {out} failed ({err.strerror or err}); free space and export again") from None
+        raise ConfigError(
+            f"hf export: writing {out} failed ({err.strerror or err}); free space and export again"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -277,7 +284,9 @@ def import_hf(path_or_model: str | Path | Any, dtype: torch.dtype | str | None =
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"hf import: weights do not match config.json ({first}); the checkpoint is inconsistent") from err
+        raise CheckpointError(
+            f"hf import: weights do not match config.json ({first}); the checkpoint is inconsistent"
+        ) from err
     target = _resolve_dtype(dtype) or torch.float32
     return model.to(target)
 
@@ -307,7 +316,9 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"hf: {path} is not valid JSON ({err.msg} at line {err.lineno}); re-export the checkpoint") from None
+        raise CheckpointError(
+            f"hf: {path} is not valid JSON ({err.msg} at line {err.lineno}); re-export the checkpoint"
+        ) from None
     except (UnicodeDecodeError, OSError) as err:
         raise CheckpointError(f"hf: {path} cannot be read ({type(err).__name__}); re-export the checkpoint") from None
     if not isinstance(values, dict):
@@ -338,9 +349,13 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
     try:
         return load_file(str(file))
-    except Exception as err:  # safetensors raises its own SafetensorError (truncated, garbled header); OSError if missing
-        raise CheckpointError(f"hf: {file} cannot be read ({str(err).splitlines()[0][:120]}); it is truncated or damaged, so "
-                              "save or download it again") from None
+    except (
+        Exception
+    ) as err:  # safetensors raises its own SafetensorError (truncated, garbled header); OSError if missing
+        raise CheckpointError(
+            f"hf: {file} cannot be read ({str(err).splitlines()[0][:120]}); it is truncated or damaged, so "
+            "save or download it again"
+        ) from None
 
 
 def _copy_tokenizer(tokenizer_file: Path, out: Path, cfg: ModelConfig) -> int | None:

@@ -50,9 +50,9 @@ _ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 
-
-
-def hf_config_dict_from_hasten(cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict:
+def hf_config_dict_from_hasten(
+    cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None
+) -> dict:
     """The full config.json content for `cfg` (every field explicit, so any transformers version reads it)."""
     _check_exportable(cfg)
     common = {
@@ -207,5 +207,7 @@ def _require_transformers():
     try:
         import transformers
     except ImportError as err:
-        raise ConfigError("hf: this needs the transformers package; install it with `pip install transformers`") from err
+        raise ConfigError(
+            "hf: this needs the transformers package; install it with `pip install transformers`"
+        ) from err
     return transformers

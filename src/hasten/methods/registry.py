@@ -40,8 +40,9 @@ def method_config(run_cfg: RunConfig, name: str):
     if name not in sections:
         if name in specs:
             switch = specs[name].switched_on_by.strip("`")
-            raise ConfigError(f"methods.{name}: {name} is switched on by {switch}, not by a methods section; set that "
-                              "instead")
+            raise ConfigError(
+                f"methods.{name}: {name} is switched on by {switch}, not by a methods section; set that instead"
+            )
         close = difflib.get_close_matches(name, sorted(sections), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known methods: {', '.join(sorted(sections)) or 'none'}"
         raise ConfigError(f"unknown method methods.{name}: {hint}")
@@ -49,7 +50,9 @@ def method_config(run_cfg: RunConfig, name: str):
     cfg = build_dataclass(specs[name].config_cls, section, f"methods.{name}.")
     if hasattr(cfg, "validate"):
         cfg.validate()
-    if hasattr(cfg, "validate_run"):  # checks against the rest of the recipe (e.g. sharpness auto_ratios needs optim.blockwise)
+    if hasattr(
+        cfg, "validate_run"
+    ):  # checks against the rest of the recipe (e.g. sharpness auto_ratios needs optim.blockwise)
         cfg.validate_run(run_cfg)
     return cfg
 
@@ -57,7 +60,11 @@ def method_config(run_cfg: RunConfig, name: str):
 def enabled_methods(run_cfg: RunConfig) -> list[str]:
     """Methods present in the recipe, except sections with `enabled: false`, in hook order."""
     order = list(registered())
-    names = [name for name, section in run_cfg.methods.items() if not (isinstance(section, dict) and section.get("enabled") is False)]
+    names = [
+        name
+        for name, section in run_cfg.methods.items()
+        if not (isinstance(section, dict) and section.get("enabled") is False)
+    ]
     return sorted(names, key=order.index)
 
 

@@ -57,10 +57,20 @@ class PlotMarker:
     def find(self, rows: list[dict]) -> list[dict]:
         """This marker's points in a run's metrics.jsonl rows: {"kind", "tokens", ...} each."""
         if self.event is not None:
-            return [{"kind": self.name, "tokens": float(r["tokens"])} for r in rows if r.get("kind") == "event"
-                    and r.get("event") == self.event and isinstance(r.get("tokens"), (int, float))]
-        values = [(r["tokens"], r[self.settles]) for r in rows if r.get("kind") == "train"
-                  and isinstance(r.get("tokens"), (int, float)) and isinstance(r.get(self.settles), (int, float))]
+            return [
+                {"kind": self.name, "tokens": float(r["tokens"])}
+                for r in rows
+                if r.get("kind") == "event"
+                and r.get("event") == self.event
+                and isinstance(r.get("tokens"), (int, float))
+            ]
+        values = [
+            (r["tokens"], r[self.settles])
+            for r in rows
+            if r.get("kind") == "train"
+            and isinstance(r.get("tokens"), (int, float))
+            and isinstance(r.get(self.settles), (int, float))
+        ]
         if len({value for _, value in values}) < 2:
             return []
         final, i = values[-1][1], len(values) - 1

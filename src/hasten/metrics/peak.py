@@ -20,8 +20,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, min_seconds: float = 0.05,
-                max_n: int | None = None, repeats: int = 5) -> dict:
+def matmul_peak(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    min_seconds: float = 0.05,
+    max_n: int | None = None,
+    repeats: int = 5,
+) -> dict:
     """Best dense-matmul FLOP/s of `dtype` on `device` and the size it was measured at: {"flops_per_s", "n"}."""
     device = torch.device(device)
     max_n = max_n or (16384 if device.type == "cuda" else 4096)

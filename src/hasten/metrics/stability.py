@@ -70,7 +70,9 @@ def _norms(tensors: list[torch.Tensor], order: float) -> torch.Tensor:
     for t in tensors:
         by_device.setdefault(t.device, []).append(t.detach())
     # one batched kernel per device (torch._foreach_norm) instead of one per tensor
-    return torch.cat([torch.stack(torch._foreach_norm(ts, order, dtype=torch.float64)).to(device) for ts in by_device.values()])
+    return torch.cat(
+        [torch.stack(torch._foreach_norm(ts, order, dtype=torch.float64)).to(device) for ts in by_device.values()]
+    )
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:
@@ -104,7 +106,9 @@ class LossSpikeTracker:
     @staticmethod
     def _fresh(device: torch.device) -> dict[str, torch.Tensor]:
         values = {"min_loss": math.inf, "last_ratio": math.nan}
-        return {k: torch.tensor(values.get(k, 0.0), dtype=torch.float64, device=device) for k in LossSpikeTracker._FIELDS}
+        return {
+            k: torch.tensor(values.get(k, 0.0), dtype=torch.float64, device=device) for k in LossSpikeTracker._FIELDS
+        }
 
     @torch.no_grad()
     def update(self, loss: float | torch.Tensor, skip: torch.Tensor | None = None) -> float | torch.Tensor:
@@ -124,7 +128,9 @@ class LossSpikeTracker:
         if s["min_loss"].device != loss.device:
             self._state = s = {k: v.to(loss.device) for k, v in s.items()}
         finite = torch.isfinite(loss)
-        live = torch.ones((), dtype=torch.bool, device=loss.device) if skip is None else ~skip.to(loss.device).reshape(())
+        live = (
+            torch.ones((), dtype=torch.bool, device=loss.device) if skip is None else ~skip.to(loss.device).reshape(())
+        )
         counted = finite & live
         new_min = torch.where(counted, torch.minimum(s["min_loss"], loss), s["min_loss"])
         ratio = torch.where(finite, loss / new_min, math.nan)
@@ -141,8 +147,12 @@ class LossSpikeTracker:
     def metrics(self) -> dict[str, torch.Tensor]:
         """Values to log each step (0-dim tensors on the loss's device)."""
         s = self._state
-        return {"loss_ratio": s["last_ratio"], "loss_spike_events": s["spike_events"], "loss_spike_steps": s["spike_steps"],
-                "nonfinite_losses": s["nonfinite"]}
+        return {
+            "loss_ratio": s["last_ratio"],
+            "loss_spike_events": s["spike_events"],
+            "loss_spike_steps": s["spike_steps"],
+            "nonfinite_losses": s["nonfinite"],
+        }
 
     # read back as Python numbers (a host read when the state is on an accelerator)
     min_loss = property(lambda self: float(self._state["min_loss"]))

@@ -97,7 +97,9 @@ class AdamMini(torch.optim.Optimizer):
         block_overrides: dict[str, str] | None = None,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ConfigError(f"Adam-mini: invalid hyperparameters lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
+            raise ConfigError(
+                f"Adam-mini: invalid hyperparameters lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}"
+            )
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads:
             raise ConfigError(f"Adam-mini: n_heads={n_heads} must be a positive multiple of n_kv_heads={n_kv_heads}")
@@ -105,7 +107,9 @@ class AdamMini(torch.optim.Optimizer):
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.block_overrides = dict(block_overrides or {})
         self._partitions: dict[torch.Tensor, Partition] = {}
-        self._plans: dict[tuple, tuple[tuple, _Plan]] = {}  # per (device, dtype, betas, eps): the flat layout of the gradients
+        self._plans: dict[
+            tuple, tuple[tuple, _Plan]
+        ] = {}  # per (device, dtype, betas, eps): the flat layout of the gradients
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(param_groups, defaults)
         self._step_supports_amp_scaling = True  # honours `found_inf` / `grad_scale` (see the module docstring)
@@ -181,7 +185,9 @@ class AdamMini(torch.optim.Optimizer):
             for param in group["params"]:
                 state = self.state.get(param)
                 if state and _is_dtensor(param) and not _is_dtensor(state["exp_avg_sq"]):
-                    state["exp_avg_sq"] = _sharded_v(param, self._partitions[param], state["exp_avg_sq"].to(param.to_local().device))
+                    state["exp_avg_sq"] = _sharded_v(
+                        param, self._partitions[param], state["exp_avg_sq"].to(param.to_local().device)
+                    )
 
     def _state_fits(self, param: torch.Tensor) -> bool:
         state = self.state[param]
@@ -199,7 +205,9 @@ class AdamMini(torch.optim.Optimizer):
                     raise CheckpointError(
                         f"Adam-mini checkpoint state for {name!r} does not fit the model's parameter; load a matching checkpoint"
                     )
-                if param in self.state:  # a step saved elsewhere (or as an int by older versions) lives on the param's device
+                if (
+                    param in self.state
+                ):  # a step saved elsewhere (or as an int by older versions) lives on the param's device
                     self.state[param]["step"] = _step_tensor(self.state[param]["step"], param)
 
     # -- update --------------------------------------------------------------------------------
@@ -225,7 +233,9 @@ class AdamMini(torch.optim.Optimizer):
                 self._step_group_sharded(group, found_inf, grad_scale)
                 continue
             for param, state in self._with_state(group):  # every group at once: the per-group part is only lr and decay
-                batches.setdefault((param.device, param.dtype, tuple(group["betas"]), group["eps"]), []).append((param, state, group))
+                batches.setdefault((param.device, param.dtype, tuple(group["betas"]), group["eps"]), []).append(
+                    (param, state, group)
+                )
         for key, items in batches.items():
             self._update(key, items, found_inf, grad_scale)
         return loss
@@ -244,8 +254,11 @@ class AdamMini(torch.optim.Optimizer):
                 local = param.to_local() if _is_dtensor(param) else param
                 state["step"] = torch.zeros((), dtype=torch.float32, device=local.device)
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = (_sharded_v(param, part, local.new_zeros(part.n_blocks)) if _is_dtensor(param)
-                                       else param.new_zeros(part.n_blocks))
+                state["exp_avg_sq"] = (
+                    _sharded_v(param, part, local.new_zeros(part.n_blocks))
+                    if _is_dtensor(param)
+                    else param.new_zeros(part.n_blocks)
+                )
             out.append((param, state))
         return out
 
@@ -272,7 +285,9 @@ class AdamMini(torch.optim.Optimizer):
 
         for group, positions in by_group.values():  # decoupled decay first, as torch AdamW
             if group["weight_decay"] != 0:
-                torch._foreach_mul_([params[j] for j in positions], _unless(skip, 1 - group["lr"] * group["weight_decay"], 1.0))
+                torch._foreach_mul_(
+                    [params[j] for j in positions], _unless(skip, 1 - group["lr"] * group["weight_decay"], 1.0)
+                )
         # the gradients as one flat buffer in the plan's order (fp32 for low precision), zero on a skipped step
         flat = torch.cat([p.grad.reshape(-1) for p in params])
         if flat.dtype in (torch.float16, torch.bfloat16):
@@ -286,12 +301,18 @@ class AdamMini(torch.optim.Optimizer):
         torch._foreach_mul_(exp_avgs, _unless(skip, beta1, 1.0))  # m <- b1 m + (1 - b1) g
         torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
         # v_b <- b2 v_b + (1 - b2) mean_b(g^2): one reduction per block size, mean_b(g^2) = |g_b|^2 / size
-        means = torch.cat([torch.linalg.vector_norm(flat[a:b].view(-1, size), dim=1).square_().div_(size)
-                           for a, b, size in plan.buckets])
+        means = torch.cat(
+            [
+                torch.linalg.vector_norm(flat[a:b].view(-1, size), dim=1).square_().div_(size)
+                for a, b, size in plan.buckets
+            ]
+        )
         torch._foreach_mul_(exp_avg_sqs, _unless(skip, beta2, 1.0))
         torch._foreach_add_(exp_avg_sqs, list(means.split(plan.blocks)), alpha=1 - beta2)
 
-        steps = [s["step"] for s in states]  # (a list of 0-dim tensors: the single-tensor overload reads it on the host)
+        steps = [
+            s["step"] for s in states
+        ]  # (a list of 0-dim tensors: the single-tensor overload reads it on the host)
         torch._foreach_add_(steps, 1.0 if skip is None else [(~skip).float()] * len(steps))
         # bias corrections per parameter on the device, in float64 (1 - beta^t cancels); a skipped first step keeps t = 0
         t = torch.stack(steps).double().clamp_min(1)
@@ -300,12 +321,19 @@ class AdamMini(torch.optim.Optimizer):
             correction1 = correction1 / (~skip)  # inf on a skipped step: the update below adds m / inf = 0
         per_param = torch.stack([(1 - torch.pow(beta2, t)).sqrt(), correction1])
         v = torch.cat(exp_avg_sqs)
-        per_block = per_param.to(v.dtype).repeat_interleave(plan.blocks_tensor(device), dim=1, output_size=plan.total_blocks)
+        per_block = per_param.to(v.dtype).repeat_interleave(
+            plan.blocks_tensor(device), dim=1, output_size=plan.total_blocks
+        )
         # p -= lr / bias_correction1 * m / (sqrt(v_b) / sqrt(bias_correction2) + eps): bias_correction1 goes into the denominator
         denom = v.sqrt().div_(per_block[0]).add_(eps).mul_(per_block[1])
-        if device.type in BROADCAST_DEVICES:  # foreach runs tensor by tensor here: broadcast each block's denominator over its row
+        if (
+            device.type in BROADCAST_DEVICES
+        ):  # foreach runs tensor by tensor here: broadcast each block's denominator over its row
             rows = [d.unsqueeze(1) for d in denom.split(plan.blocks)]
-            targets = [(params[j].view(plan.blocks[j], -1), exp_avgs[j].view(plan.blocks[j], -1), rows[j]) for j in range(len(params))]
+            targets = [
+                (params[j].view(plan.blocks[j], -1), exp_avgs[j].view(plan.blocks[j], -1), rows[j])
+                for j in range(len(params))
+            ]
         else:  # torch's multi-tensor kernels need equal shapes: spread the denominators over the coordinates (one extra pass)
             spread = torch.empty_like(flat, dtype=denom.dtype)
             for (a, b, size), (c, d) in zip(plan.buckets, plan.bucket_blocks):
@@ -356,7 +384,12 @@ class AdamMini(torch.optim.Optimizer):
             t = state["step"].to(_math_dtype(exp_avg_sq.dtype)).clamp_min(1)
             step_size = -lr / (1 - torch.pow(beta1, t)) * keep
             v = exp_avg_sq if blocks is None else exp_avg_sq[blocks]  # per-head/per-tensor v: each local row's block
-            denom = (v.sqrt() / (1 - torch.pow(beta2, t)).sqrt().to(v.dtype)).add_(eps).div_(step_size.to(v.dtype)).unsqueeze(1)
+            denom = (
+                (v.sqrt() / (1 - torch.pow(beta2, t)).sqrt().to(v.dtype))
+                .add_(eps)
+                .div_(step_size.to(v.dtype))
+                .unsqueeze(1)
+            )
             rows = denom.shape[0]
             local.view(rows, -1).addcdiv_(exp_avg.view(rows, -1), denom)
 

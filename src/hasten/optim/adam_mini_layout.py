@@ -35,7 +35,9 @@ def partition_for(name: str, block: str, shape: tuple[int, ...], n_heads: int, n
     if block in ("norm", "pos_emb"):
         return Partition("tensor", 1, shape)
     if len(shape) != 2:
-        raise ConfigError(f"Adam-mini: {name!r} (block {block}) has shape {list(shape)}; a {block} weight must be a 2-D matrix")
+        raise ConfigError(
+            f"Adam-mini: {name!r} (block {block}) has shape {list(shape)}; a {block} weight must be a 2-D matrix"
+        )
     if block == "qk":
         rows, in_features = shape
         if in_features % n_heads:
@@ -84,8 +86,14 @@ class _Plan:
         for a, b, size in buckets:
             bucket_blocks.append((first, first + (b - a) // size))
             first += (b - a) // size
-        return cls(tuple(order), tuple(params[i].numel() for i in order), tuple(parts[i].n_blocks for i in order),
-                   tuple(tuple(b) for b in buckets), tuple(bucket_blocks), first)
+        return cls(
+            tuple(order),
+            tuple(params[i].numel() for i in order),
+            tuple(parts[i].n_blocks for i in order),
+            tuple(tuple(b) for b in buckets),
+            tuple(bucket_blocks),
+            first,
+        )
 
     def blocks_tensor(self, device: torch.device) -> torch.Tensor:
         """Blocks per parameter, on `device` (made once: a host-to-device copy would wait for the device)."""
@@ -132,7 +140,9 @@ def _check_sharding(name: str, param: torch.Tensor, part: Partition) -> None:
             "FSDP2's default (Shard(0) on a 1-D mesh), so use fully_shard without a shard_placement_fn"
         )
     if part.kind == "adam" and param.dim() != 1:
-        raise ConfigError(f"Adam-mini: per-coordinate state of the {param.dim()}-D {name!r} cannot be sharded; only 1-D biases use it")
+        raise ConfigError(
+            f"Adam-mini: per-coordinate state of the {param.dim()}-D {name!r} cannot be sharded; only 1-D biases use it"
+        )
 
 
 def _row_offset(param: torch.Tensor) -> int:
@@ -149,9 +159,13 @@ def _sharded_v(param: torch.Tensor, part: Partition, full: torch.Tensor) -> torc
 
     if part.kind in ("adam", "row"):
         start, rows = _row_offset(param), param.to_local().shape[0]
-        local = full[start:start + rows].clone()
-        return DTensor.from_local(local, param.device_mesh, param.placements, shape=torch.Size([part.n_blocks]), stride=(1,))
-    return DTensor.from_local(full.clone(), param.device_mesh, [Replicate()], shape=torch.Size([part.n_blocks]), stride=(1,))
+        local = full[start : start + rows].clone()
+        return DTensor.from_local(
+            local, param.device_mesh, param.placements, shape=torch.Size([part.n_blocks]), stride=(1,)
+        )
+    return DTensor.from_local(
+        full.clone(), param.device_mesh, [Replicate()], shape=torch.Size([part.n_blocks]), stride=(1,)
+    )
 
 
 def _local_row_blocks(param: torch.Tensor, part: Partition) -> torch.Tensor | None:

@@ -105,7 +105,9 @@ def classify_param(name: str, overrides: dict[str, str] | None = None) -> str:
     return block
 
 
-def classify_model(model: nn.Module, overrides: dict[str, str] | None = None, *, trainable_only: bool = True) -> dict[str, str]:
+def classify_model(
+    model: nn.Module, overrides: dict[str, str] | None = None, *, trainable_only: bool = True
+) -> dict[str, str]:
     """{normalized parameter name: block type} for every (trainable) parameter; a tied weight appears once.
 
     Every parameter must be classified: unknown names raise one ConfigError listing them all, since

@@ -20,7 +20,9 @@ from hasten.optim.muon import build_muon
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     ratios = {**DEFAULT_RATIOS, **(cfg.lr_ratios or {})} if cfg.blockwise else None
-    return blockwise_param_groups(model, cfg.weight_decay, ratios, overrides=cfg.block_overrides, decay_policy=cfg.decay_policy)
+    return blockwise_param_groups(
+        model, cfg.weight_decay, ratios, overrides=cfg.block_overrides, decay_policy=cfg.decay_policy
+    )
 
 
 def implementation_kwargs(cfg: OptimConfig, device: torch.device) -> dict:
@@ -53,14 +55,29 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
     device = next(model.parameters()).device
     betas = (cfg.beta1, cfg.beta2)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **implementation_kwargs(cfg, device))
+        return torch.optim.AdamW(
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            **implementation_kwargs(cfg, device),
+        )
     if cfg.name == "adam_mini":
         mcfg = getattr(model, "config", None)
         if mcfg is None:
-            raise ConfigError("optim.name=adam_mini needs a hasten GPT model (it reads n_heads / n_kv_heads from model.config)")
+            raise ConfigError(
+                "optim.name=adam_mini needs a hasten GPT model (it reads n_heads / n_kv_heads from model.config)"
+            )
         return AdamMini(
-            groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-            n_heads=mcfg.n_heads, n_kv_heads=mcfg.n_kv_heads, block_overrides=cfg.block_overrides,
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            n_heads=mcfg.n_heads,
+            n_kv_heads=mcfg.n_kv_heads,
+            block_overrides=cfg.block_overrides,
         )
     if cfg.name == "muon":
         return build_muon(groups, cfg, implementation_kwargs(cfg, device))

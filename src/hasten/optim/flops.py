@@ -69,6 +69,8 @@ def optimizer_step_flops(optimizer) -> float | None:
     if isinstance(optimizer, (torch.optim.AdamW, torch.optim.Adam)):
         return adamw_step_flops(_trained(optimizer))
     if isinstance(optimizer, torch.optim.Muon):
-        return sum(muon_step_flops([p for p in group["params"] if p.requires_grad], group["ns_steps"])
-                   for group in optimizer.param_groups)
+        return sum(
+            muon_step_flops([p for p in group["params"] if p.requires_grad], group["ns_steps"])
+            for group in optimizer.param_groups
+        )
     return None

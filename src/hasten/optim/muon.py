@@ -81,11 +81,15 @@ class MuonAdamW:
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("format") != "hasten-muon-adamw":
-            raise ValueError("optimizer state is not a Muon+AdamW state (was the checkpoint made with another optim.name?)")
+            raise ValueError(
+                "optimizer state is not a Muon+AdamW state (was the checkpoint made with another optim.name?)"
+            )
         for key, opt in (("muon", self.muon), ("adamw", self.adamw)):
             saved = state.get(key)
             if (saved is None) != (opt is None):
-                raise ValueError(f"optimizer state has {'no' if saved is None else 'a'} {key} half; this optimizer does not match")
+                raise ValueError(
+                    f"optimizer state has {'no' if saved is None else 'a'} {key} half; this optimizer does not match"
+                )
             if opt is not None:
                 opt.load_state_dict(saved)
 
@@ -124,12 +128,22 @@ def build_muon(groups: list[dict], cfg: OptimConfig, adamw_kwargs: dict) -> Muon
     muon = adamw = None
     if muon_groups:
         muon = torch.optim.Muon(
-            muon_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=MUON_MOMENTUM, nesterov=True,
-            ns_steps=MUON_NS_STEPS, eps=1e-7, adjust_lr_fn=MUON_ADJUST_LR,
+            muon_groups,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=MUON_MOMENTUM,
+            nesterov=True,
+            ns_steps=MUON_NS_STEPS,
+            eps=1e-7,
+            adjust_lr_fn=MUON_ADJUST_LR,
         )
     if adamw_groups:
         adamw = torch.optim.AdamW(
-            adamw_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+            adamw_groups,
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
             **adamw_kwargs,
         )
     return MuonAdamW(muon, adamw)

@@ -26,7 +26,9 @@ class ScheduleState:
     total_steps: int = 1  # schedule length in schedule steps
     total_tokens: int = 0  # decay length in tokens, counted from the origin (decay_unit=tokens)
     warmup_end_tokens: int | None = None  # tokens seen when warmup ended (token decay starts there)
-    warmup_steps: int | None = None  # warmup length of this (re)started schedule; None = cfg.warmup_steps (G_stack's new warmup)
+    warmup_steps: int | None = (
+        None  # warmup length of this (re)started schedule; None = cfg.warmup_steps (G_stack's new warmup)
+    )
 
 
 class LRSchedule:
@@ -38,8 +40,15 @@ class LRSchedule:
     the token budget ends.
     """
 
-    def __init__(self, cfg: ScheduleConfig, base_lr: float, min_lr_ratio: float, total_steps: int, total_tokens: int = 0,
-                 step_tokens: int | None = None):
+    def __init__(
+        self,
+        cfg: ScheduleConfig,
+        base_lr: float,
+        min_lr_ratio: float,
+        total_steps: int,
+        total_tokens: int = 0,
+        step_tokens: int | None = None,
+    ):
         self.cfg = cfg
         self.base_lr = base_lr
         self.min_lr = base_lr * min_lr_ratio
@@ -47,8 +56,16 @@ class LRSchedule:
         # tokens of one full-length step (derived from the config, so not part of the state); default: the mean step
         self.step_tokens = step_tokens if step_tokens is not None else total_tokens // max(1, total_steps)
 
-    def restart(self, at_step: int, at_tokens: int, total_steps: int, total_tokens: int = 0, start_step: int = 0, rewarmup_steps: int = 0,
-                warmup_steps: int | None = None) -> None:
+    def restart(
+        self,
+        at_step: int,
+        at_tokens: int,
+        total_steps: int,
+        total_tokens: int = 0,
+        start_step: int = 0,
+        rewarmup_steps: int = 0,
+        warmup_steps: int | None = None,
+    ) -> None:
         """Begin a new schedule at global step `at_step` (after growth); warmup_steps=None keeps cfg.warmup_steps."""
         self.state = ScheduleState(
             origin_step=at_step,
@@ -148,5 +165,11 @@ class LRSchedule:
 
 def build_schedule(cfg: RunConfig) -> LRSchedule:
     """The run's schedule: the recipe's shape over its planned steps and tokens."""
-    return LRSchedule(cfg.schedule, cfg.optim.lr, cfg.optim.min_lr_ratio, cfg.planned_steps(), cfg.planned_tokens(),
-                      step_tokens=cfg.train.batch_size * cfg.seq_len)
+    return LRSchedule(
+        cfg.schedule,
+        cfg.optim.lr,
+        cfg.optim.min_lr_ratio,
+        cfg.planned_steps(),
+        cfg.planned_tokens(),
+        step_tokens=cfg.train.batch_size * cfg.seq_len,
+    )

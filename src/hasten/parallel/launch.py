@@ -66,7 +66,13 @@ def die_with_parent(parent: int) -> None:
 def report_to_launcher(kind: str, message: str, code: int) -> None:
     """A worker's outcome for the launcher: kind error (a user error, one line), crash (a traceback) or stopped."""
     path = Path(os.environ[REPORT_ENV]) / f"rank{os.environ.get('RANK', '0')}.json"
-    record = {"kind": kind, "message": message, "code": code, "time": time.time(), "rank": int(os.environ.get("RANK", "0"))}
+    record = {
+        "kind": kind,
+        "message": message,
+        "code": code,
+        "time": time.time(),
+        "rank": int(os.environ.get("RANK", "0")),
+    }
     atomic_write_text(path, json.dumps(record), fsync=False)
 
 
@@ -83,21 +89,30 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    for name in list(logging.root.manager.loggerDict):  # the outcome is reported below, once (torch sets levels per logger)
+    for name in list(
+        logging.root.manager.loggerDict
+    ):  # the outcome is reported below, once (torch sets levels per logger)
         if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="hasten-launch-") as reports:
         # OMP_NUM_THREADS=1 is torchrun's default for several ranks (set here, it does not warn)
-        env = {REPORT_ENV: reports, LAUNCHER_ENV: str(os.getpid()), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = {
+            REPORT_ENV: reports,
+            LAUNCHER_ENV: str(os.getpid()),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
         args = torchrun.get_args_parser().parse_args(
-            ["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.1", "-m", "hasten", *argv])
+            ["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.1", "-m", "hasten", *argv]
+        )
         code, killed = 0, {}
         with environment(env):
             try:
                 torchrun.run(args)
             except ChildFailedError as err:
                 code = max((f.exitcode for f in err.failures.values()), default=1) or 1
-                killed = {rank: -f.exitcode for rank, f in err.failures.items() if f.exitcode < 0}  # rank -> signal number
+                killed = {
+                    rank: -f.exitcode for rank, f in err.failures.items() if f.exitcode < 0
+                }  # rank -> signal number
             except SignalException as err:
                 code = 128 + int(err.sigval)
         return _launch_outcome(Path(reports), code, killed)
@@ -122,8 +137,11 @@ def _launch_outcome(reports: Path, code: int, killed: dict[int, int] | None = No
     silent = sorted(set(killed or {}) - {r["rank"] for r in records})
     if silent:
         rank, name = silent[0], signal.Signals(killed[silent[0]]).name
-        print(f"hasten: error: rank {rank} was killed by {name} from outside hasten (the OOM killer, a kill command); "
-              "the other ranks stopped with it, so --resume continues from the last checkpoint", file=sys.stderr)
+        print(
+            f"hasten: error: rank {rank} was killed by {name} from outside hasten (the OOM killer, a kill command); "
+            "the other ranks stopped with it, so --resume continues from the last checkpoint",
+            file=sys.stderr,
+        )
         return 1
     crash = next((r for r in records if r["kind"] == "crash"), None)
     if crash is not None:

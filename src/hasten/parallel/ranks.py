@@ -53,7 +53,9 @@ def init_distributed(device: str = "auto") -> Distributed:
     use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible; lower --nproc-per-node")
+            raise ConfigError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible; lower --nproc-per-node"
+            )
         torch.cuda.set_device(local_rank)
     backend = "cuda:nccl,cpu:gloo" if use_cuda else "gloo"
     if not torch_dist.is_initialized():

@@ -87,8 +87,9 @@ def load_full_model_state(model: nn.Module, model_state: dict) -> None:
 IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
 
 
-def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_state: dict,
-                              mapped: bool = False) -> None:
+def load_full_optimizer_state(
+    model: nn.Module, optimizer: Optimizer, optimizer_state: dict, mapped: bool = False
+) -> None:
     """Load a full (single-process format, id-keyed) optimizer state into an optimizer over FSDP2 shards.
 
     Every rank passes the same full state; DCP's set_optimizer_state_dict shards each tensor like its
@@ -100,7 +101,9 @@ def load_full_optimizer_state(model: nn.Module, optimizer: Optimizer, optimizer_
 
     order = _flat_names(optimizer)
     if order is None:
-        raise ConfigError("FSDP resume needs optimizer param groups with param_names; build it with hasten.optim.build_optimizer")
+        raise ConfigError(
+            "FSDP resume needs optimizer param groups with param_names; build it with hasten.optim.build_optimizer"
+        )
     n_saved = sum(len(g["params"]) for g in optimizer_state["param_groups"])
     if n_saved != len(order):
         raise ValueError(f"checkpoint optimizer has {n_saved} parameters, this one {len(order)}")
@@ -155,8 +158,10 @@ def full_optimizer_state_by_name(optimizer: Optimizer, device: torch.device | st
     for group in optimizer.param_groups:
         names = group.get("param_names")
         if names is None:
-            raise ConfigError("a new model shape under FSDP needs optimizer param groups with param_names; build it "
-                              "with hasten.optim.build_optimizer")
+            raise ConfigError(
+                "a new model shape under FSDP needs optimizer param groups with param_names; build it "
+                "with hasten.optim.build_optimizer"
+            )
         for name, param in zip(names, group["params"]):
             state = optimizer.state.get(param)
             if state:
@@ -182,7 +187,9 @@ def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
     for group in optimizer.param_groups:
         names = group.get("param_names")
         if names is None or len(names) != len(group["params"]):
-            raise ConfigError("FSDP needs optimizer param groups with param_names to follow the model; build it with hasten.optim.build_optimizer")
+            raise ConfigError(
+                "FSDP needs optimizer param groups with param_names to follow the model; build it with hasten.optim.build_optimizer"
+            )
         new_params = []
         for name, old in zip(names, group["params"]):
             new = live[name]
@@ -190,7 +197,10 @@ def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
             if isinstance(new, DTensor):
                 state = {
                     key: distribute_tensor(value.detach().to(new.device), new.device_mesh, new.placements)
-                    if torch.is_tensor(value) and not isinstance(value, DTensor) and value.shape == old.shape and value.dim() > 0
+                    if torch.is_tensor(value)
+                    and not isinstance(value, DTensor)
+                    and value.shape == old.shape
+                    and value.dim() > 0
                     else value
                     for key, value in state.items()
                 }

@@ -46,12 +46,20 @@ class ParallelStrategy:
     name = "base"
     shards_in_place = False
 
-    def __init__(self, dist: Distributed | None = None, device: torch.device | None = None, *, compile: bool = False,
-                 dynamic_shapes: bool = False):
+    def __init__(
+        self,
+        dist: Distributed | None = None,
+        device: torch.device | None = None,
+        *,
+        compile: bool = False,
+        dynamic_shapes: bool = False,
+    ):
         self.dist = dist or Distributed()
         self.device = device or torch.device("cpu")
         self.compile = compile
-        self.dynamic_shapes = dynamic_shapes  # a method varies the sequence length (one dynamic graph, not a recompile per length)
+        self.dynamic_shapes = (
+            dynamic_shapes  # a method varies the sequence length (one dynamic graph, not a recompile per length)
+        )
 
     @property
     def rank(self) -> int:
@@ -242,8 +250,14 @@ class FullyShardedParallel(ParallelStrategy):
         return model, sharded
 
 
-def make_strategy(dist: Distributed, device: torch.device, parallelism: str = "ddp", *, compile: bool = False,
-                  dynamic_shapes: bool = False) -> ParallelStrategy:
+def make_strategy(
+    dist: Distributed,
+    device: torch.device,
+    parallelism: str = "ddp",
+    *,
+    compile: bool = False,
+    dynamic_shapes: bool = False,
+) -> ParallelStrategy:
     """The strategy for this process: single unless launched on several ranks, then DDP or FSDP2 by `parallelism`."""
     if dist.world_size <= 1:
         cls = SingleProcess

@@ -68,9 +68,12 @@ def capture(trainer, weights: bool = True) -> TrainCheckpoint:
     weights=False leaves model and optimizer out (a sharded checkpoint writes them with DCP).
     """
     registered = {name: part for name, part in parts(trainer).items() if weights or name not in SHARDED_PARTS}
-    return TrainCheckpoint(config=trainer.cfg.to_dict(), model_config=trainer.state.model.config.to_dict(),
-                           parts={name: part.state_dict() for name, part in registered.items()},
-                           sharded=None if weights else DCP_DIR)
+    return TrainCheckpoint(
+        config=trainer.cfg.to_dict(),
+        model_config=trainer.state.model.config.to_dict(),
+        parts={name: part.state_dict() for name, part in registered.items()},
+        sharded=None if weights else DCP_DIR,
+    )
 
 
 def save(trainer) -> Path | None:
@@ -87,9 +90,13 @@ def save(trainer) -> Path | None:
     path = None
     if trainer.is_main:
         try:
-            path = save_checkpoint(directory, step, ckpt.to_dict(), keep=trainer.cfg.train.keep_checkpoints, extra_files=extra)
+            path = save_checkpoint(
+                directory, step, ckpt.to_dict(), keep=trainer.cfg.train.keep_checkpoints, extra_files=extra
+            )
         except OSError as err:
-            raise CheckpointError(f"saving checkpoint at step {step} failed ({err.strerror or err}); the previous checkpoint is intact") from None
+            raise CheckpointError(
+                f"saving checkpoint at step {step} failed ({err.strerror or err}); the previous checkpoint is intact"
+            ) from None
         finally:
             if sharded:
                 shutil.rmtree(shard_dir, ignore_errors=True)
@@ -117,8 +124,9 @@ def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data:
         try:
             trainer.parallel.load_shards(st.model, st.optimizer, Path(ckpt.path) / ckpt.sharded)
         except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model/optimizer "
-                                  f"({str(err).splitlines()[0][:160]})") from None
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} does not fit this model/optimizer ({str(err).splitlines()[0][:160]})"
+            ) from None
     for name, part in registered.items():
         state = ckpt.parts.get(name)
         if state is None:  # in the shards, reset on purpose (None), or absent from a version-1 checkpoint: fresh
@@ -126,10 +134,13 @@ def restore(trainer, ckpt: TrainCheckpoint, reason: str = "resume", replay_data:
         try:
             part.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"checkpoint {ckpt.path}: its {name} state does not fit this run "
-                                  f"({str(err).splitlines()[0][:160]})") from None
+            raise CheckpointError(
+                f"checkpoint {ckpt.path}: its {name} state does not fit this run ({str(err).splitlines()[0][:160]})"
+            ) from None
     if rollback:
-        st.progress.flops, st.progress.optimizer_flops, st.progress.train_time = spent  # discarded steps still cost compute
+        st.progress.flops, st.progress.optimizer_flops, st.progress.train_time = (
+            spent  # discarded steps still cost compute
+        )
         if not replay_data:
             st.sampler.load_state_dict(sampler)
     else:
@@ -145,6 +156,8 @@ def _check_parts(ckpt: TrainCheckpoint, registered: dict[str, Stateful]) -> None
     held = set(ckpt.parts) | (set(SHARDED_PARTS) if ckpt.sharded else set())
     missing = [name for name in registered if name not in held]
     if missing and ckpt.version >= 2:
-        raise CheckpointError(f"checkpoint {ckpt.path} lacks the state of {', '.join(missing)} that this run keeps "
-                              f"(it holds {', '.join(sorted(held))}); continue from a checkpoint of this run, or start "
-                              f"a new run from its weights with train.init_from={ckpt.path}")
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} lacks the state of {', '.join(missing)} that this run keeps "
+            f"(it holds {', '.join(sorted(held))}); continue from a checkpoint of this run, or start "
+            f"a new run from its weights with train.init_from={ckpt.path}"
+        )

@@ -19,9 +19,15 @@ def autocast_for(dtype: str, device: torch.device) -> Callable[[], contextlib.Ab
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, windows: torch.Tensor, micro_rows: int, device: torch.device, *,
-              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-              parallel: ParallelStrategy | None = None) -> float:
+def mean_loss(
+    model: nn.Module,
+    windows: torch.Tensor,
+    micro_rows: int,
+    device: torch.device,
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    parallel: ParallelStrategy | None = None,
+) -> float:
     """Mean next-token loss over `windows` (rows of seq_len + 1 tokens), in micro-batches of `micro_rows`.
 
     With several ranks, each takes every world_size-th micro-batch and the sums are all-reduced, so all ranks

@@ -96,7 +96,9 @@ class Guard:
         self.streak_start: int | None = None  # step at which the current spike streak began
         self.rollbacks = 0
         self.lr_scale = 1.0  # product of rollback_lr_factor over the rollbacks so far
-        self.pending: list[Attempt] = []  # attempts since the last sync point (never checkpointed: saves are sync points)
+        self.pending: list[
+            Attempt
+        ] = []  # attempts since the last sync point (never checkpointed: saves are sync points)
 
     # ------------------------------------------------------------------ inside the step
 
@@ -138,7 +140,9 @@ class Guard:
 
     def record(self, step: int, tokens: int, metrics: dict) -> None:
         """Remember one attempt (its metrics after the methods' after_step); decided on at the next sync point."""
-        self.pending.append(Attempt(step, tokens, metrics.get("loss"), metrics.get("grad_norm"), metrics.get("nonfinite")))
+        self.pending.append(
+            Attempt(step, tokens, metrics.get("loss"), metrics.get("grad_norm"), metrics.get("nonfinite"))
+        )
 
     # ------------------------------------------------------------------ at a sync point
 
@@ -180,8 +184,15 @@ class Guard:
     def _note_skip(self, trainer, step: int, loss, grad_norm) -> None:
         self.skipped += 1
         self.consecutive_skips += 1
-        trainer.logger.log("event", step, event="skipped_nonfinite", loss=float(loss), grad_norm=float(grad_norm),
-                           skipped_total=self.skipped, consecutive=self.consecutive_skips)
+        trainer.logger.log(
+            "event",
+            step,
+            event="skipped_nonfinite",
+            loss=float(loss),
+            grad_norm=float(grad_norm),
+            skipped_total=self.skipped,
+            consecutive=self.consecutive_skips,
+        )
         if self.consecutive_skips >= self.cfg.max_consecutive_skips:
             raise DivergenceError(
                 f"the loss or gradients were non-finite for {self.consecutive_skips} steps in a row after step {step}; "
@@ -197,7 +208,9 @@ class Guard:
             if self.spike_streak == 0:
                 self.streak_start = step
             self.spike_streak += 1
-            trainer.logger.log("event", step, event="loss_spike", loss=loss, min_loss=self.min_loss, streak=self.spike_streak)
+            trainer.logger.log(
+                "event", step, event="loss_spike", loss=loss, min_loss=self.min_loss, streak=self.spike_streak
+            )
             return self.spike_streak >= self.cfg.spike_patience and self.rollback(trainer, step)
         self.spike_streak, self.streak_start = 0, None
         self.min_loss = min(self.min_loss, loss)
@@ -212,7 +225,9 @@ class Guard:
         self.spike_streak, self.streak_start = 0, None
         target = latest_good_checkpoint(trainer.run_dir / CHECKPOINTS, at_most=before)
         if target is None:
-            trainer.logger.log("event", at_step, event="rollback_unavailable", reason=f"no good checkpoint at or before step {before}")
+            trainer.logger.log(
+                "event", at_step, event="rollback_unavailable", reason=f"no good checkpoint at or before step {before}"
+            )
             return False
         if self.rollbacks >= self.cfg.max_rollbacks:
             raise DivergenceError(
@@ -220,13 +235,24 @@ class Guard:
                 "set train.guard.rollback_lr_factor below 1 or raise train.guard.max_rollbacks"
             )
         # min_loss comes back with the checkpoint: losses of the discarded steps are not a bar the restored model must meet
-        kept = {"skipped": self.skipped, "rollbacks": self.rollbacks + 1, "lr_scale": self.lr_scale * self.cfg.rollback_lr_factor}
+        kept = {
+            "skipped": self.skipped,
+            "rollbacks": self.rollbacks + 1,
+            "lr_scale": self.lr_scale * self.cfg.rollback_lr_factor,
+        }
         restore(trainer, open_checkpoint(target), reason="rollback", replay_data=not self.cfg.rollback_skip_data)
         for key, value in kept.items():
             setattr(self, key, value)
         self.consecutive_skips = 0
-        trainer.logger.log("event", p.step, event="rollback", from_step=at_step, path=str(target), rollbacks=self.rollbacks,
-                           lr_scale=self.lr_scale)
+        trainer.logger.log(
+            "event",
+            p.step,
+            event="rollback",
+            from_step=at_step,
+            path=str(target),
+            rollbacks=self.rollbacks,
+            lr_scale=self.lr_scale,
+        )
         return True
 
     # ------------------------------------------------------------------ reporting and state
@@ -242,13 +268,18 @@ class Guard:
         return out
 
     def state_dict(self) -> dict:
-        return {"skipped": self.skipped, "consecutive_skips": self.consecutive_skips, "min_loss": self.min_loss,
-                "spike_streak": self.spike_streak, "streak_start": self.streak_start, "rollbacks": self.rollbacks,
-                "lr_scale": self.lr_scale}
+        return {
+            "skipped": self.skipped,
+            "consecutive_skips": self.consecutive_skips,
+            "min_loss": self.min_loss,
+            "spike_streak": self.spike_streak,
+            "streak_start": self.streak_start,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             if hasattr(self, key) and key != "pending":
                 setattr(self, key, value)
         self.pending = []
-

@@ -64,13 +64,19 @@ class MetricsLogger:
         if not self.enabled or not self.path.exists():
             return
         skipped: list = []
-        keep = [r for r in read_metrics(self.path, skipped) if not isinstance(r.get("step", 0), int) or r.get("step", 0) <= step]
+        keep = [
+            r
+            for r in read_metrics(self.path, skipped)
+            if not isinstance(r.get("step", 0), int) or r.get("step", 0) <= step
+        ]
         if skipped:
             print(f"hasten: warning: {self.path} had {len(skipped)} unreadable line(s); dropped them", file=sys.stderr)
         try:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         except OSError as err:
-            raise HastenError(f"rewriting {self.path} failed ({err.strerror or err}); it is unchanged; free space and --resume") from None
+            raise HastenError(
+                f"rewriting {self.path} failed ({err.strerror or err}); it is unchanged; free space and --resume"
+            ) from None
 
     def log(self, kind: str, step: int, **values) -> None:
         if not self.enabled:
@@ -80,8 +86,10 @@ class MetricsLogger:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         except OSError as err:
-            raise HastenError(f"writing {self.path} failed at step {step} ({err.strerror or err}); free space, then "
-                              f"hasten train --resume --run-dir {self.path.parent} continues from the last checkpoint") from None
+            raise HastenError(
+                f"writing {self.path} failed at step {step} ({err.strerror or err}); free space, then "
+                f"hasten train --resume --run-dir {self.path.parent} continues from the last checkpoint"
+            ) from None
         if self.writer is not None:
             try:
                 for key, value in values.items():
@@ -106,9 +114,11 @@ class MetricsLogger:
 
     def _tensorboard_error(self, err: OSError, when: str) -> HastenError:
         run_dir = self.path.parent
-        return HastenError(f"writing TensorBoard events to {run_dir / 'tensorboard'} failed {when} ({err.strerror or err}); free space "
-                           f"(or set train.tensorboard=false), then hasten train --resume --run-dir {run_dir} continues from the last "
-                           "checkpoint")
+        return HastenError(
+            f"writing TensorBoard events to {run_dir / 'tensorboard'} failed {when} ({err.strerror or err}); free space "
+            f"(or set train.tensorboard=false), then hasten train --resume --run-dir {run_dir} continues from the last "
+            "checkpoint"
+        )
 
 
 def _quiet_writer_thread() -> None:
@@ -147,8 +157,19 @@ class ProgressBar:
         self.plain_every, self.last_line = plain_every, -math.inf
         self.postfix: dict = {}
         self.shown = initial  # the step of the last plain line
-        self.bar = None if self.plain else tqdm(total=total_steps, initial=initial, disable=not enabled, unit="step",
-                                                dynamic_ncols=True, desc="train", file=self.stream)
+        self.bar = (
+            None
+            if self.plain
+            else tqdm(
+                total=total_steps,
+                initial=initial,
+                disable=not enabled,
+                unit="step",
+                dynamic_ncols=True,
+                desc="train",
+                file=self.stream,
+            )
+        )
 
     def update(self, n: int = 1, **postfix) -> None:
         values = {k: v for k, v in postfix.items() if v is not None}

@@ -41,8 +41,17 @@ if TYPE_CHECKING:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, state: TrainState, data: TokenData, methods: list[Method], run_dir: Path,
-                 parallel: ParallelStrategy, *, peak_flops: float | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        state: TrainState,
+        data: TokenData,
+        methods: list[Method],
+        run_dir: Path,
+        parallel: ParallelStrategy,
+        *,
+        peak_flops: float | None = None,
+    ):
         self.cfg, self.state, self.data, self.methods = cfg, state, data, methods
         self.run_dir, self.parallel, self.device = run_dir, parallel, parallel.device
         self.rank, self.world_size, self.is_main = parallel.rank, parallel.world_size, parallel.is_main
@@ -56,14 +65,30 @@ class Trainer:
         # what a checkpoint holds of the trainer itself, by name (torch's Stateful protocol); the methods' states
         # and the RNG join it in hasten.trainer.checkpoints.parts
         self.stateful: dict[str, Stateful] = {}
-        for name, part in (("model", checkpoints.LiveModel(self)), ("optimizer", checkpoints.LiveOptimizer(self)),
-                           ("schedule", state.schedule), ("sampler", state.sampler), ("progress", state.progress),
-                           ("guard", self.guard)):
+        for name, part in (
+            ("model", checkpoints.LiveModel(self)),
+            ("optimizer", checkpoints.LiveOptimizer(self)),
+            ("schedule", state.schedule),
+            ("sampler", state.sampler),
+            ("progress", state.progress),
+            ("guard", self.guard),
+        ):
             self.register_state(name, part)
-        self.ctx = RunContext(cfg=cfg, state=state, parallel=parallel, device=self.device, run_dir=run_dir, train_tokens=data.train,
-                              seq_len=self.seq_len, micro_rows=self.micro_rows, evaluate=self.evaluate, replace_state=self.replace_state,
-                              log=self.logger.log, autocast=self.autocast,
-                              batch_shape=BatchShape(cfg.train.batch_size, self.seq_len, "truncate"))
+        self.ctx = RunContext(
+            cfg=cfg,
+            state=state,
+            parallel=parallel,
+            device=self.device,
+            run_dir=run_dir,
+            train_tokens=data.train,
+            seq_len=self.seq_len,
+            micro_rows=self.micro_rows,
+            evaluate=self.evaluate,
+            replace_state=self.replace_state,
+            log=self.logger.log,
+            autocast=self.autocast,
+            batch_shape=BatchShape(cfg.train.batch_size, self.seq_len, "truncate"),
+        )
         self.step_metrics: dict = {}  # the last step's loss, grad_norm, lr, ... and what the methods returned for it
         self.eval_metrics: dict[str, float] = {}  # the last evaluation's
         self._clock = time.perf_counter()  # start of the current timing interval (ends at the next sync point)
@@ -89,7 +114,11 @@ class Trainer:
 
     def done(self) -> bool:
         t, p = self.cfg.train, self.state.progress
-        return self.stop_requested or (t.max_steps is not None and p.step >= t.max_steps) or (t.max_tokens is not None and p.tokens >= t.max_tokens)
+        return (
+            self.stop_requested
+            or (t.max_steps is not None and p.step >= t.max_steps)
+            or (t.max_tokens is not None and p.tokens >= t.max_tokens)
+        )
 
     def replace_state(self, model: nn.Module, optimizer, reason: str) -> None:
         """Swap in a new model and optimizer (e.g. of a new shape); methods are told so they can follow."""
@@ -97,7 +126,9 @@ class Trainer:
         self.state.forward_model = self.parallel.wrap(model)
         self.state.optimizer = self.parallel.adopt(model, optimizer)  # FSDP2 replaced the parameters with shards
         self.state.progress.stage += 1
-        self.logger.log("event", self.state.progress.step, event="state_replaced", reason=reason, tokens=self.state.progress.tokens)
+        self.logger.log(
+            "event", self.state.progress.step, event="state_replaced", reason=reason, tokens=self.state.progress.tokens
+        )
         for method in self.methods:
             method.on_state_replaced(self.ctx, reason)
 
@@ -120,7 +151,9 @@ class Trainer:
         else:
             for method in self.methods:
                 method.prepare_model(self.ctx, model)
-        return mean_loss(model, self.val_rows, self.micro_rows, self.device, autocast=self.autocast, parallel=self.parallel)
+        return mean_loss(
+            model, self.val_rows, self.micro_rows, self.device, autocast=self.autocast, parallel=self.parallel
+        )
 
     def next_batch(self) -> torch.Tensor:
         return self.state.sampler.next_batch(self.ctx.batch_shape, rank=self.rank, world_size=self.world_size)
@@ -140,7 +173,9 @@ class Trainer:
         chunks = rows.split(micro)
         for i, chunk in enumerate(chunks):
             chunk = chunk.to(self.device, non_blocking=True)
-            with self.parallel.no_sync(st.forward_model, skip=i < len(chunks) - 1):  # reduce grads on the last micro-batch only
+            with self.parallel.no_sync(
+                st.forward_model, skip=i < len(chunks) - 1
+            ):  # reduce grads on the last micro-batch only
                 with self.autocast():
                     loss = st.forward_model(chunk[:, :-1], chunk[:, 1:])
                 weight = chunk.shape[0] * seq_len / n_targets
@@ -154,10 +189,18 @@ class Trainer:
         self.parallel.mean_(loss_sum)  # the global batch's loss, so every rank computes the same non-finite flag
         fault_point("step", p.step + 1)  # test hook (hasten.faults): a crash mid-step; a no-op in normal use
         nonfinite = self.guard.nonfinite(loss_sum, grad_norm)
-        self.guard.apply_update(st.optimizer, nonfinite)  # a non-finite step leaves weights and optimizer state as they were
+        self.guard.apply_update(
+            st.optimizer, nonfinite
+        )  # a non-finite step leaves weights and optimizer state as they were
         st.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_sum, "grad_norm": grad_norm.detach(), "lr": lr, "seq_len": seq_len, "rows": rows.shape[0],
-                "nonfinite": nonfinite}
+        return {
+            "loss": loss_sum,
+            "grad_norm": grad_norm.detach(),
+            "lr": lr,
+            "seq_len": seq_len,
+            "rows": rows.shape[0],
+            "nonfinite": nonfinite,
+        }
 
     def save(self) -> Path | None:
         """A checkpoint of the whole state (every rank calls it; rank 0 writes)."""
@@ -170,8 +213,15 @@ class Trainer:
         metrics = {"val_loss": self.evaluate()}
         for method in self.methods:
             metrics.update(method.after_eval(self.ctx, metrics["val_loss"]) or {})
-        self.logger.log("eval", p.step, tokens=p.tokens, flops=p.flops, optimizer_flops=p.optimizer_flops, train_time=p.train_time,
-                        **metrics)
+        self.logger.log(
+            "eval",
+            p.step,
+            tokens=p.tokens,
+            flops=p.flops,
+            optimizer_flops=p.optimizer_flops,
+            train_time=p.train_time,
+            **metrics,
+        )
         self.eval_metrics = metrics
         return metrics
 
@@ -184,8 +234,12 @@ class Trainer:
 
     def _sync_due(self) -> bool:
         t, step = self.cfg.train, self.state.progress.step
-        return (self.ctx.is_log_step() or self.ctx.is_eval_step() or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
-                or self.done())
+        return (
+            self.ctx.is_log_step()
+            or self.ctx.is_eval_step()
+            or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+            or self.done()
+        )
 
     def _sync(self) -> bool:
         """The loop's only wait for the device between steps: time the interval, let the guard decide on
@@ -195,8 +249,10 @@ class Trainer:
         now = time.perf_counter()
         elapsed, (tokens, flops) = now - self._clock, self._interval
         self.state.progress.train_time += elapsed
-        self._rates = {"tok_per_s": tokens / elapsed if elapsed > 0 else 0.0,
-                       "mfu": flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops and elapsed > 0 else None}
+        self._rates = {
+            "tok_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+            "mfu": flops / elapsed / (self.peak_flops * self.world_size) if self.peak_flops and elapsed > 0 else None,
+        }
         self._restart_clock()
         return self.guard.resolve(self)
 
@@ -208,12 +264,22 @@ class Trainer:
     def _log_train_row(self) -> dict:
         """Write the train row of this log step (device values read in one transfer); returns it."""
         p = self.state.progress
-        metrics = {k: v for k, v in {**self.eval_metrics, **self.step_metrics}.items() if k not in ("val_loss", "nonfinite")}
+        metrics = {
+            k: v for k, v in {**self.eval_metrics, **self.step_metrics}.items() if k not in ("val_loss", "nonfinite")
+        }
         # every param group's LR, one per block type (groups of one block share it; blockwise LR differs per block)
         metrics.update({f"lr/{g['block']}": g["lr"] for g in self.state.optimizer.param_groups if "block" in g})
         metrics = dict(zip(metrics, read_scalars(list(metrics.values()))))
-        self.logger.log("train", p.step, tokens=p.tokens, flops=p.flops, optimizer_flops=p.optimizer_flops, train_time=p.train_time,
-                        **self._rates, **metrics)
+        self.logger.log(
+            "train",
+            p.step,
+            tokens=p.tokens,
+            flops=p.flops,
+            optimizer_flops=p.optimizer_flops,
+            train_time=p.train_time,
+            **self._rates,
+            **metrics,
+        )
         return metrics
 
     def fit(self) -> dict[str, float]:
@@ -249,16 +315,24 @@ class Trainer:
                 rolled_back = self._sync()
                 bar.update(p.step - shown)  # back by the steps the guard uncounted (or to the rollback's step)
                 shown = p.step
-                if rolled_back or p.step != due_step:  # rolled back, or skipped steps uncounted: not a due step any more
+                if (
+                    rolled_back or p.step != due_step
+                ):  # rolled back, or skipped steps uncounted: not a due step any more
                     bar.update(0, **self.guard.postfix())
                     if rolled_back:
                         self._restart_clock()  # reloading the checkpoint is not training time
                     continue
                 if self.ctx.is_log_step():
                     row = self._log_train_row()
-                    bar.update(0, loss=_fmt(row.get("loss")), val=_fmt(self.eval_metrics.get("val_loss")),
-                               tok_s=f"{self._rates['tok_per_s']:,.0f}", mfu=f"{self._rates['mfu']:.1%}" if self._rates["mfu"] is not None else None,
-                               L=out["seq_len"], **self.guard.postfix())
+                    bar.update(
+                        0,
+                        loss=_fmt(row.get("loss")),
+                        val=_fmt(self.eval_metrics.get("val_loss")),
+                        tok_s=f"{self._rates['tok_per_s']:,.0f}",
+                        mfu=f"{self._rates['mfu']:.1%}" if self._rates["mfu"] is not None else None,
+                        L=out["seq_len"],
+                        **self.guard.postfix(),
+                    )
                 if eval_due and not self.done():
                     self._eval_and_log()
                     self._restart_clock()

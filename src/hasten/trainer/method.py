@@ -59,7 +59,9 @@ class RunContext:
     log: Callable[..., None]  # log(kind, step, **values): a metrics.jsonl row (rank 0 writes)
     autocast: Callable[[], contextlib.AbstractContextManager]
     batch_shape: BatchShape
-    step_metrics: Mapping[str, Any] = field(default_factory=dict)  # this step's loss, grad_norm, lr, ... (device tensors)
+    step_metrics: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # this step's loss, grad_norm, lr, ... (device tensors)
     step_tokens: int = 0  # training tokens of the step just taken (all ranks)
     stop_requested: bool = False
 

@@ -34,8 +34,14 @@ class StabilityMonitor(Method):
         # optimizer memory is half of Adam-mini's claim; state is created lazily, so only after a step
         optimizer = ctx.state.optimizer
         extra = {"partition": optimizer.partition_summary()} if hasattr(optimizer, "partition_summary") else {}
-        ctx.log("event", ctx.state.progress.step, event="optimizer_state_bytes",
-                optimizer_state_bytes=state_bytes(optimizer), optimizer=type(optimizer).__name__, **extra)
+        ctx.log(
+            "event",
+            ctx.state.progress.step,
+            event="optimizer_state_bytes",
+            optimizer_state_bytes=state_bytes(optimizer),
+            optimizer=type(optimizer).__name__,
+            **extra,
+        )
         self._state_bytes_logged = True
 
     def on_state_replaced(self, ctx: RunContext, reason: str) -> None:

@@ -28,15 +28,32 @@ from hasten.files import atomic_write_text
 from hasten.trainer.logger import read_metrics
 
 # config keys that may differ between a run and its resume: they do not change the computation
-RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.log_every", "train.device", "train.peak_flops", "name",
-                    "train.parallelism", "train.checkpoint_format",  # either checkpoint format resumes under ddp or fsdp
-                    "data.cache_dir", "data.num_workers", "data.rehash",  # the corpus check covers the data ones
-                    "data.tokens"}
+RESUME_FREE_KEYS = {
+    "train.progress_bar",
+    "train.tensorboard",
+    "train.log_every",
+    "train.device",
+    "train.peak_flops",
+    "name",
+    "train.parallelism",
+    "train.checkpoint_format",  # either checkpoint format resumes under ddp or fsdp
+    "data.cache_dir",
+    "data.num_workers",
+    "data.rehash",  # the corpus check covers the data ones
+    "data.tokens",
+}
 # keys a continued run (--resume, --from) may change, and says so: budget, evaluation/checkpoint cadence, retention.
 # They change what happens next, never the steps already trained. (Not free for `hasten compare`, which reuses runs.)
-RESUME_ADJUSTABLE_KEYS = {"train.max_steps", "train.max_tokens", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"}
+RESUME_ADJUSTABLE_KEYS = {
+    "train.max_steps",
+    "train.max_tokens",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+}
 LOCK_FILE = ".lock"
 CORPUS_FILE = "corpus.json"  # the corpus fingerprint (files, sizes, sha256) and token counts the run trained on
+
 
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -52,8 +69,6 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
-
-
 
 
 @dataclass
@@ -90,7 +105,9 @@ def lock_run_dir(run_dir: Path):
     try:
         lock.acquire()
     except Timeout:
-        raise ConfigError(f"run dir {run_dir} is in use by another hasten process; wait for it to finish or stop it first") from None
+        raise ConfigError(
+            f"run dir {run_dir} is in use by another hasten process; wait for it to finish or stop it first"
+        ) from None
     except OSError as err:
         raise ConfigError(f"cannot lock run dir {run_dir} ({err.strerror or err}); check its permissions") from None
     return lock
@@ -99,7 +116,9 @@ def lock_run_dir(run_dir: Path):
 def check_new_run_dir(run_dir: Path) -> None:
     """Refuse a run dir that holds anything (a run, or the user's own files) or cannot be written; writes nothing."""
     if (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"run dir {run_dir} already holds a run; use --resume to continue it, --from to fork it, or pick another --run-dir")
+        raise ConfigError(
+            f"run dir {run_dir} already holds a run; use --resume to continue it, --from to fork it, or pick another --run-dir"
+        )
     check_new_dir(run_dir, "run dir", "--run-dir")
 
 
@@ -136,8 +155,10 @@ def read_corpus_record(run_dir: Path) -> dict | None:
 def _read_corpus_record(run_dir: Path) -> dict | None:
     record = read_corpus_record(run_dir)
     if record is None:
-        print(f"hasten: warning: {run_dir} has no {CORPUS_FILE} (started by an older hasten): its corpus cannot be checked",
-              file=sys.stderr)
+        print(
+            f"hasten: warning: {run_dir} has no {CORPUS_FILE} (started by an older hasten): its corpus cannot be checked",
+            file=sys.stderr,
+        )
     return record
 
 
@@ -154,8 +175,12 @@ def plan_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, fork_from: Path | 
         changes = _continued_config(saved, cfg, "--from")
         ckpt = latest_good_checkpoint(source / CHECKPOINTS)
         if ckpt is None:
-            raise CheckpointError(f"--from {source} has no usable checkpoint to fork; resume it first or pick another run")
-        return RunDirPlan(run_dir, "fork", source, ckpt, saved, _read_corpus_record(source), changes, existed=run_dir.is_dir())
+            raise CheckpointError(
+                f"--from {source} has no usable checkpoint to fork; resume it first or pick another run"
+            )
+        return RunDirPlan(
+            run_dir, "fork", source, ckpt, saved, _read_corpus_record(source), changes, existed=run_dir.is_dir()
+        )
     if not resume:
         check_new_run_dir(run_dir)
         return RunDirPlan(run_dir, "new", existed=run_dir.is_dir())
@@ -169,7 +194,9 @@ def plan_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, fork_from: Path | 
         if list_checkpoints(run_dir / CHECKPOINTS):
             plan.checkpoint = latest_good_checkpoint(run_dir / CHECKPOINTS)
             if plan.checkpoint is None:
-                raise CheckpointError(f"--resume: every checkpoint under {run_dir / 'checkpoints'} is broken; start a new run dir")
+                raise CheckpointError(
+                    f"--resume: every checkpoint under {run_dir / 'checkpoints'} is broken; start a new run dir"
+                )
         else:
             _refuse_lost_checkpoints(run_dir)
     except BaseException:
@@ -180,35 +207,48 @@ def plan_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, fork_from: Path | 
 
 def _refuse_lost_checkpoints(run_dir: Path) -> None:
     """A run with no checkpoint restarts from step 0 only if it never wrote one: otherwise its history would be retrained over."""
-    saved = [r.get("step", 0) for r in read_metrics(run_dir) if r.get("kind") == "event" and r.get("event") == "checkpoint"]
+    saved = [
+        r.get("step", 0) for r in read_metrics(run_dir) if r.get("kind") == "event" and r.get("event") == "checkpoint"
+    ]
     if not saved and not (run_dir / "summary.json").exists():
         return  # stopped before its first checkpoint: nothing to lose
     record = f"checkpoints up to step {max(saved)}" if saved else "a finished run"
-    raise CheckpointError(f"--resume: {run_dir} has no checkpoint, but its metrics.jsonl records {record} ({run_dir / CHECKPOINTS} "
-                          f"is missing or emptied), so resuming would retrain its history from step 0; restore {CHECKPOINTS}/ to "
-                          f"continue it, or start over in a new run dir: hasten train {run_dir / 'config.yaml'} --run-dir NEW_DIR")
+    raise CheckpointError(
+        f"--resume: {run_dir} has no checkpoint, but its metrics.jsonl records {record} ({run_dir / CHECKPOINTS} "
+        f"is missing or emptied), so resuming would retrain its history from step 0; restore {CHECKPOINTS}/ to "
+        f"continue it, or start over in a new run dir: hasten train {run_dir / 'config.yaml'} --run-dir NEW_DIR"
+    )
 
 
 def check_checkpoint_config(plan: RunDirPlan, trained: RunConfig, checkpoint: Path) -> None:
     """The run's config.yaml must agree with the config its checkpoint trained with (a hand edit would change the
     trajectory unseen); budget and cadence may differ (a continuation that stopped before its next checkpoint)."""
     saved, actual = flatten(_resolved(plan.saved)), flatten(_resolved(trained))
-    edited = [k for k in config_differences(_resolved(trained), _resolved(plan.saved)) if k not in RESUME_ADJUSTABLE_KEYS]
+    edited = [
+        k for k in config_differences(_resolved(trained), _resolved(plan.saved)) if k not in RESUME_ADJUSTABLE_KEYS
+    ]
     if edited:
-        shown = ", ".join(f"{k} {actual.get(k)} -> {saved.get(k)}" for k in edited[:6]) + (f" and {len(edited) - 6} more" if len(edited) > 6 else "")
-        raise ConfigError(f"{plan.source / 'config.yaml'} differs from the config checkpoint {checkpoint} trained with in {shown} "
-                          "(edited by hand?), which would change the run's trajectory; put the checkpoint's values back "
-                          "(a continued run may change only its budget and cadence, with --set)")
+        shown = ", ".join(f"{k} {actual.get(k)} -> {saved.get(k)}" for k in edited[:6]) + (
+            f" and {len(edited) - 6} more" if len(edited) > 6 else ""
+        )
+        raise ConfigError(
+            f"{plan.source / 'config.yaml'} differs from the config checkpoint {checkpoint} trained with in {shown} "
+            "(edited by hand?), which would change the run's trajectory; put the checkpoint's values back "
+            "(a continued run may change only its budget and cadence, with --set)"
+        )
 
 
 def _fork_metrics(source: Path, step: int, checkpoint: Path) -> str:
     rows = [r for r in read_metrics(source) if isinstance(r.get("step", 0), int) and r.get("step", 0) <= step]
-    rows.append({"kind": "event", "step": step, "event": "forked", "source": str(source), "checkpoint": str(checkpoint)})
+    rows.append(
+        {"kind": "event", "step": step, "event": "forked", "source": str(source), "checkpoint": str(checkpoint)}
+    )
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def _link_or_copy_tree(src: Path, dst: Path) -> None:
     """A checkpoint's files into the fork: hard links where possible (checkpoints are never modified in place)."""
+
     def link(a, b):
         try:
             os.link(a, b)
@@ -232,11 +272,15 @@ def commit_run_dir(plan: RunDirPlan, cfg: RunConfig, data: TokenData) -> None:
                 print(f"hasten: {run_dir} has no checkpoint yet; resuming from step 0", file=sys.stderr)
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         except OSError as err:
-            raise ConfigError(f"updating run dir {run_dir} failed ({err.strerror or err}); free space and resume again") from None
+            raise ConfigError(
+                f"updating run dir {run_dir} failed ({err.strerror or err}); free space and resume again"
+            ) from None
         return
     with staged_dir(run_dir, "run dir", "--run-dir") as staging:
         (staging / "config.yaml").write_text(config_text)
-        shutil.copyfile(plan.tokenizer or data.tokenizer_path, staging / "tokenizer.json")  # self-contained for export and resume
+        shutil.copyfile(
+            plan.tokenizer or data.tokenizer_path, staging / "tokenizer.json"
+        )  # self-contained for export and resume
         if plan.mode == "fork":
             (staging / CORPUS_FILE).write_text(json.dumps(plan.corpus or data.corpus, indent=1))
             step = checkpoint_step(plan.checkpoint)
@@ -282,4 +326,3 @@ def run_config_values(run_dir: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a run dir (no config.yaml)")
     return _read_run_config(path)
-

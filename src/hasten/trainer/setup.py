@@ -70,7 +70,9 @@ def _check_budget(plan: RunDirPlan, cfg: RunConfig, checkpoint: TrainCheckpoint 
     for key, done in (("max_steps", progress["step"]), ("max_tokens", progress["tokens"])):
         value = getattr(cfg.train, key)
         if f"train.{key}" in plan.changes and value is not None and value < done:
-            raise ConfigError(f"train.{key}={value:,} is below the run's progress ({done:,} {key[4:]} done); give at least {done:,}")
+            raise ConfigError(
+                f"train.{key}={value:,} is below the run's progress ({done:,} {key[4:]} done); give at least {done:,}"
+            )
 
 
 def _notes(plan: RunDirPlan, cfg: RunConfig, trainer: Trainer) -> list[str]:
@@ -79,8 +81,10 @@ def _notes(plan: RunDirPlan, cfg: RunConfig, trainer: Trainer) -> list[str]:
         return []
     old, new = flatten(plan.saved.to_dict()), flatten(cfg.to_dict())
     verb = "--resume" if plan.mode == "resume" else "--from"
-    lines = [f"hasten: note: {verb} applies {', '.join(f'{k} {old.get(k)} -> {new.get(k)}' for k in plan.changes)} "
-             "(the steps already trained stay as they are)"]
+    lines = [
+        f"hasten: note: {verb} applies {', '.join(f'{k} {old.get(k)} -> {new.get(k)}' for k in plan.changes)} "
+        "(the steps already trained stay as they are)"
+    ]
     if {"train.max_steps", "train.max_tokens"} & set(plan.changes):
         st, schedule = trainer.state.schedule.state, trainer.state.schedule
         by_tokens = cfg.schedule.decay_unit == "tokens" and st.total_tokens > 0
@@ -89,17 +93,30 @@ def _notes(plan: RunDirPlan, cfg: RunConfig, trainer: Trainer) -> list[str]:
         planned = cfg.planned_tokens() if by_tokens else cfg.planned_steps()
         final_lr = schedule.base_lr if cfg.schedule.name == "constant" else schedule.min_lr
         if planned > end:
-            lines.append(f"hasten: note: the LR schedule keeps the length it was planned with ({end:,} {unit}); training past it "
-                         f"runs at its final LR {final_lr:.3g}")
+            lines.append(
+                f"hasten: note: the LR schedule keeps the length it was planned with ({end:,} {unit}); training past it "
+                f"runs at its final LR {final_lr:.3g}"
+            )
         elif planned < end:
-            lines.append(f"hasten: note: the run now ends before its LR schedule does ({end:,} {unit}), so its LR will not "
-                         f"reach the final value {final_lr:.3g}")
+            lines.append(
+                f"hasten: note: the run now ends before its LR schedule does ({end:,} {unit}), so its LR will not "
+                f"reach the final value {final_lr:.3g}"
+            )
     return lines
 
 
-def build_trainer(cfg: RunConfig, run_dir: str | Path, methods: list[Method], *, resume: bool = False, dist: Distributed | None = None,
-                  progress: bool = True, fork_from: str | Path | None = None, dynamic_shapes: bool = False,
-                  load_init: LoadInit | None = None) -> Trainer:
+def build_trainer(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    methods: list[Method],
+    *,
+    resume: bool = False,
+    dist: Distributed | None = None,
+    progress: bool = True,
+    fork_from: str | Path | None = None,
+    dynamic_shapes: bool = False,
+    load_init: LoadInit | None = None,
+) -> Trainer:
     """A ready Trainer for a new run in `run_dir`, its continuation (`resume`), or a fork of the run `fork_from`.
 
     `methods` run in the order given; `dynamic_shapes` compiles one graph for every sequence length (a method
@@ -118,8 +135,13 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, methods: list[Method], *,
     def plan_on_main():
         main["plan"] = plan = plan_run_dir(cfg, run_dir, resume, Path(fork_from) if fork_from is not None else None)
         try:
-            main["data"] = prepare_from_config(cfg.data, progress=progress, expect=plan.corpus, tokenizer=plan.tokenizer,
-                                               split_version=plan.split_version)
+            main["data"] = prepare_from_config(
+                cfg.data,
+                progress=progress,
+                expect=plan.corpus,
+                tokenizer=plan.tokenizer,
+                split_version=plan.split_version,
+            )
         except BaseException:
             abandon(plan)
             raise
@@ -127,10 +149,19 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path, methods: list[Method], *,
 
     ckpt_path, tokenizer, split_version, expect = run_on_main(plan_on_main)
     plan: RunDirPlan | None = main.get("plan")
-    parallel = make_strategy(dist, device, cfg.train.parallelism, compile=cfg.train.compile, dynamic_shapes=dynamic_shapes)
+    parallel = make_strategy(
+        dist, device, cfg.train.parallelism, compile=cfg.train.compile, dynamic_shapes=dynamic_shapes
+    )
     try:
-        data = _same_data_on_every_rank(lambda: main.get("data") or prepare_from_config(
-            cfg.data, progress=False, expect=expect, tokenizer=tokenizer, split_version=split_version), dist)
+        data = _same_data_on_every_rank(
+            lambda: (
+                main.get("data")
+                or prepare_from_config(
+                    cfg.data, progress=False, expect=expect, tokenizer=tokenizer, split_version=split_version
+                )
+            ),
+            dist,
+        )
         trainer = _assemble(cfg, run_dir, parallel, data, ckpt_path, plan, methods, load_init or _load_hasten_model)
     except BaseException:
         if plan is not None:
@@ -149,8 +180,11 @@ def _same_data_on_every_rank(prepare: Callable[[], TokenData], dist: Distributed
         data, outcome = prepare(), None
     except HastenError as err:
         data, outcome = None, err
-    mine = (socket.gethostname(), data.corpus if data is not None else None,
-            (type(outcome), str(outcome)) if outcome is not None else None)
+    mine = (
+        socket.gethostname(),
+        data.corpus if data is not None else None,
+        (type(outcome), str(outcome)) if outcome is not None else None,
+    )
     ranks = gather_objects(mine)
     if outcome is not None:
         raise outcome
@@ -161,20 +195,34 @@ def _same_data_on_every_rank(prepare: Callable[[], TokenData], dist: Distributed
     for rank, (host, record, _) in enumerate(ranks[1:], 1):
         difference = data_difference(ranks[0][1], record)
         if difference is not None:
-            raise DataError(f"rank {rank} on {host} has other token data than rank 0 on {ranks[0][0]}: {difference}; "
-                            "give every node the same corpus and data settings, or prepare it once (hasten "
-                            "prepare-data RECIPE --out DIR) and train with data.tokens=DIR")
+            raise DataError(
+                f"rank {rank} on {host} has other token data than rank 0 on {ranks[0][0]}: {difference}; "
+                "give every node the same corpus and data settings, or prepare it once (hasten "
+                "prepare-data RECIPE --out DIR) and train with data.tokens=DIR"
+            )
     return data
 
 
-def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_path: Path | None, plan: RunDirPlan | None,
-              methods: list[Method], load_init: LoadInit) -> Trainer:
+def _assemble(
+    cfg: RunConfig,
+    run_dir: Path,
+    parallel,
+    data: TokenData,
+    ckpt_path: Path | None,
+    plan: RunDirPlan | None,
+    methods: list[Method],
+    load_init: LoadInit,
+) -> Trainer:
     model_cfg: ModelConfig = cfg.model_config()
     if data.vocab_size > model_cfg.vocab_size:
-        raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but model vocab_size is {model_cfg.vocab_size}; raise model.vocab_size")
+        raise ConfigError(
+            f"the tokenizer has {data.vocab_size} tokens but model vocab_size is {model_cfg.vocab_size}; raise model.vocab_size"
+        )
     check_fits(data, cfg.seq_len, cfg.train.batch_size, cfg.train.eval_sequences)
     if cfg.train.batch_size % parallel.world_size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split over {parallel.world_size} ranks; use a multiple")
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} does not split over {parallel.world_size} ranks; use a multiple"
+        )
 
     seed_everything(cfg.train.seed)
     checkpoint = _open_resume_checkpoint(ckpt_path) if ckpt_path is not None else None
@@ -194,8 +242,9 @@ def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_pat
     sampler = WindowSampler(data.train, cfg.seq_len, seed=cfg.train.data_order_seed)
     state = TrainState(model=model, optimizer=optimizer, schedule=schedule, sampler=sampler, progress=Progress())
 
-    peak = cfg.train.peak_flops or cached_peak(parallel.device, torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32,
-                                                      cfg.data.cache_dir)
+    peak = cfg.train.peak_flops or cached_peak(
+        parallel.device, torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32, cfg.data.cache_dir
+    )
     # everything that can refuse the run has run: now the run dir is written (rank 0), then the trainer logs into it
     new_path = run_on_main(lambda: (commit_run_dir(plan, cfg, data), plan.checkpoint)[1])
     if checkpoint is not None and new_path is not None:
@@ -204,23 +253,31 @@ def _assemble(cfg: RunConfig, run_dir: Path, parallel, data: TokenData, ckpt_pat
     if checkpoint is not None:
         restore(trainer, checkpoint)
     if plan is not None:
-        if plan.mode == "resume" and plan.corpus is None:  # a run from before corpus.json: record it now that it resumed
+        if (
+            plan.mode == "resume" and plan.corpus is None
+        ):  # a run from before corpus.json: record it now that it resumed
             atomic_write_text(run_dir / CORPUS_FILE, json.dumps(data.corpus, indent=1))
         trainer.logger.lock, plan.lock = plan.lock, None  # the lock lives as long as the run logs
-    state.forward_model = forward_model if forward_model is not None else parallel.wrap(state.model)  # DDP: after restore
+    state.forward_model = (
+        forward_model if forward_model is not None else parallel.wrap(state.model)
+    )  # DDP: after restore
     return trainer
 
 
 def _open_resume_checkpoint(path: Path) -> TrainCheckpoint:
     ckpt = open_checkpoint(path)
     if not isinstance(ckpt, TrainCheckpoint):
-        raise CheckpointError(f"{path} holds a model, not a training state; start a new run with train.init_from={path}")
+        raise CheckpointError(
+            f"{path} holds a model, not a training state; start a new run with train.init_from={path}"
+        )
     return ckpt
 
 
 def _load_hasten_model(spec: str) -> nn.Module:
     if spec.startswith("hf:"):
-        raise ConfigError(f"train.init_from={spec}: transformers checkpoints are loaded by hasten.recipes.build_trainer; use it")
+        raise ConfigError(
+            f"train.init_from={spec}: transformers checkpoints are loaded by hasten.recipes.build_trainer; use it"
+        )
     return load_model(open_checkpoint(spec))
 
 

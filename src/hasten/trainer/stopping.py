@@ -33,8 +33,11 @@ class StopOnSignal:
         if self.trainer.is_main:
             try:
                 again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-                print(f"\nhasten: {signal.Signals(signum).name} received; stopping after this step with a checkpoint{again}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"\nhasten: {signal.Signals(signum).name} received; stopping after this step with a checkpoint{again}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             except RuntimeError:  # a print interrupted by this handler
                 pass
 

@@ -38,19 +38,43 @@ CONFIGS: dict[str, type] = {"lawa": LAWAConfig, "ema": EMAConfig, "swa": SWAConf
 CARD = Path(__file__).with_name("README.md")
 SPECS = (
     # LAWA's snapshots are host copies of the weights: every 4 steps, on the host-sync test's log steps
-    MethodSpec("lawa", "latest weight averaging of k checkpoints", "arXiv 2306.03241, 2209.14981", CARD, LAWAConfig,
-               hooks.build_lawa, order=40,
-               test_runs={"k2_every4": TinyRun(("methods.lawa={k: 2, interval: 4}",), kill_at=("step:5", "save:12"))}),
-    MethodSpec("ema", "exponential moving average of the weights (LAWA's baseline)", "arXiv 2306.03241", CARD,
-               EMAConfig, hooks.build_ema, order=41, test_runs={"decay0.9": TinyRun(("methods.ema={decay: 0.9}",))}),
+    MethodSpec(
+        "lawa",
+        "latest weight averaging of k checkpoints",
+        "arXiv 2306.03241, 2209.14981",
+        CARD,
+        LAWAConfig,
+        hooks.build_lawa,
+        order=40,
+        test_runs={"k2_every4": TinyRun(("methods.lawa={k: 2, interval: 4}",), kill_at=("step:5", "save:12"))},
+    ),
+    MethodSpec(
+        "ema",
+        "exponential moving average of the weights (LAWA's baseline)",
+        "arXiv 2306.03241",
+        CARD,
+        EMAConfig,
+        hooks.build_ema,
+        order=41,
+        test_runs={"decay0.9": TinyRun(("methods.ema={decay: 0.9}",))},
+    ),
     # torch's SWA average reads its count on the host at each update: every 4 steps, on the host-sync test's log steps
-    MethodSpec("swa", "stochastic weight averaging (LAWA's baseline)", "arXiv 2306.03241", CARD, SWAConfig,
-               hooks.build_swa, order=42,
-               test_runs={"from_quarter": TinyRun(("methods.swa={start_fraction: 0.25, every: 4}",))}),
+    MethodSpec(
+        "swa",
+        "stochastic weight averaging (LAWA's baseline)",
+        "arXiv 2306.03241",
+        CARD,
+        SWAConfig,
+        hooks.build_swa,
+        order=42,
+        test_runs={"from_quarter": TinyRun(("methods.swa={start_fraction: 0.25, every: 4}",))},
+    ),
 )
 
 
-def build_averager(name: str, options: Mapping[str, Any] | None = None, *, total_steps: int | None = None) -> WeightAverager:
+def build_averager(
+    name: str, options: Mapping[str, Any] | None = None, *, total_steps: int | None = None
+) -> WeightAverager:
     """An averager from a recipe section, e.g. `build_averager("lawa", {"k": 5, "interval": 50})`.
 
     `total_steps` is only needed for `swa` with `start_fraction`.

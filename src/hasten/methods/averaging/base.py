@@ -39,7 +39,9 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for key, value in state.items():
         raw = strip_wrapper_prefixes(key)
         if raw in cleaned:
-            raise ValueError(f"state-dict keys {key!r} and another key both map to {raw!r} after stripping wrapper prefixes")
+            raise ValueError(
+                f"state-dict keys {key!r} and another key both map to {raw!r} after stripping wrapper prefixes"
+            )
         cleaned[raw] = value
     return cleaned
 

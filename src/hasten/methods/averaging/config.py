@@ -30,7 +30,9 @@ class LAWAConfig:
     def build(self) -> LAWA:
         if self.interval_tokens is not None:
             return LAWA(k=self.k, interval=self.interval_tokens, device=self.device, unit="tokens")
-        return LAWA(k=self.k, interval=self.interval if self.interval is not None else DEFAULT_INTERVAL, device=self.device)
+        return LAWA(
+            k=self.k, interval=self.interval if self.interval is not None else DEFAULT_INTERVAL, device=self.device
+        )
 
 
 @dataclass
@@ -52,7 +54,10 @@ class EMAConfig:
         if self.half_life is not None:
             return EMA.from_half_life(self.half_life, every=self.every, start_step=self.start_step, device=self.device)
         return EMA(
-            decay=0.999 if self.decay is None else self.decay, every=self.every, start_step=self.start_step, device=self.device
+            decay=0.999 if self.decay is None else self.decay,
+            every=self.every,
+            start_step=self.start_step,
+            device=self.device,
         )
 
 

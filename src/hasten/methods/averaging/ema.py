@@ -237,7 +237,9 @@ class EMA(_RunningAverager):
 
     name = "ema"
 
-    def __init__(self, decay: float = 0.999, every: int = 1, start_step: int = 0, device: str | torch.device | None = None):
+    def __init__(
+        self, decay: float = 0.999, every: int = 1, start_step: int = 0, device: str | torch.device | None = None
+    ):
         if not 0.0 <= decay < 1.0:
             raise ConfigError(f"ema: decay={decay!r} must be in [0, 1); typical values are 0.99-0.9999")
         self.decay = float(decay)
@@ -285,7 +287,9 @@ def ema_decay_from_half_life(half_life: float, every: int = 1) -> float:
 
 def swa_start_step(start_fraction: float, total_steps: int) -> int:
     if not 0.0 <= start_fraction < 1.0:
-        raise ConfigError(f"swa: start_fraction={start_fraction!r} must be in [0, 1); the LAWA paper's baseline uses 0.75")
+        raise ConfigError(
+            f"swa: start_fraction={start_fraction!r} must be in [0, 1); the LAWA paper's baseline uses 0.75"
+        )
     if total_steps < 1:
         raise ConfigError(f"swa: total_steps={total_steps!r} must be positive to turn start_fraction into a step")
     return int(start_fraction * total_steps)

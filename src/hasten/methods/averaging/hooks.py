@@ -38,7 +38,9 @@ class WeightAveraging(Method):
         # evaluate() all-reduces the ranks' shares, and gives the copy what methods change in the live model's forward
         averaged = self.averager.averaged_model(template).to(ctx.device)
         metrics = {f"{self.name}/val_loss": ctx.evaluate(averaged)}
-        metrics.update({k if k.startswith(f"{self.name}/") else f"{self.name}/{k}": v for k, v in self.averager.stats().items()})
+        metrics.update(
+            {k if k.startswith(f"{self.name}/") else f"{self.name}/{k}": v for k, v in self.averager.stats().items()}
+        )
         return metrics
 
     def on_state_replaced(self, ctx: RunContext, reason: str) -> None:

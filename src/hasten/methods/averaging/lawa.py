@@ -20,7 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from hasten.errors import CheckpointError, ConfigError
-from hasten.methods.averaging.base import StateDictFn, build_averaged_model, clean_state_dict, live_state_dict, unwrap_model
+from hasten.methods.averaging.base import (
+    StateDictFn,
+    build_averaged_model,
+    clean_state_dict,
+    live_state_dict,
+    unwrap_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,9 @@ class LAWA:
 
     name = "lawa"
 
-    def __init__(self, k: int = 5, interval: int = DEFAULT_INTERVAL, device: str | torch.device = "cpu", unit: str = "steps"):
+    def __init__(
+        self, k: int = 5, interval: int = DEFAULT_INTERVAL, device: str | torch.device = "cpu", unit: str = "steps"
+    ):
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"lawa: k={k!r} must be a positive integer; the paper uses k: 5")
         if not isinstance(interval, int) or interval < 1:
@@ -99,7 +107,9 @@ class LAWA:
         if self.unit == "steps":
             return step % self.interval == 0
         if tokens is None:
-            raise ValueError("LAWA(unit='tokens') needs the cumulative token count: maybe_snapshot(step, model, tokens=...)")
+            raise ValueError(
+                "LAWA(unit='tokens') needs the cumulative token count: maybe_snapshot(step, model, tokens=...)"
+            )
         return tokens // self.interval > self._token_bucket
 
     def maybe_snapshot(self, step: int, model: nn.Module, tokens: int | None = None) -> bool:
@@ -125,7 +135,9 @@ class LAWA:
     def _store(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         # copy=True: a snapshot must never alias live weights, even when device and dtype already match
         return {
-            key: value.detach().to(self.device, dtype=torch.float32 if value.is_floating_point() else value.dtype, copy=True)
+            key: value.detach().to(
+                self.device, dtype=torch.float32 if value.is_floating_point() else value.dtype, copy=True
+            )
             for key, value in state.items()
         }
 

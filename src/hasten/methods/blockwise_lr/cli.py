@@ -38,7 +38,9 @@ def format_table(sharpness: dict[str, float], numels: dict[str, int], ratios: di
     lines = [f"{'rank':>4}  {'block':<8} {'params':>10}  {'sharpness':>11}  {'paper rank':>10}  {'auto ratio':>10}"]
     for rank, block in enumerate(sorted(sharpness, key=sharpness.get), start=1):
         expected = str(paper_rank.get(block, "-"))
-        lines.append(f"{rank:>4}  {block:<8} {numels.get(block, 0):>10,}  {sharpness[block]:>11.4e}  {expected:>10}  {ratios.get(block, 1.0):>10.2f}")
+        lines.append(
+            f"{rank:>4}  {block:<8} {numels.get(block, 0):>10,}  {sharpness[block]:>11.4e}  {expected:>10}  {ratios.get(block, 1.0):>10.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -46,18 +48,24 @@ def cmd_sharpness(args) -> int:
     if args.batches < 1 or (args.rows is not None and args.rows < 1):
         raise ConfigError("--batches and --rows must be >= 1")
     if args.source.startswith("hf:"):
-        raise ConfigError("hasten sharpness needs a hasten run dir or training checkpoint (it reads the run's data config), not hf:")
+        raise ConfigError(
+            "hasten sharpness needs a hasten run dir or training checkpoint (it reads the run's data config), not hf:"
+        )
     model, ckpt, _ = args.load_model(args.source, args.weights)  # as its run computed with it (hasten.recipes)
     if not isinstance(ckpt, TrainCheckpoint):
-        raise CheckpointError(f"{ckpt.path} holds a model without a run config (import-hf?); hasten sharpness needs a "
-                              "run dir or a training checkpoint")
+        raise CheckpointError(
+            f"{ckpt.path} holds a model without a run config (import-hf?); hasten sharpness needs a "
+            "run dir or a training checkpoint"
+        )
     ckpt_path, cfg, step = str(ckpt.path), ckpt.run_config(), ckpt.step
     data = prepare_from_config(cfg.data, progress=False)
     rows = args.rows or cfg.train.micro_batch_size or min(cfg.train.batch_size, 16)
     windows = eval_windows(data.val, cfg.seq_len, args.batches * rows)
     batches = list(windows.split(rows))
     generator = torch.Generator().manual_seed(args.seed)
-    sharpness = block_sharpness(model, batches, cfg.optim.block_overrides, sample_labels=not args.true_labels, generator=generator)
+    sharpness = block_sharpness(
+        model, batches, cfg.optim.block_overrides, sample_labels=not args.true_labels, generator=generator
+    )
 
     numels: dict[str, int] = {}
     params = dict(model.named_parameters())
@@ -66,8 +74,10 @@ def cmd_sharpness(args) -> int:
     ratios = ratios_from_sharpness(sharpness) if "norm" in sharpness else {}
     measured, agrees = order_agreement(sharpness)
 
-    print(f"{ckpt_path} (step {step}, {args.weights} weights): {len(batches)} batches x {rows} val windows of {cfg.seq_len} tokens, "
-          f"{'data' if args.true_labels else 'sampled'} labels")
+    print(
+        f"{ckpt_path} (step {step}, {args.weights} weights): {len(batches)} batches x {rows} val windows of {cfg.seq_len} tokens, "
+        f"{'data' if args.true_labels else 'sampled'} labels"
+    )
     print(format_table(sharpness, numels, ratios))
     print(f"measured: {' < '.join(measured)}")
     print(f"paper:    {' < '.join(b for b in PAPER_ORDER if b in sharpness)}   ({'matches' if agrees else 'differs'})")
@@ -78,9 +88,20 @@ def cmd_sharpness(args) -> int:
     stem = f"sharpness_val_step{step}" + ("" if args.weights == "raw" else f"_{args.weights}")
     chart = plot_sharpness(sharpness, out / f"{stem}.png", title=f"average sharpness per block, step {step}")
     report = {
-        "checkpoint": ckpt_path, "step": step, "weights": args.weights, "batches": len(batches), "rows": rows, "seq_len": cfg.seq_len,
-        "sample_labels": not args.true_labels, "seed": args.seed, "sharpness": sharpness, "params": numels,
-        "measured_order": measured, "paper_order": list(PAPER_ORDER), "matches_paper": agrees, "auto_ratios": ratios,
+        "checkpoint": ckpt_path,
+        "step": step,
+        "weights": args.weights,
+        "batches": len(batches),
+        "rows": rows,
+        "seq_len": cfg.seq_len,
+        "sample_labels": not args.true_labels,
+        "seed": args.seed,
+        "sharpness": sharpness,
+        "params": numels,
+        "measured_order": measured,
+        "paper_order": list(PAPER_ORDER),
+        "matches_paper": agrees,
+        "auto_ratios": ratios,
     }
     report_path = out / f"{stem}.json"
     report_path.write_text(json.dumps(report, indent=2))
@@ -89,12 +110,18 @@ def cmd_sharpness(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("sharpness", help="per-block sharpness of a run or checkpoint vs the blockwise-LR paper's ordering")
+    p = subparsers.add_parser(
+        "sharpness", help="per-block sharpness of a run or checkpoint vs the blockwise-LR paper's ordering"
+    )
     p.add_argument("source", help="run dir or checkpoint dir")
     p.add_argument("--batches", type=int, default=8, help="val batches to average over (10-50 recommended; default 8)")
-    p.add_argument("--rows", type=int, default=None, help="windows per batch (default: the run's micro-batch, at most 16)")
+    p.add_argument(
+        "--rows", type=int, default=None, help="windows per batch (default: the run's micro-batch, at most 16)"
+    )
     p.add_argument("--out", default=None, help="directory for the chart and JSON (default: the run dir)")
     p.add_argument("--weights", default=RAW, help=WEIGHTS_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled labels")
-    p.add_argument("--true-labels", action="store_true", help="use the data's next tokens instead of sampled labels (biased)")
+    p.add_argument(
+        "--true-labels", action="store_true", help="use the data's next tokens instead of sampled labels (biased)"
+    )
     p.set_defaults(func=cmd_sharpness)

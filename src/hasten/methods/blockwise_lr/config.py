@@ -17,9 +17,13 @@ class SharpnessConfig:
     """Recipe section `methods: {sharpness: {every: 0, at_fraction: 0.02, batches: 8}}`."""
 
     every: int = 0  # probe every N completed steps; 0 = only at at_fraction
-    at_fraction: float | None = 0.02  # probe once at this fraction of the planned steps (the paper: the order shows by ~2%)
+    at_fraction: float | None = (
+        0.02  # probe once at this fraction of the planned steps (the paper: the order shows by ~2%)
+    )
     batches: int = 8  # fixed training windows per probe, in micro-batches of train.micro_batch_size rows
-    sample_labels: bool = True  # labels drawn from the model's softmax (unbiased Gauss-Newton trace); false = data labels
+    sample_labels: bool = (
+        True  # labels drawn from the model's softmax (unbiased Gauss-Newton trace); false = data labels
+    )
     auto_ratios: bool = False  # set the blockwise lr ratios from the measurement, once (needs optim.blockwise)
     enabled: bool = True
 

@@ -73,8 +73,12 @@ class SharpnessProbe(Method):
         self._reapply(ctx)  # a resume or a rollback built the optimizer from the recipe's ratios
 
     def on_fit_start(self, ctx: RunContext) -> None:
-        if ctx.parallel.shards(ctx.state.model):  # the probe differentiates the raw module; FSDP2's sharded grads are untested here
-            raise ConfigError("methods.sharpness does not support train.parallelism=fsdp; use ddp, or run `hasten sharpness` on a checkpoint")
+        if ctx.parallel.shards(
+            ctx.state.model
+        ):  # the probe differentiates the raw module; FSDP2's sharded grads are untested here
+            raise ConfigError(
+                "methods.sharpness does not support train.parallelism=fsdp; use ddp, or run `hasten sharpness` on a checkpoint"
+            )
         if self._batches is None:
             rows = min(ctx.micro_rows, ctx.cfg.train.batch_size)
             self._batches = probe_windows(ctx.train_tokens, ctx.seq_len, self.cfg.batches, rows, ctx.cfg.train.seed)
@@ -84,9 +88,13 @@ class SharpnessProbe(Method):
         if not self.due(ctx, step):
             return
         sharpness = self.measure(ctx, step)
-        ctx.log("sharpness", step, tokens=ctx.state.progress.tokens, **{f"sharpness/{b}": v for b, v in sharpness.items()})
+        ctx.log(
+            "sharpness", step, tokens=ctx.state.progress.tokens, **{f"sharpness/{b}": v for b, v in sharpness.items()}
+        )
         if ctx.is_main:
-            plot_sharpness(sharpness, ctx.run_dir / f"sharpness_step{step}.png", title=f"average sharpness per block, step {step}")
+            plot_sharpness(
+                sharpness, ctx.run_dir / f"sharpness_step{step}.png", title=f"average sharpness per block, step {step}"
+            )
         if self.cfg.auto_ratios and self.applied is None and step >= self.ratio_step(ctx):
             self.apply_auto_ratios(ctx, step, sharpness)
 
@@ -98,8 +106,12 @@ class SharpnessProbe(Method):
     def measure(self, ctx: RunContext, step: int) -> dict[str, float]:
         """Per-block sharpness of the current model; the same on every rank (rank 0's values are shared)."""
         generator = torch.Generator(device=ctx.device)
-        generator.manual_seed(int(np.random.SeedSequence([ctx.cfg.train.seed % 2**32, _PROBE_STREAM, step]).generate_state(1)[0]))
-        sharpness = block_sharpness(ctx.state.model, self._batches, self.overrides, sample_labels=self.cfg.sample_labels, generator=generator)
+        generator.manual_seed(
+            int(np.random.SeedSequence([ctx.cfg.train.seed % 2**32, _PROBE_STREAM, step]).generate_state(1)[0])
+        )
+        sharpness = block_sharpness(
+            ctx.state.model, self._batches, self.overrides, sample_labels=self.cfg.sample_labels, generator=generator
+        )
         return ctx.parallel.broadcast(sharpness)
 
     def apply_auto_ratios(self, ctx: RunContext, step: int, sharpness: dict[str, float]) -> None:

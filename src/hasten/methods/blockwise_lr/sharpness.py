@@ -60,7 +60,9 @@ def _probe(
             flat = logits.reshape(-1, logits.shape[-1])
             if sample_labels:
                 with torch.no_grad():
-                    probs = torch.softmax(flat.detach(), dim=-1)  # the logits' precision (>= fp32): a float64 copy of B*T*V is GBs on GPU
+                    probs = torch.softmax(
+                        flat.detach(), dim=-1
+                    )  # the logits' precision (>= fp32): a float64 copy of B*T*V is GBs on GPU
                     labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             else:
                 labels = targets.reshape(-1)
@@ -80,7 +82,10 @@ def _probe(
 
 
 def tensor_sharpness(
-    model: nn.Module, batches: Iterable[torch.Tensor], sample_labels: bool = True, generator: torch.Generator | None = None
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    sample_labels: bool = True,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Average sharpness of every parameter tensor (N·||g||²/numel, averaged over batches): the per-layer distribution."""
     sq_norms, numels = _probe(model, batches, sample_labels, generator)
@@ -123,7 +128,9 @@ def ratios_from_sharpness(
     Blocks sharper than the reference are clipped to 1, never below the base LR.
     """
     if reference not in sharpness:
-        raise ConfigError(f"reference block {reference!r} has no sharpness value; measured blocks: {', '.join(sharpness)}")
+        raise ConfigError(
+            f"reference block {reference!r} has no sharpness value; measured blocks: {', '.join(sharpness)}"
+        )
     low, high = clip
     if not 0 < low <= high:
         raise ConfigError(f"ratio clip {clip} must satisfy 0 < low <= high")
@@ -137,7 +144,9 @@ def ratios_from_sharpness(
     return ratios
 
 
-def plot_sharpness(sharpness: dict[str, float], path: str | Path, title: str = "average sharpness per block type") -> Path:
+def plot_sharpness(
+    sharpness: dict[str, float], path: str | Path, title: str = "average sharpness per block type"
+) -> Path:
     """Bar chart (log scale) of per-block sharpness, written as a PNG; uses the Agg canvas, no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

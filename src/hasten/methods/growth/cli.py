@@ -44,7 +44,16 @@ KEPT_METHOD_STATES = ("stability",)  # shape-agnostic; other methods' states (we
 def cmd_grow(args) -> int:
     if args.guideline is not None:
         return _print_guideline(*args.guideline)
-    missing = [flag for flag, value in (("RUN_OR_CKPT", args.source), ("--op", args.op), ("--factor", args.factor), ("--out", args.out)) if value is None]
+    missing = [
+        flag
+        for flag, value in (
+            ("RUN_OR_CKPT", args.source),
+            ("--op", args.op),
+            ("--factor", args.factor),
+            ("--out", args.out),
+        )
+        if value is None
+    ]
     if missing:
         raise ConfigError(f"hasten grow needs {', '.join(missing)} (or --guideline N D)")
     out = grow_checkpoint(args)
@@ -54,8 +63,10 @@ def cmd_grow(args) -> int:
 
 def _print_guideline(n_params: float, tokens: float) -> int:
     d = gstack_growth_tokens(n_params, tokens)
-    print(f"d = {d:.4g} tokens  (G_stack guideline: log10 d = 0.88 log10 N + 163.27 / log10(6 N D) - 5.74, "
-          f"N = {n_params:.4g} target params, D = {tokens:.4g} tokens, {d / tokens:.2%} of D)")
+    print(
+        f"d = {d:.4g} tokens  (G_stack guideline: log10 d = 0.88 log10 N + 163.27 / log10(6 N D) - 5.74, "
+        f"N = {n_params:.4g} target params, D = {tokens:.4g} tokens, {d / tokens:.2%} of D)"
+    )
     return 0
 
 
@@ -64,17 +75,30 @@ def grow_checkpoint(args) -> Path:
     out = Path(args.out)
     inside = enclosing_run_dir(out)
     if inside is not None:
-        raise ConfigError(f"--out {out} is inside the run dir {inside}; a grown run is a run dir of its own, so put it outside")
+        raise ConfigError(
+            f"--out {out} is inside the run dir {inside}; a grown run is a run dir of its own, so put it outside"
+        )
     check_new_dir(out, "grown run dir", "--out")
     ckpt = open_train_checkpoint(args.source, "hasten grow")
     if ckpt.sharded:
-        raise CheckpointError(f"{ckpt.path} is a sharded checkpoint; save it consolidated (train.checkpoint_format=consolidated) to grow it")
+        raise CheckpointError(
+            f"{ckpt.path} is a sharded checkpoint; save it consolidated (train.checkpoint_format=consolidated) to grow it"
+        )
     cfg = ckpt.run_config()
     progress = dict(ckpt.progress)
     step, tokens = int(progress["step"]), int(progress["tokens"])
-    stage = GrowthStage(dim=args.dim, op=args.op, factor=args.factor, at_steps=max(1, step), moments=args.moments,
-                        schedule=args.schedule, lr=args.lr, warmup_steps=args.warmup_steps, restart_step=args.restart_step,
-                        rewarmup_steps=args.rewarmup_steps)
+    stage = GrowthStage(
+        dim=args.dim,
+        op=args.op,
+        factor=args.factor,
+        at_steps=max(1, step),
+        moments=args.moments,
+        schedule=args.schedule,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        restart_step=args.restart_step,
+        rewarmup_steps=args.rewarmup_steps,
+    )
     stage.validate("hasten grow")
 
     model = GPT(ModelConfig(**ckpt.model_config))
@@ -83,15 +107,35 @@ def grow_checkpoint(args) -> Path:
         model.load_state_dict(ckpt.model)
         optimizer.load_state_dict(ckpt.parts["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{ckpt.path} does not fit its own model config ({str(err).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{ckpt.path} does not fit its own model config ({str(err).splitlines()[0][:160]})"
+        ) from None
     generator = torch.Generator().manual_seed(cfg.train.seed + step)  # fresh tensors of the random/zero operators
-    grown = grow_training_state(model, optimizer, stage.op, stage.factor, stage.dim,
-                                build_optimizer=lambda m: build_optimizer(m, cfg.optim), moments=stage.moments, generator=generator)
+    grown = grow_training_state(
+        model,
+        optimizer,
+        stage.op,
+        stage.factor,
+        stage.dim,
+        build_optimizer=lambda m: build_optimizer(m, cfg.optim),
+        moments=stage.moments,
+        generator=generator,
+    )
 
     schedule = build_schedule(cfg)
     schedule.load_state_dict(ckpt.parts["schedule"])
-    schedule_info = apply_schedule_policy(schedule, stage, stage.dim, step, tokens, cfg.planned_steps(), cfg.planned_tokens(),
-                                          cfg.optim.min_lr_ratio, cfg.schedule.warmup_steps, cfg.schedule.decay_unit)
+    schedule_info = apply_schedule_policy(
+        schedule,
+        stage,
+        stage.dim,
+        step,
+        tokens,
+        cfg.planned_steps(),
+        cfg.planned_tokens(),
+        cfg.optim.min_lr_ratio,
+        cfg.schedule.warmup_steps,
+        cfg.schedule.decay_unit,
+    )
 
     values = cfg.to_dict()
     values["model"] = grown.model.config.to_dict()  # the full grown config: resume rebuilds this model
@@ -100,8 +144,13 @@ def grow_checkpoint(args) -> Path:
         del values["methods"][name]
     dropped_states = sorted(name for name in ckpt.methods if name not in KEPT_METHOD_STATES)
     progress["stage"] = int(progress.get("stage", 0)) + 1
-    parts = {**ckpt.parts, "model": grown.model.state_dict(), "optimizer": grown.optimizer.state_dict(),
-             "schedule": schedule.state_dict(), "progress": progress}
+    parts = {
+        **ckpt.parts,
+        "model": grown.model.state_dict(),
+        "optimizer": grown.optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "progress": progress,
+    }
     parts.update({f"{METHODS}.{name}": None for name in dropped_states})  # reset on purpose: a resume starts afresh
     state = replace(ckpt, config=values, model_config=grown.model.config.to_dict(), parts=parts)
 
@@ -109,11 +158,28 @@ def grow_checkpoint(args) -> Path:
     rows = _metrics_until(run_dir, step) if run_dir is not None else []
     summary = grown.plan.summary()
     rows.append({"kind": "event", "step": step, "event": "state_replaced", "reason": summary, "tokens": tokens})
-    rows.append({"kind": "event", "step": step, "event": "growth", "stage": progress["stage"] - 1, "summary": summary, "notes": grown.notes,
-                 "tokens": tokens, "flops": progress["flops"], "model_config": grown.model.config.to_dict(), "offline": str(ckpt.path)})
+    rows.append(
+        {
+            "kind": "event",
+            "step": step,
+            "event": "growth",
+            "stage": progress["stage"] - 1,
+            "summary": summary,
+            "notes": grown.notes,
+            "tokens": tokens,
+            "flops": progress["flops"],
+            "model_config": grown.model.config.to_dict(),
+            "offline": str(ckpt.path),
+        }
+    )
     rows.append({"kind": "event", "step": step, "event": "growth_schedule", "policy": stage.schedule, **schedule_info})
-    with staged_dir(out, "grown run dir", "--out") as staging:  # the grown run appears whole, or not at all (a full disk: one line)
-        for name in ("tokenizer.json", "corpus.json"):  # the grown run resumes on the same tokens, and checks its corpus
+    with staged_dir(
+        out, "grown run dir", "--out"
+    ) as staging:  # the grown run appears whole, or not at all (a full disk: one line)
+        for name in (
+            "tokenizer.json",
+            "corpus.json",
+        ):  # the grown run resumes on the same tokens, and checks its corpus
             if run_dir is not None and (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, staging / name)
         (staging / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -124,13 +190,21 @@ def grow_checkpoint(args) -> Path:
     print(f"  {summary}")
     for note in grown.notes[1:]:
         print(f"  {note}")
-    print(f"  schedule {stage.schedule}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in schedule_info.items())}")
+    print(
+        f"  schedule {stage.schedule}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in schedule_info.items())}"
+    )
     if stage.dim == "width" and stage.op == "random":
-        print("  note: offline growth has no MSG mask ramp, so the new units act from the first step; grow inside the trainer "
-              "(methods.growth) to ramp them in", file=sys.stderr)
+        print(
+            "  note: offline growth has no MSG mask ramp, so the new units act from the first step; grow inside the trainer "
+            "(methods.growth) to ramp them in",
+            file=sys.stderr,
+        )
     if dropped_methods or dropped_states:
-        print(f"  note: reset method state {', '.join(dropped_states) or '-'}; removed methods.{', methods.'.join(dropped_methods) or '-'} "
-              "from the new run's config", file=sys.stderr)
+        print(
+            f"  note: reset method state {', '.join(dropped_states) or '-'}; removed methods.{', methods.'.join(dropped_methods) or '-'} "
+            "from the new run's config",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -139,18 +213,39 @@ def _metrics_until(run_dir: Path, step: int) -> list[dict]:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("grow", help="grow a checkpoint's training state into a bigger model (G_stack, staged), or --guideline N D")
+    p = subparsers.add_parser(
+        "grow", help="grow a checkpoint's training state into a bigger model (G_stack, staged), or --guideline N D"
+    )
     p.add_argument("source", nargs="?", help="run dir (its newest good checkpoint) or checkpoint dir")
     p.add_argument("--op", default=None, help="depth: stack interpolate zero random; width: staged direct zero random")
     p.add_argument("--factor", type=float, default=None, help="growth factor (G_stack: 4; staged: 2)")
     p.add_argument("--dim", default="depth", choices=["depth", "width"])
-    p.add_argument("--moments", default="reset", choices=["reset", "map"], help="fresh optimizer (G_stack) or Adam state mapped (staged)")
-    p.add_argument("--schedule", default="restart", choices=["restart", "jump", "continue"], help="LR schedule policy after growth")
+    p.add_argument(
+        "--moments",
+        default="reset",
+        choices=["reset", "map"],
+        help="fresh optimizer (G_stack) or Adam state mapped (staged)",
+    )
+    p.add_argument(
+        "--schedule", default="restart", choices=["restart", "jump", "continue"], help="LR schedule policy after growth"
+    )
     p.add_argument("--lr", type=float, default=None, help="new peak LR from now on")
     p.add_argument("--warmup-steps", type=int, default=None, help="restart: warmup length (default the recipe's)")
-    p.add_argument("--restart-step", type=int, default=None, help="jump: the large model's step R (default step / constant_op)")
-    p.add_argument("--rewarmup-steps", type=int, default=None, help="jump: re-warmup length (default warmup_steps // 16)")
-    p.add_argument("--out", default=None, help="new run dir for the grown state (then: hasten train --resume --run-dir OUT)")
-    p.add_argument("--guideline", nargs=2, type=float, metavar=("N", "D"), default=None,
-                   help="print G_stack's growth timing d for N target params and D training tokens, and exit")
+    p.add_argument(
+        "--restart-step", type=int, default=None, help="jump: the large model's step R (default step / constant_op)"
+    )
+    p.add_argument(
+        "--rewarmup-steps", type=int, default=None, help="jump: re-warmup length (default warmup_steps // 16)"
+    )
+    p.add_argument(
+        "--out", default=None, help="new run dir for the grown state (then: hasten train --resume --run-dir OUT)"
+    )
+    p.add_argument(
+        "--guideline",
+        nargs=2,
+        type=float,
+        metavar=("N", "D"),
+        default=None,
+        help="print G_stack's growth timing d for N target params and D training tokens, and exit",
+    )
     p.set_defaults(func=cmd_grow)

@@ -38,7 +38,9 @@ class GrowthStage:
     at_steps: int | None = None  # trigger: completed optimizer steps ...
     at_tokens: int | None = None  # ... or training tokens ...
     at_flops: float | None = None  # ... or training FLOPs ...
-    at: str | None = None  # ... or guideline (G_stack's d) | slope (staged training's loss-curve flattening) | previous (with the stage before)
+    at: str | None = (
+        None  # ... or guideline (G_stack's d) | slope (staged training's loss-curve flattening) | previous (with the stage before)
+    )
     slope_threshold: float | None = None  # at: slope; None = the cheatsheet value for this dim
     slope_window: int | None = None  # points in the least-squares log-log fit (default 20)
     slope_patience: int | None = None  # consecutive fits above the threshold (default 1)
@@ -49,8 +51,12 @@ class GrowthStage:
     lr: float | None = None  # new peak LR from this stage on (G_stack: 3e-4 after 1e-3); None keeps the current
     warmup_steps: int | None = None  # restart: the new warmup; None = schedule.warmup_steps
     restart_step: int | None = None  # jump: R; None = round(step / constant_op)
-    rewarmup_steps: int | None = None  # jump: re-warmup length w; None = schedule.warmup_steps // 16 (150-200 of 3000 in the paper)
-    mask_ramp_steps: int | None = None  # width random: MSG mask ramp, steps per axis (ffn, hidden, heads); None = schedule.warmup_steps, 0 = off
+    rewarmup_steps: int | None = (
+        None  # jump: re-warmup length w; None = schedule.warmup_steps // 16 (150-200 of 3000 in the paper)
+    )
+    mask_ramp_steps: int | None = (
+        None  # width random: MSG mask ramp, steps per axis (ffn, hidden, heads); None = schedule.warmup_steps, 0 = off
+    )
 
     def validate(self, where: str) -> None:
         def bad(msg: str) -> None:
@@ -63,7 +69,9 @@ class GrowthStage:
             bad(f"{self.dim} op={self.op!r} is unknown; use one of {', '.join(ops)}")
         if self.factor is None:
             bad("factor is missing; e.g. factor: 4 (G_stack) or factor: 2 (staged)")
-        set_triggers = [k for k in COUNTER_TRIGGERS if getattr(self, k) is not None] + (["at"] if self.at is not None else [])
+        set_triggers = [k for k in COUNTER_TRIGGERS if getattr(self, k) is not None] + (
+            ["at"] if self.at is not None else []
+        )
         if len(set_triggers) != 1:
             what = "no trigger" if not set_triggers else f"several triggers ({', '.join(set_triggers)})"
             bad(f"{what}; give exactly one of at_steps, at_tokens, at_flops, at: guideline, at: slope")
@@ -100,7 +108,9 @@ class GrowthStage:
             value = getattr(self, key)
             if value is not None and (self.schedule != "jump" or value < 0):
                 bad(f"{key}={value} needs schedule: jump and a value >= 0")
-        if self.mask_ramp_steps is not None and not (self.dim == "width" and self.op == "random" and self.mask_ramp_steps >= 0):
+        if self.mask_ramp_steps is not None and not (
+            self.dim == "width" and self.op == "random" and self.mask_ramp_steps >= 0
+        ):
             bad(f"mask_ramp_steps={self.mask_ramp_steps} needs dim: width, op: random and a value >= 0 (0 = no masks)")
 
     def ramp_steps(self, warmup_steps: int) -> int:
@@ -132,7 +142,9 @@ class GrowthConfig:
 
     def stage_configs(self) -> list[GrowthStage]:
         if not isinstance(self.stages, list) or not self.stages:
-            raise ConfigError("methods.growth.stages must be a non-empty list, e.g. [{dim: depth, op: stack, factor: 4, at_tokens: 200000}]")
+            raise ConfigError(
+                "methods.growth.stages must be a non-empty list, e.g. [{dim: depth, op: stack, factor: 4, at_tokens: 200000}]"
+            )
         parsed = []
         for i, raw in enumerate(self.stages):
             where = f"methods.growth.stages[{i}]"
@@ -146,31 +158,41 @@ class GrowthConfig:
     def validate(self) -> None:
         stages = self.stage_configs()
         if stages[0].at == "previous":
-            raise ConfigError("methods.growth.stages[0]: `at: previous` grows together with the stage before; the first stage needs its own trigger")
+            raise ConfigError(
+                "methods.growth.stages[0]: `at: previous` grows together with the stage before; the first stage needs its own trigger"
+            )
         for i in range(1, len(stages)):
             if stages[i].at == "previous" and stages[i].dim == "width" and stages[i - 1].ramp_steps(1) > 0:
-                raise ConfigError(f"methods.growth.stages[{i}]: a width stage cannot grow on the same step as the masked width "
-                                  f"growth before it (its MSG masks are per unit); give it its own trigger")
+                raise ConfigError(
+                    f"methods.growth.stages[{i}]: a width stage cannot grow on the same step as the masked width "
+                    f"growth before it (its MSG masks are per unit); give it its own trigger"
+                )
         if sum(s.at == "guideline" for s in stages) > 1:
             raise ConfigError("methods.growth: `at: guideline` gives one growth time; use it for one stage only")
         for key in COUNTER_TRIGGERS:  # counter triggers of one kind must come in order
             values = [(i, getattr(s, key)) for i, s in enumerate(stages) if getattr(s, key) is not None]
             for (_, a), (j, b) in zip(values, values[1:]):
                 if b < a:
-                    raise ConfigError(f"methods.growth.stages[{j}]: {key}={b:g} comes before the previous stage's {a:g}; list stages in order")
+                    raise ConfigError(
+                        f"methods.growth.stages[{j}]: {key}={b:g} comes before the previous stage's {a:g}; list stages in order"
+                    )
 
     def validate_run(self, run_cfg) -> None:
         stages = self.stage_configs()
         stage_model_configs(run_cfg.model_config(), stages)  # every factor fits its stage's model
         if run_cfg.model_config().dropout == 0 and any(s.dim == "width" and s.op == "staged" for s in stages):
-            log.warning("methods.growth: width op 'staged' duplicates units, and without dropout the copies stay identical "
-                        "(no capacity gained); set model.dropout (Shen et al.: 0.1) or use op 'random' (MSG)")
+            log.warning(
+                "methods.growth: width op 'staged' duplicates units, and without dropout the copies stay identical "
+                "(no capacity gained); set model.dropout (Shen et al.: 0.1) or use op 'random' (MSG)"
+            )
         steps, tokens = run_cfg.planned_steps(), run_cfg.planned_tokens()
         for i, stage in enumerate(stages):
             for key, budget in (("at_steps", steps), ("at_tokens", tokens)):
                 value = getattr(stage, key)
                 if value is not None and value >= budget:
-                    raise ConfigError(f"methods.growth.stages[{i}]: {key}={value:g} is not inside the run ({budget:,} {key[3:]}); lower it")
+                    raise ConfigError(
+                        f"methods.growth.stages[{i}]: {key}={value:g} is not inside the run ({budget:,} {key[3:]}); lower it"
+                    )
             if stage.at == "guideline":
                 d, n, _ = guideline_tokens(run_cfg, stages)
                 if d >= tokens:
@@ -187,7 +209,9 @@ def stage_model_configs(start: ModelConfig, stages: list[GrowthStage]) -> list[M
         try:
             configs.append(growth_plan(configs[-1], stage.op, stage.factor, stage.dim).config)
         except ConfigError as err:
-            raise ConfigError(f"methods.growth.stages[{i}] (model {shape_text(configs[-1])}): {str(err).removeprefix('growth: ')}") from None
+            raise ConfigError(
+                f"methods.growth.stages[{i}] (model {shape_text(configs[-1])}): {str(err).removeprefix('growth: ')}"
+            ) from None
     return configs
 
 

@@ -62,7 +62,9 @@ class Growth(Method):
         self.run_cfg = run_cfg
         self.stages = cfg.stage_configs()
         self.configs = stage_model_configs(run_cfg.model_config(), self.stages)
-        self.guideline = guideline_tokens(run_cfg, self.stages)[0] if any(s.at == "guideline" for s in self.stages) else None
+        self.guideline = (
+            guideline_tokens(run_cfg, self.stages)[0] if any(s.at == "guideline" for s in self.stages) else None
+        )
         self.done = 0  # stages grown so far
         self.stage_start_step = 0  # step at which the current stage's model began training
         self.history: list[dict] = []  # one record per growth (step, tokens, flops, plan summary)
@@ -92,7 +94,10 @@ class Growth(Method):
             "target": shape_text(final),
             "target_config": final.to_dict(),
             "target_params": param_count(final),
-            "stages": [f"{s.dim}/{s.op} x{s.factor:g} {s.trigger_text()}, moments {s.moments}, schedule {s.schedule}" for s in self.stages],
+            "stages": [
+                f"{s.dim}/{s.op} x{s.factor:g} {s.trigger_text()}, moments {s.moments}, schedule {s.schedule}"
+                for s in self.stages
+            ],
             "done": self.done,
         }
         if self.guideline is not None:
@@ -101,16 +106,25 @@ class Growth(Method):
         self._apply_masks(ctx)
         if ctx.is_main and ctx.state.progress.step == 0:
             guide = f"; G_stack guideline d = {self.guideline:.4g} tokens" if self.guideline is not None else ""
-            print(f"growth: {info['start']} -> target {info['target']} ({info['target_params'] / 1e6:.2f}M params) in "
-                  f"{len(self.stages)} stage(s){guide}", file=sys.stderr)
+            print(
+                f"growth: {info['start']} -> target {info['target']} ({info['target_params'] / 1e6:.2f}M params) in "
+                f"{len(self.stages)} stage(s){guide}",
+                file=sys.stderr,
+            )
 
     def after_eval(self, ctx: RunContext, val_loss: float) -> None:
         stage = self._current()
         p = ctx.state.progress
         # only scheduled evaluations count: a run stopped early evaluates at its stop step too, and a
         # resumed run must see the same points as an uninterrupted one
-        if (stage is not None and stage.at == "slope" and stage.slope_loss == "eval" and ctx.is_eval_step()
-                and self._slope_ready(p.step) and self.trigger is not None):
+        if (
+            stage is not None
+            and stage.at == "slope"
+            and stage.slope_loss == "eval"
+            and ctx.is_eval_step()
+            and self._slope_ready(p.step)
+            and self.trigger is not None
+        ):
             slope = self.trigger.update(p.flops, val_loss)
             ctx.log("event", p.step, event="growth_slope", slope=slope, val_loss=val_loss, flops=p.flops)
 
@@ -128,12 +142,19 @@ class Growth(Method):
             return metrics
         p = ctx.state.progress
         stage = self.stages[self.done]
-        if stage.at == "slope" and stage.slope_loss != "eval" and self._slope_ready(p.step) and "loss" in ctx.step_metrics:
+        if (
+            stage.at == "slope"
+            and stage.slope_loss != "eval"
+            and self._slope_ready(p.step)
+            and "loss" in ctx.step_metrics
+        ):
             slope = self.trigger.update(p.flops, ctx.step_metrics["loss"])
             if slope is not None:
                 metrics["growth/slope"] = slope
         fired = []
-        while self.done + len(fired) < len(self.stages) and self._fires(self.stages[self.done + len(fired)], p, first=not fired):
+        while self.done + len(fired) < len(self.stages) and self._fires(
+            self.stages[self.done + len(fired)], p, first=not fired
+        ):
             fired.append(self.done + len(fired))
         if fired:
             self.grow(ctx, fired)
@@ -172,21 +193,41 @@ class Growth(Method):
 
         model, optimizer = st.model, st.optimizer
         if self.ramp is not None:  # the next growth maps plain weights: the unfinished ramp ends here
-            ctx.log("event", p.step, event="growth_mask_ramp_end", stage=self.ramp_stage, reason="cut short by the next growth",
-                    values=self.ramp.values(p.step))
+            ctx.log(
+                "event",
+                p.step,
+                event="growth_mask_ramp_end",
+                stage=self.ramp_stage,
+                reason="cut short by the next growth",
+                values=self.ramp.values(p.step),
+            )
             self.ramp = self.ramp_stage = None
             remove_unit_masks(model)
         for index in indices:
             stage = self.stages[index]
             # a sharded model is grown as one plain copy on every rank, then sharded again (a no-op in one process)
             model, optimizer = ctx.parallel.training_copy(model, optimizer, build, with_state=stage.moments == "map")
-            grown = grow_training_state(model, optimizer, stage.op, stage.factor, stage.dim, build_optimizer=build, moments=stage.moments)
+            grown = grow_training_state(
+                model, optimizer, stage.op, stage.factor, stage.dim, build_optimizer=build, moments=stage.moments
+            )
             model, optimizer = ctx.parallel.reshard(grown.model, grown.optimizer, build, fresh=grown.plan.needs_fresh)
             self.done = index + 1
-            self.history.append({"stage": index, "step": p.step, "tokens": p.tokens, "flops": p.flops, "summary": grown.plan.summary()})
+            self.history.append(
+                {"stage": index, "step": p.step, "tokens": p.tokens, "flops": p.flops, "summary": grown.plan.summary()}
+            )
             ctx.replace_state(model, optimizer, grown.plan.summary())
-            ctx.log("event", p.step, event="growth", stage=index, summary=grown.plan.summary(), notes=grown.notes,
-                    tokens=p.tokens, flops=p.flops, model_config=model.config.to_dict(), params=sum(q.numel() for q in model.parameters()))
+            ctx.log(
+                "event",
+                p.step,
+                event="growth",
+                stage=index,
+                summary=grown.plan.summary(),
+                notes=grown.notes,
+                tokens=p.tokens,
+                flops=p.flops,
+                model_config=model.config.to_dict(),
+                params=sum(q.numel() for q in model.parameters()),
+            )
         ramped = [i for i in indices if self.stages[i].ramp_steps(warmup_steps) > 0]
         if ramped:
             index = ramped[-1]
@@ -194,8 +235,16 @@ class Growth(Method):
             plan = growth_plan(self.configs[index], stage.op, stage.factor, stage.dim)
             self.ramp = MaskRamp(new_unit_masks(plan), start=p.step, steps=stage.ramp_steps(warmup_steps))
             self.ramp_stage, self._masked_step = index, None
-            ctx.log("event", p.step, event="growth_mask_ramp", stage=index, start=p.step, steps_per_axis=self.ramp.steps,
-                    order=list(self.ramp.order), end=self.ramp.end)
+            ctx.log(
+                "event",
+                p.step,
+                event="growth_mask_ramp",
+                stage=index,
+                start=p.step,
+                steps_per_axis=self.ramp.steps,
+                order=list(self.ramp.order),
+                end=self.ramp.end,
+            )
             self._apply_masks(ctx)
         last = self.stages[indices[-1]]
         dims = {self.stages[i].dim for i in indices}
@@ -204,14 +253,26 @@ class Growth(Method):
         self.stage_start_step = p.step
         self.trigger = self._new_trigger()
         if ctx.is_main:
-            print(f"growth at step {p.step} ({p.tokens:,} tokens): {self.history[-1]['summary']}; schedule {last.schedule} {schedule_info}",
-                  file=sys.stderr)
+            print(
+                f"growth at step {p.step} ({p.tokens:,} tokens): {self.history[-1]['summary']}; schedule {last.schedule} {schedule_info}",
+                file=sys.stderr,
+            )
 
     def apply_schedule(self, ctx: RunContext, stage: GrowthStage, kind: str) -> dict:
         """Set the LR schedule after growth; returns what was done, for the event log."""
         p, cfg = ctx.state.progress, ctx.cfg
-        return apply_schedule_policy(ctx.state.schedule, stage, kind, p.step, p.tokens, ctx.planned_steps, ctx.planned_tokens,
-                                     cfg.optim.min_lr_ratio, cfg.schedule.warmup_steps, cfg.schedule.decay_unit)
+        return apply_schedule_policy(
+            ctx.state.schedule,
+            stage,
+            kind,
+            p.step,
+            p.tokens,
+            ctx.planned_steps,
+            ctx.planned_tokens,
+            cfg.optim.min_lr_ratio,
+            cfg.schedule.warmup_steps,
+            cfg.schedule.decay_unit,
+        )
 
     # -- MSG masks --------------------------------------------------------------------------------
 
@@ -256,7 +317,9 @@ class Growth(Method):
             return p.tokens >= self.guideline
         if stage.at == "previous":
             return not first
-        return first and self.trigger is not None and self.trigger.should_grow()  # a later stage's slope needs its own points
+        return (
+            first and self.trigger is not None and self.trigger.should_grow()
+        )  # a later stage's slope needs its own points
 
 
 def build(cfg: GrowthConfig, run_cfg) -> Growth:

@@ -78,8 +78,12 @@ class MaskRamp:
         return {axis: old + (1.0 - old) * values[axis] for axis, old in self.original.items()}
 
     def state_dict(self) -> dict:
-        return {"start": self.start, "steps": self.steps, "order": list(self.order),
-                "original": {axis: mask.tolist() for axis, mask in self.original.items()}}
+        return {
+            "start": self.start,
+            "steps": self.steps,
+            "order": list(self.order),
+            "original": {axis: mask.tolist() for axis, mask in self.original.items()},
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> MaskRamp:
@@ -105,7 +109,9 @@ def restore_ramp(model: GPT, state: dict, step: int, plain: bool = False) -> Non
     if masks is None:
         return
     if plain:
-        raise ConfigError("the checkpoint is inside growth's MSG mask ramp (masked units), which plain weights (a "
-                          "transformers checkpoint) cannot express; export a checkpoint saved after the ramp ended "
-                          "(the growth_mask_ramp_end event)")
+        raise ConfigError(
+            "the checkpoint is inside growth's MSG mask ramp (masked units), which plain weights (a "
+            "transformers checkpoint) cannot express; export a checkpoint saved after the ramp ended "
+            "(the growth_mask_ramp_end event)"
+        )
     set_unit_masks(model, **masks)

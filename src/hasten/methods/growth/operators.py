@@ -365,7 +365,9 @@ def growth_plan(cfg: ModelConfig, op: str, factor: float, dim: str = "depth") ->
     return depth_plan(cfg, op, factor) if dim == "depth" else width_plan(cfg, op, factor)
 
 
-def _fresh_parameters(cfg: ModelConfig, like: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def _fresh_parameters(
+    cfg: ModelConfig, like: torch.Tensor, generator: torch.Generator | None
+) -> dict[str, torch.Tensor]:
     """Parameters of a GPT(cfg) initialised by GPT.reset_parameters (the model's own init), on like's device/dtype."""
     init_device = generator.device if generator is not None else like.device
     with torch.device("meta"):
@@ -388,8 +390,10 @@ def apply_plan(plan: GrowthPlan, model: GPT, generator: torch.Generator | None =
     global RNG, exactly like GPT.reset_parameters(). Operators that need no fresh tensors use no RNG.
     """
     if has_unit_masks(model):
-        raise ConfigError("growth: the model still has MSG unit masks from an earlier growth; finish the ramp "
-                          "(remove_unit_masks(model)) before growing again")
+        raise ConfigError(
+            "growth: the model still has MSG unit masks from an earlier growth; finish the ramp "
+            "(remove_unit_masks(model)) before growing again"
+        )
     if model.config.to_dict() != plan.source_config.to_dict():
         raise ConfigError("growth: the plan was made for a different model config; build it from model.config")
     source = dict(model.named_parameters())

@@ -15,8 +15,18 @@ def jump_restart_step(step: int, kind: str) -> int:
     return int(round(step / OPERATOR_CONSTANTS[kind]))
 
 
-def apply_schedule_policy(schedule: LRSchedule, stage: GrowthStage, kind: str, step: int, tokens: int, planned_steps: int, planned_tokens: int,
-                          min_lr_ratio: float, warmup_steps: int, decay_unit: str) -> dict:
+def apply_schedule_policy(
+    schedule: LRSchedule,
+    stage: GrowthStage,
+    kind: str,
+    step: int,
+    tokens: int,
+    planned_steps: int,
+    planned_tokens: int,
+    min_lr_ratio: float,
+    warmup_steps: int,
+    decay_unit: str,
+) -> dict:
     """restart / jump / continue the LRSchedule at (step, tokens); shared by the trainer and `hasten grow`."""
     if stage.lr is not None:
         schedule.set_peak(stage.lr, min_lr_ratio)
@@ -36,7 +46,11 @@ def apply_schedule_policy(schedule: LRSchedule, stage: GrowthStage, kind: str, s
         if decay_unit == "tokens" and r >= warm and total - 1 > warm:
             # token decay: place the decay anchor so the decay fraction at the jump is the step schedule's at R
             schedule.anchor_token_decay((r - warm) / (total - 1 - warm), tokens)
-        info.update(restart_step=r, rewarmup_steps=w, total_steps=total,
-                    constant=None if stage.restart_step is not None else OPERATOR_CONSTANTS[kind])
+        info.update(
+            restart_step=r,
+            rewarmup_steps=w,
+            total_steps=total,
+            constant=None if stage.restart_step is not None else OPERATOR_CONSTANTS[kind],
+        )
     info["next_lr"] = schedule.lr(step, tokens)
     return info

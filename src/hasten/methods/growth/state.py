@@ -117,7 +117,9 @@ def grow_training_state(
     group structure as the small run's (the trainer's optimizer builder does this).
     """
     if moments not in MOMENT_MODES:
-        raise ConfigError(f"growth: moments={moments!r} is unknown; use 'map' (carry Adam state) or 'reset' (fresh optimizer)")
+        raise ConfigError(
+            f"growth: moments={moments!r} is unknown; use 'map' (carry Adam state) or 'reset' (fresh optimizer)"
+        )
     plan = growth_plan(model.config, op, factor, dim)
     new_model = apply_plan(plan, model, generator)
     new_optimizer = build_optimizer(new_model)
@@ -125,5 +127,7 @@ def grow_training_state(
     if moments == "map":
         notes += map_optimizer_state(plan, model, optimizer, new_model, new_optimizer)
         if dim == "width" and op != "staged":
-            notes.append(f"width/{op}: moments are copied structurally without rescaling; only 'staged' preserves Adam's step")
+            notes.append(
+                f"width/{op}: moments are copied structurally without rescaling; only 'staged' preserves Adam's step"
+            )
     return GrownState(new_model, new_optimizer, plan, notes)

@@ -100,7 +100,11 @@ class SlopeTrigger:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.threshold, self.window, self.patience = float(state["threshold"]), int(state["window"]), int(state["patience"])
+        self.threshold, self.window, self.patience = (
+            float(state["threshold"]),
+            int(state["window"]),
+            int(state["patience"]),
+        )
         self.points = deque((tuple(p) for p in state["points"]), maxlen=self.window)
         self.hits, self.fired, self.last_slope = int(state["hits"]), bool(state["fired"]), state["last_slope"]
 

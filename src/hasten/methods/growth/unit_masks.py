@@ -87,8 +87,9 @@ def _install(model: GPT) -> None:
     _HANDLES[model] = handles
 
 
-def set_unit_masks(model: GPT, hidden: torch.Tensor | None = None, heads: torch.Tensor | None = None,
-                   ffn: torch.Tensor | None = None) -> None:
+def set_unit_masks(
+    model: GPT, hidden: torch.Tensor | None = None, heads: torch.Tensor | None = None, ffn: torch.Tensor | None = None
+) -> None:
     """Put MSG's masks on `model` (moved to its device), or take them off when all are None (the plain forward again).
 
     Masks are copied between models on any devices with `set_unit_masks(other, **unit_masks(model))`.
@@ -103,8 +104,9 @@ def set_unit_masks(model: GPT, hidden: torch.Tensor | None = None, heads: torch.
     if not hasattr(model.blocks[0], MASK):
         _install(model)
     device = model.embed_tokens.weight.device
-    masks = {axis: None if mask is None else mask.detach().to(device)
-             for axis, mask in (("hidden", hidden), ("ffn", ffn))}
+    masks = {
+        axis: None if mask is None else mask.detach().to(device) for axis, mask in (("hidden", hidden), ("ffn", ffn))
+    }
     masks["heads"] = None if heads is None else heads.detach().to(device).repeat_interleave(cfg.head_dim)
     for module, axis in _hooked(model):
         setattr(module, MASK, masks[axis])
@@ -130,8 +132,11 @@ def unit_masks(model: GPT) -> dict[str, torch.Tensor | None]:
     if not hasattr(first, MASK):
         return {"hidden": None, "heads": None, "ffn": None}
     heads = getattr(first.attn.o_proj, MASK)
-    return {"hidden": getattr(first, MASK), "heads": None if heads is None else heads[:: model.config.head_dim],
-            "ffn": getattr(first.mlp.down_proj, MASK)}
+    return {
+        "hidden": getattr(first, MASK),
+        "heads": None if heads is None else heads[:: model.config.head_dim],
+        "ffn": getattr(first.mlp.down_proj, MASK),
+    }
 
 
 def has_unit_masks(model: GPT) -> bool:

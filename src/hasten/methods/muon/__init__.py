@@ -21,8 +21,10 @@ from hasten.optim.muon import (
 
 SPECS = (
     MethodSpec(
-        "muon", "Muon: orthogonalised momentum for the hidden matrices, AdamW for the rest",
-        "Jordan et al. 2024 (modded-nanogpt); arXiv 2502.16982", Path(__file__).with_name("README.md"),
+        "muon",
+        "Muon: orthogonalised momentum for the hidden matrices, AdamW for the rest",
+        "Jordan et al. 2024 (modded-nanogpt); arXiv 2502.16982",
+        Path(__file__).with_name("README.md"),
         switch=("optim.name", "muon"),
         test_runs={
             "default": TinyRun(("optim.name=muon",), tests=("grid", "faults")),
@@ -34,5 +36,13 @@ SPECS = (
     ),
 )
 
-__all__ = ["MUON_ADJUST_LR", "MUON_BLOCKS", "MUON_MOMENTUM", "MUON_NS_STEPS", "SPECS", "MuonAdamW", "build_muon",
-           "split_groups"]
+__all__ = [
+    "MUON_ADJUST_LR",
+    "MUON_BLOCKS",
+    "MUON_MOMENTUM",
+    "MUON_NS_STEPS",
+    "SPECS",
+    "MuonAdamW",
+    "build_muon",
+    "split_groups",
+]

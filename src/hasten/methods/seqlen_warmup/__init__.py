@@ -14,21 +14,36 @@ from hasten.data.shaping import (
 )
 from hasten.methods.seqlen_warmup import hooks
 from hasten.methods.seqlen_warmup.config import KINDS, SeqLenWarmupConfig
-from hasten.methods.seqlen_warmup.schedule import SeqLenSchedule, steps_for_tokens, tokens_for_steps, warmup_iters_for_tokens
+from hasten.methods.seqlen_warmup.schedule import (
+    SeqLenSchedule,
+    steps_for_tokens,
+    tokens_for_steps,
+    warmup_iters_for_tokens,
+)
 from hasten.methods.spec import MethodSpec, PlotMarker, TinyRun
 
 SPECS = (
     MethodSpec(
-        "seqlen_warmup", "sequence length warmup", "arXiv 2108.06084", Path(__file__).with_name("README.md"),
-        SeqLenWarmupConfig, hooks.build, order=10, varies_seq_len=True,
+        "seqlen_warmup",
+        "sequence length warmup",
+        "arXiv 2108.06084",
+        Path(__file__).with_name("README.md"),
+        SeqLenWarmupConfig,
+        hooks.build,
+        order=10,
+        varies_seq_len=True,
         test_runs={
-            "truncate": TinyRun(("methods.seqlen_warmup={min_len: 16, total_steps: 12, step: 8}",
-                                 "schedule.decay_unit=tokens"), tests=("grid", "host_syncs")),
-            "reshape": TinyRun(("methods.seqlen_warmup={min_len: 16, total_steps: 12, step: 8, mode: reshape}",),
-                               tests=("grid",)),
+            "truncate": TinyRun(
+                ("methods.seqlen_warmup={min_len: 16, total_steps: 12, step: 8}", "schedule.decay_unit=tokens"),
+                tests=("grid", "host_syncs"),
+            ),
+            "reshape": TinyRun(
+                ("methods.seqlen_warmup={min_len: 16, total_steps: 12, step: 8, mode: reshape}",), tests=("grid",)
+            ),
             # lengths 8 -> 64 over 8 steps: killed right after a length change, and mid-save during the ramp
-            "8_to_64": TinyRun(("methods.seqlen_warmup={min_len: 8, total_steps: 8}",), tests=("faults",),
-                               kill_at=("step:5", "save:8")),
+            "8_to_64": TinyRun(
+                ("methods.seqlen_warmup={min_len: 8, total_steps: 8}",), tests=("faults",), kill_at=("step:5", "save:8")
+            ),
         },
         markers=(PlotMarker("seq_len_full", "seq-len warmup end", ":", settles="seq_len"),),
     ),

@@ -47,7 +47,9 @@ class SeqLenWarmupConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ConfigError(f"seqlen_warmup: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"seqlen_warmup: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
+            )
         cfg = cls(**dict(raw))
         return cfg
 
@@ -100,7 +102,9 @@ class SeqLenWarmupConfig:
             if r is None or isinstance(r, bool) or not isinstance(r, int | float) or not r > 0 or not math.isfinite(r):
                 bad(f"root_degree={r!r} must be a positive number for kind=fixed_root (2 = square root)")
         elif self.root_degree not in (None, 1):
-            bad(f"root_degree={self.root_degree} contradicts kind=fixed_linear (r=1); use kind=fixed_root or drop root_degree")
+            bad(
+                f"root_degree={self.root_degree} contradicts kind=fixed_linear (r=1); use kind=fixed_root or drop root_degree"
+            )
         if self.min_len < self.step:
             bad(
                 f"min_len={self.min_len} is below step={self.step}: DeepSpeed's round-down would give length 0; "
@@ -129,7 +133,9 @@ class SeqLenWarmupConfig:
         if not d or m is None:
             bad("kind=fixed_discrete needs difficulties=[d_0..d_n] and max_steps=[m_0..m_{n-1}]")
         if len(m) != len(d) - 1:
-            bad(f"max_steps has {len(m)} entries but needs len(difficulties)-1 = {len(d) - 1} (the last length lasts forever)")
+            bad(
+                f"max_steps has {len(m)} entries but needs len(difficulties)-1 = {len(d) - 1} (the last length lasts forever)"
+            )
         if any(isinstance(x, bool) or not isinstance(x, int) for x in [*d, *m]):
             bad("difficulties and max_steps must be integers")
         if any(b < a for a, b in zip(d, d[1:])):
@@ -139,7 +145,9 @@ class SeqLenWarmupConfig:
         if d[0] < self.min_len or (self.max_len is not None and d[-1] > self.max_len):
             bad(f"difficulties={d} must lie within [min_len={self.min_len}, max_len={self.max_len}]")
         if self.max_len is not None and d[-1] != self.max_len:
-            bad(f"difficulties end at {d[-1]} but must end at max_len={self.max_len}, or training never reaches full context")
+            bad(
+                f"difficulties end at {d[-1]} but must end at max_len={self.max_len}, or training never reaches full context"
+            )
         off = [x for x in d if x % self.step]
         if off:
             warnings.warn(

@@ -41,7 +41,9 @@ class SeqLenSchedule:
 
     def __init__(self, config: SeqLenWarmupConfig):
         if config.max_len is None:
-            raise ConfigError("seqlen_warmup: max_len is unset; call config.with_max_len(model max_seq_len) or set max_len")
+            raise ConfigError(
+                "seqlen_warmup: max_len is unset; call config.with_max_len(model max_seq_len) or set max_len"
+            )
         config.validate()
         self.config = config
         self.min_len = config.min_len
@@ -165,5 +167,7 @@ def warmup_iters_for_tokens(warmup_tokens: int, min_len: int, batch_size: int) -
     tokens per row, e.g. GPT-3's 375M warmup tokens with L_min=64, B=4096 gives 1431 steps.
     """
     if warmup_tokens < 0 or min_len < 1 or batch_size < 1:
-        raise ValueError(f"need warmup_tokens >= 0, min_len >= 1, batch_size >= 1; got {warmup_tokens}, {min_len}, {batch_size}")
+        raise ValueError(
+            f"need warmup_tokens >= 0, min_len >= 1, batch_size >= 1; got {warmup_tokens}, {min_len}, {batch_size}"
+        )
     return -(-warmup_tokens // (min_len * batch_size))
