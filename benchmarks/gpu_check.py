@@ -264,7 +264,10 @@ class Check:
         none = out.get("(none)", {}).get("step_s")
         if not self.over_budget("method growth"):
             half = [f"model={{preset: {model}, vocab_size: {vocab}, n_layers: {layers // 2}}}"]
-            stage = f"methods.growth.stages=[{{dim: depth, op: stack, factor: 2, at_steps: {grow_at}, moments: reset, schedule: restart}}]"
+            stage = (
+                f"methods.growth.stages=[{{dim: depth, op: stack, factor: 2, at_steps: {grow_at}, "
+                "moments: reset, schedule: restart}]"
+            )
             ov = self.overrides(model, batch, seq_len, vocab, 1, total + 4, [stage])
             ov = [o for o in ov if not o.startswith("model=")] + half
             rows, memory = self.run_trainer("method-growth", ov)
@@ -315,7 +318,8 @@ def render(r: dict) -> str:
     lines = [
         f"# GPU check{' (DRY RUN on CPU: checks the script, the numbers mean nothing)' if dry else ''}",
         "",
-        f"Command: `python benchmarks/gpu_check.py{' --dry' if dry else ''}`; torch {r['torch']}; {r['seconds']:.0f} s in all.",
+        f"Command: `python benchmarks/gpu_check.py{' --dry' if dry else ''}`; torch {r['torch']}; "
+        f"{r['seconds']:.0f} s in all.",
         "",
         f"Device: {d['name']}. MFU denominator: {d['mfu_denominator']}"
         + (f" ({d['bf16_peak_vendor'] / 1e12:,.0f} TFLOP/s dense bf16)" if d["bf16_peak_vendor"] else "")
@@ -341,8 +345,8 @@ def render(r: dict) -> str:
             ):
                 x = m[loop]
                 lines.append(
-                    f"| {model} | {m['batch_size']} x {m['seq_len']} | {label} | {x['tokens_per_s']:,.0f} | {_mfu(x['mfu'])} | "
-                    f"{_mem(x['peak_memory'])} | {ratio} |"
+                    f"| {model} | {m['batch_size']} x {m['seq_len']} | {label} | {x['tokens_per_s']:,.0f} | "
+                    f"{_mfu(x['mfu'])} | {_mem(x['peak_memory'])} | {ratio} |"
                 )
     methods = r["parts"].get("methods")
     if methods:
@@ -359,8 +363,10 @@ def render(r: dict) -> str:
             notes = ""
             if "growth_step_s" in m:
                 notes = (
-                    f"small model {m['small_step_s'] * 1e3:.1f} ms/step; the growth step {m['growth_step_s']:.2f} s once; "
-                    f"first grown steps {', '.join(f'{x:.2f} s' for x in m['first_grown_steps_s'])} (these compile the grown model); "
+                    f"small model {m['small_step_s'] * 1e3:.1f} ms/step; "
+                    f"the growth step {m['growth_step_s']:.2f} s once; "
+                    f"first grown steps {', '.join(f'{x:.2f} s' for x in m['first_grown_steps_s'])} "
+                    "(these compile the grown model); "
                     "overhead: grown steps vs the plain run"
                 )
             lines.append(f"| {name} | {m['step_s'] * 1e3:,.1f} | {overhead} | {_mem(m['peak_memory'])} | {notes} |")

@@ -116,7 +116,8 @@ def write_report(args, cells: dict[tuple[int, int], Path]) -> None:
         "data-order seed (`train.data_seed`, columns); the diagonal is the grid's own runs. Produced by:",
         "",
         "```bash",
-        f"python benchmarks/seed_noise.py --run {shown(args.run)} --seeds {' '.join(map(str, seeds))} --out {shown(args.out)}",
+        f"python benchmarks/seed_noise.py --run {shown(args.run)} --seeds {' '.join(map(str, seeds))} "
+        f"--out {shown(args.out)}",
         "```",
         "",
         "| init \\ data | " + " | ".join(f"data {d}" for d in seeds) + " | mean |",

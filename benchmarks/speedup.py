@@ -1,7 +1,9 @@
 """The speedup benchmark: every method against a tuned AdamW baseline, in a regime where the papers' claims can show.
 
-    python benchmarks/speedup.py --tier smoke      # the whole pipeline on tiny budgets (~2 min); benchmarks/runs/smoke, not tracked
-    python benchmarks/speedup.py --tier standard   # the grid (hours on 2 CPU cores, resumable); benchmarks/results/standard
+    python benchmarks/speedup.py --tier smoke      # the whole pipeline on tiny budgets (~2 min);
+                                                   # benchmarks/runs/smoke, not tracked
+    python benchmarks/speedup.py --tier standard   # the grid (hours on 2 CPU cores, resumable);
+                                                   # benchmarks/results/standard
 
 Regime. The models of the scale ladder (bench-d32 / d48 / d64: GPT-2 family, 4 layers, 4 heads, vocab 512, context 128)
 train on 20 tokens per non-embedding parameter, the Chinchilla ratio at or beyond which the papers measure, inside one
@@ -27,8 +29,8 @@ bracket a crossing are ~2 % of the budget apart; the report refuses any speedup 
 (hasten.compare.metrics.MAX_RESOLUTION). FLOPs count the optimizer's own work too (hasten.optim.flops).
 
 Ladder. At bench-d32 and bench-d48 the baseline is tuned again, and baseline, Muon, the two best single methods of the
-main size and combined run held-out seeds 1..3 at their chosen relative settings; ladder.png plots each one's total-FLOPs
-speedup against model size.
+main size and combined run held-out seeds 1..3 at their chosen relative settings; ladder.png plots each one's
+total-FLOPs speedup against model size.
 
 Threads. --jobs N runs N trainings at once with cores/N threads each (never oversubscribed); 2 on this 2-core machine.
 
@@ -91,7 +93,8 @@ def _baseline_second_round(ctx: Ctx) -> list[dict]:
 
 def _gstack(ctx: Ctx, k: dict) -> list[str]:
     stage = (
-        f"{{dim: depth, op: stack, factor: 4, at_tokens: {ctx.frac_tokens(k['at'])}, moments: reset, schedule: restart, "
+        f"{{dim: depth, op: stack, factor: 4, at_tokens: {ctx.frac_tokens(k['at'])}, "
+        "moments: reset, schedule: restart, "
         f"lr: {ctx.lr * k.get('lr', 1.0) * k['post']:.4g}}}"
     )
     return [_lr(ctx, k.get("lr", 1.0)), f"methods.growth.stages=[{stage}]"]
@@ -99,7 +102,8 @@ def _gstack(ctx: Ctx, k: dict) -> list[str]:
 
 def _staged(ctx: Ctx, k: dict) -> list[str]:
     trigger = "at: slope, slope_threshold: -0.03" if k["at"] == "slope" else f"at_tokens: {ctx.frac_tokens(k['at'])}"
-    # dropout is the recipe's; restated so these runs are not the dropout-free first attempt's (run dirs are named by settings)
+    # dropout is the recipe's; restated so these runs are not the dropout-free first attempt's (run dirs are named by
+    # settings)
     return [
         _lr(ctx, 1.0),
         "model.dropout=0.1",
@@ -209,7 +213,8 @@ def _combined_no_slw(ctx: Ctx, k: dict) -> list[str]:
 
 
 def _combined_no_muon(ctx: Ctx, k: dict) -> list[str]:
-    """combined's SLW and LAWA on AdamW (recipe combined_no_muon) at AdamW's LR for that batch: Muon's multiplier dropped."""
+    """combined's SLW and LAWA on AdamW (recipe combined_no_muon) at AdamW's LR for that batch: Muon's multiplier
+    dropped."""
     return _combined(ctx, {**k, "base": 1.0})
 
 

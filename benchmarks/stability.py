@@ -1,8 +1,9 @@
-"""The SLW stability experiment: baseline vs sequence length warmup at a larger batch and LR.
+r"""The SLW stability experiment: baseline vs sequence length warmup at a larger batch and LR.
 
     python benchmarks/stability.py            # cpu-small, batch 64, LR 2.4e-2 (8x the bench LR): 2 runs of ~4-6 min
     python benchmarks/stability.py --smoke    # the `tiny` model, seconds: proves the pipeline
-    python benchmarks/stability.py --lr 3e-2 --batch 64 --budget 786432 --seeds 2 --out benchmarks/results/stability-lr3e-2
+    python benchmarks/stability.py --lr 3e-2 --batch 64 --budget 786432 --seeds 2 \
+        --out benchmarks/results/stability-lr3e-2
 
 The SLW paper (arXiv 2108.06084) reports that GPT-2 trains stably with sequence length warmup at an
 8x batch and 4x LR where the baseline is unstable (loss spikes, extreme Adam variance). This runs
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     full_steps = max(1, budget // (batch * seq_len))
     if not 0 < args.slw_frac < 1 or batch < 1 or lr <= 0 or budget < batch * seq_len:
         print(
-            "stability.py: error: need 0 < --slw-frac < 1, --batch >= 1, --lr > 0 and --budget of at least one full step",
+            "stability.py: error: need 0 < --slw-frac < 1, --batch >= 1, --lr > 0 and --budget of at least "
+            "one full step",
             file=sys.stderr,
         )
         return 2
@@ -199,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         tier="stability-smoke" if args.smoke else "stability",
     )
     settings = (
-        f"Both recipes: batch {batch} x seq {seq_len} ({batch / BENCH_BATCH:g}x the reference batch of 16), peak LR {lr:g} "
-        f"({lr / BENCH_LR:g}x cpu-small's tuned {BENCH_LR:g}), {budget:,} tokens ({full_steps} full-length steps); SLW warmup T = {total} steps "
+        f"Both recipes: batch {batch} x seq {seq_len} ({batch / BENCH_BATCH:g}x the reference batch of 16), "
+        f"peak LR {lr:g} ({lr / BENCH_LR:g}x cpu-small's tuned {BENCH_LR:g}), {budget:,} tokens "
+        f"({full_steps} full-length steps); SLW warmup T = {total} steps "
         f"({args.slw_frac:.0%} of its steps). Every step logged; guard rollback off."
     )
     print(settings, file=sys.stderr)

@@ -1,7 +1,8 @@
 """Throughput: the hasten trainer against a bare nanoGPT-style loop, what each method costs per step, and
 Adam-mini's optimizer step against torch's foreach AdamW.
 
-    python benchmarks/throughput.py                  # cpu-small and cpu-medium, 3 interleaved repeats (~20 min on 2 cores)
+    python benchmarks/throughput.py                  # cpu-small and cpu-medium, 3 interleaved repeats
+                                                     # (~20 min on 2 cores)
     python benchmarks/throughput.py --repeats 5      # tighter medians
     python benchmarks/throughput.py --quick          # SMOKE CHECK: tiny model, few steps; says so in its record
 
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         args.max_docs = args.max_docs or 60
     if args.steps % args.warmup:
         parser.error(
-            f"--steps {args.steps} must be a multiple of --warmup {args.warmup} (the trainer is timed between log steps)"
+            f"--steps {args.steps} must be a multiple of --warmup {args.warmup} "
+            "(the trainer is timed between log steps)"
         )
     flags = cpu_flags()
     results: dict = {
@@ -373,7 +375,8 @@ def render(r: dict, command: str) -> str:
         f"Command: `OMP_NUM_THREADS={m['threads']} {command}`",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['threads']} threads; "
-        f"{r['repeats']} interleaved repeats of {r['steps']} timed steps after {r['warmup']} warmup steps per measurement.",
+        f"{r['repeats']} interleaved repeats of {r['steps']} timed steps after {r['warmup']} warmup steps "
+        "per measurement.",
         f"State: load average {m['state_at_start']['load_average']} at the start ({m['state_at_start']['time']}) and "
         f"{m['state_at_end']['load_average']} at the end; benchmark grid paused: {m['state_at_start']['grid_paused']}, "
         f"grid runs in flight at the start: {len(m['state_at_start']['grid_runs_in_flight'])}.",
@@ -383,7 +386,8 @@ def render(r: dict, command: str) -> str:
     lines += [
         "Dense-matmul peaks (best of 5 matmuls, measured at the start and the end; the higher is the MFU denominator): "
         + "; ".join(
-            f"{d} {p['flops_per_s'] / 1e9:,.0f} GFLOP/s (n={p['n']}; start {p['start'] / 1e9:,.0f}, end {p['end'] / 1e9:,.0f})"
+            f"{d} {p['flops_per_s'] / 1e9:,.0f} GFLOP/s "
+            f"(n={p['n']}; start {p['start'] / 1e9:,.0f}, end {p['end'] / 1e9:,.0f})"
             for d, p in peaks.items()
         )
         + "."
@@ -424,7 +428,8 @@ def render(r: dict, command: str) -> str:
             f"| AdamW foreach | {o['adamw foreach'] * 1e3:.2f} | 1 |",
             f"| AdamW fused | {o['adamw fused'] * 1e3:.2f} | {_ratio(d['adamw_fused_vs_foreach'])} |",
             f"| Adam-mini | {o['adam_mini'] * 1e3:.2f} | {_ratio(d['adam_mini_vs_adamw'])} |",
-            f"| Adam-mini with found_inf (the trainer's path: the guard's skip flag) | {o['adam_mini found_inf'] * 1e3:.2f} | "
+            "| Adam-mini with found_inf (the trainer's path: the guard's skip flag) | "
+            f"{o['adam_mini found_inf'] * 1e3:.2f} | "
             f"{_ratio(d['adam_mini_found_inf_vs_adamw'])} |",
             "",
         ]
