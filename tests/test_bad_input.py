@@ -216,7 +216,10 @@ def test_invalid_config_values(tmp_path, capsys, override, fragment):
 
 
 def test_set_addresses_one_element_of_a_list():
-    stages = "methods.growth.stages=[{dim: depth, op: stack, factor: 2, at_steps: 5}, {dim: depth, op: stack, factor: 2, at_steps: 9}]"
+    stages = (
+        "methods.growth.stages=[{dim: depth, op: stack, factor: 2, at_steps: 5}, "
+        "{dim: depth, op: stack, factor: 2, at_steps: 9}]"
+    )
     cfg = load_config(
         None, ["model=tiny", "data.vocab_size=512", "train.max_steps=20", stages, "methods.growth.stages.1.at_steps=12"]
     )

@@ -435,7 +435,8 @@ def test_tune_grid_and_pick(tmp_path):
 
 
 def _write_stability_run(run_dir: Path, ratios, grad_norms, sq_max, events=(), final_loss=3.0, duplicate_step=None):
-    """Train rows with the StabilityMonitor keys (spike counters derived from `ratios` with threshold 1.5), two evals."""
+    """Train rows with the StabilityMonitor keys (spike counters derived from `ratios` with threshold 1.5), two
+    evals."""
     run_dir.mkdir(parents=True)
     rows = [{"kind": "eval", "step": 0, "tokens": 0, "flops": 0.0, "train_time": 0.0, "val_loss": 6.0}]
     spikes, above = 0, False
@@ -559,7 +560,8 @@ def test_an_in_process_run_leaves_the_callers_thread_count_alone(tmp_path, cache
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         f"model: tiny\ndata: {{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}}}\n"
-        "train: {batch_size: 4, max_steps: 2, eval_every: 2, eval_sequences: 2, tensorboard: false, progress_bar: false}\n"
+        "train: {batch_size: 4, max_steps: 2, eval_every: 2, eval_sequences: 2, tensorboard: false, "
+        "progress_bar: false}\n"
     )
     before = torch.get_num_threads()
     spec = RunSpec("r-seed0", "r", 0, recipe, ["train.seed=0"], tmp_path / "runs" / "r-seed0", threads=before + 1)

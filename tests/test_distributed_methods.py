@@ -29,10 +29,19 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 REL = 1e-5  # the same math on 2 ranks; only the gradient summation order differs
 
 SMALL = "model={preset: tiny, n_layers: 1}"
-STACK = "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, warmup_steps: 2}]}"
+STACK = (
+    "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, "
+    "warmup_steps: 2}]}"
+)
 RANDOM = "methods.growth={stages: [{dim: depth, op: random, factor: 2, at_steps: 6, moments: map, schedule: continue}]}"
-STAGED = "methods.growth={stages: [{dim: width, op: staged, factor: 2, at_steps: 6, moments: map, schedule: jump, rewarmup_steps: 2}]}"
-MSG = "methods.growth={stages: [{dim: width, op: random, factor: 2, at_steps: 6, mask_ramp_steps: 2, moments: map, schedule: continue}]}"
+STAGED = (
+    "methods.growth={stages: [{dim: width, op: staged, factor: 2, at_steps: 6, moments: map, schedule: jump, "
+    "rewarmup_steps: 2}]}"
+)
+MSG = (
+    "methods.growth={stages: [{dim: width, op: random, factor: 2, at_steps: 6, mask_ramp_steps: 2, moments: map, "
+    "schedule: continue}]}"
+)
 METHODS: dict[str, list[str]] = {
     "stack": [SMALL, STACK],
     "staged": [STAGED],

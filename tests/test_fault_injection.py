@@ -36,9 +36,9 @@ RUN = [
 RECIPES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "baseline": ([], ("step:3", "save:8")),  # before any checkpoint, then mid-save (the last run resumes from step 4)
     "baseline_later": ([], ("saved:8", "step:14")),  # right after a save, then mid-step with checkpoints behind it
-    # a spike guard at a high LR: the loss at step 12 exceeds 1.055x its lowest so far and rolls the run back to step 8 with
-    # half the LR (exactly one rollback on this data; retuned when the token split changed the trajectory); the second
-    # process is killed when it reaches step 10 the second time, i.e. after the in-process rollback
+    # a spike guard at a high LR: the loss at step 12 exceeds 1.055x its lowest so far and rolls the run back to step 8
+    # with half the LR (exactly one rollback on this data; retuned when the token split changed the trajectory); the
+    # second process is killed when it reaches step 10 the second time, i.e. after the in-process rollback
     "guard_rollback": (
         [
             "optim.lr=2e-2",

@@ -133,7 +133,8 @@ def test_golden_loss_trace(tmp_path, cache_dir):
     diffs = [abs(a - b) for a, b in zip(got["train_loss"], golden["train_loss"])]
     assert max(diffs) <= TOLERANCE, (
         f"train losses moved by up to {max(diffs):.2e} (step {diffs.index(max(diffs)) + 1}); if the numerics change is "
-        f"deliberate, regenerate with HASTEN_UPDATE_GOLDEN=1\n got    {got['train_loss']}\n golden {golden['train_loss']}"
+        "deliberate, regenerate with HASTEN_UPDATE_GOLDEN=1\n"
+        f" got    {got['train_loss']}\n golden {golden['train_loss']}"
     )
     assert got["val_loss"] == pytest.approx(golden["val_loss"], abs=TOLERANCE)
     # the trace is a real training curve, not a constant

@@ -17,7 +17,10 @@ from hasten.recipes import build_trainer, load_config
 from hasten.trainer.method import Method
 from tests.helpers import run_training
 
-STACK = "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, lr: 1.0e-3, warmup_steps: 3}]}"
+STACK = (
+    "methods.growth={stages: [{dim: depth, op: stack, factor: 2, at_steps: 6, moments: reset, schedule: restart, "
+    "lr: 1.0e-3, warmup_steps: 3}]}"
+)
 SMALL = "model={preset: tiny, n_layers: 1}"
 
 

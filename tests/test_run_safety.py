@@ -130,7 +130,8 @@ def test_resume_and_fork_extend_a_finished_run_and_say_what_changed(capsys, work
     sets = [a for o in more for a in ("--set", o)]
     assert _main(["train", "--resume", "--run-dir", run_copy, *sets]) == 0
     err = capsys.readouterr().err
-    # says which settings it applied (log_every is free: it changes nothing at all), and what the new budget means for the LR
+    # says which settings it applied (log_every is free: it changes nothing at all), and what the new budget means for
+    # the LR
     assert "--resume applies train.eval_every 2 -> 1, train.keep_checkpoints 2 -> 1, train.max_steps 4 -> 6 " in err
     assert (
         "the LR schedule keeps the length it was planned with (4 steps); training past it runs at its final LR 0.0003"
@@ -305,7 +306,7 @@ def test_garbage_in_metrics_jsonl_does_not_stop_resume_or_grow(capsys, run_copy,
     )  # on the same tokens
 
 
-# ---------------------------------------------------------------------------------------------- export / import / eval / generate
+# ------------------------------------------------------------------------------------ export / import / eval / generate
 
 
 def test_export_and_import_refuse_a_non_empty_target_unless_forced(capsys, workdir, finished):

@@ -165,8 +165,8 @@ def test_state_round_trip():
 
 @pytest.mark.parametrize("name", ["cosine", "wsd", "linear"])
 def test_every_group_reaches_the_floor_on_the_last_optimizer_step(name):
-    # the reference scripts' get_lr(it) reaches min_lr at it = max_iters, the last step they take; hasten once stopped one
-    # step short (24 steps, warmup 5: the x10 embedding group ran its last step at 2.36x the floor)
+    # the reference scripts' get_lr(it) reaches min_lr at it = max_iters, the last step they take; hasten once stopped
+    # one step short (24 steps, warmup 5: the x10 embedding group ran its last step at 2.36x the floor)
     sched = _schedule(name, warmup=5, total=24)
     opt = _optimizer((1.0, 10.0, 4.0))
     sched.apply(opt, 23, 0)  # step 23 = the 24th and last optimizer step

@@ -317,7 +317,7 @@ def test_resume_and_fork_refuse_a_config_yaml_edited_against_the_checkpoint(caps
     assert load_checkpoint(run_copy / "checkpoints")["progress"]["step"] == 6
 
 
-# ---------------------------------------------------------------------------------------------- paths stay where they belong
+# ----------------------------------------------------------------------------------------- paths stay where they belong
 
 
 def test_a_run_name_cannot_leave_the_runs_folder(capsys, workdir, overrides):
@@ -537,7 +537,7 @@ def test_a_worker_killed_under_nproc_is_named_by_rank_and_signal(workdir, long_r
     assert _processes_mentioning(str(run)) == []
 
 
-# ---------------------------------------------------------------------------------------------- compare keeps train's contract
+# --------------------------------------------------------------------------------------- compare keeps train's contract
 
 
 def _recipes(
@@ -549,8 +549,8 @@ def _recipes(
     data = f"{{max_docs: 60, vocab_size: 512, cache_dir: {cache_dir}{where}}}"
     (folder / "_base.yaml").write_text(
         f"model: tiny\ndata: {data}\nschedule: {{warmup_steps: 2}}\n"
-        f"train: {{batch_size: 4, max_steps: {steps}, eval_every: 100000, eval_sequences: 4, checkpoint_every: 4, log_every: 1,"
-        " tensorboard: false, peak_flops: 1.0e10, device: cpu}\n"
+        f"train: {{batch_size: 4, max_steps: {steps}, eval_every: 100000, eval_sequences: 4, checkpoint_every: 4,"
+        " log_every: 1, tensorboard: false, peak_flops: 1.0e10, device: cpu}\n"
     )
     paths = []
     for name, lr in zip(names, ("1.0e-3", "1.0e-2")):
