@@ -68,7 +68,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout only where it acts: at p = 0 no kernel runs and no random numbers are drawn (exact resume, golden traces)."""
+    """Dropout only where it acts: at p = 0 no kernel runs and no random numbers are drawn (exact resume, golden
+    traces)."""
     return F.dropout(x, p, training=True) if p and training else x
 
 

@@ -28,7 +28,8 @@ from hasten.trainer.setup import build_trainer as assemble_trainer
 def load_config(
     recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
 ) -> RunConfig:
-    """Recipe YAML (optional) + `key=value` overrides (laid over `base`, a run's saved config) -> a validated RunConfig."""
+    """Recipe YAML (optional) + `key=value` overrides (laid over `base`, a run's saved config) -> a validated
+    RunConfig."""
     cfg = run_config(config_values(recipe, overrides, base))
     validate_methods(cfg)
     return cfg
@@ -42,7 +43,8 @@ def build_trainer(
     progress: bool = True,
     fork_from: str | Path | None = None,
 ) -> Trainer:
-    """A ready Trainer with the recipe's methods for a new run in `run_dir`, its continuation (`resume`), or a fork of `fork_from`."""
+    """A ready Trainer with the recipe's methods for a new run in `run_dir`, its continuation (`resume`), or a fork of
+    `fork_from`."""
     return assemble_trainer(
         cfg,
         run_dir,

@@ -196,7 +196,8 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def latest_good_checkpoint(directory: str | Path, report=warn, at_most: int | None = None) -> Path | None:
-    """The newest verified checkpoint (of a step <= `at_most` if given); each newer broken one is reported (never skipped silently)."""
+    """The newest verified checkpoint (of a step <= `at_most` if given); each newer broken one is reported (never
+    skipped silently)."""
     for path in reversed(list_checkpoints(directory)):
         if at_most is not None and checkpoint_step(path) > at_most:
             continue
@@ -294,7 +295,8 @@ def _reason(err: Exception) -> str:
 
 
 def _unusable(path: Path, problem: str) -> str:
-    """Why `path` cannot be loaded, in words that fit what it is: a checkpoint, a run without one yet, or another folder."""
+    """Why `path` cannot be loaded, in words that fit what it is: a checkpoint, a run without one yet, or another
+    folder."""
     if not problem.startswith("no manifest.json") or (path / STATE_FILE).exists() or path.name.startswith("step_"):
         return f"checkpoint {path} is unusable: {problem}"
     run = path.parent if path.name == "checkpoints" else path

@@ -176,7 +176,8 @@ def checkpoints_dir(path: str | Path) -> Path:
 
 
 def open_checkpoint(path: str | Path) -> TrainCheckpoint | ModelCheckpoint:
-    """The newest good checkpoint of a run dir (or of a checkpoints folder), or the checkpoint dir `path`, verified and typed."""
+    """The newest good checkpoint of a run dir (or of a checkpoints folder), or the checkpoint dir `path`, verified and
+    typed."""
     return from_state(load_checkpoint(checkpoints_dir(path)))
 
 
@@ -185,6 +186,7 @@ def open_train_checkpoint(path: str | Path, use: str) -> TrainCheckpoint:
     ckpt = open_checkpoint(path)
     if not isinstance(ckpt, TrainCheckpoint):
         raise CheckpointError(
-            f"{ckpt.path} holds a model without a run config (import-hf?); {use} needs a run dir or a training checkpoint"
+            f"{ckpt.path} holds a model without a run config (import-hf?); "
+            f"{use} needs a run dir or a training checkpoint"
         )
     return ckpt

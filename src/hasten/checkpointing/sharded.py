@@ -36,7 +36,8 @@ PLAIN_GLOBALS = {
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP metadata only: its dataclasses and enums, torch.Size, dtypes and paths; any other global is refused."""
+    """Builds DCP metadata only: its dataclasses and enums, torch.Size, dtypes and paths; any other global is
+    refused."""
 
     def find_class(self, module: str, name: str):
         if module in METADATA_MODULES and isinstance(getattr(importlib.import_module(module), name, None), type):

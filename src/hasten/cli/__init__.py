@@ -64,15 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --run-dir from its newest good checkpoint (a recipe/--set may change only its budget, "
-        "eval/checkpoint cadence and retention)",
+        help="continue the run in --run-dir from its newest good checkpoint "
+        "(a recipe/--set may change only its budget, eval/checkpoint cadence and retention)",
     )
     p.add_argument(
         "--from",
         dest="from_run",
         metavar="RUN",
         default=None,
-        help="fork RUN: a new run dir that continues from RUN's newest checkpoint (same changes as --resume); RUN is untouched",
+        help="fork RUN: a new run dir that continues from RUN's newest checkpoint (same changes as --resume); "
+        "RUN is untouched",
     )
     p.add_argument(
         "--stop-at-step",

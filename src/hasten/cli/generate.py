@@ -72,7 +72,8 @@ def cmd_generate(args) -> int:
         raise DataError(f"{path} is not a valid tokenizer.json ({str(err).splitlines()[0][:120]})") from None
     if tok.get_vocab_size() > model.config.vocab_size:
         raise ConfigError(
-            f"{path} has {tok.get_vocab_size()} tokens but the model only {model.config.vocab_size}; pass its own tokenizer"
+            f"{path} has {tok.get_vocab_size()} tokens but the model only {model.config.vocab_size}; "
+            "pass its own tokenizer"
         )
     eos = tok.token_to_id(EOS)
     ids = tok.encode(args.prompt).ids if args.prompt else []

@@ -1,4 +1,5 @@
-"""`hasten prepare-data` and `hasten info`: a recipe's corpus and token split, the presets, one model's size and FLOPs."""
+"""`hasten prepare-data` and `hasten info`: a recipe's corpus and token split, the presets, one model's size and
+FLOPs."""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def cmd_info(args) -> int:
     print("\n".join(info.lines()))
     print(
         f"  config: {cfg.family}, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
-        f"({cfg.n_kv_heads} kv), d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, context {cfg.max_seq_len} (FLOPs at seq {seq})"
+        f"({cfg.n_kv_heads} kv), d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, context {cfg.max_seq_len} "
+        f"(FLOPs at seq {seq})"
     )
     return 0
 

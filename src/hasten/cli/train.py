@@ -1,4 +1,5 @@
-"""`hasten train`: a new run, `--resume`, `--from` a fork, `--nproc` ranks; stops cleanly on SIGTERM/SIGINT (StopOnSignal)."""
+"""`hasten train`: a new run, `--resume`, `--from` a fork, `--nproc` ranks; stops cleanly on SIGTERM/SIGINT
+(StopOnSignal)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def cmd_train(args) -> int:
         n = sum(p.numel() for p in trainer.state.model.parameters())
         tokens = trainer.data.manifest["tokens"]
         print(
-            f"run dir {run_dir}  model {cfg.model if isinstance(cfg.model, str) else 'custom'} ({n / 1e6:.2f}M params)  "
+            f"run dir {run_dir}  model {cfg.model if isinstance(cfg.model, str) else 'custom'} "
+            f"({n / 1e6:.2f}M params)  "
             f"corpus {trainer.data.manifest['corpus']} ({tokens['train']:,} train / {tokens['val']:,} val tokens)",
             file=sys.stderr,
         )
@@ -77,7 +79,8 @@ def cmd_train(args) -> int:
 
 
 def _check_stop_step(step: int, continued: str | None) -> None:
-    """--stop-at-step must lie ahead of the run: a step already done would never be reached, so the run would not stop."""
+    """--stop-at-step must lie ahead of the run: a step already done would never be reached, so the run would not
+    stop."""
     done = 0
     if continued is not None:
         newest = latest_good_checkpoint(checkpoints_dir(continued), report=lambda message: None)
@@ -86,7 +89,8 @@ def _check_stop_step(step: int, continued: str | None) -> None:
         raise ConfigError(f"--stop-at-step={step} must be >= 1 (the number of completed steps to stop after)")
     if step <= done:
         raise ConfigError(
-            f"--stop-at-step={step} must be above {done}, the step the run continues from; give a later step to stop after"
+            f"--stop-at-step={step} must be above {done}, the step the run continues from; "
+            "give a later step to stop after"
         )
 
 

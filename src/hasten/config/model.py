@@ -57,7 +57,8 @@ class ModelConfig:
                 bad(f"{key}={value!r} must be a whole number in [1, {MAX_SIZE:,}]")
         if self.d_model % self.n_heads:
             bad(
-                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; pick n_heads so d_model/n_heads is whole"
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; "
+                "pick n_heads so d_model/n_heads is whole"
             )
         if self.n_heads % self.n_kv_heads:
             bad(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; use a divisor of n_heads")

@@ -257,15 +257,16 @@ class RunConfig:
             or any(c in self.name for c in "/\\\0")
         ):
             raise ConfigError(
-                f"name={self.name!r} must be a plain name (no '/', not '.' or '..'): a new run goes to runs/NAME-TIMESTAMP; "
-                "give --run-dir to put it elsewhere"
+                f"name={self.name!r} must be a plain name (no '/', not '.' or '..'): "
+                "a new run goes to runs/NAME-TIMESTAMP; give --run-dir to put it elsewhere"
             )
         for part in (self.data, self.optim, self.schedule, self.train):
             part.validate()
         mcfg = self.model_config()
         if self.seq_len > mcfg.max_seq_len:
             raise ConfigError(
-                f"train.seq_len={self.seq_len} exceeds model max_seq_len={mcfg.max_seq_len}; lower it or raise model.max_seq_len"
+                f"train.seq_len={self.seq_len} exceeds model max_seq_len={mcfg.max_seq_len}; "
+                "lower it or raise model.max_seq_len"
             )
         if self.data.tokenizer == "bpe" and self.data.vocab_size > mcfg.vocab_size:
             raise ConfigError(

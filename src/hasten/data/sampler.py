@@ -87,7 +87,8 @@ class WindowSampler:
         for key in ("seed", "seq_len", "n_windows"):
             if state[key] != getattr(self, key):
                 raise CheckpointError(
-                    f"checkpoint sampler has {key}={state[key]} but this run has {getattr(self, key)}; resume with the same data and config"
+                    f"checkpoint sampler has {key}={state[key]} but this run has {getattr(self, key)}; "
+                    "resume with the same data and config"
                 )
         self.state = SamplerState(epoch=int(state["epoch"]), cursor=int(state["cursor"]))
 

@@ -75,7 +75,8 @@ def train_bpe(documents: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def _cached(path: Path) -> Tokenizer | None:
-    """A cached tokenizer if it is intact (its recorded sha256 matches and it loads), else None (reported if present)."""
+    """A cached tokenizer if it is intact (its recorded sha256 matches and it loads), else None (reported if
+    present)."""
     if not path.exists():
         return None
     stamp = path.with_name("tokenizer.sha256")

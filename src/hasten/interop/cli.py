@@ -64,7 +64,8 @@ def check_output_dir(out: Path, force: bool, what: str) -> None:
     if entries and not force:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise ConfigError(
-            f"--out {out} is not empty (holds {shown}); give a new or empty folder, or --force to replace the {what} files in it"
+            f"--out {out} is not empty (holds {shown}); "
+            f"give a new or empty folder, or --force to replace the {what} files in it"
         )
 
 

@@ -132,7 +132,8 @@ class _Weights:
         if left:
             shown = ", ".join(left[:5]) + (" ..." if len(left) > 5 else "")
             raise CheckpointError(
-                f"hf: checkpoint has weights hasten's model has no place for ({shown}); it is a variant hasten cannot import"
+                f"hf: checkpoint has weights hasten's model has no place for ({shown}); "
+                "it is a variant hasten cannot import"
             )
 
 
@@ -180,7 +181,8 @@ def _take_head(w: _Weights, cfg: ModelConfig, sd: dict) -> None:
         head = w.take("lm_head.weight")
         if not torch.equal(head, sd["embed_tokens.weight"]):
             raise CheckpointError(
-                "hf: config says tie_word_embeddings=true but lm_head.weight differs from the embedding; fix config.json"
+                "hf: config says tie_word_embeddings=true but lm_head.weight differs from the embedding; "
+                "fix config.json"
             )
 
 

@@ -146,7 +146,8 @@ class AdamMini(torch.optim.Optimizer):
         part = self._partitions[param]
         if tuple(param.shape) != part.shape:
             raise ConfigError(
-                f"Adam-mini: a parameter changed shape from {list(part.shape)} to {list(param.shape)}; call optimizer.rebuild_partition()"
+                f"Adam-mini: a parameter changed shape from {list(part.shape)} to {list(param.shape)}; "
+                "call optimizer.rebuild_partition()"
             )
         return part
 
@@ -203,7 +204,8 @@ class AdamMini(torch.optim.Optimizer):
             for name, param in zip(group["param_names"], group["params"]):
                 if param in self.state and not self._state_fits(param):
                     raise CheckpointError(
-                        f"Adam-mini checkpoint state for {name!r} does not fit the model's parameter; load a matching checkpoint"
+                        f"Adam-mini checkpoint state for {name!r} does not fit the model's parameter; "
+                        "load a matching checkpoint"
                     )
                 if (
                     param in self.state
@@ -314,7 +316,8 @@ class AdamMini(torch.optim.Optimizer):
             s["step"] for s in states
         ]  # (a list of 0-dim tensors: the single-tensor overload reads it on the host)
         torch._foreach_add_(steps, 1.0 if skip is None else [(~skip).float()] * len(steps))
-        # bias corrections per parameter on the device, in float64 (1 - beta^t cancels); a skipped first step keeps t = 0
+        # bias corrections per parameter on the device, in float64 (1 - beta^t cancels); a skipped first step keeps
+        # t = 0
         t = torch.stack(steps).double().clamp_min(1)
         correction1 = 1 - torch.pow(beta1, t)
         if skip is not None:
@@ -324,7 +327,8 @@ class AdamMini(torch.optim.Optimizer):
         per_block = per_param.to(v.dtype).repeat_interleave(
             plan.blocks_tensor(device), dim=1, output_size=plan.total_blocks
         )
-        # p -= lr / bias_correction1 * m / (sqrt(v_b) / sqrt(bias_correction2) + eps): bias_correction1 goes into the denominator
+        # p -= lr / bias_correction1 * m / (sqrt(v_b) / sqrt(bias_correction2) + eps): bias_correction1 goes into the
+        # denominator
         denom = v.sqrt().div_(per_block[0]).add_(eps).mul_(per_block[1])
         if (
             device.type in BROADCAST_DEVICES
@@ -334,7 +338,8 @@ class AdamMini(torch.optim.Optimizer):
                 (params[j].view(plan.blocks[j], -1), exp_avgs[j].view(plan.blocks[j], -1), rows[j])
                 for j in range(len(params))
             ]
-        else:  # torch's multi-tensor kernels need equal shapes: spread the denominators over the coordinates (one extra pass)
+        else:  # torch's multi-tensor kernels need equal shapes: spread the denominators over the coordinates
+            # (one extra pass)
             spread = torch.empty_like(flat, dtype=denom.dtype)
             for (a, b, size), (c, d) in zip(plan.buckets, plan.bucket_blocks):
                 spread[a:b].view(-1, size).copy_(denom[c:d].unsqueeze(1))

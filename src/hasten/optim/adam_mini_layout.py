@@ -42,14 +42,15 @@ def partition_for(name: str, block: str, shape: tuple[int, ...], n_heads: int, n
         rows, in_features = shape
         if in_features % n_heads:
             raise ConfigError(
-                f"Adam-mini: {name!r} has {in_features} input features, not a multiple of n_heads={n_heads}; pass the model's n_heads"
+                f"Adam-mini: {name!r} has {in_features} input features, not a multiple of n_heads={n_heads}; "
+                "pass the model's n_heads"
             )
         head_dim = in_features // n_heads
         heads = rows // head_dim if rows % head_dim == 0 else -1
         if heads not in (n_heads, n_kv_heads):
             raise ConfigError(
-                f"Adam-mini: {name!r} with shape {list(shape)} does not split into n_heads={n_heads} or n_kv_heads={n_kv_heads} "
-                f"heads of dim {head_dim}; pass the model's n_heads and n_kv_heads"
+                f"Adam-mini: {name!r} with shape {list(shape)} does not split into n_heads={n_heads} "
+                f"or n_kv_heads={n_kv_heads} heads of dim {head_dim}; pass the model's n_heads and n_kv_heads"
             )
         return Partition("head", heads, shape)
     if block in ("emb", "head", "vo", "ffn"):
@@ -114,7 +115,8 @@ def _unless(skip: torch.Tensor | None, value: float, on_skip: float):
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Bias corrections in float64 (a few numbers per parameter): 1 - beta^t cancels, and torch AdamW computes it in double."""
+    """Bias corrections in float64 (a few numbers per parameter): 1 - beta^t cancels, and torch AdamW computes it in
+    double."""
     return torch.float64
 
 
@@ -136,8 +138,8 @@ def _check_sharding(name: str, param: torch.Tensor, part: Partition) -> None:
 
     if param.device_mesh.ndim != 1 or tuple(param.placements) != (Shard(0),):
         raise ConfigError(
-            f"Adam-mini: {name!r} is sharded as {list(param.placements)} over a {param.device_mesh.ndim}-D mesh; it supports "
-            "FSDP2's default (Shard(0) on a 1-D mesh), so use fully_shard without a shard_placement_fn"
+            f"Adam-mini: {name!r} is sharded as {list(param.placements)} over a {param.device_mesh.ndim}-D mesh; "
+            "it supports FSDP2's default (Shard(0) on a 1-D mesh), so use fully_shard without a shard_placement_fn"
         )
     if part.kind == "adam" and param.dim() != 1:
         raise ConfigError(

@@ -84,8 +84,9 @@ def _classify(name: str, overrides: dict[str, str]) -> str | None:
             return block
     if _FUSED_QKV.fullmatch(name):
         raise ConfigError(
-            f"parameter {name!r} is a fused Q/K/V projection (HF GPT-2 c_attn), which cannot be split into the qk and vo "
-            "blocks; split it into q/k/v Linears (hasten's gpt2 does), or file it whole with overrides={'*.attn.c_attn.*': 'qk'}"
+            f"parameter {name!r} is a fused Q/K/V projection (HF GPT-2 c_attn), "
+            "which cannot be split into the qk and vo blocks; split it into q/k/v Linears (hasten's gpt2 does), "
+            "or file it whole with overrides={'*.attn.c_attn.*': 'qk'}"
         )
     for regex, block in _COMPILED:
         if regex.fullmatch(name):

@@ -42,8 +42,8 @@ def check_fsdp_optimizer(name: str) -> None:
     """One-line refusal of optimizers whose update is not elementwise over FSDP2's row shards."""
     if name in FSDP_UNSUPPORTED:
         raise ConfigError(
-            f"optim.name={name} does not support train.parallelism=fsdp ({FSDP_UNSUPPORTED[name]}, which FSDP2 shards across ranks); "
-            "use train.parallelism=ddp"
+            f"optim.name={name} does not support train.parallelism=fsdp "
+            f"({FSDP_UNSUPPORTED[name]}, which FSDP2 shards across ranks); use train.parallelism=ddp"
         )
 
 

@@ -40,7 +40,8 @@ def _flat_names(optimizer: Optimizer) -> list[str] | None:
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full model state dict on CPU; a collective under FSDP (every rank calls it, rank 0 gets it, the others {})."""
+    """The full model state dict on CPU; a collective under FSDP (every rank calls it, rank 0 gets it, the others
+    {})."""
     if not is_fsdp(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -188,7 +189,8 @@ def rebind_optimizer(model: nn.Module, optimizer: Optimizer) -> Optimizer:
         names = group.get("param_names")
         if names is None or len(names) != len(group["params"]):
             raise ConfigError(
-                "FSDP needs optimizer param groups with param_names to follow the model; build it with hasten.optim.build_optimizer"
+                "FSDP needs optimizer param groups with param_names to follow the model; "
+                "build it with hasten.optim.build_optimizer"
             )
         new_params = []
         for name, old in zip(names, group["params"]):

@@ -200,7 +200,8 @@ class Guard:
             )
 
     def _track_loss(self, trainer, step: int, loss) -> bool:
-        """Track the lowest loss and spike streaks at `step`; roll back after `spike_patience` spiking steps (True then)."""
+        """Track the lowest loss and spike streaks at `step`; roll back after `spike_patience` spiking steps (True
+        then)."""
         if loss is None or not math.isfinite(loss):
             return False
         ratio = self.cfg.spike_ratio
@@ -234,7 +235,8 @@ class Guard:
                 f"the loss spiked again at step {at_step} after {self.rollbacks} rollbacks; lower optim.lr, "
                 "set train.guard.rollback_lr_factor below 1 or raise train.guard.max_rollbacks"
             )
-        # min_loss comes back with the checkpoint: losses of the discarded steps are not a bar the restored model must meet
+        # min_loss comes back with the checkpoint: losses of the discarded steps are not a bar the restored model must
+        # meet
         kept = {
             "skipped": self.skipped,
             "rollbacks": self.rollbacks + 1,

@@ -115,15 +115,16 @@ class MetricsLogger:
     def _tensorboard_error(self, err: OSError, when: str) -> HastenError:
         run_dir = self.path.parent
         return HastenError(
-            f"writing TensorBoard events to {run_dir / 'tensorboard'} failed {when} ({err.strerror or err}); free space "
-            f"(or set train.tensorboard=false), then hasten train --resume --run-dir {run_dir} continues from the last "
-            "checkpoint"
+            f"writing TensorBoard events to {run_dir / 'tensorboard'} failed {when} ({err.strerror or err}); "
+            f"free space (or set train.tensorboard=false), then hasten train --resume --run-dir {run_dir} continues "
+            "from the last checkpoint"
         )
 
 
 def _quiet_writer_thread() -> None:
     """TensorBoard's writer thread stores a failed write (a full disk) for the training thread to raise, then re-raises
-    it, which would print its traceback too; MetricsLogger reports it once, so that thread's OSErrors are not printed."""
+    it, which would print its traceback too; MetricsLogger reports it once, so that thread's OSErrors are not
+    printed."""
     previous = threading.excepthook
     if getattr(previous, "hasten_quiet", False):
         return

@@ -257,7 +257,8 @@ class Trainer:
         return self.guard.resolve(self)
 
     def _restart_clock(self) -> None:
-        """Start a new timing interval (after a sync point, and after evaluation or saving, which are not training time)."""
+        """Start a new timing interval (after a sync point, and after evaluation or saving, which are not training
+        time)."""
         self._clock = time.perf_counter()
         self._interval = [0, 0.0]
 

@@ -147,7 +147,8 @@ class StopAt(Method):
 
 
 class AgreeOnStop(Method):
-    """Several ranks: a stop requested on any rank (a signal reaches one process first) stops all after the same step."""
+    """Several ranks: a stop requested on any rank (a signal reaches one process first) stops all after the same
+    step."""
 
     name = "agree_on_stop"
     checkpointed = False

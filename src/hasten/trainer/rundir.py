@@ -117,7 +117,8 @@ def check_new_run_dir(run_dir: Path) -> None:
     """Refuse a run dir that holds anything (a run, or the user's own files) or cannot be written; writes nothing."""
     if (run_dir / "config.yaml").is_file():
         raise ConfigError(
-            f"run dir {run_dir} already holds a run; use --resume to continue it, --from to fork it, or pick another --run-dir"
+            f"run dir {run_dir} already holds a run; "
+            "use --resume to continue it, --from to fork it, or pick another --run-dir"
         )
     check_new_dir(run_dir, "run dir", "--run-dir")
 
@@ -129,14 +130,16 @@ def _continued_config(saved: RunConfig, cfg: RunConfig, how: str) -> list[str]:
     if fixed:
         shown = ", ".join(fixed[:8]) + (f" and {len(fixed) - 8} more" if len(fixed) > 8 else "")
         raise ConfigError(
-            f"{how}: the config differs from the run's in {shown}, which would change its trajectory; {how} accepts only "
-            f"{', '.join(sorted(RESUME_ADJUSTABLE_KEYS))} (start a new run for other changes, e.g. with train.init_from=RUN)"
+            f"{how}: the config differs from the run's in {shown}, which would change its trajectory; "
+            f"{how} accepts only {', '.join(sorted(RESUME_ADJUSTABLE_KEYS))} "
+            "(start a new run for other changes, e.g. with train.init_from=RUN)"
         )
     return [k for k in diffs if k in RESUME_ADJUSTABLE_KEYS]
 
 
 def _resolved(cfg: RunConfig) -> dict:
-    """The config with its model as the full model config, so `model: tiny` and `{preset: tiny, n_layers: 2}` compare equal."""
+    """The config with its model as the full model config, so `model: tiny` and `{preset: tiny, n_layers: 2}` compare
+    equal."""
     return {**cfg.to_dict(), "model": cfg.model_config().to_dict()}
 
 
@@ -156,7 +159,8 @@ def _read_corpus_record(run_dir: Path) -> dict | None:
     record = read_corpus_record(run_dir)
     if record is None:
         print(
-            f"hasten: warning: {run_dir} has no {CORPUS_FILE} (started by an older hasten): its corpus cannot be checked",
+            f"hasten: warning: {run_dir} has no {CORPUS_FILE} (started by an older hasten): "
+            "its corpus cannot be checked",
             file=sys.stderr,
         )
     return record
@@ -206,7 +210,8 @@ def plan_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, fork_from: Path | 
 
 
 def _refuse_lost_checkpoints(run_dir: Path) -> None:
-    """A run with no checkpoint restarts from step 0 only if it never wrote one: otherwise its history would be retrained over."""
+    """A run with no checkpoint restarts from step 0 only if it never wrote one: otherwise its history would be
+    retrained over."""
     saved = [
         r.get("step", 0) for r in read_metrics(run_dir) if r.get("kind") == "event" and r.get("event") == "checkpoint"
     ]

@@ -94,8 +94,8 @@ def _notes(plan: RunDirPlan, cfg: RunConfig, trainer: Trainer) -> list[str]:
         final_lr = schedule.base_lr if cfg.schedule.name == "constant" else schedule.min_lr
         if planned > end:
             lines.append(
-                f"hasten: note: the LR schedule keeps the length it was planned with ({end:,} {unit}); training past it "
-                f"runs at its final LR {final_lr:.3g}"
+                f"hasten: note: the LR schedule keeps the length it was planned with ({end:,} {unit}); "
+                f"training past it runs at its final LR {final_lr:.3g}"
             )
         elif planned < end:
             lines.append(
@@ -216,7 +216,8 @@ def _assemble(
     model_cfg: ModelConfig = cfg.model_config()
     if data.vocab_size > model_cfg.vocab_size:
         raise ConfigError(
-            f"the tokenizer has {data.vocab_size} tokens but model vocab_size is {model_cfg.vocab_size}; raise model.vocab_size"
+            f"the tokenizer has {data.vocab_size} tokens but model vocab_size is {model_cfg.vocab_size}; "
+            "raise model.vocab_size"
         )
     check_fits(data, cfg.seq_len, cfg.train.batch_size, cfg.train.eval_sequences)
     if cfg.train.batch_size % parallel.world_size:

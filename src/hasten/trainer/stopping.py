@@ -34,7 +34,8 @@ class StopOnSignal:
             try:
                 again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
                 print(
-                    f"\nhasten: {signal.Signals(signum).name} received; stopping after this step with a checkpoint{again}",
+                    f"\nhasten: {signal.Signals(signum).name} received; "
+                    f"stopping after this step with a checkpoint{again}",
                     file=sys.stderr,
                     flush=True,
                 )

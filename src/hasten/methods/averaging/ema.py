@@ -124,7 +124,8 @@ class _RunningAverager:
             averaged = AveragedModel(raw, device=self.device, multi_avg_fn=self._multi_avg_fn())
             averaged.module.float()
             averaged.requires_grad_(False)
-            # the counter next to the weights (AveragedModel leaves it on the CPU when device is None), so updates stay on the device
+            # the counter next to the weights (AveragedModel leaves it on the CPU when device is None), so updates stay
+            # on the device
             averaged.n_averaged = averaged.n_averaged.to(next(averaged.module.parameters()).device)
             self._count = 0
             if self._pending is not None:
@@ -210,7 +211,8 @@ class _RunningAverager:
     def load_state_dict(self, state: Mapping) -> None:
         if state.get("kind") != self.name:
             raise CheckpointError(
-                f"{self.name}: checkpoint averager state is {state.get('kind')!r}, not {self.name!r}; resume with the same methods"
+                f"{self.name}: checkpoint averager state is {state.get('kind')!r}, not {self.name!r}; "
+                "resume with the same methods"
             )
         averaged = state.get("averaged")
         if averaged is not None and "n_averaged" not in averaged:

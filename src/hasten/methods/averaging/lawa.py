@@ -41,7 +41,8 @@ def interval_steps(interval_tokens: int, tokens_per_step: int) -> int:
     """
     if interval_tokens < 1 or tokens_per_step < 1:
         raise ConfigError(
-            f"lawa: interval_tokens={interval_tokens} and tokens_per_step={tokens_per_step} must both be positive integers"
+            f"lawa: interval_tokens={interval_tokens} and tokens_per_step={tokens_per_step} "
+            "must both be positive integers"
         )
     return max(1, round(interval_tokens / tokens_per_step))
 

@@ -1,8 +1,8 @@
 """Blockwise LR (sharpness disparity, arXiv 2502.19002) and Adam-mini (arXiv 2406.16793): the method's room.
 
 Use them standalone from here: `blockwise_param_groups(model, weight_decay, ratios, base_lr=lr)` gives the
-param groups for any torch optimizer (AdamW, or `AdamMini(groups, lr=...)`), `block_sharpness` runs the probe. The kernels live in
-hasten.optim (the optimizer builder uses them for the AdamW baseline too, and optim sits below the
+param groups for any torch optimizer (AdamW, or `AdamMini(groups, lr=...)`), `block_sharpness` runs the probe. The
+kernels live in hasten.optim (the optimizer builder uses them for the AdamW baseline too, and optim sits below the
 trainer); the recipe switches are `optim.blockwise` / `optim.name: adam_mini` and the `sharpness`
 method section. The method card is README.md here.
 """

@@ -39,7 +39,8 @@ def format_table(sharpness: dict[str, float], numels: dict[str, int], ratios: di
     for rank, block in enumerate(sorted(sharpness, key=sharpness.get), start=1):
         expected = str(paper_rank.get(block, "-"))
         lines.append(
-            f"{rank:>4}  {block:<8} {numels.get(block, 0):>10,}  {sharpness[block]:>11.4e}  {expected:>10}  {ratios.get(block, 1.0):>10.2f}"
+            f"{rank:>4}  {block:<8} {numels.get(block, 0):>10,}  {sharpness[block]:>11.4e}  {expected:>10}  "
+            f"{ratios.get(block, 1.0):>10.2f}"
         )
     return "\n".join(lines)
 
@@ -75,7 +76,8 @@ def cmd_sharpness(args) -> int:
     measured, agrees = order_agreement(sharpness)
 
     print(
-        f"{ckpt_path} (step {step}, {args.weights} weights): {len(batches)} batches x {rows} val windows of {cfg.seq_len} tokens, "
+        f"{ckpt_path} (step {step}, {args.weights} weights): "
+        f"{len(batches)} batches x {rows} val windows of {cfg.seq_len} tokens, "
         f"{'data' if args.true_labels else 'sampled'} labels"
     )
     print(format_table(sharpness, numels, ratios))

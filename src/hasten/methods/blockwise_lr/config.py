@@ -1,4 +1,5 @@
-"""`methods.sharpness`: when the sharpness probe measures, on how much data, and whether it sets the blockwise LR ratios.
+"""`methods.sharpness`: when the sharpness probe measures, on how much data, and whether it sets the blockwise LR
+ratios.
 
 Blockwise LR itself is switched on in the optimizer section (`optim.blockwise`, `optim.lr_ratios`,
 `optim.block_overrides`: hasten.config.OptimConfig, checked against the block vocabulary in

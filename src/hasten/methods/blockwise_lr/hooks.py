@@ -33,7 +33,8 @@ _PROBE_STREAM = 0x5EED5A  # mixes into the run seed so the probe's windows and l
 
 
 def probe_windows(tokens: np.ndarray, seq_len: int, n_batches: int, rows: int, seed: int) -> list[torch.Tensor]:
-    """`n_batches` fixed (rows, seq_len+1) batches of distinct train windows (repeating only if the split is smaller)."""
+    """`n_batches` fixed (rows, seq_len+1) batches of distinct train windows (repeating only if the split is
+    smaller)."""
     sampler = WindowSampler(tokens, seq_len, seed=seed)  # a private sampler: only .rows() is used, no state is advanced
     rng = np.random.default_rng([seed, _PROBE_STREAM])
     need = n_batches * rows
@@ -77,7 +78,8 @@ class SharpnessProbe(Method):
             ctx.state.model
         ):  # the probe differentiates the raw module; FSDP2's sharded grads are untested here
             raise ConfigError(
-                "methods.sharpness does not support train.parallelism=fsdp; use ddp, or run `hasten sharpness` on a checkpoint"
+                "methods.sharpness does not support train.parallelism=fsdp; "
+                "use ddp, or run `hasten sharpness` on a checkpoint"
             )
         if self._batches is None:
             rows = min(ctx.micro_rows, ctx.cfg.train.batch_size)

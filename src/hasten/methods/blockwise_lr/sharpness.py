@@ -87,7 +87,8 @@ def tensor_sharpness(
     sample_labels: bool = True,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """Average sharpness of every parameter tensor (N·||g||²/numel, averaged over batches): the per-layer distribution."""
+    """Average sharpness of every parameter tensor (N·||g||²/numel, averaged over batches): the per-layer
+    distribution."""
     sq_norms, numels = _probe(model, batches, sample_labels, generator)
     return {name: sq_norms[name] / numels[name] for name in sq_norms}
 

@@ -82,7 +82,8 @@ def grow_checkpoint(args) -> Path:
     ckpt = open_train_checkpoint(args.source, "hasten grow")
     if ckpt.sharded:
         raise CheckpointError(
-            f"{ckpt.path} is a sharded checkpoint; save it consolidated (train.checkpoint_format=consolidated) to grow it"
+            f"{ckpt.path} is a sharded checkpoint; "
+            "save it consolidated (train.checkpoint_format=consolidated) to grow it"
         )
     cfg = ckpt.run_config()
     progress = dict(ckpt.progress)
@@ -191,18 +192,19 @@ def grow_checkpoint(args) -> Path:
     for note in grown.notes[1:]:
         print(f"  {note}")
     print(
-        f"  schedule {stage.schedule}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in schedule_info.items())}"
+        f"  schedule {stage.schedule}: "
+        f"{', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in schedule_info.items())}"
     )
     if stage.dim == "width" and stage.op == "random":
         print(
-            "  note: offline growth has no MSG mask ramp, so the new units act from the first step; grow inside the trainer "
-            "(methods.growth) to ramp them in",
+            "  note: offline growth has no MSG mask ramp, so the new units act from the first step; "
+            "grow inside the trainer (methods.growth) to ramp them in",
             file=sys.stderr,
         )
     if dropped_methods or dropped_states:
         print(
-            f"  note: reset method state {', '.join(dropped_states) or '-'}; removed methods.{', methods.'.join(dropped_methods) or '-'} "
-            "from the new run's config",
+            f"  note: reset method state {', '.join(dropped_states) or '-'}; "
+            f"removed methods.{', methods.'.join(dropped_methods) or '-'} from the new run's config",
             file=sys.stderr,
         )
     return out

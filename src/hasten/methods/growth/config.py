@@ -38,9 +38,8 @@ class GrowthStage:
     at_steps: int | None = None  # trigger: completed optimizer steps ...
     at_tokens: int | None = None  # ... or training tokens ...
     at_flops: float | None = None  # ... or training FLOPs ...
-    at: str | None = (
-        None  # ... or guideline (G_stack's d) | slope (staged training's loss-curve flattening) | previous (with the stage before)
-    )
+    at: str | None = None  # ... or guideline (G_stack's d) | slope (staged training's loss-curve flattening)
+    # | previous (with the stage before)
     slope_threshold: float | None = None  # at: slope; None = the cheatsheet value for this dim
     slope_window: int | None = None  # points in the least-squares log-log fit (default 20)
     slope_patience: int | None = None  # consecutive fits above the threshold (default 1)
@@ -143,7 +142,8 @@ class GrowthConfig:
     def stage_configs(self) -> list[GrowthStage]:
         if not isinstance(self.stages, list) or not self.stages:
             raise ConfigError(
-                "methods.growth.stages must be a non-empty list, e.g. [{dim: depth, op: stack, factor: 4, at_tokens: 200000}]"
+                "methods.growth.stages must be a non-empty list, "
+                "e.g. [{dim: depth, op: stack, factor: 4, at_tokens: 200000}]"
             )
         parsed = []
         for i, raw in enumerate(self.stages):
@@ -159,7 +159,8 @@ class GrowthConfig:
         stages = self.stage_configs()
         if stages[0].at == "previous":
             raise ConfigError(
-                "methods.growth.stages[0]: `at: previous` grows together with the stage before; the first stage needs its own trigger"
+                "methods.growth.stages[0]: `at: previous` grows together with the stage before; "
+                "the first stage needs its own trigger"
             )
         for i in range(1, len(stages)):
             if stages[i].at == "previous" and stages[i].dim == "width" and stages[i - 1].ramp_steps(1) > 0:
@@ -174,7 +175,8 @@ class GrowthConfig:
             for (_, a), (j, b) in zip(values, values[1:]):
                 if b < a:
                     raise ConfigError(
-                        f"methods.growth.stages[{j}]: {key}={b:g} comes before the previous stage's {a:g}; list stages in order"
+                        f"methods.growth.stages[{j}]: {key}={b:g} comes before the previous stage's {a:g}; "
+                        "list stages in order"
                     )
 
     def validate_run(self, run_cfg) -> None:
@@ -191,14 +193,16 @@ class GrowthConfig:
                 value = getattr(stage, key)
                 if value is not None and value >= budget:
                     raise ConfigError(
-                        f"methods.growth.stages[{i}]: {key}={value:g} is not inside the run ({budget:,} {key[3:]}); lower it"
+                        f"methods.growth.stages[{i}]: {key}={value:g} is not inside the run "
+                        f"({budget:,} {key[3:]}); lower it"
                     )
             if stage.at == "guideline":
                 d, n, _ = guideline_tokens(run_cfg, stages)
                 if d >= tokens:
                     raise ConfigError(
-                        f"methods.growth.stages[{i}]: the G_stack guideline gives d={d:.3g} tokens for N={n:.3g} params, D={tokens:.3g} "
-                        "tokens, beyond the run (the fit is for billion-parameter runs); use at_tokens instead"
+                        f"methods.growth.stages[{i}]: the G_stack guideline gives d={d:.3g} tokens for N={n:.3g} "
+                        f"params, D={tokens:.3g} tokens, beyond the run (the fit is for billion-parameter runs); "
+                        "use at_tokens instead"
                     )
 
 

@@ -7,7 +7,8 @@ happens to the optimizer moments, and what happens to the LR schedule:
     methods:
       growth:
         stages:
-          - {dim: depth, op: stack, factor: 4, at_tokens: 200000, moments: reset, schedule: restart, lr: 1.0e-3, warmup_steps: 20}
+          - {dim: depth, op: stack, factor: 4, at_tokens: 200000, moments: reset, schedule: restart, lr: 1.0e-3,
+             warmup_steps: 20}
           - {dim: width, op: staged, factor: 2, at: slope, slope_threshold: -0.0475, moments: map, schedule: jump}
 
 Triggers (exactly one per stage): at_steps, at_tokens, at_flops (progress counters after the step),
@@ -85,7 +86,8 @@ class Growth(Method):
         expected = self.configs[self.done]
         if ctx.state.model.config.to_dict() != expected.to_dict():
             raise CheckpointError(
-                f"methods.growth: the checkpoint's model ({shape_text(ctx.state.model.config)}) is not the model of stage {self.done} "
+                f"methods.growth: the checkpoint's model ({shape_text(ctx.state.model.config)}) "
+                f"is not the model of stage {self.done} "
                 f"({shape_text(expected)}); was it grown offline? remove methods.growth from the run's config.yaml"
             )
         final = self.configs[-1]
@@ -254,7 +256,8 @@ class Growth(Method):
         self.trigger = self._new_trigger()
         if ctx.is_main:
             print(
-                f"growth at step {p.step} ({p.tokens:,} tokens): {self.history[-1]['summary']}; schedule {last.schedule} {schedule_info}",
+                f"growth at step {p.step} ({p.tokens:,} tokens): {self.history[-1]['summary']}; "
+                f"schedule {last.schedule} {schedule_info}",
                 file=sys.stderr,
             )
 

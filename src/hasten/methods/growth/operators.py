@@ -218,7 +218,8 @@ class GrowthPlan:
     def summary(self) -> str:
         s, t = self.source_config, self.config
         return (
-            f"growth {self.dim}/{self.op} x{self.factor:g}: {s.n_layers}L x {s.d_model}d ({s.n_heads}/{s.n_kv_heads} heads, "
+            f"growth {self.dim}/{self.op} x{self.factor:g}: "
+            f"{s.n_layers}L x {s.d_model}d ({s.n_heads}/{s.n_kv_heads} heads, "
             f"ffn {s.d_ff}) -> {t.n_layers}L x {t.d_model}d ({t.n_heads}/{t.n_kv_heads} heads, ffn {t.d_ff})"
         )
 
@@ -280,8 +281,8 @@ def _width_config(cfg: ModelConfig, op: str, factor: float) -> ModelConfig:
         value = size * factor
         if abs(value - round(value)) > 1e-9:
             raise ConfigError(
-                f"growth: width factor {factor:g} gives {key}={size}*{factor:g}={value:g}, not a whole number; pick a factor "
-                f"that keeps d_model, n_heads, n_kv_heads and d_ff whole (factor=2 always works)"
+                f"growth: width factor {factor:g} gives {key}={size}*{factor:g}={value:g}, not a whole number; "
+                f"pick a factor that keeps d_model, n_heads, n_kv_heads and d_ff whole (factor=2 always works)"
             )
         grown[key] = int(round(value))
     new_cfg = replace(cfg, **grown)

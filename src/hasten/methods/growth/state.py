@@ -83,8 +83,8 @@ def map_optimizer_state(
     missing = [n for n, p in new_model.named_parameters() if id(p) not in in_groups]
     if missing:
         raise ConfigError(
-            f"growth: build_optimizer left {len(missing)} parameters out (e.g. {missing[0]}); build the optimizer from every "
-            "parameter of the model it is given"
+            f"growth: build_optimizer left {len(missing)} parameters out (e.g. {missing[0]}); "
+            "build the optimizer from every parameter of the model it is given"
         )
     notes: list[str] = []
     for name, param in new_model.named_parameters():

@@ -103,7 +103,8 @@ class SeqLenWarmupConfig:
                 bad(f"root_degree={r!r} must be a positive number for kind=fixed_root (2 = square root)")
         elif self.root_degree not in (None, 1):
             bad(
-                f"root_degree={self.root_degree} contradicts kind=fixed_linear (r=1); use kind=fixed_root or drop root_degree"
+                f"root_degree={self.root_degree} contradicts kind=fixed_linear (r=1); "
+                "use kind=fixed_root or drop root_degree"
             )
         if self.min_len < self.step:
             bad(
@@ -134,7 +135,8 @@ class SeqLenWarmupConfig:
             bad("kind=fixed_discrete needs difficulties=[d_0..d_n] and max_steps=[m_0..m_{n-1}]")
         if len(m) != len(d) - 1:
             bad(
-                f"max_steps has {len(m)} entries but needs len(difficulties)-1 = {len(d) - 1} (the last length lasts forever)"
+                f"max_steps has {len(m)} entries but needs len(difficulties)-1 = {len(d) - 1} "
+                "(the last length lasts forever)"
             )
         if any(isinstance(x, bool) or not isinstance(x, int) for x in [*d, *m]):
             bad("difficulties and max_steps must be integers")
@@ -146,11 +148,13 @@ class SeqLenWarmupConfig:
             bad(f"difficulties={d} must lie within [min_len={self.min_len}, max_len={self.max_len}]")
         if self.max_len is not None and d[-1] != self.max_len:
             bad(
-                f"difficulties end at {d[-1]} but must end at max_len={self.max_len}, or training never reaches full context"
+                f"difficulties end at {d[-1]} but must end at max_len={self.max_len}, "
+                "or training never reaches full context"
             )
         off = [x for x in d if x % self.step]
         if off:
             warnings.warn(
-                f"seqlen_warmup: difficulties {off} are not multiples of step={self.step} (tensor-core friendly lengths)",
+                f"seqlen_warmup: difficulties {off} are not multiples of step={self.step} "
+                "(tensor-core friendly lengths)",
                 stacklevel=3,
             )
