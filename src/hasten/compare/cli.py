@@ -130,7 +130,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="write into a non-empty --out that is not a compare output (replaces report.md, results.json and plots there)",
+        help="write into a non-empty --out that is not a compare output "
+        "(replaces report.md, results.json and plots there)",
     )
     p.add_argument(
         "--command-line", default=None, help=argparse.SUPPRESS

@@ -149,8 +149,12 @@ class Grid:
 
     def spec(self, ctx: Ctx, row: Row, knobs: dict, seed: int, dense: bool = False) -> RunSpec:
         settings = [*self.size_settings(ctx, row, dense), *row.settings(ctx, knobs)]
-        # named by a hash of the settings: the same configuration always maps to the same run dir, however it was reached
-        name = f"{ctx.preset.removeprefix('bench-')}-{row.name}-{hashlib.sha1(' '.join(settings).encode()).hexdigest()[:8]}-seed{seed}"
+        # named by a hash of the settings: the same configuration always maps to the same run dir, however it was
+        # reached
+        name = (
+            f"{ctx.preset.removeprefix('bench-')}-{row.name}-"
+            f"{hashlib.sha1(' '.join(settings).encode()).hexdigest()[:8]}-seed{seed}"
+        )
         overrides = [*settings, f"train.seed={seed}", f"name={name}"]
         return RunSpec(
             name, row.name, seed, row.recipe, overrides, self.out / "runs" / name, self.opts.threads_per_job()
@@ -184,7 +188,8 @@ class Grid:
     # -- tuning ----------------------------------------------------------------------------------
 
     def tune_baseline(self, ctx: Ctx) -> tuple[float, dict]:
-        """Sweep the baseline LR around ctx.lr, widening while the best is at an edge; returns (best LR, tuning record)."""
+        """Sweep the baseline LR around ctx.lr, widening while the best is at an edge; returns (best LR, tuning
+        record)."""
         ctx = replace(ctx, chosen={})
         row = self.rows[self.tier.baseline]
         factors = list(LR_FACTORS[: self.tier.candidates]) if self.tier.candidates < TUNING_RUNS else list(LR_FACTORS)
@@ -306,7 +311,8 @@ class Grid:
     # -- one size ----------------------------------------------------------------------------------
 
     def seeds_of(self, ctx: Ctx, names: list[str], seeds: tuple[int, ...], dense: set[str]) -> dict[str, list]:
-        """Seed-major specs of every row at its chosen knobs on the held-out seeds (rows in `dense` evaluate densely)."""
+        """Seed-major specs of every row at its chosen knobs on the held-out seeds (rows in `dense` evaluate
+        densely)."""
         names = [name for name in names if name in ctx.chosen]  # an interim report leaves out rows still being tuned
         order = [(name, s) for s in seeds for name in names]
         specs = [(name, self.spec(ctx, self.rows[name], ctx.chosen[name], s, name in dense)) for name, s in order]
@@ -434,8 +440,10 @@ def interim_section(grid: Grid, ctx: Ctx, names: list[str], runs: dict[str, list
     if not missing:
         return ""
     return (
-        "## Interim\n\n**This report is interim**: the grid has not finished. Rows with fewer seeds have wider (or no) intervals; "
-        "rows still tuning are left out of the results table. Missing: " + ", ".join(missing) + ". Resume with "
+        "## Interim\n\n**This report is interim**: the grid has not finished. Rows with fewer seeds have wider (or no) "
+        "intervals; rows still tuning are left out of the results table. Missing: "
+        + ", ".join(missing)
+        + ". Resume with "
         f"`{grid.command}`; `--interim` rewrites this report from the finished runs without training."
     )
 
@@ -519,15 +527,17 @@ def regime(ctx: Ctx, baseline: Row, settings: list[str]) -> dict:
 
 def render_regime(r: dict) -> str:
     return (
-        f"## Regime\n\n{r['preset']}: {r['non_embedding_params']:,} non-embedding parameters, {r['budget_tokens']:,} training tokens "
-        f"per run = **{r['tokens_per_param']:.1f} tokens per parameter**, {r['epochs']:.2f} epochs of the {r['train_tokens']:,}-token "
-        f"training split; every evaluation covers the whole validation split ({r['val_windows']:,} windows, {r['val_tokens']:,} "
-        f"tokens). Tuned AdamW LR: {r['tuned_lr']:.4g}."
+        f"## Regime\n\n{r['preset']}: {r['non_embedding_params']:,} non-embedding parameters, "
+        f"{r['budget_tokens']:,} training tokens per run = **{r['tokens_per_param']:.1f} tokens per parameter**, "
+        f"{r['epochs']:.2f} epochs of the {r['train_tokens']:,}-token training split; every evaluation covers the "
+        f"whole validation split ({r['val_windows']:,} windows, {r['val_tokens']:,} tokens). "
+        f"Tuned AdamW LR: {r['tuned_lr']:.4g}."
     )
 
 
 def candidate_texts(rec: dict) -> list[str]:
-    """`label: final` per tuning candidate ("not run yet" in an interim report; records before that key existed were complete)."""
+    """`label: final` per tuning candidate ("not run yet" in an interim report; records before that key existed were
+    complete)."""
     return [
         f"{c['label']}: "
         + ("not run yet" if not c.get("finished", True) else "failed" if c["final"] is None else f"{c['final']:.4f}")
@@ -541,8 +551,8 @@ def render_tuning(tuning: dict, seed: int = 0) -> str:
     lines = [
         f"## Tuning (seed {seed} only; it is not among the reported seeds)",
         "",
-        "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, then run on "
-        "every held-out seed. Tuning effort: "
+        "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, "
+        "then run on every held-out seed. Tuning effort: "
         + "".join(f"`{n}` {k} runs, " for n, k in effort.items() if k != usual)
         + f"every other row {usual}. Rows with a second round (_round 2_) get it around their first choice.",
         "",
@@ -613,8 +623,8 @@ def render_ablation(entries: list[dict]) -> str:
         lines += [
             f"## What each part of {full} adds (leave-one-out, held-out seeds)",
             "",
-            f"Each row drops one part of {full} and keeps its other settings (not re-tuned). Δ is the row's final val loss minus "
-            f"{full}'s, paired by seed, 95 % interval: Δ > 0 means the part left out helps.",
+            f"Each row drops one part of {full} and keeps its other settings (not re-tuned). Δ is the row's final "
+            f"val loss minus {full}'s, paired by seed, 95 % interval: Δ > 0 means the part left out helps.",
             "",
             f"| row | final val loss | Δ vs {full} [95% CI] | total-FLOPs speedup to the baseline [95% CI] |",
             "|---|---|---|---|",
@@ -683,11 +693,13 @@ def results_block(results: dict, report_path: str) -> str:
     return "\n".join(
         [
             *([INTERIM_NOTE, ""] if results.get("interim") else []),
-            f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), {r['budget_tokens']:,} tokens "
-            f"per run ({r['tokens_per_param']:.1f} tokens/param, {r['epochs']:.2f} epochs), whole-split evaluation; settings chosen on seed "
-            f"{results['tuning_seed']}, reported on held-out paired seeds {seeds}; AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final "
-            f"val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; FLOPs are total (model + optimizer); a speedup rests on "
-            f"evaluations at most {results['max_resolution']:.0%} of the budget apart; {results['created']}. Produced by:",
+            f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), "
+            f"{r['budget_tokens']:,} tokens per run ({r['tokens_per_param']:.1f} tokens/param, "
+            f"{r['epochs']:.2f} epochs), whole-split evaluation; settings chosen on seed {results['tuning_seed']}, "
+            f"reported on held-out paired seeds {seeds}; AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final "
+            f"val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; FLOPs are total (model + optimizer); "
+            f"a speedup rests on evaluations at most {results['max_resolution']:.0%} of the budget apart; "
+            f"{results['created']}. Produced by:",
             "",
             "```bash",
             results["command"],

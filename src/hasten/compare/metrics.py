@@ -205,7 +205,8 @@ def ratio_estimate(ratios: list[float], confidence: float = CONFIDENCE) -> Estim
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
-    """Two-sided p of Welch's unequal-variance t-test (scipy), for rows whose seeds are not paired with the baseline's."""
+    """Two-sided p of Welch's unequal-variance t-test (scipy), for rows whose seeds are not paired with the
+    baseline's."""
     if len(a) < 2 or len(b) < 2:
         return None
     if max(a) == min(a) and max(b) == min(b):  # no spread on either side: the t statistic is undefined
@@ -217,7 +218,8 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
 
 def paired_speedups(curves: list[Curve], base_curves: list[Curve], axis: str) -> list[float | None]:
-    """Seed-by-seed speedups on `axis`: baseline seed s's budget over the cost for curve s to reach baseline s's final loss."""
+    """Seed-by-seed speedups on `axis`: baseline seed s's budget over the cost for curve s to reach baseline s's final
+    loss."""
     return [
         speedup(base.end(axis), cost_to_target(curve, base.final, axis)) for curve, base in zip(curves, base_curves)
     ]

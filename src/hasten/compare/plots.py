@@ -26,7 +26,8 @@ XLABEL = {
 
 
 def plot_comparison(results: dict, report_dir: Path) -> dict[str, Path]:
-    """Write the three plots (and stability.png when runs logged stability rows) into report_dir; returns {axis | "stability": path}."""
+    """Write the three plots (and stability.png when runs logged stability rows) into report_dir; returns
+    {axis | "stability": path}."""
     paths = {}
     curves = results["curves"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -156,7 +157,8 @@ def _zoom(ax, curves: dict, target: float | None) -> None:
 
 
 def plot_ladder(ladder: dict[str, dict], names: list[str], path: Path) -> Path:
-    """Each row's total-FLOPs speedup (95 % CI) against model size, one results dict per size; names[0] is the baseline."""
+    """Each row's total-FLOPs speedup (95 % CI) against model size, one results dict per size; names[0] is the
+    baseline."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     order = sorted(ladder, key=lambda p: ladder[p]["regime"]["non_embedding_params"])
     for name in names[1:]:

@@ -293,7 +293,8 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolu
             time_per_flop=time_per_flop.to_dict() if time_per_flop else None,
             wallclock_noise=_wallclock_is_noise(speedups, time_per_flop),
         )
-    else:  # seeds that the baseline does not have: unpaired, Welch's test on the finals, speedup on the seed-mean curves
+    else:  # seeds that the baseline does not have: unpaired, Welch's test on the finals, speedup on the seed-mean
+        # curves
         base_finals = [c.final for c in base["curves"]]
         target = sum(base_finals) / len(base_finals)
         mean_c, base_mean = mean_curve(curves), mean_curve(base["curves"])
@@ -424,7 +425,8 @@ def fmt_tokens_per_param(row: dict) -> str:
 def table(results: dict, compact: bool = False) -> str:
     if compact:
         lines = [
-            "| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens | speedup total FLOPs | speedup wall-clock |",
+            "| recipe | final val loss | Δ vs baseline [95% CI] | speedup tokens | speedup total FLOPs | "
+            "speedup wall-clock |",
             "|---|---|---|---|---|---|",
         ]
         for row in results["rows"]:
@@ -434,8 +436,9 @@ def table(results: dict, compact: bool = False) -> str:
             )
         return "\n".join(lines)
     lines = [
-        "| recipe | seeds | tokens/param | final val loss | Δ vs baseline [95% CI] | p (paired t) | speedup tokens [95% CI] | "
-        "model FLOPs [95% CI] | total FLOPs [95% CI] | wall-clock [95% CI] | crossing resolution | time/FLOP vs baseline |",
+        "| recipe | seeds | tokens/param | final val loss | Δ vs baseline [95% CI] | p (paired t) | "
+        "speedup tokens [95% CI] | model FLOPs [95% CI] | total FLOPs [95% CI] | wall-clock [95% CI] | "
+        "crossing resolution | time/FLOP vs baseline |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
@@ -471,11 +474,14 @@ def render_report(results: dict) -> str:
     m = results["machine"]
     threads = results.get("threads_per_job")
     out += [
-        f"- Budget: {budget}; {results['seeds']} seed(s) per recipe, paired (seed s: same data order for every recipe), "
-        f"run seed-major; {results['jobs']} job(s) at a time" + (f", {threads} thread(s) each." if threads else "."),
-        f"- Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}{', ' + m['cuda'] if m.get('cuda') else ''}; created {results['created']}.",
-        f"- Baseline: `{results['baseline']}`; target = its final val loss, per seed (mean {results['target_loss']:.4f} over "
-        f"{len(base['seeds'])} seed(s), spread ± {base['final_std'] or 0:.4f}).",
+        f"- Budget: {budget}; {results['seeds']} seed(s) per recipe, paired (seed s: same data order for every "
+        f"recipe), run seed-major; {results['jobs']} job(s) at a time"
+        + (f", {threads} thread(s) each." if threads else "."),
+        f"- Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}{', ' + m['cuda'] if m.get('cuda') else ''}; "
+        f"created {results['created']}.",
+        f"- Baseline: `{results['baseline']}`; target = its final val loss, per seed "
+        f"(mean {results['target_loss']:.4f} over {len(base['seeds'])} seed(s), "
+        f"spread ± {base['final_std'] or 0:.4f}).",
     ]
     if results.get("overrides"):
         out.append(f"- Overrides for every recipe: `{' '.join(results['overrides'])}`")
@@ -495,7 +501,8 @@ def render_report(results: dict) -> str:
             out.append(f"| {lr} | {'failed' if loss is None else f'{loss:.4f}'}{mark} |")
         out += [
             "",
-            f"The baseline row uses the best LR, {tuning['best_lr']:g}. Other recipes keep the LRs of their own recipes.",
+            f"The baseline row uses the best LR, {tuning['best_lr']:g}. "
+            "Other recipes keep the LRs of their own recipes.",
         ]
         if tuning["at_edge"]:
             out.append("**The best LR is at the edge of the grid: the baseline may be under-tuned; widen --tune-lrs.**")
@@ -503,32 +510,36 @@ def render_report(results: dict) -> str:
     averaged = [r for r in results["rows"] if "raw_final_mean" in r]
     if averaged:
         out += [
-            "Averaged-weight rows (`recipe [method]`) evaluate the averaged model of the same runs; against their raw model:",
+            "Averaged-weight rows (`recipe [method]`) evaluate the averaged model of the same runs; "
+            "against their raw model:",
             "",
         ]
         for r in averaged:
             verdict = "better" if r["vs_raw"] < 0 else "worse"
             out.append(
-                f"- {r['name']}: final {r['final_mean']:.4f} vs raw {r['raw_final_mean']:.4f} ({r['vs_raw']:+.4f}, {verdict})"
+                f"- {r['name']}: final {r['final_mean']:.4f} vs raw {r['raw_final_mean']:.4f} "
+                f"({r['vs_raw']:+.4f}, {verdict})"
             )
         out.append("")
     out += [
-        "How to read it: for each seed, the *target* is the baseline's final val loss of that seed; a row's *speedup* is the "
-        "baseline's budget over the tokens / FLOPs / training seconds at which the row's curve of the same seed first reaches that "
-        "target (linear between the two evaluations around the crossing); the table gives the geometric mean over seeds with a 95 % "
-        "t interval, or how many seeds reached it and the mean remaining gap. *Crossing resolution* is the widest gap, over the "
-        "seeds, between the two evaluations that bracket a crossing, as a fraction of the baseline's total-FLOPs budget; a speedup "
-        f'whose bracket is wider than {results.get("max_resolution", MAX_RESOLUTION):.0%} is refused ("unresolved"), so '
-        f"interpolation never decides more than that share of the budget (evaluate more often, e.g. `--set "
-        "train.eval_every_tokens=` 1/50 of the budget, to resolve one). *Δ* is the paired difference of final val losses with its 95 % interval "
-        "and the paired t-test's p (scipy). *Model FLOPs* are 6 x (matmul parameters) + 12 x layers x d_model x seq_len per "
-        "token, forward and backward (PaLM, Chowdhery et al. 2022, appendix B: attention at full context, the causal mask not "
-        "credited), charged at each step's model size and sequence length; *total FLOPs* add every optimizer step's own work "
-        "(hasten.optim.flops: Muon's Newton-Schulz matmuls, the elementwise updates of AdamW and Adam-mini). Wall-clock counts "
-        "training steps only (no evaluation or checkpointing)"
+        "How to read it: for each seed, the *target* is the baseline's final val loss of that seed; a row's *speedup* "
+        "is the baseline's budget over the tokens / FLOPs / training seconds at which the row's curve of the same seed "
+        "first reaches that target (linear between the two evaluations around the crossing); the table gives the "
+        "geometric mean over seeds with a 95 % t interval, or how many seeds reached it and the mean remaining gap. "
+        "*Crossing resolution* is the widest gap, over the seeds, between the two evaluations that bracket a crossing, "
+        "as a fraction of the baseline's total-FLOPs budget; a speedup whose bracket is wider than "
+        f'{results.get("max_resolution", MAX_RESOLUTION):.0%} is refused ("unresolved"), so interpolation never '
+        "decides more than that share of the budget (evaluate more often, e.g. `--set train.eval_every_tokens=` 1/50 "
+        "of the budget, to resolve one). *Δ* is the paired difference of final val losses with its 95 % interval and "
+        "the paired t-test's p (scipy). *Model FLOPs* are 6 x (matmul parameters) + 12 x layers x d_model x seq_len "
+        "per token, forward and backward (PaLM, Chowdhery et al. 2022, appendix B: attention at full context, the "
+        "causal mask not credited), charged at each step's model size and sequence length; *total FLOPs* add every "
+        "optimizer step's own work (hasten.optim.flops: Muon's Newton-Schulz matmuls, the elementwise updates of AdamW "
+        "and Adam-mini). Wall-clock counts training steps only (no evaluation or checkpointing)"
         + (" and is inflated for every recipe alike by running several jobs at once." if results["jobs"] > 1 else ".")
-        + " *time/FLOP* is the row's training seconds per total FLOP over the baseline's; † marks a wall-clock speedup that differs "
-        "from the total-FLOPs speedup by more than 5 % while time/FLOP is not shown to differ from 1: that difference is machine noise.",
+        + " *time/FLOP* is the row's training seconds per total FLOP over the baseline's; † marks a wall-clock speedup "
+        "that differs from the total-FLOPs speedup by more than 5 % while time/FLOP is not shown to differ from 1: "
+        "that difference is machine noise.",
         "",
     ]
     for section in (
@@ -557,10 +568,13 @@ def readme_block(results: dict, report_path: str) -> str:
     budget = f"{results['budget_tokens']:,} tokens" if results.get("budget_tokens") else "recipe lengths"
     tuned = ""
     if results.get("tuning"):
-        tuned = f", AdamW LR tuned over {', '.join(f'{x:g}' for x in results['tuning']['grid'])} (best {results['tuning']['best_lr']:g})"
+        tuned = (
+            f", AdamW LR tuned over {', '.join(f'{x:g}' for x in results['tuning']['grid'])} "
+            f"(best {results['tuning']['best_lr']:g})"
+        )
     lines = [
-        f"Tier **{tier}** ({budget} per run, {results['seeds']} paired seed(s), baseline `{results['baseline']}`{tuned}; "
-        f"target val loss {results['target_loss']:.4f}; {results['created']}). Produced by:",
+        f"Tier **{tier}** ({budget} per run, {results['seeds']} paired seed(s), baseline `{results['baseline']}`"
+        f"{tuned}; target val loss {results['target_loss']:.4f}; {results['created']}). Produced by:",
         "",
         "```bash",
         results.get("command") or "hasten compare ...",

@@ -133,7 +133,8 @@ def recipes_from_paths(paths: list[Path], recipe_overrides: dict[str, list[str]]
     unknown = sorted(set(recipe_overrides) - seen)
     if unknown:
         raise ConfigError(
-            f"--set-for names recipe(s) {', '.join(unknown)} that are not compared; use one of {', '.join(sorted(seen))}"
+            f"--set-for names recipe(s) {', '.join(unknown)} that are not compared; "
+            f"use one of {', '.join(sorted(seen))}"
         )
     return recipes
 
@@ -182,7 +183,8 @@ def refuse_stale(spec: RunSpec):
         stale = _stale_keys(spec.run_dir, cfg)
         if stale:
             raise ConfigError(
-                f"{spec.run_dir} was run with a different config ({', '.join(stale[:4])}); delete it or use another report dir"
+                f"{spec.run_dir} was run with a different config ({', '.join(stale[:4])}); "
+                "delete it or use another report dir"
             )
     return cfg
 
@@ -392,8 +394,9 @@ def run_all(specs: list[RunSpec], jobs: int = 1, quiet: bool = False) -> list[di
 
 @contextlib.contextmanager
 def _stop_requests(futures: list[Future]):
-    """While the grid runs, SIGTERM / SIGINT start no new run: pending runs are cancelled and the workers told (they stop
-    after their step with a checkpoint); a second Ctrl-C stops at once. A run in this process handles them itself."""
+    """While the grid runs, SIGTERM / SIGINT start no new run: pending runs are cancelled and the workers told (they
+    stop after their step with a checkpoint); a second Ctrl-C stops at once. A run in this process handles them
+    itself."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -406,8 +409,8 @@ def _stop_requests(futures: list[Future]):
             return
         _stop_signal = signum
         print(
-            f"hasten: {signal.Signals(signum).name} received; no new run starts, the runs in flight stop after their step "
-            "with a checkpoint",
+            f"hasten: {signal.Signals(signum).name} received; no new run starts, "
+            "the runs in flight stop after their step with a checkpoint",
             file=sys.stderr,
             flush=True,
         )
@@ -455,7 +458,8 @@ def _pool_execute(spec: RunSpec) -> dict:
 
 @contextlib.contextmanager
 def _worker_environment(threads: int | None):
-    """Environment the spawned workers inherit: OpenMP/MKL threads fixed before torch loads, one shared compile cache."""
+    """Environment the spawned workers inherit: OpenMP/MKL threads fixed before torch loads, one shared compile
+    cache."""
     from hasten.config import DataConfig
     from hasten.data.tokenizer import cache_root
     from hasten.parallel.launch import environment
@@ -566,7 +570,8 @@ def _is_compare_output(folder: Path) -> bool:
 
 
 def _corpus_folder(source: str) -> Path | None:
-    """The folder a local data.source reads (a folder, or a glob's fixed part); None for stdlib, hf: and single files."""
+    """The folder a local data.source reads (a folder, or a glob's fixed part); None for stdlib, hf: and single
+    files."""
     if source == "stdlib" or source.startswith("hf:"):
         return None
     parts = Path(source).expanduser().parts

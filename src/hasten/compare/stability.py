@@ -161,9 +161,10 @@ def render_stability(stability: dict[str, dict], plot: str | None = None) -> lis
         stability_table(stability),
         "",
         "Seed means. *Loss-spike events* count entries of the loss ratio (train loss / lowest train loss so far) above "
-        "the spike threshold (1.5; the paper's value is unconfirmed); *max exp_avg_sq* is the largest element of Adam's "
-        "second moment, the SLW paper's proxy for extreme gradient variance; *skipped steps* are non-finite steps the "
-        "guard discarded; *diverged* runs stopped early (they are left out of the loss table above, not out of this one)."
+        "the spike threshold (1.5; the paper's value is unconfirmed); *max exp_avg_sq* is the largest element of "
+        "Adam's second moment, the SLW paper's proxy for extreme gradient variance; *skipped steps* are non-finite "
+        "steps the guard discarded; *diverged* runs stopped early (they are left out of the loss table above, not out "
+        "of this one)."
         + (" Maxima are over logged train rows only (train.log_every > 1); spike counts are exact." if sparse else ""),
         "",
     ]
