@@ -161,9 +161,8 @@ class Grid:
         )
 
     def run(self, specs: list[RunSpec]) -> None:
-        for (
-            spec
-        ) in specs:  # a finished run is reused only if it ran exactly this spec's config (recipes may have changed)
+        # a finished run is reused only if it ran exactly this spec's config (recipes may have changed)
+        for spec in specs:
             if (spec.run_dir / "summary.json").exists():
                 refuse_stale(spec)
         todo = [s for s in specs if not self.finished(s)]

@@ -416,9 +416,8 @@ def _stop_requests(futures: list[Future]):
         )
         for future in futures:
             future.cancel()
-        for (
-            worker
-        ) in multiprocessing.active_children():  # a Ctrl-C on a terminal reached them already; a repeat is harmless
+        # a Ctrl-C on a terminal reached them already; a repeat is harmless
+        for worker in multiprocessing.active_children():
             os.kill(worker.pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
