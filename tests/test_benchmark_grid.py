@@ -40,7 +40,7 @@ def test_every_row_gets_the_same_tuning_budget_and_every_candidate_loads():
     ctx = _ctx()
     grid = _grid()
     names = set()
-    tuned = [row for row in speedup.ROWS if not row.ablates]
+    tuned = [row for row in speedup.ROWS if row.tuned]
     for row in tuned:
         candidates = row.candidates(ctx) + (row.second_round(ctx) if row.second_round else [])
         runs = engine.TUNING_RUNS * (2 if row.second_round else 1)
@@ -165,9 +165,19 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     tier = speedup.TIERS["smoke"]
     assert set(rows) >= set(tier.rows)
     assert results["tuning_seed"] == 0 and results["held_out_seeds"] == list(tier.seeds)
+    record = results["tuning_rows"]["baseline"]
+    changed = record["chosen"] >= tier.candidates  # the second round moved the baseline's choice on seed 0
+    assert ("baseline_first_round" in rows) == changed and ("## Baseline check" in report) == changed
+    if changed:  # the first round's pick re-checked on the held-out seeds, in the baseline's own run dirs
+        first = min(record["candidates"][: tier.candidates], key=lambda c: c["final"])
+        for seed in tier.seeds:  # the first round's best settings, on each held-out seed
+            assert (out / "runs" / first["run"].replace("-seed0", f"-seed{seed}") / "summary.json").is_file(), seed
+        assert {r["name"] for r in results["baseline_check"]["rows"]} >= {"muon", "combined [lawa]"}
     for name in tier.rows:  # every row ran on every held-out paired seed, and was tuned with the same number of runs
+        if name == "baseline_first_round" and not changed:
+            continue
         assert rows[name]["seeds"] == list(tier.seeds) and rows[name]["paired"]
-        if not speedup.ROWS[[r.name for r in speedup.ROWS].index(name)].ablates:
+        if speedup.ROWS[[r.name for r in speedup.ROWS].index(name)].tuned:
             extra = tier.candidates if name in ("baseline", "combined") else 0
             assert len(results["tuning_rows"][name]["candidates"]) == tier.candidates + extra, name
     for run in (out / "runs").iterdir():  # held-out runs of rows that cross evaluate densely; tuning runs never do

@@ -304,14 +304,14 @@ def test_a_warm_start_hashes_only_changed_files(tmp_path, cache, tokenizer_file,
     _folder(folder, 10)
     first = prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False)
     hashed: list[str] = []
-    real = tokens_module.file_sha256
+    real = tokens_module.sha256_file
 
     def spy(path):
         hashed.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(tokens_module, "file_sha256", spy)
-    monkeypatch.setattr(corpus_module, "file_sha256", spy)
+    monkeypatch.setattr(tokens_module, "sha256_file", spy)
+    monkeypatch.setattr(corpus_module, "sha256_file", spy)
     prepare_tokens(str(folder), tokenizer=str(tokenizer_file), val_fraction=0.1, progress=False, expect=first.corpus)
     assert hashed == []  # size and mtime unchanged: nothing read
     os.utime(folder / "doc0003.txt")  # touched, not changed

@@ -247,7 +247,14 @@ def test_disk_full_at_setup_or_when_writing_the_plot_or_summary(capsys, workdir,
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    sets = [*tiny_overrides, "train.max_steps=1"]
+    sets = [*tiny_overrides, "train.max_steps=1", f"data.cache_dir={workdir.parent / (workdir.name + '-cache')}"]
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copyfile", full)  # the tokenizer copied into the new token dir
+        _one_line_error(
+            capsys, _train(workdir / "a", sets), "writing token shards", "No space left on device", "run again"
+        )
+    assert list(workdir.iterdir()) == []
+    assert _main(["prepare-data", *[a for s in sets for a in ("--set", s)]]) == 0
     with monkeypatch.context() as m:
         m.setattr(rundir.shutil, "copyfile", full)  # the first file copied into the staging folder
         _one_line_error(
@@ -268,7 +275,7 @@ def test_disk_full_at_setup_or_when_writing_the_plot_or_summary(capsys, workdir,
     real = Path.write_text
 
     def summary_full(self, *args, **kwargs):
-        if self.name == ".summary.json.tmp":
+        if self.name.startswith(".summary.") and ".tmp" in self.name:  # atomic_write_text's temporary file
             full()
         return real(self, *args, **kwargs)
 
@@ -288,6 +295,21 @@ def test_disk_full_at_setup_or_when_writing_the_plot_or_summary(capsys, workdir,
         _one_line_error(
             capsys, _train(workdir / "d", sets), "metrics.jsonl failed at step 0 (No space left on device)", "--resume"
         )
+
+
+def test_runs_of_one_name_started_in_the_same_second_get_their_own_dirs(capsys, workdir, monkeypatch, tiny_overrides):
+    import hasten.cli.train as train_cli
+
+    monkeypatch.setattr(train_cli.time, "strftime", lambda fmt, *args: "20261203-120000")
+    argv = ["train", *[a for s in [*tiny_overrides, "train.max_steps=1", "name=same"] for a in ("--set", s)]]
+    for _ in range(3):
+        assert _main(argv) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == [
+        "same-20261203-120000",
+        "same-20261203-120000-2",
+        "same-20261203-120000-3",
+    ]
 
 
 def test_garbage_in_metrics_jsonl_does_not_stop_resume_or_grow(capsys, run_copy, workdir):

@@ -34,7 +34,7 @@ def cmd_train(args) -> int:
         _check_stop_step(args.stop_at_step, continued)
     # a continued run starts from its own config: a recipe or --set changes only what they name
     cfg = load_config(args.recipe, args.overrides, base=run_config_values(continued) if continued else None)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg.name)
     if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch(args.nproc, _relaunch_argv(args.argv, run_dir))
     dist = _distributed(cfg.train.device)
@@ -76,6 +76,16 @@ def cmd_train(args) -> int:
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2), run_dir)
     print(f"done: val loss {final['val_loss']:.4f} after {trainer.state.progress.tokens:,} tokens; plot {plot}")
     return 0
+
+
+def _default_run_dir(name: str) -> Path:
+    """runs/NAME-YYYYmmdd-HHMMSS, with -2, -3, ... when a run of the same name started in the same second."""
+    stem = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = stem, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = stem.with_name(f"{stem.name}-{n}")
+    return run_dir
 
 
 def _check_stop_step(step: int, continued: str | None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hasten.compare.metrics import paired_difference
 from hasten.compare.plots import plot_comparison, plot_ladder
-from hasten.compare.report import fmt_delta, fmt_estimate, fmt_loss, fmt_speedup, write_report
+from hasten.compare.report import fmt_delta, fmt_estimate, fmt_loss, fmt_speedup, quoted_row, write_report
 from hasten.compare.runner import CompareOptions, RunSpec, refuse_stale, run_all
 from hasten.errors import ConfigError
 
@@ -71,6 +71,13 @@ class Row:
     size_overrides: Callable[[str], list[str]] = lambda preset: []
     second_round: Callable[[Ctx], list[dict]] | None = None  # more tuning runs around the first round's choice
     ablates: str | None = None  # runs at that row's chosen knobs (a leave-one-out row: no tuning of its own)
+    first_round_of: str | None = None  # runs that row's first-round choice, under its run names, when a second round
+    # changed the choice: how the tuning seed's pick fares on the held-out seeds
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the row has tuning runs of its own (leave-one-out and re-check rows run at another row's knobs)."""
+        return not (self.ablates or self.first_round_of)
 
 
 @dataclass
@@ -152,7 +159,7 @@ class Grid:
         # named by a hash of the settings: the same configuration always maps to the same run dir, however it was
         # reached
         name = (
-            f"{ctx.preset.removeprefix('bench-')}-{row.name}-"
+            f"{ctx.preset.removeprefix('bench-')}-{row.first_round_of or row.name}-"
             f"{hashlib.sha1(' '.join(settings).encode()).hexdigest()[:8]}-seed{seed}"
         )
         overrides = [*settings, f"train.seed={seed}", f"name={name}"]
@@ -269,7 +276,7 @@ class Grid:
         out = set()
         for name in ctx.chosen:
             row = self.rows.get(name)
-            if row is None or name == self.tier.baseline:
+            if row is None or name == self.tier.baseline or row.first_round_of == self.tier.baseline:
                 continue
             if row.ablates:
                 out.add(name)
@@ -304,6 +311,38 @@ class Grid:
                     "finished": self.finished(s),
                 }
                 for i, (k, s, f) in enumerate(zip(knobs, specs, finals))
+            ],
+        }
+
+    def baseline_check(self, runs: dict[str, list], results: dict) -> dict:
+        """When a second round changed the baseline's choice: its first-round choice on the held-out seeds (the row
+        that re-checks it), and every row's total-FLOPs speedup against that one too, so a seed-0 pick that is weaker on
+        the held-out seeds cannot flatter the methods unseen."""
+        from hasten.compare.report import build_results
+
+        check = next((n for n, r in self.rows.items() if r.first_round_of == self.tier.baseline and n in runs), None)
+        if check is None:
+            return {}
+        alt = build_results(self.opts, list(runs), check, runs, self.failed, None)
+        against = {r["name"]: (r.get("speedup") or {}).get("flops") for r in alt["rows"]}
+        refused = {r["name"]: (r.get("refused") or {}).get("flops") for r in alt["rows"]}
+        rows = [r for r in results["rows"] if r["name"] not in (self.tier.baseline, check)]
+        first = next(r for r in results["rows"] if r["name"] == check)
+        return {
+            "row": check,
+            "chosen": results["chosen"].get(self.tier.baseline),
+            "first_round": results["chosen"].get(check),
+            "delta": first.get("delta"),
+            "final_mean": first.get("final_mean"),
+            "rows": [
+                {
+                    "name": r["name"],
+                    "vs_chosen": (r.get("speedup") or {}).get("flops"),
+                    "vs_first_round": against.get(r["name"]),
+                    "refused_first_round": refused.get(r["name"]),
+                    "refused_chosen": (r.get("refused") or {}).get("flops"),
+                }
+                for r in rows
             ],
         }
 
@@ -346,12 +385,14 @@ class Grid:
                 f"tier {self.tier.name}: the tuning seed {self.tier.tuning_seed} is among the reported seeds"
             )
         results["ablation"] = ablation(results, self.rows)
+        results["baseline_check"] = self.baseline_check(runs, results)
         results["sections"] = [
             x
             for x in (
                 render_regime(results["regime"]),
                 render_tuning(tuning, self.tier.tuning_seed),
                 render_ablation(results["ablation"]),
+                render_baseline_check(results["baseline_check"]),
                 *sections,
             )
             if x
@@ -380,9 +421,9 @@ def run_grid(grid: Grid) -> dict:
     main = ctxs[tier.main]
     main.chosen[base] = {"lr": 1.0}
     names = list(grid.rows)
-    singles = [n for n in names if n != base and not grid.rows[n].needs]
+    singles = [n for n in names if n != base and not grid.rows[n].needs and grid.rows[n].tuned]
     tuning[tier.main].update(grid.tune(main, singles))  # 2. single rows
-    composed = [n for n in names if grid.rows[n].needs and not grid.rows[n].ablates]
+    composed = [n for n in names if grid.rows[n].needs and grid.rows[n].tuned]
     while composed:  # 3. compositions, each once its parts are chosen
         ready = [n for n in composed if all(p in main.chosen for p in grid.rows[n].needs)]
         if not ready and grid.interim:
@@ -391,7 +432,12 @@ def run_grid(grid: Grid) -> dict:
             raise ConfigError(f"tier {tier.name}: rows {composed} need rows that are not in this tier")
         tuning[tier.main].update(grid.tune(main, ready))
         composed = [n for n in composed if n not in ready]
+    first_round = {n: dict(main.chosen[n]) for n in names if n in main.chosen and grid.rows[n].second_round}
     grid.tune_second_round(main, names, tuning[tier.main])  # 4. a second round for the rows that declare one
+    for name in names:  # ... and the first round's choice again on the held-out seeds where the second changed it
+        of = grid.rows[name].first_round_of
+        if of in first_round and first_round[of] != main.chosen.get(of):
+            main.chosen[name] = first_round[of]
     for name in names:  # 5. leave-one-out rows run at their row's final choice
         if grid.rows[name].ablates in main.chosen:
             main.chosen[name] = dict(main.chosen[grid.rows[name].ablates])
@@ -456,11 +502,9 @@ def write_interim(results: dict, out: Path) -> dict:
 
 def best_singles(results: dict, singles: tuple[str, ...], n: int) -> list[str]:
     """The n single rows with the best total-FLOPs speedup (by final-loss delta when none reaches the target)."""
-    rows = {r["name"]: r for r in results["rows"]}
     scored = []
     for name in singles:
-        key = f"{name} [lawa]" if f"{name} [lawa]" in rows else name
-        row = rows.get(key)
+        row = quoted_row(results["rows"], name)
         if row is None or row.get("final_mean") is None:
             continue
         est = (row.get("speedup") or {}).get("flops")
@@ -637,6 +681,30 @@ def render_ablation(entries: list[dict]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def render_baseline_check(check: dict) -> str:
+    if not check:
+        return ""
+    delta = fmt_delta({"delta": check["delta"]}) if check.get("delta") else "—"
+    lines = [
+        "## Baseline check (the tuning seed's pick on the held-out seeds)",
+        "",
+        f"The baseline's second tuning round changed its choice on seed 0 from `{describe(check['first_round'])}` to "
+        f"`{describe(check['chosen'])}`. On the held-out seeds the first-round choice (row `{check['row']}`) ends at "
+        f"{check['final_mean']:.4f}, Δ {delta} against the chosen one (Δ < 0: the first round's pick is the stronger "
+        "baseline there). Every row's total-FLOPs speedup against both:",
+        "",
+        f"| row | vs the chosen baseline [95% CI] | vs `{check['row']}` [95% CI] |",
+        "|---|---|---|",
+    ]
+    for r in check["rows"]:
+        chosen = fmt_estimate(r["vs_chosen"]) if r["vs_chosen"] else (r["refused_chosen"] or "not reached")
+        first = (
+            fmt_estimate(r["vs_first_round"]) if r["vs_first_round"] else (r["refused_first_round"] or "not reached")
+        )
+        lines.append(f"| {r['name']} | {chosen} | {first} |")
+    return "\n".join(lines)
+
+
 def render_ladder(ladder: dict[str, dict], names: list[str], plot: Path) -> str:
     order = sorted(ladder, key=lambda p: ladder[p]["regime"]["non_embedding_params"])
     head = (
@@ -657,8 +725,7 @@ def render_ladder(ladder: dict[str, dict], names: list[str], plot: Path) -> str:
     for name in names:
         cells = []
         for preset in order:
-            rows = {r["name"]: r for r in ladder[preset]["rows"]}
-            row = rows.get(f"{name} [lawa]", rows.get(name))
+            row = quoted_row(ladder[preset]["rows"], name)
             cells.append(fmt_speedup(row, "flops") if row else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"![speedup vs model size]({plot.name})"]
@@ -676,7 +743,7 @@ def readme_table(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
-        claim = paper.get(row["recipe"], "") if row["metric"] in ("val_loss", "lawa/val_loss") else ""
+        claim = paper.get(row["recipe"], "") if row["metric"].endswith("val_loss") else ""
         lines.append(
             f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
             f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} | {claim} |"

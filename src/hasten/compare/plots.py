@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hasten.compare.report import AXIS_LABEL  # noqa: E402
+from hasten.compare.report import AXIS_LABEL, quoted_row  # noqa: E402
 from hasten.methods.registry import plot_markers  # noqa: E402
 
 FILES = {"tokens": "loss_vs_tokens.png", "flops": "loss_vs_flops.png", "train_time": "loss_vs_time.png"}
@@ -164,15 +164,7 @@ def plot_ladder(ladder: dict[str, dict], names: list[str], path: Path) -> Path:
     for name in names[1:]:
         xs, ys, lo, hi = [], [], [], []
         for preset in order:
-            row = next(
-                (
-                    r
-                    for r in ladder[preset]["rows"]
-                    if r["name"] in (f"{name} [lawa]", name)
-                    and (r["name"] != name or not any(x["name"] == f"{name} [lawa]" for x in ladder[preset]["rows"]))
-                ),
-                None,
-            )
+            row = quoted_row(ladder[preset]["rows"], name)
             est = (row or {}).get("speedup", {}).get("flops") if row else None
             if est is None:
                 continue

@@ -50,6 +50,14 @@ from hasten.files import atomic_write_text
 from hasten.methods.registry import plot_markers
 from hasten.trainer.logger import read_metrics
 
+
+def quoted_row(rows: list[dict], recipe: str) -> dict | None:
+    """The row a recipe is quoted by: its averaged-weights row (`recipe [method]`, from a `method/val_loss` curve)
+    when its runs logged one, else its raw row; None when it has neither."""
+    averaged = [r for r in rows if r.get("recipe") == recipe and r.get("metric", "val_loss") != "val_loss"]
+    return averaged[0] if averaged else next((r for r in rows if r["name"] == recipe), None)
+
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 AXIS_LABEL = {"tokens": "tokens", "model_flops": "model FLOPs", "flops": "FLOPs", "train_time": "wall-clock"}
 NOISE_BAND = 0.05  # wall-clock vs FLOPs speedups closer than this are not flagged

@@ -54,6 +54,7 @@ from hasten.data.shards import (
 from hasten.data.split import SPLIT_VERSION, split_documents, split_points, split_view
 from hasten.data.tokenizer import TOKENIZER_SAMPLE_BYTES, cache_root, eos_id, load_tokenizer, tokenizer_hash
 from hasten.errors import DataError
+from hasten.files import atomic_write
 
 SHARD_TOKENS = 1 << 26  # data.shard_tokens' default: 128 MiB of uint16 per shard
 __all__ = [
@@ -493,7 +494,14 @@ def _prepared(
             _refresh_mtimes(directory, manifest, src)
             return manifest
         if not (directory / "tokenizer.json").is_file():
-            shutil.copyfile(tok_path, directory / "tokenizer.json")  # the dir is self-contained (data.tokens)
+            try:
+                # the dir is self-contained (data.tokens); whole or absent, since only its presence is checked
+                atomic_write(directory / "tokenizer.json", lambda tmp: shutil.copyfile(tok_path, tmp))
+            except OSError as err:
+                raise DataError(
+                    f"writing token shards in {directory} failed ({err.strerror or err}); free space (or set "
+                    "HASTEN_CACHE) and run again"
+                ) from None
         _encode(directory, manifest, src, wanted, tok, settings)
     return manifest
 
