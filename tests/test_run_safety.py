@@ -247,7 +247,8 @@ def test_disk_full_at_setup_or_when_writing_the_plot_or_summary(capsys, workdir,
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    sets = [*tiny_overrides, "train.max_steps=1", f"data.cache_dir={workdir.parent / (workdir.name + '-cache')}"]
+    monkeypatch.setenv("HASTEN_CACHE", str(workdir.parent / f"{workdir.name}-cache"))  # a cache with no token dir yet
+    sets = [*tiny_overrides, "train.max_steps=1"]
     with monkeypatch.context() as m:
         m.setattr(shutil, "copyfile", full)  # the tokenizer copied into the new token dir
         _one_line_error(
