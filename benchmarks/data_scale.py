@@ -4,6 +4,10 @@ np.memmap).
 
     python benchmarks/data_scale.py               # 0.25, 1 and 2 GB, 3 interleaved repeats (hours on 2 cores)
     python benchmarks/data_scale.py --sizes 0.005 0.02 --repeats 1 --out /tmp/data_scale   # SMOKE CHECK of the script
+    python benchmarks/data_scale.py --sizes 2 --variants hasten-1 hasten-all --resume      # add to the last report
+
+Each measurement is appended to OUT.records.jsonl as it ends; --resume keeps those and runs only the missing ones, so
+an interrupted run (or one size or variant added later) continues, and the report covers every record.
 
 - Corpus: jsonl shards of up to 64 MB whose records are the texts of the stdlib's .py files, cycled until the size is
   reached; built once per size in a temporary folder (--work; never in the repo) and deleted at the end (--keep).
@@ -205,6 +209,9 @@ ONE_THREAD = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 REFERENCE, REFERENCE_1, ONE_WORKER = "reference", "reference, 1 thread", "hasten, 1 worker"
 
 
+VARIANT_KEYS = ("reference", "reference-1", "hasten-1", "hasten-all")  # --variants, in the order of variants()
+
+
 def variants(workers_all: int) -> list[tuple[str, int | None, dict[str, str]]]:
     """(name, data.num_workers or None for the reference, extra environment)."""
     return [
@@ -308,7 +315,8 @@ def render(summary: dict, meta: dict) -> str:
     lines = [
         "# Data preparation at scale",
         "",
-        f"Produced by `{meta['command']}` on {meta['machine']} ({meta['cores']} cores), {meta['date']}; load "
+        f"Produced by `{'` then `'.join(meta.get('commands') or [meta['command']])}` on {meta['machine']} "
+        f"({meta['cores']} cores), {meta['date']}; load "
         f"average at start {meta['load_at_start']}. See the docstring of benchmarks/data_scale.py for what each "
         "number is.",
         "",
@@ -382,6 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=str(ROOT / "benchmarks" / "results" / "data_scale"), help="output path without suffix"
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANT_KEYS,
+        default=list(VARIANT_KEYS),
+        help="which variants to run (default: all four)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the measurements in OUT.records.jsonl and run only the missing ones (the report covers them all)",
+    )
     parser.add_argument("--reference", nargs=3, metavar=("CORPUS", "TOKENIZER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reference:
@@ -393,8 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.work and work.resolve().is_relative_to(ROOT):
         parser.error(f"--work {work} is inside the repository; give a folder outside it (corpora are gigabytes)")
     out = Path(args.out)
+    log = out.with_name(out.name + ".records.jsonl")  # one line per measurement, written as each ends
+    command = "python benchmarks/data_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    records = (
+        [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if args.resume and log.is_file()
+        else []
+    )
     meta = {
-        "command": "python benchmarks/data_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "machine": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -409,21 +436,30 @@ def main(argv: list[str] | None = None) -> int:
         for gb in args.sizes:
             sizes[gb] = make_corpus(work / f"corpus-{gb:g}GB", int(gb * 1e9))
             print(f"corpus {gb:g} GB: {sizes[gb] / 1e6:,.1f} MB in {work / f'corpus-{gb:g}GB'}", file=sys.stderr)
+        chosen = [v for key, v in zip(VARIANT_KEYS, variants(args.workers)) if key in args.variants]
         names = [name for name, _, _ in variants(args.workers)]
-        plan = [(gb, name, workers, extra) for gb in args.sizes for name, workers, extra in variants(args.workers)]
-        records = []
+        plan = [(gb, name, workers, extra) for gb in args.sizes for name, workers, extra in chosen]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            log.unlink(missing_ok=True)
+        done = {(r["gb"], r["repeat"], r["variant"]) for r in records}
         for repeat in range(args.repeats):
             shift = repeat % len(plan)
             for gb, name, workers, extra in plan[shift:] + plan[:shift]:
+                if (gb, repeat, name) in done:
+                    continue
                 record = run_one(name, workers, work / f"corpus-{gb:g}GB", tokenizer, work, {**env, **extra})
-                records.append({"gb": gb, "repeat": repeat, **record})
+                records.append({"gb": gb, "repeat": repeat, "bytes": sizes[gb], "command": command, **record})
+                with open(log, "a") as f:
+                    f.write(json.dumps(records[-1]) + "\n")
                 print(
                     f"repeat {repeat + 1}/{args.repeats}  {gb:g} GB  {name}: {record['wall_s']:.1f} s, "
                     f"{sizes[gb] / 1e6 / record['wall_s']:.2f} MB/s, peak PSS {record['peak_pss'] / 2**20:,.0f} MB",
                     file=sys.stderr,
                 )
-        summary = summarize(records, sizes, names)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        all_sizes = {r["gb"]: r["bytes"] for r in sorted(records, key=lambda r: r["gb"])}
+        meta["commands"] = list(dict.fromkeys(r["command"] for r in records))
+        summary = summarize(records, all_sizes, names)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "records": records, **summary}, indent=1))
         out.with_suffix(".md").write_text(render(summary, meta))
         plot(summary, out.with_suffix(".png"))
