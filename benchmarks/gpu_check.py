@@ -12,10 +12,10 @@ On CUDA it measures, in bf16 autocast with torch.compile and fused AdamW through
    BareLoop), and the trainer/bare speed ratio. Both are timed over 20 steps after 10 warmup steps
    (compilation happens in the warmup); the trainer logs every 10 steps (its sync points).
 3. On gpt2-124m, each method for a few dozen steps with its step-time overhead against the plain trainer,
-   all logging every step (each step a sync point, alike for all): blockwise LR, Adam-mini, sequence length
-   warmup (after its warmup, on the dynamic-shape graph it compiles), LAWA (k=5, a CPU snapshot every 5
-   steps), and growth at one step (G_stack from 6 to 12 layers: the growth step once, then the grown
-   model's steps against a 12-layer plain run).
+   all logging every step (each step a sync point, alike for all): every method whose spec declares a per-step
+   cost (MethodSpec.step_cost: blockwise LR, Adam-mini, Muon, sequence length warmup after its warmup on the
+   dynamic-shape graph it compiles, LAWA k=5 with a CPU snapshot every 5 steps, EMA, SWA), and growth at one step
+   (G_stack from 6 to 12 layers: the growth step once, then the grown model's steps against a 12-layer plain run).
 
 Data: the stdlib corpus (400 files, an 8192-token BPE trained on the spot); the models keep their own
 vocabularies (50304 and 32000). Without CUDA (or with --dry) the same code runs on CPU with the tiny and
@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import BareLoop, machine_state  # noqa: E402
 
+from hasten.methods.registry import step_costs  # noqa: E402
 from hasten.metrics.peak import matmul_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +71,6 @@ SETTINGS = {
         "compile": True,
         "implementation": "fused",
         "data": ["data.max_docs=400", "data.vocab_size=8192"],
-        "slw_min": 64,
-        "slw_step": 64,
     },
     "dry": {
         "models": {"tiny": (4, 64, 512), "tiny-llama": (4, 64, 512)},
@@ -81,8 +80,6 @@ SETTINGS = {
         "compile": False,
         "implementation": "fused",
         "data": ["data.max_docs=60", "data.vocab_size=512"],
-        "slw_min": 16,
-        "slw_step": 8,
     },
 }
 
@@ -241,16 +238,8 @@ class Check:
 
         layers = model_config(model).n_layers
         grow_at = warmup + steps // 2
-        first = {"(none)": [], "adam_mini": ["optim.name=adam_mini"]}
-        later = {
-            "blockwise LR": ["optim.blockwise=true"],
-            "seqlen_warmup (after warmup)": [
-                "methods.seqlen_warmup.total_steps=1",
-                f"methods.seqlen_warmup.min_len={s['slw_min']}",
-                f"methods.seqlen_warmup.step={s['slw_step']}",
-            ],
-            "lawa (k=5, every 5 steps)": ["methods.lawa.k=5", "methods.lawa.interval=5"],
-        }
+        first = {"(none)": []}
+        later = step_costs()  # every method at its steady per-step cost (its spec's step_cost)
         out: dict = {}
 
         def run(name: str, extra: list[str]) -> None:

@@ -45,19 +45,13 @@ from pathlib import Path
 
 import torch
 
+from hasten.methods.registry import step_costs
 from hasten.metrics.peak import matmul_peak
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_DIR = ROOT / "benchmarks" / "results" / "standard"  # a long benchmark grid may share the machine
-METHODS: dict[str, list[str]] = {
-    "blockwise LR": ["optim.blockwise=true"],
-    "adam_mini": ["optim.name=adam_mini"],
-    "muon": ["optim.name=muon"],
-    "lawa (k=5, every 5 steps)": ["methods.lawa.k=5", "methods.lawa.interval=5"],
-    "ema (decay 0.99)": ["methods.ema.decay=0.99"],
-    "seqlen_warmup (after warmup)": ["methods.seqlen_warmup.total_steps=1", "methods.seqlen_warmup.min_len=16"],
-    "guard off": ["train.guard.skip_nonfinite=false"],
-}
+# every method at its steady per-step cost (its spec's step_cost), and the trainer's guard off
+METHODS: dict[str, list[str]] = {**step_costs(), "guard off": ["train.guard.skip_nonfinite=false"]}
 # per model: batch size and sequence length (one step of a few hundred ms to a few s on 2 cores)
 SHAPES = {"cpu-small": (16, 256), "cpu-medium": (8, 256), "tiny": (8, 64)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -44,6 +44,13 @@ def uncovered(specs: Mapping[str, MethodSpec] | None = None) -> list[str]:
                 )
             if tested and kind in spec.not_tested:
                 problems.append(f"{name}: runs in the {kind} test although not_tested excuses it; drop one of the two")
+        if spec.step_cost is None and not spec.not_tested.get("step_cost"):
+            problems.append(
+                f"{name}: no step_cost (its row in the throughput benchmarks); declare one (MethodSpec.step_cost) or "
+                "say in not_tested['step_cost'] why it does not apply"
+            )
+        if spec.step_cost is not None and "step_cost" in spec.not_tested:
+            problems.append(f"{name}: has a step_cost although not_tested excuses it; drop one of the two")
     return problems
 
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from hasten.methods.registry import step_costs
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -25,14 +27,9 @@ def test_gpu_check_dry_run_writes_a_complete_record(tmp_path, cache_dir, monkeyp
             assert m[loop]["tokens_per_s"] > 0 and 0 < m[loop]["mfu"] < 1
         assert m["trainer_speed_vs_bare"] > 0
     methods = record["parts"]["methods"]["results"]
-    assert set(methods) == {
-        "(none)",
-        "adam_mini",
-        "growth (G_stack x2 at one step)",
-        "blockwise LR",
-        "seqlen_warmup (after warmup)",
-        "lawa (k=5, every 5 steps)",
-    }
+    # every method that declares a per-step cost, and growth's step
+    assert set(methods) == {"(none)", "growth (G_stack x2 at one step)", *step_costs()}
+    assert {"adam_mini", "blockwise", "muon", "seqlen_warmup", "lawa", "ema", "swa"} <= set(methods)
     assert all(m["step_s"] > 0 and m["overhead"] is not None for m in methods.values())
     growth = methods["growth (G_stack x2 at one step)"]
     assert growth["growth_step_s"] > 0 and growth["small_step_s"] > 0

@@ -67,7 +67,8 @@ def add_parser(subparsers):
 SPECS = (MethodSpec("count", "a throwaway step counter", "none", Path(__file__).with_name("README.md"), CountConfig,
                     lambda cfg, run_cfg: Count(cfg), order=50, commands=(add_parser,),
                     markers=(PlotMarker("count", "count marker", "-.", event="count_marker"),),
-                    test_runs={"every2": TinyRun(("methods.count={every: 2}",), kill_at=("step:5", "save:8"))}),)
+                    test_runs={"every2": TinyRun(("methods.count={every: 2}",), kill_at=("step:5", "save:8"))},
+                    step_cost=("methods.count={every: 2}",)),)
 '''
 # the command line of a process that registers the throwaway folder first (what its line in registry.FOLDERS does)
 LAUNCH = (
@@ -131,6 +132,10 @@ def test_a_method_missing_from_a_test_is_named():
     ]
     excused = replace(lone, not_tested={"faults": "a reason", "host_syncs": "another"})
     assert uncovered({"ema": excused}) == []
+    assert uncovered({"ema": replace(excused, step_cost=None)}) == [
+        "ema: no step_cost (its row in the throughput benchmarks); declare one (MethodSpec.step_cost) or say in "
+        "not_tested['step_cost'] why it does not apply"
+    ]
     assert uncovered({"ema": replace(specs["ema"], test_runs={})})  # no runs at all: named too
 
 
@@ -153,6 +158,8 @@ def test_a_throwaway_method_runs_in_every_registry_built_test_through_its_spec_a
     assert all(cases(kind)["count-every2"].overrides == tuple(overrides) for kind in TEST_KINDS)
     assert "count-steps" in build_parser().format_help()  # its command
     assert any(marker.name == "count" for marker in registry.plot_markers())  # its plot marker
+    assert registry.step_costs()["count"] == overrides  # its row in the throughput benchmarks
+    assert not uncovered()
 
     check_trains_and_resumes_bit_exactly(tmp_path / "grid", tiny_overrides, overrides, "count")
     hasten = [sys.executable, "-c", LAUNCH.format(path=str(throwaway.parent))]  # fault injection kills real processes

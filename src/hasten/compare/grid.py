@@ -594,7 +594,8 @@ def render_tuning(tuning: dict, seed: int = 0) -> str:
     lines = [
         f"## Tuning (seed {seed} only; it is not among the reported seeds)",
         "",
-        "Each row's candidates with their final val loss (the averaged model's for LAWA rows); **bold** = chosen, "
+        "Each row's candidates with their final val loss (the averaged model's for rows tuned on averaged weights); "
+        "**bold** = chosen, "
         "then run on every held-out seed. Tuning effort: "
         + "".join(f"`{n}` {k} runs, " for n, k in effort.items() if k != usual)
         + f"every other row {usual}. Rows with a second round (_round 2_) get it around their first choice.",

@@ -14,8 +14,8 @@ Definitions (also printed in every report):
   speedup differs from its FLOPs speedup by more than 5 % but this ratio's interval includes 1, the
   difference is machine noise and the wall-clock cell is marked with a dagger.
 - tokens/param: training tokens per non-embedding parameter of the final model (the regime: >= 20).
-- averaged-model rows (`<recipe> [lawa]`): the same numbers for the `lawa/val_loss` curve, i.e. the
-  averaged weights, next to the raw model's row of the same runs.
+- averaged-model rows (`<recipe> [<method>]`): the same numbers for an averaging method's `<method>/val_loss`
+  curve, i.e. the averaged weights, next to the raw model's row of the same runs.
 - stability: per recipe (seed mean) loss-spike events, max loss ratio, max grad norm, max Adam
   exp_avg_sq, non-finite/skipped steps and diverged runs (hasten.compare.stability).
 """

@@ -110,6 +110,11 @@ def plot_markers() -> list[PlotMarker]:
     return out
 
 
+def step_costs() -> dict[str, list[str]]:
+    """Each method's `--set` overrides at its steady per-step cost (the throughput benchmarks time these rows)."""
+    return {name: list(spec.step_cost) for name, spec in registered().items() if spec.step_cost is not None}
+
+
 def method_table(root: Path | None = None) -> str:
     """The README's method table: one row per method, how a recipe switches it on, its paper and its card (a link
     relative to `root`, the repository, when the card lies inside it)."""

@@ -7,6 +7,8 @@
     its tests                      test_runs: tiny runs for the registry-built tests (TEST_KINDS); a test it cannot
                                    take part in is named in not_tested with the reason
     its commands, plot markers     commands (add_parser functions), markers (points compare's plots draw on a curve)
+    its per-step cost              step_cost: the settings at which the throughput benchmarks time it (or not_tested
+                                   says why it has none)
     its card                       card: the method card, with summary and paper for the README's method table
 
 hasten.methods.registry lists the folders; nothing else names a method.
@@ -99,6 +101,9 @@ class MethodSpec:
     not_tested: Mapping[str, str] = field(default_factory=dict)  # test kind -> why it does not apply to this method
     commands: tuple[Callable[[argparse._SubParsersAction], None], ...] = ()  # add_parser(subparsers) of its commands
     markers: tuple[PlotMarker, ...] = ()
+    # `--set` overrides that run it at its steady per-step cost (past any warm-up of its own), which
+    # benchmarks/throughput.py and gpu_check.py time against a plain run; None: say why in not_tested["step_cost"]
+    step_cost: tuple[str, ...] | None = None
 
     @property
     def switched_on_by(self) -> str:

@@ -47,6 +47,7 @@ SPECS = (
         hooks.build_lawa,
         order=40,
         test_runs={"k2_every4": TinyRun(("methods.lawa={k: 2, interval: 4}",), kill_at=("step:5", "save:12"))},
+        step_cost=("methods.lawa.k=5", "methods.lawa.interval=5"),
     ),
     MethodSpec(
         "ema",
@@ -57,6 +58,7 @@ SPECS = (
         hooks.build_ema,
         order=41,
         test_runs={"decay0.9": TinyRun(("methods.ema={decay: 0.9}",))},
+        step_cost=("methods.ema.decay=0.99",),
     ),
     # torch's SWA average reads its count on the host at each update: every 4 steps, on the host-sync test's log steps
     MethodSpec(
@@ -68,6 +70,7 @@ SPECS = (
         hooks.build_swa,
         order=42,
         test_runs={"from_quarter": TinyRun(("methods.swa={start_fraction: 0.25, every: 4}",))},
+        step_cost=("methods.swa.start_step=0", "methods.swa.every=5"),
     ),
 )
 

@@ -32,6 +32,7 @@ SPECS = (
         CARD,
         switch=("optim.blockwise", True),
         test_runs={"default": TinyRun(("optim.blockwise=true",))},
+        step_cost=("optim.blockwise=true",),
     ),
     MethodSpec(
         "adam_mini",
@@ -43,6 +44,7 @@ SPECS = (
             "default": TinyRun(("optim.name=adam_mini",)),
             "blockwise": TinyRun(("optim.name=adam_mini", "optim.blockwise=true"), tests=("grid",)),
         },
+        step_cost=("optim.name=adam_mini",),
     ),
     MethodSpec(
         "sharpness",
@@ -60,6 +62,7 @@ SPECS = (
                 kill_at=("step:5", "save:8"),
             )
         },
+        not_tested={"step_cost": "it costs one probe (a few extra forward/backward passes) at one step, not per step"},
     ),
 )
 

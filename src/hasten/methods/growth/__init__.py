@@ -113,6 +113,7 @@ SPECS = (
         commands=(cli.add_parser,),
         markers=(PlotMarker("growth", "growth", "--", event="growth"),),
         test_runs=_TEST_RUNS,
+        not_tested={"step_cost": "it costs one growth step and then the grown model's steps; gpu_check times those"},
     ),
 )
 

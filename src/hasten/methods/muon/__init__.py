@@ -33,6 +33,7 @@ SPECS = (
             # not sync
             "no_skip": TinyRun(("optim.name=muon", "train.guard.skip_nonfinite=false"), tests=("host_syncs",)),
         },
+        step_cost=("optim.name=muon",),
     ),
 )
 

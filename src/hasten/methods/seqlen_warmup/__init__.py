@@ -46,6 +46,12 @@ SPECS = (
             ),
         },
         markers=(PlotMarker("seq_len_full", "seq-len warmup end", ":", settles="seq_len"),),
+        # past its one-step warmup: the full length, with the method's per-step shaping still on
+        step_cost=(
+            "methods.seqlen_warmup.total_steps=1",
+            "methods.seqlen_warmup.min_len=8",
+            "methods.seqlen_warmup.step=8",
+        ),
     ),
 )
 
