@@ -21,7 +21,15 @@ from pathlib import Path
 
 from hasten.compare.metrics import paired_difference
 from hasten.compare.plots import plot_comparison, plot_ladder
-from hasten.compare.report import fmt_delta, fmt_estimate, fmt_loss, fmt_speedup, quoted_row, write_report
+from hasten.compare.report import (
+    fmt_delta,
+    fmt_estimate,
+    fmt_loss,
+    fmt_speedup,
+    metric_row_name,
+    quoted_row,
+    write_report,
+)
 from hasten.compare.runner import CompareOptions, RunSpec, refuse_stale, run_all
 from hasten.errors import ConfigError
 
@@ -614,10 +622,6 @@ def render_tuning(tuning: dict, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _metric_row(name: str, metric: str) -> str:
-    return name if metric == "val_loss" else f"{name} [{metric.split('/')[0]}]"
-
-
 def ablation(results: dict, rows: dict[str, Row]) -> list[dict]:
     """Each ablated row and its leave-one-out rows: final loss against the full row's, paired by seed (Δ > 0: the part
     left out helps), and the total-FLOPs speedup to the baseline. A row tuned on averaged weights also shows its raw
@@ -626,13 +630,15 @@ def ablation(results: dict, rows: dict[str, Row]) -> list[dict]:
     out = []
     for full_name in sorted({row.ablates for row in rows.values() if row.ablates}):
         full_row = rows[full_name]
-        full = by_name.get(_metric_row(full_name, full_row.metric))
+        full = by_name.get(metric_row_name(full_name, full_row.metric))
         if full is None or not full.get("final_losses"):
             continue
         entries = [(full["name"], f"{full_name} (all parts)")]
         if full_row.metric != "val_loss":
             entries.append((full_name, f"- {full_row.metric.split('/')[0].upper()} (the raw weights of the same runs)"))
-        entries += [(_metric_row(r.name, r.metric), r.paper or r.name) for r in rows.values() if r.ablates == full_name]
+        entries += [
+            (metric_row_name(r.name, r.metric), r.paper or r.name) for r in rows.values() if r.ablates == full_name
+        ]
         reference = dict(zip(full["seeds"], full["final_losses"]))
         for name, label in entries:
             row = by_name.get(name)

@@ -51,6 +51,11 @@ from hasten.methods.registry import plot_markers
 from hasten.trainer.logger import read_metrics
 
 
+def metric_row_name(recipe: str, metric: str) -> str:
+    """The report row of a recipe's metric: `recipe` for its raw val loss, `recipe [method]` for a method's curve."""
+    return recipe if metric == "val_loss" else f"{recipe} [{metric.split('/')[0]}]"
+
+
 def quoted_row(rows: list[dict], recipe: str) -> dict | None:
     """The row a recipe is quoted by: its averaged-weights row (`recipe [method]`, from a `method/val_loss` curve)
     when its runs logged one, else its raw row; None when it has neither."""
@@ -156,7 +161,7 @@ def build_results(
             if isinstance(_run_info(run_dir).get("params_non_embedding"), int):
                 params.append(_run_info(run_dir)["params_non_embedding"])
         for key in ["val_loss"] + sorted(k for k in per_key if k != "val_loss"):
-            row = name if key == "val_loss" else f"{name} [{key.split('/')[0]}]"
+            row = metric_row_name(name, key)
             seeded = per_key.get(key, [])
             series[row] = {
                 "recipe": name,
