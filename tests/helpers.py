@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hasten.cli import main
 from hasten.recipes import build_trainer, load_config
 from hasten.trainer.method import StopAt
 
@@ -57,3 +58,31 @@ def train_with_averager(steps: int, averager=None, preset: str = "tiny", evaluat
                 with torch.no_grad():
                     averager.averaged_model(model)(x[:, :-1], x[:, 1:])  # the eval path must not feed back either
     return model, optimizer, losses
+
+
+# Lines a command may print on stderr besides its error: progress bars, notes, warnings, the final line of a data
+# preparation and the banner of a run that started.
+NOT_ERRORS = ("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step ")
+
+
+def cli(capsys, argv) -> tuple[int, list[str], str]:
+    """`hasten ARGV` in process: (exit code, stderr lines that are not progress, notes or warnings, stdout); never a
+    traceback, in the main thread or another."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Exception in thread" not in captured.err, captured.err
+    lines = [
+        line
+        for line in captured.err.replace("\r", "\n").splitlines()
+        if line.strip() and "%|" not in line and not line.startswith(NOT_ERRORS)
+    ]
+    return code, lines, captured.out
+
+
+def one_line_error(capsys, argv, *fragments) -> str:
+    """Exit code 2 and one line `hasten: error: ...` containing every fragment; returns the line."""
+    code, lines, _ = cli(capsys, argv)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hasten: error:"), (code, lines)
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -24,32 +24,7 @@ from hasten.errors import ConfigError
 from hasten.model import GPT, ModelConfig
 from hasten.optim.builder import build_optimizer
 from hasten.recipes import load_config
-
-
-def _run_cli(capsys, argv: list[str]) -> tuple[int, list[str]]:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    # progress bars and the final line of a data preparation, the run banner of a run that started, and one-line
-    # warnings are not errors; everything else counts
-    lines = [
-        line
-        for line in err.replace("\r", "\n").splitlines()
-        if line.strip()
-        and not line.startswith(("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step "))
-        and "%|" not in line
-    ]
-    return code, lines
-
-
-def _assert_one_line_error(capsys, argv, *fragments) -> str:
-    code, lines = _run_cli(capsys, argv)
-    assert code == 2, lines
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("hasten: error:") and "Traceback" not in lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+from tests.helpers import cli, one_line_error
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -93,15 +68,13 @@ def _small_data(cache_dir, folder) -> list[str]:
 
 def test_empty_corpus(tmp_path, capsys, cache_dir):
     folder = _corpus(tmp_path, {"a.txt": b"", "b.txt": b"   \n\n"})
-    _assert_one_line_error(
-        capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "no usable text", "empty: 2"
-    )
+    one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "no usable text", "empty: 2")
     assert not (tmp_path / "run").exists()  # a failed start leaves nothing that would block the same command
 
 
 def test_only_binary_or_non_utf8_files_is_refused(tmp_path, capsys, cache_dir):
     folder = _corpus(tmp_path, {"a.bin": b"\x00\x01\x02" * 100, "b.txt": "caf\u00e9".encode("latin-1") * 50})
-    _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "binary: 1", "not_utf8: 1")
+    one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, folder)), "binary: 1", "not_utf8: 1")
 
 
 def test_binary_and_non_utf8_files_are_skipped_with_a_count(tmp_path, capsys, cache_dir):
@@ -133,7 +106,7 @@ def test_binary_and_non_utf8_files_are_skipped_with_a_count(tmp_path, capsys, ca
 
 def test_corpus_shorter_than_one_batch(tmp_path, capsys, cache_dir):
     folder = _corpus(tmp_path, {f"t{i}.txt": b"short text number %d\n" % i for i in range(4)})
-    _assert_one_line_error(
+    one_line_error(
         capsys,
         _train(tmp_path / "run", [*_small_data(cache_dir, folder), "data.val_fraction=0.3"]),
         "fewer than one batch",
@@ -141,9 +114,7 @@ def test_corpus_shorter_than_one_batch(tmp_path, capsys, cache_dir):
 
 
 def test_missing_corpus(tmp_path, capsys, cache_dir):
-    _assert_one_line_error(
-        capsys, _train(tmp_path / "run", _small_data(cache_dir, tmp_path / "nope")), "matches no files"
-    )
+    one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, tmp_path / "nope")), "matches no files")
 
 
 def _offline_load_dataset(name, split=None, **kwargs):
@@ -161,7 +132,7 @@ def test_empty_source_corrupt_parquet_and_offline_hf_dataset(tmp_path, capsys, c
     ):
         if source.startswith("hf:"):  # offline: what datasets raises then (its offline switch is read once, at import)
             monkeypatch.setattr(pytest.importorskip("datasets"), "load_dataset", _offline_load_dataset)
-        _assert_one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, source)), fragment)
+        one_line_error(capsys, _train(tmp_path / "run", _small_data(cache_dir, source)), fragment)
         assert _tree_digest(tmp_path) == before
 
 
@@ -195,7 +166,7 @@ def test_empty_source_corrupt_parquet_and_offline_hf_dataset(tmp_path, capsys, c
 )
 def test_invalid_config_values(tmp_path, capsys, override, fragment):
     run = tmp_path / "run"
-    _assert_one_line_error(
+    one_line_error(
         capsys,
         [
             "train",
@@ -235,14 +206,14 @@ def test_set_addresses_one_element_of_a_list():
 def test_bad_recipe_files(tmp_path, capsys):
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(bytes(range(128, 256)) * 2)
-    _assert_one_line_error(capsys, ["train", str(binary)], "not a readable UTF-8 text file")
+    one_line_error(capsys, ["train", str(binary)], "not a readable UTF-8 text file")
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [unclosed\n")
-    _assert_one_line_error(capsys, ["train", str(broken)], "not valid YAML")
+    one_line_error(capsys, ["train", str(broken)], "not valid YAML")
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")
-    _assert_one_line_error(capsys, ["train", str(listed)], "must be a YAML mapping")
-    _assert_one_line_error(capsys, ["train", str(tmp_path / "missing.yaml")], "does not exist")
+    one_line_error(capsys, ["train", str(listed)], "must be a YAML mapping")
+    one_line_error(capsys, ["train", str(tmp_path / "missing.yaml")], "does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- run dirs
@@ -265,19 +236,19 @@ def run_copy(tmp_path, finished_run):
 
 def test_run_dir_that_holds_another_run(capsys, tiny_overrides, run_copy):
     before = _tree_digest(run_copy)
-    _assert_one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2"]), "already holds a run")
+    one_line_error(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2"]), "already holds a run")
     assert _tree_digest(run_copy) == before
 
 
 def test_resume_with_a_different_config(capsys, tiny_overrides, run_copy):
     before = _tree_digest(run_copy)
-    _assert_one_line_error(
+    one_line_error(
         capsys,
         _train(run_copy, [*tiny_overrides, "train.max_steps=2", "model.n_layers=3"], "--resume"),
         "config differs",
         "model",
     )
-    _assert_one_line_error(
+    one_line_error(
         capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2", "optim.lr=1e-2"], "--resume"), "optim.lr"
     )
     assert _tree_digest(run_copy) == before
@@ -291,19 +262,19 @@ def test_run_dir_that_cannot_be_created(tmp_path, capsys, tiny_overrides):
         (tmp_path / "a-file", "is a file"),
         (Path("/proc/hasten-nope"), "cannot create run dir /proc/hasten-nope"),
     ):
-        _assert_one_line_error(capsys, _train(run_dir, [*tiny_overrides, "train.max_steps=1"]), fragment)
+        one_line_error(capsys, _train(run_dir, [*tiny_overrides, "train.max_steps=1"]), fragment)
     assert _tree_digest(tmp_path) == before
 
 
 def test_resume_of_a_dir_without_a_run(tmp_path, capsys):
-    _assert_one_line_error(capsys, ["train", "--resume", "--run-dir", str(tmp_path / "none")], "not a run dir")
-    _assert_one_line_error(capsys, ["train", "--resume"], "needs --run-dir")
+    one_line_error(capsys, ["train", "--resume", "--run-dir", str(tmp_path / "none")], "not a run dir")
+    one_line_error(capsys, ["train", "--resume"], "needs --run-dir")
 
 
 def test_resume_with_an_unreadable_config_yaml(capsys, run_copy):
     (run_copy / "config.yaml").write_bytes(b"\xff\xfe\x00garbage: [")
     before = _tree_digest(run_copy)
-    _assert_one_line_error(capsys, ["train", "--resume", "--run-dir", str(run_copy)], "config.yaml")
+    one_line_error(capsys, ["train", "--resume", "--run-dir", str(run_copy)], "config.yaml")
     assert _tree_digest(run_copy) == before
 
 
@@ -311,16 +282,16 @@ def test_resume_when_every_checkpoint_is_broken(capsys, tiny_overrides, run_copy
     for state in (run_copy / "checkpoints").glob("step_*/state.pt"):
         state.write_bytes(state.read_bytes()[:100])
     before = _tree_digest(run_copy)
-    code, lines = _run_cli(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2"], "--resume"))
+    code, lines, _ = cli(capsys, _train(run_copy, [*tiny_overrides, "train.max_steps=2"], "--resume"))
     assert code == 2 and lines == [lines[0]] and "every checkpoint" in lines[0] and "broken" in lines[0]
     assert _tree_digest(run_copy) == before
 
 
 def test_eval_of_a_broken_or_missing_checkpoint(tmp_path, capsys, run_copy):
-    _assert_one_line_error(capsys, ["eval", str(tmp_path / "missing")], "does not exist")
+    one_line_error(capsys, ["eval", str(tmp_path / "missing")], "does not exist")
     (ckpt,) = (run_copy / "checkpoints").glob("step_*")
     (ckpt / "manifest.json").unlink()
-    _assert_one_line_error(capsys, ["eval", str(ckpt)], "no manifest.json")
+    one_line_error(capsys, ["eval", str(ckpt)], "no manifest.json")
 
 
 def test_disk_full_while_saving(tmp_path, capsys, monkeypatch, tiny_overrides):
@@ -336,7 +307,7 @@ def test_disk_full_while_saving(tmp_path, capsys, monkeypatch, tiny_overrides):
 
     monkeypatch.setattr(ck, "_write_file", fills_up)
     run = tmp_path / "run"
-    line = _assert_one_line_error(
+    line = one_line_error(
         capsys,
         _train(run, [*tiny_overrides, "train.max_steps=2", "train.checkpoint_every=1"]),
         "saving checkpoint at step 2 failed",

@@ -26,35 +26,14 @@ from filelock import FileLock
 
 from hasten.checkpointing import load_checkpoint
 from hasten.cli import main
+from tests.helpers import cli as _cli
+from tests.helpers import one_line_error as _one_line_error
 
 WORDS = "the model reads data and learns to predict each next token from the tokens before it in order".split()
 
 
 def _main(argv) -> int:
     return main([str(a) for a in argv])
-
-
-def _cli(capsys, argv: list[str]) -> tuple[int, list[str], str]:
-    """(exit code, stderr lines that are not progress, notes or warnings, stdout)."""
-    code = _main(argv)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    lines = [
-        line
-        for line in captured.err.splitlines()
-        if line.strip()
-        and "%|" not in line
-        and not line.startswith(("hasten: warning", "hasten: note", "hasten: prepared", "run dir ", "train step "))
-    ]
-    return code, lines, captured.out
-
-
-def _one_line_error(capsys, argv, *fragments) -> str:
-    code, lines, _ = _cli(capsys, argv)
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("hasten: error:"), (code, lines)
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def _digest(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:

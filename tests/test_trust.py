@@ -23,35 +23,14 @@ import torch
 from hasten.checkpointing import MANIFEST_FILE, STATE_FILE, load_checkpoint
 from hasten.checkpointing.files import read_state
 from hasten.cli import main
+from tests.helpers import cli as _cli
+from tests.helpers import one_line_error as _one_line_error
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pre-trust"
 
 
 def _main(argv) -> int:
     return main([str(a) for a in argv])
-
-
-def _cli(capsys, argv) -> tuple[int, list[str], str]:
-    """(exit code, stderr lines that are not progress, notes or warnings, stdout); never a traceback."""
-    code = _main(argv)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and "Exception in thread" not in captured.err, captured.err
-    lines = [
-        line
-        for line in captured.err.splitlines()
-        if line.strip()
-        and "%|" not in line
-        and not line.startswith(("hasten: warning", "hasten: note", "run dir ", "train step "))
-    ]
-    return code, lines, captured.out
-
-
-def _one_line_error(capsys, argv, *fragments) -> str:
-    code, lines, _ = _cli(capsys, argv)
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("hasten: error:"), (code, lines)
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def _digest(root: Path) -> dict[str, str]:
