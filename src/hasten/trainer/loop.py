@@ -213,15 +213,7 @@ class Trainer:
         metrics = {"val_loss": self.evaluate()}
         for method in self.methods:
             metrics.update(method.after_eval(self.ctx, metrics["val_loss"]) or {})
-        self.logger.log(
-            "eval",
-            p.step,
-            tokens=p.tokens,
-            flops=p.flops,
-            optimizer_flops=p.optimizer_flops,
-            train_time=p.train_time,
-            **metrics,
-        )
+        self.logger.log("eval", p.step, **p.counters(), **metrics)
         self.eval_metrics = metrics
         return metrics
 
@@ -271,16 +263,7 @@ class Trainer:
         # every param group's LR, one per block type (groups of one block share it; blockwise LR differs per block)
         metrics.update({f"lr/{g['block']}": g["lr"] for g in self.state.optimizer.param_groups if "block" in g})
         metrics = dict(zip(metrics, read_scalars(list(metrics.values()))))
-        self.logger.log(
-            "train",
-            p.step,
-            tokens=p.tokens,
-            flops=p.flops,
-            optimizer_flops=p.optimizer_flops,
-            train_time=p.train_time,
-            **self._rates,
-            **metrics,
-        )
+        self.logger.log("train", p.step, **p.counters(), **self._rates, **metrics)
         return metrics
 
     def fit(self) -> dict[str, float]:

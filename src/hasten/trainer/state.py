@@ -23,6 +23,15 @@ class Progress:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def counters(self) -> dict:
+        """What every metrics line carries besides its step: the compute and time spent so far."""
+        return {
+            "tokens": self.tokens,
+            "flops": self.flops,
+            "optimizer_flops": self.optimizer_flops,
+            "train_time": self.train_time,
+        }
+
     def state_dict(self) -> dict:  # torch's Stateful protocol: the checkpointed part `progress`
         return self.to_dict()
 
