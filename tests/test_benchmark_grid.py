@@ -186,6 +186,11 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
             assert "eval_every_tokens: null" in config, run.name
     assert any("eval_every_tokens: 122" in (r / "config.yaml").read_text() for r in (out / "runs").iterdir())
     assert rows["muon"]["delta"]["low"] is not None and rows["lawa [lawa]"]["metric"] == "lawa/val_loss"
+    # LAWA's row is its own averaged weights, not EMA's or SWA's that ride along in the same runs
+    assert [r["name"] for r in results["rows"] if r["recipe"] == "lawa" and r["quoted"]] == ["lawa [lawa]"]
+    claim = results["papers"]["lawa"]
+    block = engine.results_block(results, "report.md")
+    assert [line.split(" |")[0] for line in block.splitlines() if claim in line] == ["| lawa", "| lawa [lawa]"]
     assert set(results["ladder"]) == {tier.main, *tier.ladder}
     for name in ("ladder.png", "loss_vs_flops.png", "ladder-d48/report.md"):
         assert (out / name).stat().st_size > 0, name
@@ -215,6 +220,23 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
         and "not run yet" in report
     )
     assert "Interim results" in engine.results_block(interim, "report.md")
+
+
+def test_a_recipe_is_quoted_by_the_row_marked_as_its_own():
+    rows = [
+        {"name": name, "recipe": "lawa", "metric": metric}
+        for name, metric in [
+            ("lawa", "val_loss"),
+            ("lawa [ema]", "ema/val_loss"),
+            ("lawa [lawa]", "lawa/val_loss"),
+            ("lawa [swa]", "swa/val_loss"),
+        ]
+    ]
+    assert engine.quoted_row(rows, "lawa")["name"] == "lawa"  # unmarked, several averaged rows: the raw one
+    assert engine.quoted_row(rows[:2], "lawa")["name"] == "lawa [ema]"  # unmarked, one averaged row: that one
+    rows[2]["quoted"] = True
+    assert engine.quoted_row(rows, "lawa")["name"] == "lawa [lawa]"
+    assert engine.quoted_row(rows, "muon") is None
 
 
 @pytest.mark.parametrize("bad", [["--tier", "nope"]])

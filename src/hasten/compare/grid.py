@@ -378,6 +378,8 @@ class Grid:
         self.opts.overrides = self.size_settings(ctx, baseline)
         report_dir.mkdir(parents=True, exist_ok=True)
         results = build_results(self.opts, list(runs), baseline.name, runs, self.failed, None)
+        for row in results["rows"]:  # the row each recipe is quoted by: the metric it was tuned on
+            row["quoted"] = row["name"] == metric_row_name(row["recipe"], self.rows[row["recipe"]].metric)
         results.update(
             preset=ctx.preset,
             tuned_lr=ctx.lr,
@@ -750,7 +752,7 @@ def readme_table(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
-        claim = paper.get(row["recipe"], "") if row["metric"].endswith("val_loss") else ""
+        claim = paper.get(row["recipe"], "") if row["metric"] == "val_loss" or row.get("quoted") else ""
         lines.append(
             f"| {row['name']} | {fmt_loss(row)} | {fmt_delta(row)} | {fmt_speedup(row, 'tokens')} | "
             f"{fmt_speedup(row, 'flops')} | {fmt_speedup(row, 'train_time')} | {claim} |"

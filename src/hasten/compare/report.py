@@ -57,10 +57,17 @@ def metric_row_name(recipe: str, metric: str) -> str:
 
 
 def quoted_row(rows: list[dict], recipe: str) -> dict | None:
-    """The row a recipe is quoted by: its averaged-weights row (`recipe [method]`, from a `method/val_loss` curve)
-    when its runs logged one, else its raw row; None when it has neither."""
-    averaged = [r for r in rows if r.get("recipe") == recipe and r.get("metric", "val_loss") != "val_loss"]
-    return averaged[0] if averaged else next((r for r in rows if r["name"] == recipe), None)
+    """The row a recipe is quoted by: the one marked `quoted` (the benchmark grid marks the metric each recipe was
+    tuned on); unmarked, its averaged-weights row (`recipe [method]`, from a `method/val_loss` curve) when its runs
+    logged exactly one, else its raw row; None when it has none of these."""
+    own = [r for r in rows if r.get("recipe") == recipe]
+    marked = [r for r in own if r.get("quoted")]
+    averaged = [r for r in own if r.get("metric", "val_loss") != "val_loss"]
+    if marked:
+        return marked[0]
+    if len(averaged) == 1:
+        return averaged[0]
+    return next((r for r in own if r["name"] == recipe), None)
 
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
