@@ -42,14 +42,16 @@ reuses finished runs and resumes unfinished ones. While <out>/PAUSE exists no ne
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
 
-from hasten.compare.grid import LR_FACTORS, Ctx, Grid, Row, Tier, results_block, run_grid
-from hasten.compare.report import update_readme
+from hasten.compare.grid import LR_FACTORS, Ctx, Grid, Row, Tier, card_block, results_block, run_grid
+from hasten.compare.report import CARD_BEGIN, CARD_END, update_readme
 from hasten.compare.runner import claim_report_dir
 from hasten.errors import HastenError
+from hasten.methods import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "benchmarks" / "recipes"
@@ -360,6 +362,16 @@ SINGLE = (
     "lawa",
 )  # the ladder's best two come from these
 
+# The rows each method card's benchmark block shows, by the method whose card it is (a composition with Muon sits in
+# the card of the method it adds to Muon; `combined` and its ablation are the README's).
+CARD_ROWS = {
+    "muon": ("muon",),
+    "blockwise": ("blockwise", "adam_mini", "adam_mini_blockwise"),
+    "growth": ("gstack", "staged", "muon_gstack"),
+    "seqlen_warmup": ("slw", "muon_slw"),
+    "lawa": ("lawa", "muon_lawa"),
+}
+
 TIERS = {
     "smoke": Tier(
         "smoke",
@@ -431,14 +443,23 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out)
             claim_report_dir(out)
         results = run_grid(Grid(tier, ROWS, out, args.jobs, command, interim=args.interim))
-        if tier.tracked and not args.no_docs:  # the README's block is the only file outside the results dir written
-            update_readme(ROOT / "README.md", results_block(results, str((out / "report.md").relative_to(ROOT))))
-            print("README.md results block updated", file=sys.stderr)
+        if tier.tracked and not args.no_docs:  # the README's and the cards' blocks: the only files written outside out
+            update_docs(results, out / "report.md")
     except HastenError as err:
         print(f"speedup.py: error: {err}", file=sys.stderr)
         return err.exit_code
     print((out / "report.md").read_text())
     return 0
+
+
+def update_docs(results: dict, report: Path) -> None:
+    """The README's results block and each method card's benchmark block, from `results` (links relative to each)."""
+    update_readme(ROOT / "README.md", results_block(results, os.path.relpath(report, ROOT)))
+    cards = registry.registered()
+    for method, recipes in CARD_ROWS.items():
+        card = Path(cards[method].card)
+        update_readme(card, card_block(results, recipes, os.path.relpath(report, card.parent)), CARD_BEGIN, CARD_END)
+    print(f"README.md results block and {len(CARD_ROWS)} method cards' benchmark blocks updated", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,9 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
     claim = results["papers"]["lawa"]
     block = engine.results_block(results, "report.md")
     assert [line.split(" |")[0] for line in block.splitlines() if claim in line] == ["| lawa", "| lawa [lawa]"]
+    card = engine.card_block(results, speedup.CARD_ROWS["lawa"], "../report.md")  # the averaging card's block
+    assert "| lawa [ema] |" in card and "| baseline |" in card and "| muon |" not in card
+    assert "- `lawa` (lawa/val_loss)" in card and "- `muon` (" not in card and "[report.md](../report.md)" in card
     assert set(results["ladder"]) == {tier.main, *tier.ladder}
     for name in ("ladder.png", "loss_vs_flops.png", "ladder-d48/report.md"):
         assert (out / name).stat().st_size > 0, name
@@ -220,6 +223,21 @@ def test_smoke_tier_runs_the_whole_grid_from_scratch(tmp_path, cache_dir):
         and "not run yet" in report
     )
     assert "Interim results" in engine.results_block(interim, "report.md")
+
+
+def test_every_method_card_has_a_benchmark_block_of_rows_the_grid_runs():
+    from hasten.compare.report import CARD_BEGIN, CARD_END
+    from hasten.methods import registry
+
+    rows = {r.name: r for r in speedup.ROWS}
+    shown = [name for names in speedup.CARD_ROWS.values() for name in names]
+    for method, names in speedup.CARD_ROWS.items():
+        text = Path(registry.registered()[method].card).read_text()
+        assert text.index(CARD_BEGIN) < text.index(CARD_END), method
+        assert set(names) <= set(rows), method
+    # every row but the baseline and combined's family is in one card
+    others = {n for n, r in rows.items() if n != "baseline" and "combined" not in (n, r.ablates, r.first_round_of)}
+    assert sorted(shown) == sorted(others - {"baseline_first_round"})
 
 
 def test_a_recipe_is_quoted_by_the_row_marked_as_its_own():

@@ -24,7 +24,17 @@ from hasten.compare.metrics import (
     speedup,
     welch_p,
 )
-from hasten.compare.report import BEGIN, END, build_results, fmt_speedup, readme_block, render_report, update_readme
+from hasten.compare.report import (
+    BEGIN,
+    CARD_BEGIN,
+    CARD_END,
+    END,
+    build_results,
+    fmt_speedup,
+    readme_block,
+    render_report,
+    update_readme,
+)
 from hasten.compare.runner import CompareOptions, RunSpec
 from hasten.errors import ConfigError
 
@@ -342,6 +352,10 @@ def test_results_speedup_not_reached_and_averaged_rows(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ConfigError, match="results:begin"):
         update_readme(readme, readme_block(res, "r.md"))
+    card = tmp_path / "card.md"  # a method card's block has its own markers; the README's are left alone
+    card.write_text(f"# card\n{BEGIN}\nkept\n{END}\n{CARD_BEGIN}\nold\n{CARD_END}\n")
+    update_readme(card, "new", CARD_BEGIN, CARD_END)
+    assert card.read_text() == f"# card\n{BEGIN}\nkept\n{END}\n{CARD_BEGIN}\nnew\n{CARD_END}\n"
 
 
 # --------------------------------------------------------------------------- end to end

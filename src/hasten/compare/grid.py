@@ -601,16 +601,23 @@ def candidate_texts(rec: dict) -> list[str]:
 def render_tuning(tuning: dict, seed: int = 0) -> str:
     effort = {name: len(rec["candidates"]) for name, rec in tuning.items()}
     usual = max(set(effort.values()), key=list(effort.values()).count) if effort else TUNING_RUNS
-    lines = [
-        f"## Tuning (seed {seed} only; it is not among the reported seeds)",
-        "",
-        "Each row's candidates with their final val loss (the averaged model's for rows tuned on averaged weights); "
-        "**bold** = chosen, "
-        "then run on every held-out seed. Tuning effort: "
-        + "".join(f"`{n}` {k} runs, " for n, k in effort.items() if k != usual)
-        + f"every other row {usual}. Rows with a second round (_round 2_) get it around their first choice.",
-        "",
-    ]
+    return "\n".join(
+        [
+            f"## Tuning (seed {seed} only; it is not among the reported seeds)",
+            "",
+            "Each row's candidates with their final val loss (the averaged model's for rows tuned on averaged "
+            "weights); **bold** = chosen, then run on every held-out seed. Tuning effort: "
+            + "".join(f"`{n}` {k} runs, " for n, k in effort.items() if k != usual)
+            + f"every other row {usual}. Rows with a second round (_round 2_) get it around their first choice.",
+            "",
+            tuning_lines(tuning),
+        ]
+    )
+
+
+def tuning_lines(tuning: dict) -> str:
+    """One line per tuned row: its candidates with their final val loss, the chosen one in bold."""
+    lines = []
     for name, rec in tuning.items():
         cells = [f"**{text}**" if i == rec["chosen"] else text for i, text in enumerate(candidate_texts(rec))]
         cells = [
@@ -760,21 +767,27 @@ def readme_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def results_block(results: dict, report_path: str) -> str:
-    """The README's results block: the tier's regime, its command and the main size's table."""
+def _regime_line(results: dict) -> str:
     r = results["regime"]
     base = next(x for x in results["rows"] if x["is_baseline"])
     seeds = ", ".join(map(str, results["held_out_seeds"]))
+    return (
+        f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), "
+        f"{r['budget_tokens']:,} tokens per run ({r['tokens_per_param']:.1f} tokens/param, "
+        f"{r['epochs']:.2f} epochs), whole-split evaluation; settings chosen on seed {results['tuning_seed']}, "
+        f"reported on held-out paired seeds {seeds}; AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final "
+        f"val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; FLOPs are total (model + optimizer); "
+        f"a speedup rests on evaluations at most {results['max_resolution']:.0%} of the budget apart; "
+        f"{results['created']}. Produced by:"
+    )
+
+
+def results_block(results: dict, report_path: str) -> str:
+    """The README's results block: the tier's regime, its command and the main size's table."""
     return "\n".join(
         [
             *([INTERIM_NOTE, ""] if results.get("interim") else []),
-            f"Tier **{results['tier']}**: {r['preset']} ({r['non_embedding_params']:,} non-embedding params), "
-            f"{r['budget_tokens']:,} tokens per run ({r['tokens_per_param']:.1f} tokens/param, "
-            f"{r['epochs']:.2f} epochs), whole-split evaluation; settings chosen on seed {results['tuning_seed']}, "
-            f"reported on held-out paired seeds {seeds}; AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final "
-            f"val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; FLOPs are total (model + optimizer); "
-            f"a speedup rests on evaluations at most {results['max_resolution']:.0%} of the budget apart; "
-            f"{results['created']}. Produced by:",
+            _regime_line(results),
             "",
             "```bash",
             results["command"],
@@ -783,5 +796,30 @@ def results_block(results: dict, report_path: str) -> str:
             readme_table(results),
             "",
             f"Tuning runs, ablations, stability, plots and the scale ladder: [{report_path}]({report_path}).",
+        ]
+    )
+
+
+def card_block(results: dict, recipes: tuple[str, ...], report_path: str) -> str:
+    """A method card's benchmark block: the README's regime line, then the rows of `recipes` (every metric of their
+    runs) and their tuning runs."""
+    rows = {**results, "rows": [r for r in results["rows"] if r["recipe"] in recipes or r["is_baseline"]]}
+    tuning = {n: rec for n, rec in results.get("tuning_rows", {}).items() if n in recipes}
+    return "\n".join(
+        [
+            *([INTERIM_NOTE, ""] if results.get("interim") else []),
+            _regime_line(results),
+            "",
+            "```bash",
+            results["command"],
+            "```",
+            "",
+            readme_table(rows),
+            "",
+            f"Tuning runs (seed {results['tuning_seed']}; chosen in bold):",
+            "",
+            tuning_lines(tuning),
+            "",
+            f"Full report (ablations, stability, plots, the scale ladder): [report.md]({report_path}).",
         ]
     )

@@ -71,6 +71,7 @@ def quoted_row(rows: list[dict], recipe: str) -> dict | None:
 
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+CARD_BEGIN, CARD_END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"  # a method card's benchmark block
 AXIS_LABEL = {"tokens": "tokens", "model_flops": "model FLOPs", "flops": "FLOPs", "train_time": "wall-clock"}
 NOISE_BAND = 0.05  # wall-clock vs FLOPs speedups closer than this are not flagged
 
@@ -607,13 +608,14 @@ def readme_block(results: dict, report_path: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, block: str) -> None:
-    """Rewrite the block between the results markers of README.md with `block` (nothing else is touched), atomically."""
+def update_readme(readme: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Rewrite the block between the markers `begin` and `end` of a markdown file (the README's results block by
+    default, a method card's benchmark block) with `block`; nothing else is touched, atomically."""
     text = readme.read_text()
-    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+    if begin not in text or end not in text or text.index(begin) > text.index(end):
         raise ConfigError(
-            f"{readme} has no '{BEGIN}' ... '{END}' block to rewrite; add the two markers where the table goes"
+            f"{readme} has no '{begin}' ... '{end}' block to rewrite; add the two markers where the table goes"
         )
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(readme, f"{head}{BEGIN}\n{block}\n{END}{tail}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(readme, f"{head}{begin}\n{block}\n{end}{tail}")
