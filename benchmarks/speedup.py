@@ -25,8 +25,9 @@ weights; hasten.compare.report compares each row with the baseline seed by seed 
 
 Resolved crossings. The held-out runs of every row that can reach the baseline's loss (its tuning run ended within
 CROSSING_MARGIN of the baseline's) evaluate each time the tokens pass 1/50 of the budget, so the two evaluations that
-bracket a crossing are ~2 % of the budget apart; the report refuses any speedup whose bracket is wider than 3 %
-(hasten.compare.metrics.MAX_RESOLUTION). FLOPs count the optimizer's own work too (hasten.optim.flops).
+bracket a crossing are ~2 % of the run apart; the report refuses any speedup whose bracket is wider than 3 % of the
+row's run, on every axis (hasten.compare.metrics.MAX_RESOLUTION). FLOPs count the optimizer's own work too
+(hasten.optim.flops).
 
 Ladder. At bench-d32 and bench-d48 the baseline is tuned again, and baseline, Muon, the two best single methods of the
 main size and combined run held-out seeds 1..3 at their chosen relative settings; ladder.png plots each one's

@@ -185,10 +185,30 @@ def test_a_crossing_between_evaluations_further_apart_than_allowed_is_refused(tm
         assert rows["dense"]["speedup"][axis] is not None and rows["dense"]["resolution"][axis] == pytest.approx(0.02)
     assert rows["dense"]["speedup"]["tokens"]["value"] == pytest.approx(math.sqrt((3.5 / 3.0) * (3.6 / 3.1)), rel=1e-3)
     text = render_report(res)
-    assert "unresolved: evaluations 10.0% of the budget apart" in text and "| 2.0% |" in text
+    assert "unresolved: evaluations 10.0% of the run apart" in text and "| 2.0% |" in text
     # the same coarse row is accepted where a coarser resolution is allowed
     loose = build_results(opts, ["base", "coarse"], "base", runs, {}, None, max_resolution=0.15)
     assert next(r for r in loose["rows"] if r["name"] == "coarse")["speedup"]["tokens"] is not None
+
+
+def test_slower_steps_do_not_make_a_dense_crossing_unresolved_in_seconds(tmp_path):
+    """A row whose steps take twice the baseline's seconds, evaluated every 2 % of its tokens, crosses within 2 % of
+    its run in seconds as in tokens: its wall-clock speedup is resolved (as a share of the baseline's seconds the
+    bracket would be 4 %, over the limit)."""
+    base = [[6.0 - 3.0 * i / 50 for i in range(51)], [6.0 - 3.1 * i / 50 for i in range(51)]]
+    slow = [[6.0 - 3.5 * i / 50 for i in range(51)], [6.0 - 3.6 * i / 50 for i in range(51)]]
+    runs = {}
+    for name, seeds, seconds in (("base", base, 2.0), ("slow", slow, 4.0)):
+        runs[name] = []
+        for seed, losses in enumerate(seeds):
+            d = tmp_path / "runs" / f"{name}-seed{seed}"
+            _write_run(d, losses, tokens_per_eval=1000, seconds_per_eval=seconds)
+            runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
+    opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=50_000)
+    row = next(r for r in build_results(opts, ["base", "slow"], "base", runs, {}, None)["rows"] if r["name"] == "slow")
+    assert row["resolution"]["train_time"] == pytest.approx(0.02) and "train_time" not in row["refused"]
+    tokens, seconds = row["speedup"]["tokens"]["value"], row["speedup"]["train_time"]["value"]
+    assert seconds == pytest.approx(tokens / 2, rel=1e-6)  # the same crossing, at twice the seconds per token
 
 
 def test_total_flops_add_the_optimizer_and_are_refused_where_not_recorded(tmp_path):

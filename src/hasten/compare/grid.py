@@ -777,7 +777,7 @@ def _regime_line(results: dict) -> str:
         f"{r['epochs']:.2f} epochs), whole-split evaluation; settings chosen on seed {results['tuning_seed']}, "
         f"reported on held-out paired seeds {seeds}; AdamW LR tuned to {r['tuned_lr']:.4g}; baseline final "
         f"val loss {base['final_mean']:.4f} ± {base['final_std']:.4f}; FLOPs are total (model + optimizer); "
-        f"a speedup rests on evaluations at most {results['max_resolution']:.0%} of the budget apart; "
+        f"a speedup rests on evaluations at most {results['max_resolution']:.0%} of the run apart; "
         f"{results['created']}. Produced by:"
     )
 

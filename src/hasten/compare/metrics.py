@@ -4,7 +4,10 @@ Curves and costs are plain Python on lists of floats so they can be tested on sy
 statistics (paired t intervals, t-tests) come from scipy.
 
 A speedup is only as fine as the evaluations around its crossing: `crossing_bracket` gives the two evaluations the
-crossing lies between, and a report refuses a speedup whose bracket spans more than MAX_RESOLUTION of the budget.
+crossing lies between, and a report refuses a speedup whose bracket spans more than MAX_RESOLUTION of the run. The
+share is taken of the row's own run on each axis: interpolation inside the bracket moves the crossing by at most that
+share of the row's cost on any axis alike (cost grows evenly between two evaluations), so a row with slower steps is
+as well resolved in seconds as in tokens; as a share of the baseline's seconds it would look coarser by its slowdown.
 
 Seeds are *paired*: seed s gives every recipe the same data order (and the same initial weights
 where the shapes agree), so a recipe is compared with the baseline seed by seed. For seed s the
@@ -25,7 +28,7 @@ AXES = (
     "train_time",
 )  # the costs: training tokens, model FLOPs, total FLOPs, wall-clock seconds
 CONFIDENCE = 0.95
-MAX_RESOLUTION = 0.03  # a speedup rests on two evaluations at most this fraction of the baseline's budget apart
+MAX_RESOLUTION = 0.03  # a speedup rests on two evaluations at most this fraction of the row's run apart
 
 
 @dataclass
@@ -226,10 +229,10 @@ def paired_speedups(curves: list[Curve], base_curves: list[Curve], axis: str) ->
 
 
 def paired_resolutions(curves: list[Curve], base_curves: list[Curve], axis: str) -> list[float | None]:
-    """Seed by seed, the width of the crossing's bracket (crossing_bracket) as a fraction of baseline seed s's budget on
-    `axis`; None where the target is not reached."""
+    """Seed by seed, the width of the crossing's bracket (crossing_bracket) as a fraction of the row's own seed-s run on
+    `axis` (its whole cost there; for tokens, the budget); None where the target of baseline seed s is not reached."""
     out: list[float | None] = []
     for curve, base in zip(curves, base_curves):
         bracket = crossing_bracket(curve, base.final, axis)
-        out.append(None if bracket is None or base.end(axis) <= 0 else (bracket[1] - bracket[0]) / base.end(axis))
+        out.append(None if bracket is None or curve.end(axis) <= 0 else (bracket[1] - bracket[0]) / curve.end(axis))
     return out

@@ -296,7 +296,7 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolu
             ):
                 refused[axis] = "optimizer FLOPs not recorded"
             elif resolution[axis] is not None and resolution[axis] > max_resolution:
-                refused[axis] = f"unresolved: evaluations {resolution[axis]:.1%} of the budget apart"
+                refused[axis] = f"unresolved: evaluations {resolution[axis]:.1%} of the run apart"
             else:
                 speedups[axis] = ratio_estimate(per_seed).to_dict()
         row.update(resolution=resolution, refused=refused)
@@ -323,7 +323,7 @@ def _row(name: str, s: dict, base: dict, baseline: str, series: dict, max_resolu
         per_axis = {axis: paired_speedups([mean_c], [flat_target], axis)[0] for axis in AXES}
         widths = {axis: paired_resolutions([mean_c], [flat_target], axis)[0] for axis in AXES}
         refused = {
-            axis: f"unresolved: evaluations {w:.1%} of the budget apart"
+            axis: f"unresolved: evaluations {w:.1%} of the run apart"
             for axis, w in widths.items()
             if w is not None and w > max_resolution
         }
@@ -433,7 +433,7 @@ def fmt_p(row: dict) -> str:
 
 
 def fmt_resolution(row: dict, axis: str = "flops") -> str:
-    """The widest crossing bracket over the seeds, as a fraction of the baseline's budget (— when nothing crossed)."""
+    """The widest crossing bracket over the seeds, as a fraction of the row's run (— when nothing crossed)."""
     width = (row.get("resolution") or {}).get(axis)
     return "—" if width is None or row.get("is_baseline") else f"{width:.1%}"
 
@@ -548,7 +548,8 @@ def render_report(results: dict) -> str:
         "first reaches that target (linear between the two evaluations around the crossing); the table gives the "
         "geometric mean over seeds with a 95 % t interval, or how many seeds reached it and the mean remaining gap. "
         "*Crossing resolution* is the widest gap, over the seeds, between the two evaluations that bracket a crossing, "
-        "as a fraction of the baseline's total-FLOPs budget; a speedup whose bracket is wider than "
+        "as a fraction of the row's own run (on each axis alike: tokens, FLOPs or seconds, so slower steps do not "
+        "make a crossing look coarser in seconds than it is in tokens); a speedup whose bracket is wider than "
         f'{results.get("max_resolution", MAX_RESOLUTION):.0%} is refused ("unresolved"), so interpolation never '
         "decides more than that share of the budget (evaluate more often, e.g. `--set train.eval_every_tokens=` 1/50 "
         "of the budget, to resolve one). *Δ* is the paired difference of final val losses with its 95 % interval and "
