@@ -143,14 +143,19 @@ def test_crossing_bracket_is_the_pair_of_evaluations_around_the_first_crossing()
 
 
 def _run_dirs(
-    tmp_path, curves: dict[str, list[list[float]]], tokens_per_eval: dict[str, int], optimizer_flops: bool = True
+    tmp_path,
+    curves: dict[str, list[list[float]]],
+    tokens_per_eval: dict[str, int],
+    optimizer_flops: bool = True,
+    seconds_per_eval: dict[str, float] | None = None,
 ):
     runs = {}
     for name, seeds in curves.items():
         runs[name] = []
         for seed, losses in enumerate(seeds):
             d = tmp_path / "runs" / f"{name}-seed{seed}"
-            _write_run(d, losses, tokens_per_eval=tokens_per_eval[name])
+            seconds = (seconds_per_eval or {}).get(name, 2.0)
+            _write_run(d, losses, tokens_per_eval=tokens_per_eval[name], seconds_per_eval=seconds)
             if not optimizer_flops and name != "base":  # a run logged before optimizer FLOPs were recorded
                 rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
                 (d / "metrics.jsonl").write_text(
@@ -197,13 +202,9 @@ def test_slower_steps_do_not_make_a_dense_crossing_unresolved_in_seconds(tmp_pat
     bracket would be 4 %, over the limit)."""
     base = [[6.0 - 3.0 * i / 50 for i in range(51)], [6.0 - 3.1 * i / 50 for i in range(51)]]
     slow = [[6.0 - 3.5 * i / 50 for i in range(51)], [6.0 - 3.6 * i / 50 for i in range(51)]]
-    runs = {}
-    for name, seeds, seconds in (("base", base, 2.0), ("slow", slow, 4.0)):
-        runs[name] = []
-        for seed, losses in enumerate(seeds):
-            d = tmp_path / "runs" / f"{name}-seed{seed}"
-            _write_run(d, losses, tokens_per_eval=1000, seconds_per_eval=seconds)
-            runs[name].append((RunSpec(d.name, name, seed, Path("x.yaml"), [], d), d))
+    runs = _run_dirs(
+        tmp_path, {"base": base, "slow": slow}, {"base": 1000, "slow": 1000}, seconds_per_eval={"slow": 4.0}
+    )
     opts = CompareOptions(recipes=[], report_dir=tmp_path, seeds=2, budget=50_000)
     row = next(r for r in build_results(opts, ["base", "slow"], "base", runs, {}, None)["rows"] if r["name"] == "slow")
     assert row["resolution"]["train_time"] == pytest.approx(0.02) and "train_time" not in row["refused"]

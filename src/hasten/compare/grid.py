@@ -782,17 +782,24 @@ def _regime_line(results: dict) -> str:
     )
 
 
+def _block_head(results: dict) -> list[str]:
+    """What the README's and the cards' blocks open with: the interim note, the regime and the command."""
+    return [
+        *([INTERIM_NOTE, ""] if results.get("interim") else []),
+        _regime_line(results),
+        "",
+        "```bash",
+        results["command"],
+        "```",
+        "",
+    ]
+
+
 def results_block(results: dict, report_path: str) -> str:
     """The README's results block: the tier's regime, its command and the main size's table."""
     return "\n".join(
         [
-            *([INTERIM_NOTE, ""] if results.get("interim") else []),
-            _regime_line(results),
-            "",
-            "```bash",
-            results["command"],
-            "```",
-            "",
+            *_block_head(results),
             readme_table(results),
             "",
             f"Tuning runs, ablations, stability, plots and the scale ladder: [{report_path}]({report_path}).",
@@ -807,13 +814,7 @@ def card_block(results: dict, recipes: tuple[str, ...], report_path: str) -> str
     tuning = {n: rec for n, rec in results.get("tuning_rows", {}).items() if n in recipes}
     return "\n".join(
         [
-            *([INTERIM_NOTE, ""] if results.get("interim") else []),
-            _regime_line(results),
-            "",
-            "```bash",
-            results["command"],
-            "```",
-            "",
+            *_block_head(results),
             readme_table(rows),
             "",
             f"Tuning runs (seed {results['tuning_seed']}; chosen in bold):",
