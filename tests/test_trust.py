@@ -516,6 +516,25 @@ def test_a_worker_killed_under_nproc_is_named_by_rank_and_signal(workdir, long_r
     assert _processes_mentioning(str(run)) == []
 
 
+@pytest.mark.parametrize("sigterm_rank", [0, 1])
+def test_a_rank_the_agent_stopped_with_sigterm_is_not_named_as_the_cause(tmp_path, capsys, sigterm_rank):
+    """A rank stuck in a collective with a killed one can die of the agent's SIGTERM before it reports (seen on CI):
+    the rank killed by another signal is the cause, whatever the rank order."""
+    from hasten.parallel.launch import _launch_outcome
+
+    killed_rank = 1 - sigterm_rank
+    code = _launch_outcome(tmp_path, 1, {sigterm_rank: signal.SIGTERM, killed_rank: signal.SIGKILL})
+    assert code == 1
+    assert capsys.readouterr().err.startswith(f"hasten: error: rank {killed_rank} was killed by SIGKILL")
+
+
+def test_a_rank_killed_with_sigterm_alone_is_named(tmp_path, capsys):
+    from hasten.parallel.launch import _launch_outcome
+
+    assert _launch_outcome(tmp_path, 1, {1: signal.SIGTERM}) == 1
+    assert capsys.readouterr().err.startswith("hasten: error: rank 1 was killed by SIGTERM")
+
+
 # --------------------------------------------------------------------------------------- compare keeps train's contract
 
 

@@ -121,8 +121,8 @@ def launch(nproc: int, argv: list[str]) -> int:
 def _launch_outcome(reports: Path, code: int, killed: dict[int, int] | None = None) -> int:
     """The exit code, with the cause printed once: a user error, a rank killed from outside, or the first traceback.
 
-    A rank killed by a signal leaves no report; the ranks that lost it then fail in a collective, so their
-    tracebacks are consequences and the killed rank is named instead."""
+    A rank killed by a signal leaves no report; the ranks that lost it then fail in a collective (or die of the
+    agent's SIGTERM), so their tracebacks are consequences and the killed rank is named instead."""
     records = []
     for path in reports.glob("rank*.json"):
         try:
@@ -134,7 +134,9 @@ def _launch_outcome(reports: Path, code: int, killed: dict[int, int] | None = No
     if error is not None:
         print(f"hasten: error: {error['message']}", file=sys.stderr)
         return error["code"]
-    silent = sorted(set(killed or {}) - {r["rank"] for r in records})
+    # the agent stops the surviving ranks with SIGTERM once one fails, and a rank stuck in a collective with the
+    # dead one dies of it without a report: a rank killed by any other signal is the cause
+    silent = sorted(set(killed or {}) - {r["rank"] for r in records}, key=lambda r: (killed[r] == signal.SIGTERM, r))
     if silent:
         rank, name = silent[0], signal.Signals(killed[silent[0]]).name
         print(
