@@ -528,6 +528,15 @@ def test_a_rank_the_agent_stopped_with_sigterm_is_not_named_as_the_cause(tmp_pat
     assert capsys.readouterr().err.startswith(f"hasten: error: rank {killed_rank} was killed by SIGKILL")
 
 
+def test_of_ranks_killed_by_one_signal_the_first_recorded_is_named(tmp_path, capsys):
+    """A rank that ignores the agent's SIGTERM while stuck in a collective gets its SIGKILL 30 s later, recorded after
+    the rank killed from outside."""
+    from hasten.parallel.launch import _launch_outcome
+
+    assert _launch_outcome(tmp_path, 1, {1: signal.SIGKILL, 0: signal.SIGKILL}) == 1
+    assert capsys.readouterr().err.startswith("hasten: error: rank 1 was killed by SIGKILL")
+
+
 def test_a_rank_killed_with_sigterm_alone_is_named(tmp_path, capsys):
     from hasten.parallel.launch import _launch_outcome
 

@@ -112,7 +112,7 @@ def launch(nproc: int, argv: list[str]) -> int:
                 code = max((f.exitcode for f in err.failures.values()), default=1) or 1
                 killed = {
                     rank: -f.exitcode for rank, f in err.failures.items() if f.exitcode < 0
-                }  # rank -> signal number
+                }  # rank -> signal number, in the order torch recorded the failures
             except SignalException as err:
                 code = 128 + int(err.sigval)
         return _launch_outcome(Path(reports), code, killed)
@@ -134,9 +134,11 @@ def _launch_outcome(reports: Path, code: int, killed: dict[int, int] | None = No
     if error is not None:
         print(f"hasten: error: {error['message']}", file=sys.stderr)
         return error["code"]
-    # the agent stops the surviving ranks with SIGTERM once one fails, and a rank stuck in a collective with the
-    # dead one dies of it without a report: a rank killed by any other signal is the cause
-    silent = sorted(set(killed or {}) - {r["rank"] for r in records}, key=lambda r: (killed[r] == signal.SIGTERM, r))
+    # Once a rank fails, the agent stops the others with SIGTERM (SIGKILL after 30 s) and records those deaths after
+    # the first; a rank stuck in a collective with the dead one dies of them without a report. So the cause is a rank
+    # killed by another signal than SIGTERM, and among those the first recorded (`killed` keeps torch's order).
+    order = {rank: i for i, rank in enumerate(killed or {})}
+    silent = sorted(set(order) - {r["rank"] for r in records}, key=lambda r: (killed[r] == signal.SIGTERM, order[r]))
     if silent:
         rank, name = silent[0], signal.Signals(killed[silent[0]]).name
         print(
