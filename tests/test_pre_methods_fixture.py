@@ -1,6 +1,12 @@
 """A checkpoint written before growth's masks left the model (tests/fixtures/pre-methods, commit 7f3e60c) still
-resumes bit-exactly, evaluates, generates and refuses to export as that code did (its expected.json), and today's
-code trains its config to the same numbers."""
+resumes to that code's numbers, evaluates, generates and refuses to export as it did (its expected.json), and today's
+code trains its config to the same numbers.
+
+expected.json was written on another machine, and torch's CPU kernels differ in the last bits between CPUs (AVX-512
+here, other ISAs elsewhere): 12 steps of this run end 1.8e-7 (relative) from it on a CPU other than the recording one.
+So its numbers are compared to RELATIVE (1e-5); a resume that drops the optimizer's state moves them by 3.4e-3
+(test_a_resume_that_drops_the_optimizer_state_is_caught), and bit-exact resume on one machine is the fault-injection
+grid's."""
 
 from __future__ import annotations
 
@@ -16,11 +22,13 @@ from hasten.checkpointing.weights import load_model
 from hasten.cli import main
 from hasten.methods.growth import has_unit_masks, unit_masks
 from hasten.recipes import load_checkpoint_model
+from hasten.trainer.checkpoints import LiveOptimizer
 from hasten.trainer.logger import read_metrics
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre-methods"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 RUN = Path("runs/msg-lawa")  # relative: the run's config names its corpus and cache relative to the fixture folder
+RELATIVE = 1e-5
 
 
 @pytest.fixture
@@ -39,22 +47,42 @@ def _losses(run_dir: Path) -> tuple[dict[str, float], dict[str, dict]]:
     return train, evals
 
 
-def test_the_old_checkpoint_resumes_to_the_numbers_of_an_uninterrupted_run_of_the_old_code(fixture_copy):
+def _flat(train: dict[str, float], evals: dict[str, dict]) -> dict[str, float]:
+    return {
+        **{f"train/{k}": v for k, v in train.items()},
+        **{f"{k}/{m}": v for k, e in evals.items() for m, v in e.items()},
+    }
+
+
+def _old_codes_numbers(train: dict[str, float], evals: dict[str, dict]) -> bool:
+    straight = EXPECTED["straight_run"]
+    return _flat(train, evals) == pytest.approx(_flat(straight["train_loss"], straight["eval"]), rel=RELATIVE, abs=0)
+
+
+def _resume_the_old_checkpoint() -> tuple[dict[str, float], dict[str, dict]]:
     before = open_checkpoint(RUN)
     assert "unit_masks" in load_checkpoint(RUN / "checkpoints") and before.step == 7  # the old layout, inside the ramp
     assert main(["train", "--resume", "--run-dir", str(RUN)]) == 0
     train, evals = _losses(RUN)
-    straight = EXPECTED["straight_run"]
-    # the evaluation where it had stopped; then steps 8-12 resumed here, 1-7 the old code's own
+    # the evaluation where it had stopped, written by the old code; then steps 8-12 resumed here, 1-7 the old code's own
     assert evals.pop("7") == {"val_loss": EXPECTED["eval_raw"], "lawa/val_loss": EXPECTED["eval_lawa"]}
-    assert train == straight["train_loss"] and evals == straight["eval"]
+    return train, evals
+
+
+def test_the_old_checkpoint_resumes_to_the_numbers_of_an_uninterrupted_run_of_the_old_code(fixture_copy):
+    assert _old_codes_numbers(*_resume_the_old_checkpoint())
+
+
+def test_a_resume_that_drops_the_optimizer_state_is_caught(fixture_copy, monkeypatch):
+    """The tolerance is sharp enough for what it is there to catch: a resume that loses Adam's moments."""
+    monkeypatch.setattr(LiveOptimizer, "load_state_dict", lambda self, state: None)
+    assert not _old_codes_numbers(*_resume_the_old_checkpoint())
 
 
 def test_todays_code_trains_the_fixtures_config_to_the_old_codes_numbers(fixture_copy):
     config = str(RUN / "config.yaml")
     assert main(["train", config, "--run-dir", "runs/straight"]) == 0
-    train, evals = _losses(Path("runs/straight"))
-    assert train == EXPECTED["straight_run"]["train_loss"] and evals == EXPECTED["straight_run"]["eval"]
+    assert _old_codes_numbers(*_losses(Path("runs/straight")))
 
 
 def test_the_old_checkpoint_evaluates_and_generates_under_its_masks(fixture_copy, capsys):
@@ -67,7 +95,7 @@ def test_the_old_checkpoint_evaluates_and_generates_under_its_masks(fixture_copy
 
     for weights, expected in (("raw", EXPECTED["eval_raw"]), ("lawa", EXPECTED["eval_lawa"])):
         assert main(["eval", str(RUN), "--weights", weights]) == 0
-        assert json.loads(capsys.readouterr().out)["val_loss"] == expected
+        assert json.loads(capsys.readouterr().out)["val_loss"] == pytest.approx(expected, rel=RELATIVE, abs=0)
     assert main(["generate", str(RUN), *EXPECTED["generate_sampled"]["args"]]) == 0
     assert capsys.readouterr().out == EXPECTED["generate_sampled"]["stdout"]
 
